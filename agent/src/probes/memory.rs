@@ -1,0 +1,109 @@
+//! Memory probe: `kmem:rss_stat` → RSS and peak; perf software events → minor
+//! and major page faults. Kernel side: `agent-ebpf/src/memory.rs`.
+//! Formulas and errors: `docs/metrics.md#memory`.
+
+use agent_common::{FaultCounts, RssCounters, RssStats, rss_member};
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+
+use super::take_map;
+use crate::procfs;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryReading {
+    /// file + anon + shmem, bytes.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub own_updates: u64,
+    pub foreign_updates: u64,
+    /// `rss_stat` events from another context before the target's mm was known.
+    pub unattributed: u64,
+}
+
+pub struct MemoryProbe {
+    counters: Array<MapData, RssCounters>,
+    stats: PerCpuArray<MapData, RssStats>,
+    faults: PerCpuArray<MapData, FaultCounts>,
+}
+
+impl MemoryProbe {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<MemoryProbe> {
+        let mut counters: Array<MapData, RssCounters> =
+            take_map(ebpf, "RSS_COUNTERS")?.try_into()?;
+        let mut stats: PerCpuArray<MapData, RssStats> = take_map(ebpf, "RSS_STATS")?.try_into()?;
+        let faults: PerCpuArray<MapData, FaultCounts> =
+            take_map(ebpf, "FAULT_COUNTS")?.try_into()?;
+
+        // Seed from /proc: rss_stat only reports changes, so a quiet target
+        // would otherwise read as 0 until its next fault.
+        let status = procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
+        let mut seed = RssCounters::default();
+        seed.member_bytes[rss_member::FILE] = status.rss_file as i64;
+        seed.member_bytes[rss_member::ANON] = status.rss_anon as i64;
+        seed.member_bytes[rss_member::SWAP] = status.vm_swap as i64;
+        seed.member_bytes[rss_member::SHMEM] = status.rss_shmem as i64;
+        counters.set(0, seed, 0)?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut per_cpu = vec![RssStats::default(); nr_cpus];
+        per_cpu[0].peak_rss_bytes = status.rss_file + status.rss_anon + status.rss_shmem;
+        stats.set(0, PerCpuValues::try_from(per_cpu)?, 0)?;
+
+        let rss_stat: &mut TracePoint = ebpf
+            .program_mut("rss_stat")
+            .context("eBPF object has no program rss_stat")?
+            .try_into()?;
+        rss_stat.load().context("loading rss_stat")?;
+        rss_stat.attach("kmem", "rss_stat").context("attaching to tracepoint kmem:rss_stat")?;
+
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
+        for (program, event) in [
+            ("page_fault_minor", SoftwareEvent::PageFaultsMin),
+            ("page_fault_major", SoftwareEvent::PageFaultsMaj),
+        ] {
+            let prog: &mut PerfEvent = ebpf
+                .program_mut(program)
+                .with_context(|| format!("eBPF object has no program {program}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {program}"))?;
+            for &cpu in &cpus {
+                prog.attach(
+                    PerfEventConfig::Software(event),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(1),
+                    false,
+                )
+                .with_context(|| format!("attaching {program} to perf software event on CPU {cpu}"))?;
+            }
+        }
+        Ok(MemoryProbe { counters, stats, faults })
+    }
+
+    pub fn read(&self) -> anyhow::Result<MemoryReading> {
+        let counters = self.counters.get(&0, 0)?;
+        let m = counters.member_bytes;
+        let rss = m[rss_member::FILE] + m[rss_member::ANON] + m[rss_member::SHMEM];
+        let mut r = MemoryReading { rss_bytes: rss.max(0) as u64, ..Default::default() };
+        for s in self.stats.get(&0, 0)?.iter() {
+            r.peak_rss_bytes = r.peak_rss_bytes.max(s.peak_rss_bytes);
+            r.own_updates += s.own_updates;
+            r.foreign_updates += s.foreign_updates;
+            r.unattributed += s.unattributed;
+        }
+        for f in self.faults.get(&0, 0)?.iter() {
+            r.minor_faults += f.minor;
+            r.major_faults += f.major;
+        }
+        // The running value can pass the per-CPU peaks only by a racing store.
+        r.peak_rss_bytes = r.peak_rss_bytes.max(r.rss_bytes);
+        Ok(r)
+    }
+}

@@ -1,0 +1,84 @@
+//! Loading and attaching the eBPF programs of `agent-ebpf`, one module per
+//! probe family with the same name as its kernel side
+//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `agent-ebpf/src/memory.rs` ↔ [`memory`]).
+//!
+//! The object is configured before load through `const volatile` globals
+//! (target tgid, tracepoint field offsets read from tracefs) and is dropped as
+//! a whole to detach: every link, program and map belongs to [`Probes`].
+
+pub mod cpu;
+pub mod memory;
+
+use std::path::Path;
+
+use agent_common::globals;
+use anyhow::Context as _;
+use aya::{Ebpf, EbpfLoader};
+
+use crate::tracefs;
+
+/// The eBPF object built by `agent/build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// What the probes read at one instant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelReading {
+    pub cpu: cpu::CpuReading,
+    pub memory: memory::MemoryReading,
+}
+
+/// All programs, attached to one target thread group.
+pub struct Probes {
+    pid: u32,
+    cpu: cpu::CpuProbe,
+    memory: memory::MemoryProbe,
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+}
+
+impl Probes {
+    /// Loads, seeds and attaches every probe for thread group `pid`.
+    pub fn attach(pid: u32, tracefs_root: &Path) -> anyhow::Result<Probes> {
+        let sched_switch = tracefs::read_format(tracefs_root, "sched", "sched_switch")?;
+        let rss_stat = tracefs::read_format(tracefs_root, "kmem", "rss_stat")?;
+        let next_pid = sched_switch.offset("sched:sched_switch", "next_pid", 4)?;
+        let mm_id = rss_stat.offset("kmem:rss_stat", "mm_id", 4)?;
+        let curr = rss_stat.offset("kmem:rss_stat", "curr", 4)?;
+        let member = rss_stat.offset("kmem:rss_stat", "member", 4)?;
+        let size = rss_stat.offset("kmem:rss_stat", "size", 8)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::TARGET_TGID, &pid, true)
+            .override_global(globals::SCHED_SWITCH_NEXT_PID_OFFSET, &next_pid, true)
+            .override_global(globals::RSS_STAT_MM_ID_OFFSET, &mm_id, true)
+            .override_global(globals::RSS_STAT_CURR_OFFSET, &curr, true)
+            .override_global(globals::RSS_STAT_MEMBER_OFFSET, &member, true)
+            .override_global(globals::RSS_STAT_SIZE_OFFSET, &size, true)
+            .load(EBPF_OBJECT)
+            .context(
+                "loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root, \
+                 and a kernel with BTF)",
+            )?;
+        // Seed state before the programs run, then attach.
+        let cpu = cpu::CpuProbe::attach(&mut ebpf, pid)?;
+        let memory = memory::MemoryProbe::attach(&mut ebpf, pid)?;
+        Ok(Probes { pid, cpu, memory, _ebpf: ebpf })
+    }
+
+    pub fn read(&self) -> anyhow::Result<KernelReading> {
+        Ok(KernelReading { cpu: self.cpu.read(self.pid)?, memory: self.memory.read()? })
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Takes a map out of the object by name, with context if it is missing.
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))
+}

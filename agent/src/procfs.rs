@@ -1,0 +1,236 @@
+//! Reading `/proc/PID/{stat,status,task}`: the ground truth every kernel-side
+//! number is checked against, and the seed values taken at attach.
+//!
+//! Parsers are pure (text in, struct out) so they are unit-tested without a
+//! process; the `read_*` wrappers only add the file read.
+
+use std::{fmt, fs, io, path::PathBuf};
+
+/// `PF_KTHREAD` in `/proc/PID/stat` field 9 (`flags`): the task is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The fields of `/proc/PID/stat` perf-agent uses (see proc_pid_stat(5)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcStat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub flags: u64,
+    /// Minor / major faults of the whole thread group (live and exited threads).
+    pub minflt: u64,
+    pub majflt: u64,
+    /// User / system CPU time of the thread group, in clock ticks.
+    pub utime_ticks: u64,
+    pub stime_ticks: u64,
+    pub num_threads: u64,
+    /// Start time after boot, in clock ticks: with the PID, it identifies the
+    /// process across PID reuse.
+    pub starttime_ticks: u64,
+}
+
+impl ProcStat {
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+
+    /// utime + stime in nanoseconds.
+    pub fn cpu_time_ns(&self, ticks_per_sec: u64) -> u64 {
+        (self.utime_ticks + self.stime_ticks) * (1_000_000_000 / ticks_per_sec.max(1))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub file: &'static str,
+    pub what: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot parse {}: {}", self.file, self.what)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses `/proc/PID/stat`. `comm` may hold spaces and parentheses, so the
+/// fields after it are split after the *last* `)`.
+pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
+    let err = |what: String| ParseError { file: "/proc/PID/stat", what };
+    let open = text.find('(').ok_or_else(|| err("no '(' before comm".into()))?;
+    let close = text.rfind(')').ok_or_else(|| err("no ')' after comm".into()))?;
+    if close < open {
+        return Err(err("')' before '('".into()));
+    }
+    let comm = text[open + 1..close].to_string();
+    // Field 3 (state) is rest[0]; field N is rest[N - 3].
+    let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    let field = |n: usize| -> Result<&str, ParseError> {
+        rest.get(n - 3).copied().ok_or_else(|| err(format!("field {n} missing")))
+    };
+    let num = |n: usize| -> Result<u64, ParseError> {
+        field(n)?.parse().map_err(|e| err(format!("field {n}: {e}")))
+    };
+    Ok(ProcStat {
+        comm,
+        state: field(3)?.chars().next().unwrap_or('?'),
+        ppid: field(4)?.parse().map_err(|e| err(format!("field 4: {e}")))?,
+        flags: num(9)?,
+        minflt: num(10)?,
+        majflt: num(12)?,
+        utime_ticks: num(14)?,
+        stime_ticks: num(15)?,
+        num_threads: num(20)?,
+        starttime_ticks: num(22)?,
+    })
+}
+
+/// The memory fields of `/proc/PID/status`, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStatus {
+    pub vm_rss: u64,
+    pub vm_hwm: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+    pub vm_swap: u64,
+    pub threads: u64,
+}
+
+/// Parses `/proc/PID/status`. A process without an mm (a zombie, a kernel
+/// thread) has no `Vm*` lines: those fields stay 0.
+pub fn parse_status(text: &str) -> Result<ProcStatus, ParseError> {
+    let mut status = ProcStatus::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let slot = match key {
+            "VmRSS" => &mut status.vm_rss,
+            "VmHWM" => &mut status.vm_hwm,
+            "RssAnon" => &mut status.rss_anon,
+            "RssFile" => &mut status.rss_file,
+            "RssShmem" => &mut status.rss_shmem,
+            "VmSwap" => &mut status.vm_swap,
+            "Threads" => {
+                status.threads = value.trim().parse().map_err(|e| ParseError {
+                    file: "/proc/PID/status",
+                    what: format!("Threads: {e}"),
+                })?;
+                continue;
+            }
+            _ => continue,
+        };
+        let mut parts = value.split_ascii_whitespace();
+        let n: u64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(|| ParseError {
+            file: "/proc/PID/status",
+            what: format!("{key}: not a number: {value:?}"),
+        })?;
+        *slot = match parts.next() {
+            Some("kB") => n * 1024,
+            None => n,
+            Some(unit) => {
+                return Err(ParseError {
+                    file: "/proc/PID/status",
+                    what: format!("{key}: unknown unit {unit:?}"),
+                });
+            }
+        };
+    }
+    Ok(status)
+}
+
+fn proc_path(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{file}"))
+}
+
+fn invalid(e: ParseError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+pub fn read_stat(pid: u32) -> io::Result<ProcStat> {
+    parse_stat(&fs::read_to_string(proc_path(pid, "stat"))?).map_err(invalid)
+}
+
+pub fn read_status(pid: u32) -> io::Result<ProcStatus> {
+    parse_status(&fs::read_to_string(proc_path(pid, "status"))?).map_err(invalid)
+}
+
+/// True while `tid` is a live thread of `pid`'s thread group.
+pub fn has_thread(pid: u32, tid: u32) -> bool {
+    proc_path(pid, &format!("task/{tid}")).exists()
+}
+
+/// The executable of `pid` (`/proc/PID/exe`), for messages and `binary/size`.
+pub fn exe(pid: u32) -> io::Result<PathBuf> {
+    fs::read_link(proc_path(pid, "exe"))
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of utime/stime.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 1234 0 5 0 \
+        250 30 0 0 20 0 7 0 987654 123456789 2048 18446744073709551615 1 1 0 0 0 0 0 \
+        4096 0 0 0 0 17 1 0 0 0 0 0";
+
+    #[test]
+    fn stat_fields_after_a_comm_with_spaces_and_parentheses() {
+        let s = parse_stat(STAT).unwrap();
+        assert_eq!(s.comm, "my (odd) server");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.flags, 4194560);
+        assert_eq!((s.minflt, s.majflt), (1234, 5));
+        assert_eq!((s.utime_ticks, s.stime_ticks), (250, 30));
+        assert_eq!(s.num_threads, 7);
+        assert_eq!(s.starttime_ticks, 987654);
+        assert!(!s.is_kernel_thread());
+        assert_eq!(s.cpu_time_ns(100), 2_800_000_000);
+    }
+
+    #[test]
+    fn kernel_thread_flag() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0 \
+            18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 0 1 0 0 0 0 0";
+        assert!(parse_stat(kthread).unwrap().is_kernel_thread());
+    }
+
+    #[test]
+    fn truncated_stat_is_an_error_not_a_panic() {
+        let e = parse_stat("4242 (x) S 1 2").unwrap_err();
+        assert!(e.what.contains("missing"), "{e}");
+        assert!(parse_stat("garbage").is_err());
+        assert!(parse_stat("1 )x( S").is_err());
+    }
+
+    #[test]
+    fn status_memory_in_bytes() {
+        let text = "Name:\tx\nThreads:\t3\nVmHWM:\t  262400 kB\nVmRSS:\t    2048 kB\n\
+            RssAnon:\t    1024 kB\nRssFile:\t    1000 kB\nRssShmem:\t      24 kB\nVmSwap:\t0 kB\n";
+        let s = parse_status(text).unwrap();
+        assert_eq!(s.vm_hwm, 262_400 * 1024);
+        assert_eq!(s.vm_rss, 2048 * 1024);
+        assert_eq!(s.rss_anon + s.rss_file + s.rss_shmem, s.vm_rss);
+        assert_eq!(s.threads, 3);
+    }
+
+    #[test]
+    fn status_of_a_zombie_has_no_memory() {
+        let s = parse_status("Name:\tx\nState:\tZ (zombie)\nThreads:\t1\n").unwrap();
+        assert_eq!(s.vm_rss, 0);
+    }
+
+    #[test]
+    fn status_garbage_number_is_an_error() {
+        assert!(parse_status("VmRSS:\tlots kB\n").is_err());
+        assert!(parse_status("VmRSS:\t12 MB\n").is_err());
+    }
+}

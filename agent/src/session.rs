@@ -1,0 +1,165 @@
+//! One measurement run: sample the probes and `/proc` every interval until the
+//! duration ends, a signal arrives or the target exits (seen through a pidfd,
+//! so a reused PID can never be mistaken for the target).
+
+use std::{
+    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    probes::{KernelReading, Probes, monotonic_ns},
+    procfs,
+    progress::Progress,
+    signals,
+    timeline::Sample,
+};
+
+/// Why the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// `--duration` elapsed: complete.
+    DurationElapsed,
+    /// Interrupted with no `--duration` given: the expected end, complete.
+    Stopped(i32),
+    /// Interrupted before `--duration` elapsed: partial.
+    Interrupted(i32),
+    /// The target exited: partial.
+    TargetExited,
+}
+
+impl EndReason {
+    pub fn is_partial(self) -> bool {
+        matches!(self, EndReason::Interrupted(_) | EndReason::TargetExited)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            EndReason::DurationElapsed => "complete (duration elapsed)".into(),
+            EndReason::Stopped(s) => format!("complete (stopped by {})", signals::name(s)),
+            EndReason::Interrupted(s) => {
+                format!("PARTIAL (interrupted by {} before --duration)", signals::name(s))
+            }
+            EndReason::TargetExited => "PARTIAL (target exited)".into(),
+        }
+    }
+}
+
+pub struct SessionConfig {
+    pub pid: u32,
+    /// The target's start time at validation: guards against PID reuse.
+    pub starttime_ticks: u64,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+}
+
+pub struct SessionResult {
+    pub samples: Vec<Sample>,
+    pub end: EndReason,
+    pub last_kernel: KernelReading,
+}
+
+/// Opens a pidfd for `pid` and checks it is still the process we validated.
+pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("target PID {pid} is gone (pidfd_open: {e})");
+    }
+    // SAFETY: fd is a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // The pidfd pins the process now; if its start time changed, the PID was
+    // reused between validation and here.
+    let stat = procfs::read_stat(pid).with_context(|| format!("target PID {pid} exited"))?;
+    if stat.starttime_ticks != starttime_ticks {
+        bail!("PID {pid} was reused by another process ({}) before attach", stat.comm);
+    }
+    Ok(fd)
+}
+
+/// Waits up to `timeout` for the pidfd to become readable (target exited).
+/// Returns early, false, on a signal.
+fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    rc > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// Reads everything once. When `/proc` cannot be read (the target is gone),
+/// the ground-truth fields repeat `prev`'s.
+pub fn sample(probes: &Probes, pid: u32, ticks: u64, prev: Option<&Sample>) -> anyhow::Result<(Sample, KernelReading)> {
+    let k = probes.read()?;
+    let t_ns = monotonic_ns();
+    let mut s = Sample {
+        t_ns,
+        cpu_ns: k.cpu.on_cpu_ns,
+        rss_bytes: k.memory.rss_bytes,
+        peak_rss_bytes: k.memory.peak_rss_bytes,
+        minor_faults: k.memory.minor_faults,
+        major_faults: k.memory.major_faults,
+        ..Default::default()
+    };
+    match (procfs::read_stat(pid), procfs::read_status(pid)) {
+        (Ok(stat), Ok(status)) if status.vm_rss > 0 || stat.state != 'Z' => {
+            s.proc_cpu_ns = stat.cpu_time_ns(ticks);
+            s.proc_minor_faults = stat.minflt;
+            s.proc_major_faults = stat.majflt;
+            s.proc_rss_bytes = status.vm_rss;
+            s.proc_hwm_bytes = status.vm_hwm;
+            s.proc_ok = true;
+        }
+        _ => {
+            if let Some(p) = prev {
+                s.proc_cpu_ns = p.proc_cpu_ns;
+                s.proc_minor_faults = p.proc_minor_faults;
+                s.proc_major_faults = p.proc_major_faults;
+                s.proc_rss_bytes = p.proc_rss_bytes;
+                s.proc_hwm_bytes = p.proc_hwm_bytes;
+            }
+        }
+    }
+    Ok((s, k))
+}
+
+pub fn run(probes: &Probes, pidfd: &OwnedFd, config: &SessionConfig) -> anyhow::Result<SessionResult> {
+    let ticks = procfs::clock_ticks_per_sec();
+    let (first, mut last_kernel) = sample(probes, config.pid, ticks, None)?;
+    let mut samples = vec![first];
+    let mut progress = Progress::new();
+    let start = first.t_ns;
+    let deadline = config.duration.map(|d| start + d.as_nanos() as u64);
+    let mut next_tick = start + config.interval.as_nanos() as u64;
+    let end = loop {
+        let now = monotonic_ns();
+        if let Some(signal) = signals::received() {
+            break if deadline.is_some() { EndReason::Interrupted(signal) } else { EndReason::Stopped(signal) };
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            break EndReason::DurationElapsed;
+        }
+        let until = deadline.map_or(next_tick, |d| d.min(next_tick));
+        if now < until && wait_exit(pidfd, Duration::from_nanos(until - now)) {
+            break EndReason::TargetExited;
+        }
+        if monotonic_ns() >= next_tick {
+            let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
+            last_kernel = k;
+            let prev = *samples.last().expect("first sample");
+            samples.push(s);
+            progress.update(&samples[0], &s, &prev, k.memory.own_updates + k.cpu.slices);
+            next_tick += config.interval.as_nanos() as u64;
+        }
+    };
+    progress.clear();
+    // The closing sample: kernel counters are final (an exited target's last
+    // slice and faults are in them); /proc may be gone.
+    let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
+    samples.push(s);
+    last_kernel = k;
+    Ok(SessionResult { samples, end, last_kernel })
+}

@@ -1,0 +1,184 @@
+//! The sampled time series and the per-window arithmetic on it.
+//!
+//! The kernel keeps cumulative counters (CPU ns, faults) and current values
+//! (RSS, peak); user space samples them every `--interval` together with the
+//! `/proc` ground truth. A window's numbers are differences between its first
+//! and last sample, so any set of windows (the whole run, a k6 phase) comes
+//! from the same series without re-reading the kernel. Pure code: no I/O.
+
+/// One reading of everything, at `t_ns` (CLOCK_MONOTONIC, the clock of
+/// `bpf_ktime_get_ns`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub t_ns: u64,
+    /// eBPF: on-CPU ns of the thread group since attach (incl. running slices).
+    pub cpu_ns: u64,
+    /// eBPF: RSS (file + anon + shmem) bytes now.
+    pub rss_bytes: u64,
+    /// eBPF: highest RSS since attach.
+    pub peak_rss_bytes: u64,
+    /// eBPF: page faults since attach.
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    /// Ground truth: `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
+    pub proc_cpu_ns: u64,
+    /// Ground truth: `/proc/PID/status` VmRSS / VmHWM, bytes.
+    pub proc_rss_bytes: u64,
+    pub proc_hwm_bytes: u64,
+    /// Ground truth: `/proc/PID/stat` minflt / majflt (cumulative since start).
+    pub proc_minor_faults: u64,
+    pub proc_major_faults: u64,
+    /// False when `/proc` could not be read (the target is gone): the proc_*
+    /// fields then repeat the last good reading.
+    pub proc_ok: bool,
+}
+
+/// The numbers of one window `[first.t_ns, last.t_ns]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowStats {
+    pub duration_ns: u64,
+    pub cpu_ns: u64,
+    /// Average % of one core: `cpu_ns / duration_ns * 100`.
+    pub cpu_percent: f64,
+    pub proc_cpu_ns: u64,
+    pub proc_cpu_percent: f64,
+    /// RSS at the end of the window, and the highest seen in it.
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Average RSS over the samples of the window.
+    pub mean_rss_bytes: u64,
+    pub proc_rss_bytes: u64,
+    pub proc_hwm_bytes: u64,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub proc_minor_faults: u64,
+    pub proc_major_faults: u64,
+}
+
+impl WindowStats {
+    pub fn page_faults(&self) -> u64 {
+        self.minor_faults + self.major_faults
+    }
+    pub fn proc_page_faults(&self) -> u64 {
+        self.proc_minor_faults + self.proc_major_faults
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 { f64::NAN } else { part as f64 * 100.0 / whole as f64 }
+}
+
+/// Computes a window over `samples` (in time order, at least one).
+///
+/// The peak: the kernel's peak since attach is exact; if it rose inside the
+/// window, the new peak happened inside the window. Otherwise the window's
+/// peak is below the earlier all-time peak and is taken from its samples (the
+/// exact in-kernel value is the highest sampled RSS, and the end value).
+pub fn window(samples: &[Sample]) -> Option<WindowStats> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    let duration_ns = last.t_ns.saturating_sub(first.t_ns);
+    let cpu_ns = last.cpu_ns.saturating_sub(first.cpu_ns);
+    let proc_cpu_ns = last.proc_cpu_ns.saturating_sub(first.proc_cpu_ns);
+    let sampled_max = samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
+    let peak_rss_bytes = if last.peak_rss_bytes > first.peak_rss_bytes {
+        last.peak_rss_bytes.max(sampled_max)
+    } else {
+        sampled_max
+    };
+    let mean_rss_bytes =
+        (samples.iter().map(|s| s.rss_bytes as u128).sum::<u128>() / samples.len() as u128) as u64;
+    Some(WindowStats {
+        duration_ns,
+        cpu_ns,
+        cpu_percent: percent(cpu_ns, duration_ns),
+        proc_cpu_ns,
+        proc_cpu_percent: percent(proc_cpu_ns, duration_ns),
+        rss_bytes: last.rss_bytes,
+        peak_rss_bytes,
+        mean_rss_bytes,
+        proc_rss_bytes: last.proc_rss_bytes,
+        proc_hwm_bytes: last.proc_hwm_bytes,
+        minor_faults: last.minor_faults.saturating_sub(first.minor_faults),
+        major_faults: last.major_faults.saturating_sub(first.major_faults),
+        proc_minor_faults: last.proc_minor_faults.saturating_sub(first.proc_minor_faults),
+        proc_major_faults: last.proc_major_faults.saturating_sub(first.proc_major_faults),
+    })
+}
+
+/// The samples of `[start_ns, end_ns]`, plus the last sample before the start
+/// (so the window's differences begin at its edge, not at its first tick).
+pub fn slice(samples: &[Sample], start_ns: u64, end_ns: u64) -> &[Sample] {
+    let from = samples.partition_point(|s| s.t_ns < start_ns);
+    let to = samples.partition_point(|s| s.t_ns <= end_ns);
+    &samples[from.saturating_sub(1).min(to)..to]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(t_ms: u64, cpu_ms: u64, rss: u64, peak: u64) -> Sample {
+        Sample {
+            t_ns: t_ms * 1_000_000,
+            cpu_ns: cpu_ms * 1_000_000,
+            rss_bytes: rss,
+            peak_rss_bytes: peak,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cpu_percent_is_of_one_core() {
+        // Two cores busy for 1 s: 2 s of CPU, 200 %.
+        let w = window(&[s(0, 0, 0, 0), s(1000, 2000, 0, 0)]).unwrap();
+        assert_eq!(w.cpu_ns, 2_000_000_000);
+        assert!((w.cpu_percent - 200.0).abs() < 1e-9);
+        assert_eq!(w.duration_ns, 1_000_000_000);
+    }
+
+    #[test]
+    fn empty_and_single_sample_windows() {
+        assert!(window(&[]).is_none());
+        let w = window(&[s(5, 1, 10, 10)]).unwrap();
+        assert_eq!(w.duration_ns, 0);
+        assert!(w.cpu_percent.is_nan(), "no rate over an empty window");
+        assert_eq!(w.rss_bytes, 10);
+    }
+
+    #[test]
+    fn peak_inside_window_comes_from_the_kernel() {
+        // The kernel saw 500 between samples; samples show at most 300.
+        let w = window(&[s(0, 0, 100, 100), s(100, 0, 300, 500), s(200, 0, 200, 500)]).unwrap();
+        assert_eq!(w.peak_rss_bytes, 500);
+        assert_eq!(w.rss_bytes, 200);
+    }
+
+    #[test]
+    fn earlier_peak_does_not_leak_into_a_later_window() {
+        // All-time peak 900 happened before this window; the window's own peak is sampled.
+        let w = window(&[s(0, 0, 100, 900), s(100, 0, 150, 900), s(200, 0, 120, 900)]).unwrap();
+        assert_eq!(w.peak_rss_bytes, 150);
+        assert_eq!(w.mean_rss_bytes, (100 + 150 + 120) / 3);
+    }
+
+    #[test]
+    fn counters_never_go_negative() {
+        let mut a = s(0, 10, 0, 0);
+        a.minor_faults = 5;
+        let b = s(10, 5, 0, 0); // a reset counter must not wrap to 2^64
+        let w = window(&[a, b]).unwrap();
+        assert_eq!((w.cpu_ns, w.minor_faults), (0, 0));
+    }
+
+    #[test]
+    fn slice_includes_the_sample_before_the_window() {
+        let v: Vec<Sample> = (0..10).map(|i| s(i * 100, i, 0, 0)).collect();
+        let ms = 1_000_000;
+        let w = slice(&v, 250 * ms, 500 * ms);
+        assert_eq!(w.first().unwrap().t_ns, 200 * ms);
+        assert_eq!(w.last().unwrap().t_ns, 500 * ms);
+        assert_eq!(w.len(), 4);
+        assert_eq!(slice(&v, 10_000 * ms, 20_000 * ms).len(), 1, "after the end: the last one");
+        assert!(slice(&[], 0, 1).is_empty());
+    }
+}
