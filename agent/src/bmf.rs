@@ -57,7 +57,10 @@ impl Measure {
 
     /// Custom measures must be created in Bencher before their first use.
     pub fn is_builtin(self) -> bool {
-        matches!(self, Measure::Latency | Measure::Throughput | Measure::FileSize)
+        matches!(
+            self,
+            Measure::Latency | Measure::Throughput | Measure::FileSize
+        )
     }
 
     pub const ALL: [Measure; 7] = [
@@ -118,7 +121,10 @@ impl BmfReport {
     }
 
     pub fn get(&self, benchmark: &str, measure: Measure) -> Option<f64> {
-        self.benchmarks.get(benchmark)?.get(measure.slug()).map(|m| m.value)
+        self.benchmarks
+            .get(benchmark)?
+            .get(measure.slug())
+            .map(|m| m.value)
     }
 
     pub fn len(&self) -> usize {

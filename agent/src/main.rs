@@ -53,7 +53,7 @@ struct AttachArgs {
     #[arg(long)]
     pid: u32,
     /// Seconds to measure (fractions allowed); without it, until interrupted.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_negative_numbers = true)]
     duration: Option<Duration>,
     /// Write Bencher Metric Format JSON here.
     #[arg(long)]
@@ -67,9 +67,13 @@ struct AttachArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("duration must be a positive number of seconds, got {s}"));
+        return Err(format!(
+            "duration must be a positive number of seconds, got {s}"
+        ));
     }
     if secs > 366.0 * 86_400.0 {
         return Err(format!("duration {s} s is longer than a year"));
@@ -122,6 +126,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<u8> {
         interval: Duration::from_millis(args.interval),
     };
     let result = session::run(&probes, &pidfd, &config)?;
+    let programs = probes.program_stats();
     drop(probes); // detach before writing: the target runs unobserved from here
     let Some(window) = timeline::window(&result.samples) else {
         bail!("no samples were taken");
@@ -131,6 +136,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<u8> {
         comm: &stat.comm,
         window,
         kernel: result.last_kernel,
+        programs,
         end: result.end,
     };
     print!("{}", report::attach_summary(&r));

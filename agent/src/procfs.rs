@@ -56,9 +56,16 @@ impl std::error::Error for ParseError {}
 /// Parses `/proc/PID/stat`. `comm` may hold spaces and parentheses, so the
 /// fields after it are split after the *last* `)`.
 pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
-    let err = |what: String| ParseError { file: "/proc/PID/stat", what };
-    let open = text.find('(').ok_or_else(|| err("no '(' before comm".into()))?;
-    let close = text.rfind(')').ok_or_else(|| err("no ')' after comm".into()))?;
+    let err = |what: String| ParseError {
+        file: "/proc/PID/stat",
+        what,
+    };
+    let open = text
+        .find('(')
+        .ok_or_else(|| err("no '(' before comm".into()))?;
+    let close = text
+        .rfind(')')
+        .ok_or_else(|| err("no ')' after comm".into()))?;
     if close < open {
         return Err(err("')' before '('".into()));
     }
@@ -66,15 +73,21 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
     // Field 3 (state) is rest[0]; field N is rest[N - 3].
     let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
     let field = |n: usize| -> Result<&str, ParseError> {
-        rest.get(n - 3).copied().ok_or_else(|| err(format!("field {n} missing")))
+        rest.get(n - 3)
+            .copied()
+            .ok_or_else(|| err(format!("field {n} missing")))
     };
     let num = |n: usize| -> Result<u64, ParseError> {
-        field(n)?.parse().map_err(|e| err(format!("field {n}: {e}")))
+        field(n)?
+            .parse()
+            .map_err(|e| err(format!("field {n}: {e}")))
     };
     Ok(ProcStat {
         comm,
         state: field(3)?.chars().next().unwrap_or('?'),
-        ppid: field(4)?.parse().map_err(|e| err(format!("field 4: {e}")))?,
+        ppid: field(4)?
+            .parse()
+            .map_err(|e| err(format!("field 4: {e}")))?,
         flags: num(9)?,
         minflt: num(10)?,
         majflt: num(12)?,
@@ -122,10 +135,13 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ParseError> {
             _ => continue,
         };
         let mut parts = value.split_ascii_whitespace();
-        let n: u64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(|| ParseError {
-            file: "/proc/PID/status",
-            what: format!("{key}: not a number: {value:?}"),
-        })?;
+        let n: u64 = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ParseError {
+                file: "/proc/PID/status",
+                what: format!("{key}: not a number: {value:?}"),
+            })?;
         *slot = match parts.next() {
             Some("kB") => n * 1024,
             None => n,

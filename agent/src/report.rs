@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     bmf::{BmfReport, Measure},
-    probes::KernelReading,
+    probes::{KernelReading, stats::ProgramStats},
     session::EndReason,
     timeline::WindowStats,
 };
@@ -16,6 +16,7 @@ pub struct AttachReport<'a> {
     pub comm: &'a str,
     pub window: WindowStats,
     pub kernel: KernelReading,
+    pub programs: Vec<ProgramStats>,
     pub end: EndReason,
 }
 
@@ -31,17 +32,25 @@ pub fn attach_bmf(r: &AttachReport) -> BmfReport {
     b.add("memory/minor_faults", Measure::Count, w.minor_faults as f64);
     b.add("memory/major_faults", Measure::Count, w.major_faults as f64);
     b.add("agent/window", Measure::Latency, w.duration_ns as f64);
-    b.add("agent/partial", Measure::Count, if r.end.is_partial() { 1.0 } else { 0.0 });
-    b.add("agent/dropped_events", Measure::Count, dropped_events(&r.kernel) as f64);
+    b.add(
+        "agent/partial",
+        Measure::Count,
+        if r.end.is_partial() { 1.0 } else { 0.0 },
+    );
+    b.add(
+        "agent/dropped_events",
+        Measure::Count,
+        dropped_events(&r.programs) as f64,
+    );
     b
 }
 
-/// Events of the target the kernel side could not store. CPU time, RSS and
-/// faults are aggregated in place in fixed-size per-CPU slots, which cannot
-/// fill up, so nothing of theirs can be dropped; event streams that can
-/// (ring buffers, bounded maps) add their loss counters here.
-pub fn dropped_events(_k: &KernelReading) -> u64 {
-    0
+/// Events lost on the kernel side: runs of our programs the kernel skipped
+/// (recursion misses). CPU time, RSS and faults are aggregated in place in
+/// fixed per-CPU slots that cannot fill up; event streams that can (ring
+/// buffers, bounded maps) add their loss counters here.
+pub fn dropped_events(programs: &[ProgramStats]) -> u64 {
+    programs.iter().map(|p| p.recursion_misses).sum()
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -84,7 +93,11 @@ pub fn attach_summary(r: &AttachReport) -> String {
         human_ns(w.duration_ns),
         r.end.describe()
     );
-    let _ = writeln!(out, "{:<22} {:>14}  {:>22}  {:>9}", "metric", "agent (eBPF)", "ground truth (/proc)", "diff");
+    let _ = writeln!(
+        out,
+        "{:<22} {:>14}  {:>22}  {:>9}",
+        "metric", "agent (eBPF)", "ground truth (/proc)", "diff"
+    );
     let mut row = |name: &str, agent: String, truth: String, d: String| {
         let _ = writeln!(out, "{name:<22} {agent:>14}  {truth:>22}  {d:>9}");
     };
@@ -133,7 +146,7 @@ pub fn attach_summary(r: &AttachReport) -> String {
         m.own_updates,
         m.foreign_updates,
         m.unattributed,
-        dropped_events(&r.kernel)
+        dropped_events(&r.programs)
     );
     out
 }
@@ -157,6 +170,7 @@ mod tests {
                 ..Default::default()
             },
             kernel: KernelReading::default(),
+            programs: vec![],
             end,
         }
     }
@@ -166,8 +180,14 @@ mod tests {
         let b = attach_bmf(&report(EndReason::DurationElapsed));
         assert_eq!(b.get("cpu/percent", Measure::CpuPercent), Some(50.0));
         assert_eq!(b.get("cpu/time", Measure::CpuTime), Some(1e9));
-        assert_eq!(b.get("memory/rss", Measure::Memory), Some((10 << 20) as f64));
-        assert_eq!(b.get("memory/peak_rss", Measure::Memory), Some((20 << 20) as f64));
+        assert_eq!(
+            b.get("memory/rss", Measure::Memory),
+            Some((10 << 20) as f64)
+        );
+        assert_eq!(
+            b.get("memory/peak_rss", Measure::Memory),
+            Some((20 << 20) as f64)
+        );
         assert_eq!(b.get("memory/page_faults", Measure::Count), Some(8.0));
         assert_eq!(b.get("agent/partial", Measure::Count), Some(0.0));
     }

@@ -3,7 +3,7 @@
 //! so a reused PID can never be mistaken for the target).
 
 use std::{
-    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -40,7 +40,10 @@ impl EndReason {
             EndReason::DurationElapsed => "complete (duration elapsed)".into(),
             EndReason::Stopped(s) => format!("complete (stopped by {})", signals::name(s)),
             EndReason::Interrupted(s) => {
-                format!("PARTIAL (interrupted by {} before --duration)", signals::name(s))
+                format!(
+                    "PARTIAL (interrupted by {} before --duration)",
+                    signals::name(s)
+                )
             }
             EndReason::TargetExited => "PARTIAL (target exited)".into(),
         }
@@ -75,7 +78,10 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
     // reused between validation and here.
     let stat = procfs::read_stat(pid).with_context(|| format!("target PID {pid} exited"))?;
     if stat.starttime_ticks != starttime_ticks {
-        bail!("PID {pid} was reused by another process ({}) before attach", stat.comm);
+        bail!(
+            "PID {pid} was reused by another process ({}) before attach",
+            stat.comm
+        );
     }
     Ok(fd)
 }
@@ -83,7 +89,11 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
 /// Waits up to `timeout` for the pidfd to become readable (target exited).
 /// Returns early, false, on a signal.
 fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -92,7 +102,12 @@ fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
 
 /// Reads everything once. When `/proc` cannot be read (the target is gone),
 /// the ground-truth fields repeat `prev`'s.
-pub fn sample(probes: &Probes, pid: u32, ticks: u64, prev: Option<&Sample>) -> anyhow::Result<(Sample, KernelReading)> {
+pub fn sample(
+    probes: &Probes,
+    pid: u32,
+    ticks: u64,
+    prev: Option<&Sample>,
+) -> anyhow::Result<(Sample, KernelReading)> {
     let k = probes.read()?;
     let t_ns = monotonic_ns();
     let mut s = Sample {
@@ -126,7 +141,11 @@ pub fn sample(probes: &Probes, pid: u32, ticks: u64, prev: Option<&Sample>) -> a
     Ok((s, k))
 }
 
-pub fn run(probes: &Probes, pidfd: &OwnedFd, config: &SessionConfig) -> anyhow::Result<SessionResult> {
+pub fn run(
+    probes: &Probes,
+    pidfd: &OwnedFd,
+    config: &SessionConfig,
+) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
     let (first, mut last_kernel) = sample(probes, config.pid, ticks, None)?;
     let mut samples = vec![first];
@@ -137,7 +156,11 @@ pub fn run(probes: &Probes, pidfd: &OwnedFd, config: &SessionConfig) -> anyhow::
     let end = loop {
         let now = monotonic_ns();
         if let Some(signal) = signals::received() {
-            break if deadline.is_some() { EndReason::Interrupted(signal) } else { EndReason::Stopped(signal) };
+            break if deadline.is_some() {
+                EndReason::Interrupted(signal)
+            } else {
+                EndReason::Stopped(signal)
+            };
         }
         if deadline.is_some_and(|d| now >= d) {
             break EndReason::DurationElapsed;
@@ -161,5 +184,9 @@ pub fn run(probes: &Probes, pidfd: &OwnedFd, config: &SessionConfig) -> anyhow::
     let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
     samples.push(s);
     last_kernel = k;
-    Ok(SessionResult { samples, end, last_kernel })
+    Ok(SessionResult {
+        samples,
+        end,
+        last_kernel,
+    })
 }

@@ -65,7 +65,11 @@ impl WindowStats {
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 { f64::NAN } else { part as f64 * 100.0 / whole as f64 }
+    if whole == 0 {
+        f64::NAN
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
 }
 
 /// Computes a window over `samples` (in time order, at least one).
@@ -100,8 +104,12 @@ pub fn window(samples: &[Sample]) -> Option<WindowStats> {
         proc_hwm_bytes: last.proc_hwm_bytes,
         minor_faults: last.minor_faults.saturating_sub(first.minor_faults),
         major_faults: last.major_faults.saturating_sub(first.major_faults),
-        proc_minor_faults: last.proc_minor_faults.saturating_sub(first.proc_minor_faults),
-        proc_major_faults: last.proc_major_faults.saturating_sub(first.proc_major_faults),
+        proc_minor_faults: last
+            .proc_minor_faults
+            .saturating_sub(first.proc_minor_faults),
+        proc_major_faults: last
+            .proc_major_faults
+            .saturating_sub(first.proc_major_faults),
     })
 }
 
@@ -178,7 +186,11 @@ mod tests {
         assert_eq!(w.first().unwrap().t_ns, 200 * ms);
         assert_eq!(w.last().unwrap().t_ns, 500 * ms);
         assert_eq!(w.len(), 4);
-        assert_eq!(slice(&v, 10_000 * ms, 20_000 * ms).len(), 1, "after the end: the last one");
+        assert_eq!(
+            slice(&v, 10_000 * ms, 20_000 * ms).len(),
+            1,
+            "after the end: the last one"
+        );
         assert!(slice(&[], 0, 1).is_empty());
     }
 }

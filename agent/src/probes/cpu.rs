@@ -30,7 +30,10 @@ impl CpuProbe {
             take_map(ebpf, "CPU_ACCOUNT")?.try_into()?;
         // A slice running at attach counts from now, not from an unknown start.
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let seed = CpuAccount { last_switch_ns: monotonic_ns(), ..Default::default() };
+        let seed = CpuAccount {
+            last_switch_ns: monotonic_ns(),
+            ..Default::default()
+        };
         account.set(0, PerCpuValues::try_from(vec![seed; nr_cpus])?, 0)?;
 
         let program: &mut TracePoint = ebpf
@@ -44,6 +47,8 @@ impl CpuProbe {
         Ok(CpuProbe { account })
     }
 
+    /// Reads the counters. A slice still running now is added when its task
+    /// is one of the target's threads (`/proc/PID/task/TID` exists).
     pub fn read(&self, pid: u32) -> anyhow::Result<CpuReading> {
         let per_cpu = self.account.get(&0, 0)?;
         let now = monotonic_ns();
@@ -61,4 +66,30 @@ impl CpuProbe {
         }
         Ok(reading)
     }
+}
+
+/// Runs a short pinned thread on every online CPU, so each CPU passes through
+/// `sched_switch` right after attach and `running_tid` names the task really
+/// on it. Without this, a target thread that kept a CPU since before attach
+/// is invisible to the first reading and its slice since attach would be
+/// added to the first window only when it ends.
+pub fn force_switch_on_every_cpu() -> anyhow::Result<()> {
+    let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
+    let threads: Vec<_> = cpus
+        .into_iter()
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu as usize, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
 }

@@ -45,7 +45,8 @@ impl MemoryProbe {
 
         // Seed from /proc: rss_stat only reports changes, so a quiet target
         // would otherwise read as 0 until its next fault.
-        let status = procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
+        let status =
+            procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
         let mut seed = RssCounters::default();
         seed.member_bytes[rss_member::FILE] = status.rss_file as i64;
         seed.member_bytes[rss_member::ANON] = status.rss_anon as i64;
@@ -62,7 +63,9 @@ impl MemoryProbe {
             .context("eBPF object has no program rss_stat")?
             .try_into()?;
         rss_stat.load().context("loading rss_stat")?;
-        rss_stat.attach("kmem", "rss_stat").context("attaching to tracepoint kmem:rss_stat")?;
+        rss_stat
+            .attach("kmem", "rss_stat")
+            .context("attaching to tracepoint kmem:rss_stat")?;
 
         let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
         for (program, event) in [
@@ -81,17 +84,26 @@ impl MemoryProbe {
                     SamplePolicy::Period(1),
                     false,
                 )
-                .with_context(|| format!("attaching {program} to perf software event on CPU {cpu}"))?;
+                .with_context(|| {
+                    format!("attaching {program} to perf software event on CPU {cpu}")
+                })?;
             }
         }
-        Ok(MemoryProbe { counters, stats, faults })
+        Ok(MemoryProbe {
+            counters,
+            stats,
+            faults,
+        })
     }
 
     pub fn read(&self) -> anyhow::Result<MemoryReading> {
         let counters = self.counters.get(&0, 0)?;
         let m = counters.member_bytes;
         let rss = m[rss_member::FILE] + m[rss_member::ANON] + m[rss_member::SHMEM];
-        let mut r = MemoryReading { rss_bytes: rss.max(0) as u64, ..Default::default() };
+        let mut r = MemoryReading {
+            rss_bytes: rss.max(0) as u64,
+            ..Default::default()
+        };
         for s in self.stats.get(&0, 0)?.iter() {
             r.peak_rss_bytes = r.peak_rss_bytes.max(s.peak_rss_bytes);
             r.own_updates += s.own_updates;

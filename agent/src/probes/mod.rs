@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod memory;
+pub mod stats;
 
 use std::path::Path;
 
@@ -33,7 +34,7 @@ pub struct Probes {
     cpu: cpu::CpuProbe,
     memory: memory::MemoryProbe,
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Probes {
@@ -62,17 +63,34 @@ impl Probes {
         // Seed state before the programs run, then attach.
         let cpu = cpu::CpuProbe::attach(&mut ebpf, pid)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, pid)?;
-        Ok(Probes { pid, cpu, memory, _ebpf: ebpf })
+        cpu::force_switch_on_every_cpu()?;
+        Ok(Probes {
+            pid,
+            cpu,
+            memory,
+            ebpf: ebpf,
+        })
     }
 
     pub fn read(&self) -> anyhow::Result<KernelReading> {
-        Ok(KernelReading { cpu: self.cpu.read(self.pid)?, memory: self.memory.read()? })
+        Ok(KernelReading {
+            cpu: self.cpu.read(self.pid)?,
+            memory: self.memory.read()?,
+        })
+    }
+
+    /// Run counts, run time and recursion misses of every program.
+    pub fn program_stats(&self) -> Vec<stats::ProgramStats> {
+        stats::read_all(&self.ebpf)
     }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -80,5 +98,6 @@ pub fn monotonic_ns() -> u64 {
 
 /// Takes a map out of the object by name, with context if it is missing.
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))
+    ebpf.take_map(name)
+        .with_context(|| format!("eBPF object has no map {name}"))
 }
