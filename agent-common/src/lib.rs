@@ -12,15 +12,46 @@
 pub mod globals {
     /// `u32`: thread-group id (PID) of the target. 0 matches nothing.
     pub const TARGET_TGID: &str = "TARGET_TGID";
-    /// `u32`: byte offset of `next_pid` in the `sched:sched_switch` record,
-    /// read from tracefs `events/sched/sched_switch/format` at start-up.
-    pub const SCHED_SWITCH_NEXT_PID_OFFSET: &str = "SCHED_SWITCH_NEXT_PID_OFFSET";
-    /// `u32` offsets of `mm_id`, `curr`, `member` and `size` in the
-    /// `kmem:rss_stat` record, read from its tracefs `format` file.
-    pub const RSS_STAT_MM_ID_OFFSET: &str = "RSS_STAT_MM_ID_OFFSET";
-    pub const RSS_STAT_CURR_OFFSET: &str = "RSS_STAT_CURR_OFFSET";
-    pub const RSS_STAT_MEMBER_OFFSET: &str = "RSS_STAT_MEMBER_OFFSET";
-    pub const RSS_STAT_SIZE_OFFSET: &str = "RSS_STAT_SIZE_OFFSET";
+    /// [`TracepointOffsets`](super::TracepointOffsets): where each field the
+    /// programs read sits in its tracepoint record.
+    pub const OFFSETS: &str = "OFFSETS";
+}
+
+/// Byte offsets of the tracepoint fields the programs read, taken from the
+/// tracefs `format` files at start-up: no kernel layout is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `sched:sched_switch`
+    pub sched_switch_next_pid: u32,
+    /// `kmem:rss_stat`
+    pub rss_stat_mm_id: u32,
+    pub rss_stat_curr: u32,
+    pub rss_stat_member: u32,
+    pub rss_stat_size: u32,
+    /// `sock:sock_recv_length` and `sock:sock_send_length` (same layout,
+    /// checked by user space).
+    pub sock_length_sk: u32,
+    pub sock_length_family: u32,
+    pub sock_length_protocol: u32,
+    pub sock_length_ret: u32,
+    pub sock_length_flags: u32,
+    /// `sock:inet_sock_set_state`
+    pub set_state_skaddr: u32,
+    pub set_state_oldstate: u32,
+    pub set_state_newstate: u32,
+    pub set_state_sport: u32,
+    pub set_state_protocol: u32,
+    /// `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`
+    pub receive_reset_skaddr: u32,
+    pub send_reset_skaddr: u32,
+    /// `syscalls:sys_enter_{write,sendto,writev,sendmsg}`: the user buffer
+    /// (or iovec / msghdr) argument, to read a response's status line.
+    pub write_buf: u32,
+    pub sendto_buf: u32,
+    pub writev_vec: u32,
+    pub sendmsg_msg: u32,
+    pub _pad: u32,
 }
 
 /// Per-CPU scheduler accounting of the target's thread group
@@ -101,6 +132,145 @@ pub struct FaultCounts {
     pub major: u64,
 }
 
+/// TCP connection direction, as seen from the target.
+pub mod direction {
+    /// Accepted by the target: requests come in on it.
+    pub const INBOUND: u32 = 1;
+    /// Opened by the target (`connect`): its upstream calls go out on it.
+    pub const OUTBOUND: u32 = 2;
+}
+
+/// Where a connection is in its request/response exchange.
+///
+/// Inbound: `REQUEST` while the target reads a request, `RESPONSE` once it
+/// writes; the next read with data after a write starts the next request
+/// (HTTP/1.1 keep-alive). Outbound: the same with roles swapped (the target
+/// writes the call, then reads the upstream's response).
+pub mod phase {
+    pub const IDLE: u32 = 0;
+    pub const REQUEST: u32 = 1;
+    pub const RESPONSE: u32 = 2;
+}
+
+/// Flags of [`ConnState`] and [`NetEvent`].
+pub mod conn_flags {
+    /// The connection existed before attach: its direction was inferred from
+    /// the first operation seen (a server reads first, a client writes first).
+    pub const ADOPTED: u32 = 1;
+    /// A TCP reset was sent or received on the connection.
+    pub const RESET: u32 = 2;
+    /// The event was completed by user space at the end of the run.
+    pub const AT_END: u32 = 4;
+}
+
+/// Per-connection state (map `CONNS`, key: the `struct sock *` address).
+///
+/// Keyed by socket, not fd: an fd number reused for a new connection is a new
+/// socket, and an entry is reset whenever its socket is (re)established, so
+/// no stale state survives into another connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// First byte of the current request read (inbound) / call sent (outbound).
+    pub start_ns: u64,
+    /// First byte of the response written (inbound) / read (outbound).
+    pub first_response_ns: u64,
+    /// Last byte of the response so far.
+    pub last_response_ns: u64,
+    /// Inbound: ns this request spent waiting on upstream calls made for it.
+    pub upstream_ns: u64,
+    /// Outbound: up to when the call's time was already credited to its parent.
+    pub credited_until_ns: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Outbound: the inbound connection (sock address) the call serves.
+    pub parent_sk: u64,
+    /// Inbound: requests started on this connection; outbound: the parent's
+    /// request number when the call started.
+    pub seq: u32,
+    pub parent_seq: u32,
+    pub direction: u32,
+    pub phase: u32,
+    /// HTTP status read from the first response bytes, 0 if none.
+    pub status: u32,
+    pub flags: u32,
+}
+
+/// Kinds of [`NetEvent`].
+pub mod event_kind {
+    /// A request served on an inbound connection.
+    pub const REQUEST: u32 = 1;
+    /// A call the target made on an outbound connection.
+    pub const UPSTREAM_CALL: u32 = 2;
+}
+
+/// A finished request or upstream call (ring buffer `NET_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    pub start_ns: u64,
+    pub first_response_ns: u64,
+    pub end_ns: u64,
+    pub upstream_ns: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub sk: u64,
+    pub kind: u32,
+    pub status: u32,
+    pub flags: u32,
+    pub seq: u32,
+}
+
+/// Which thread last read from which inbound connection (map
+/// `THREAD_INBOUND`, key: tid): an upstream call started on a thread serves
+/// the request that thread was handling.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ParentRef {
+    pub sk: u64,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU counters of the network probes (map `NET_STATS`): what was seen,
+/// and every way an event can be lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub events_submitted: u64,
+    /// Ring buffer full: the event is lost (and counted).
+    pub events_dropped: u64,
+    /// `CONNS` full: the connection is not tracked (and counted).
+    pub conns_untracked: u64,
+    pub inbound_conns: u64,
+    pub outbound_conns: u64,
+    /// Connections first seen mid-life (opened before attach).
+    pub adopted_conns: u64,
+    /// TCP resets on the target's connections.
+    pub resets: u64,
+    /// Writes on an inbound connection with no request read before them
+    /// (a greeting, or a response already under way at attach).
+    pub unmatched_writes: u64,
+}
+
+/// First occurrences, for startup (map `MILESTONES`, one-slot `ARRAY`):
+/// CLOCK_MONOTONIC ns, 0 until seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Milestones {
+    /// The first socket of the target entering LISTEN.
+    pub first_listen_ns: u64,
+    /// The first connection accepted on one of its listening ports.
+    pub first_accept_ns: u64,
+    /// The first response byte written on an inbound connection.
+    pub first_response_ns: u64,
+    /// The first complete response (its connection moved to the next request
+    /// or closed).
+    pub first_complete_response_ns: u64,
+    pub first_listen_port: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)], contain only integers and have no
@@ -109,6 +279,12 @@ mod user {
     unsafe impl aya::Pod for super::RssCounters {}
     unsafe impl aya::Pod for super::RssStats {}
     unsafe impl aya::Pod for super::FaultCounts {}
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::NetEvent {}
+    unsafe impl aya::Pod for super::ParentRef {}
+    unsafe impl aya::Pod for super::NetStats {}
+    unsafe impl aya::Pod for super::Milestones {}
 }
 
 // No padding: sizes equal the sum of field sizes.
@@ -116,3 +292,9 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
+const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
+const _: () = assert!(core::mem::size_of::<NetStats>() == 8 * 8);
+const _: () = assert!(core::mem::size_of::<Milestones>() == 5 * 8);

@@ -24,12 +24,12 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     };
     let account = unsafe { &mut *account };
     let now = unsafe { bpf_ktime_get_ns() };
-    if config::current_tgid() == config::target_tgid() && account.last_switch_ns != 0 {
+    if config::in_target() && account.last_switch_ns != 0 {
         account.on_cpu_ns += now.saturating_sub(account.last_switch_ns);
         account.slices += 1;
     }
     account.last_switch_ns = now;
     account.running_tid =
-        unsafe { ctx.read_at::<u32>(config::sched_switch_next_pid_offset()) }.unwrap_or(0);
+        unsafe { ctx.read_at::<u32>(config::offset!(sched_switch_next_pid)) }.unwrap_or(0);
     0
 }

@@ -15,6 +15,7 @@
 mod config;
 mod cpu;
 mod memory;
+mod net;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -30,12 +30,12 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let (counters, stats) = unsafe { (&mut *counters, &mut *stats) };
-    let Ok(mm_id) = (unsafe { ctx.read_at::<u32>(config::rss_stat_mm_id_offset()) }) else {
+    let Ok(mm_id) = (unsafe { ctx.read_at::<u32>(config::offset!(rss_stat_mm_id)) }) else {
         return 0;
     };
-    let curr = unsafe { ctx.read_at::<u32>(config::rss_stat_curr_offset()) }.unwrap_or(0);
+    let curr = unsafe { ctx.read_at::<u32>(config::offset!(rss_stat_curr)) }.unwrap_or(0);
     if curr != 0 {
-        if config::current_tgid() != config::target_tgid() {
+        if !config::in_target() {
             return 0;
         }
         counters.mm_id = mm_id;
@@ -53,8 +53,8 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
         }
         stats.foreign_updates += 1;
     }
-    let member = unsafe { ctx.read_at::<i32>(config::rss_stat_member_offset()) }.unwrap_or(-1);
-    let Ok(size) = (unsafe { ctx.read_at::<i64>(config::rss_stat_size_offset()) }) else {
+    let member = unsafe { ctx.read_at::<i32>(config::offset!(rss_stat_member)) }.unwrap_or(-1);
+    let Ok(size) = (unsafe { ctx.read_at::<i64>(config::offset!(rss_stat_size)) }) else {
         return 0;
     };
     // Bounded index for the verifier.
@@ -77,7 +77,7 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn count_fault(major: bool) {
-    if config::current_tgid() != config::target_tgid() {
+    if !config::in_target() {
         return;
     }
     if let Some(counts) = FAULT_COUNTS.get_ptr_mut(0) {

@@ -5,11 +5,13 @@
 //! exit) writes Bencher Metric Format JSON and prints a summary.
 
 mod bmf;
+mod percentile;
 mod preflight;
 mod probes;
 mod procfs;
 mod progress;
 mod report;
+mod requests;
 mod session;
 mod signals;
 mod timeline;
@@ -108,7 +110,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<u8> {
     // the run cleanly, after the first sample.
     signals::install();
     let pidfd = session::open_pidfd(args.pid, stat.starttime_ticks)?;
-    let probes = probes::Probes::attach(args.pid, &tracefs_root)
+    let mut probes = probes::Probes::attach(args.pid, &tracefs_root)
         .with_context(|| format!("attaching to PID {}", args.pid))?;
     eprintln!(
         "perf-agent: attached to PID {} ({}){}",
@@ -125,17 +127,25 @@ fn attach(args: AttachArgs) -> anyhow::Result<u8> {
         duration: args.duration,
         interval: Duration::from_millis(args.interval),
     };
-    let result = session::run(&probes, &pidfd, &config)?;
+    let result = session::run(&mut probes, &pidfd, &config)?;
     let programs = probes.program_stats();
     drop(probes); // detach before writing: the target runs unobserved from here
     let Some(window) = timeline::window(&result.samples) else {
         bail!("no samples were taken");
     };
+    let (first, last) = (
+        result.samples[0].t_ns,
+        result.samples[result.samples.len() - 1].t_ns,
+    );
+    let requests = result.log.window(first, last);
     let r = report::AttachReport {
         pid: args.pid,
         comm: &stat.comm,
         window,
         kernel: result.last_kernel,
+        requests,
+        in_flight: result.in_flight,
+        rejected_events: result.log.rejected,
         programs,
         end: result.end,
     };

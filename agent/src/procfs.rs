@@ -189,9 +189,101 @@ pub fn clock_ticks_per_sec() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
+/// One socket line of `/proc/PID/net/tcp` or `tcp6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local_port: u16,
+    /// Kernel TCP state number (10 = LISTEN, 1 = ESTABLISHED).
+    pub state: u8,
+    pub inode: u64,
+}
+
+pub const TCP_LISTEN: u8 = 10;
+
+/// Parses `/proc/net/tcp`-format text. Bad lines are skipped: the file is
+/// the kernel's, but a process can vanish while it is read.
+pub fn parse_net_tcp(text: &str) -> Vec<TcpSocket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            let local = f.get(1)?;
+            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+            let inode = f.get(9)?.parse().ok()?;
+            Some(TcpSocket {
+                local_port: port,
+                state,
+                inode,
+            })
+        })
+        .collect()
+}
+
+/// Inodes of the sockets `pid` has open (`/proc/PID/fd/* -> socket:[N]`).
+pub fn socket_inodes(pid: u32) -> io::Result<std::collections::HashSet<u64>> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in fs::read_dir(proc_path(pid, "fd"))? {
+        let Ok(target) = fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if let Some(n) = target
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            && let Ok(n) = n.parse()
+        {
+            inodes.insert(n);
+        }
+    }
+    Ok(inodes)
+}
+
+/// TCP ports `pid` is listening on now, in its own network namespace.
+pub fn listening_ports(pid: u32) -> io::Result<Vec<u16>> {
+    let inodes = socket_inodes(pid)?;
+    let mut ports = Vec::new();
+    for file in ["net/tcp", "net/tcp6"] {
+        let Ok(text) = fs::read_to_string(proc_path(pid, file)) else {
+            continue;
+        };
+        for s in parse_net_tcp(&text) {
+            if s.state == TCP_LISTEN && inodes.contains(&s.inode) && !ports.contains(&s.local_port)
+            {
+                ports.push(s.local_port);
+            }
+        }
+    }
+    Ok(ports)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_tcp_lines() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 23456 1 0000000000000000 20 4 30 10 -1
+   2: garbage
+";
+        let v = parse_net_tcp(text);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            v[0],
+            TcpSocket {
+                local_port: 8080,
+                state: TCP_LISTEN,
+                inode: 12345
+            }
+        );
+        assert_eq!(v[1].state, 1);
+        let v6 = parse_net_tcp(
+            "hdr\n   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1\n",
+        );
+        assert_eq!(v6[0].local_port, 80);
+    }
 
     const STAT: &str = "4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 1234 0 5 0 \
         250 30 0 0 20 0 7 0 987654 123456789 2048 18446744073709551615 1 1 0 0 0 0 0 \

@@ -19,7 +19,7 @@ impl Progress {
         }
     }
 
-    pub fn update(&mut self, first: &Sample, now: &Sample, prev: &Sample, events: u64) {
+    pub fn update(&mut self, first: &Sample, now: &Sample, prev: &Sample, requests: u64) {
         if !self.enabled {
             return;
         }
@@ -27,7 +27,7 @@ impl Progress {
         let dt = now.t_ns.saturating_sub(prev.t_ns).max(1) as f64;
         let cpu = now.cpu_ns.saturating_sub(prev.cpu_ns) as f64 * 100.0 / dt;
         let line = format!(
-            "perf-agent: {elapsed:7.1} s | CPU {cpu:6.1} % | RSS {} | faults {} | events {events}",
+            "perf-agent: {elapsed:7.1} s | CPU {cpu:6.1} % | RSS {} | faults {} | requests {requests}",
             human_bytes(now.rss_bytes),
             now.minor_faults + now.major_faults,
         );

@@ -1,11 +1,15 @@
-//! Turning a run's samples into metrics: the BMF file for CI and the summary
-//! table for people, with the `/proc` ground truth beside each kernel number.
+//! Turning a run into metrics: the BMF file for CI and the summary table for
+//! people, with the `/proc` ground truth beside each kernel number.
+//!
+//! Metric IDs are stable (CI gates on them); `docs/metrics.md` defines each.
 
 use std::fmt::Write as _;
 
 use crate::{
     bmf::{BmfReport, Measure},
+    percentile::Percentiles,
     probes::{KernelReading, stats::ProgramStats},
+    requests::RequestStats,
     session::EndReason,
     timeline::WindowStats,
 };
@@ -15,23 +19,89 @@ pub struct AttachReport<'a> {
     pub pid: u32,
     pub comm: &'a str,
     pub window: WindowStats,
+    pub requests: RequestStats,
     pub kernel: KernelReading,
+    /// Requests read but not answered when the run ended.
+    pub in_flight: u64,
+    /// Events user space refused (inconsistent timestamps).
+    pub rejected_events: u64,
     pub programs: Vec<ProgramStats>,
     pub end: EndReason,
 }
 
-/// BMF for a plain attach. Names are stable: CI gates on them.
+/// CPU and memory metrics of one window, named `<id><suffix>`.
+pub fn add_system_metrics(b: &mut BmfReport, suffix: &str, w: &WindowStats) {
+    let id = |name: &str| format!("{name}{suffix}");
+    b.add(id("cpu/percent"), Measure::CpuPercent, w.cpu_percent);
+    b.add(id("cpu/time"), Measure::CpuTime, w.cpu_ns as f64);
+    b.add(id("memory/rss"), Measure::Memory, w.rss_bytes as f64);
+    b.add(
+        id("memory/peak_rss"),
+        Measure::Memory,
+        w.peak_rss_bytes as f64,
+    );
+    b.add(
+        id("memory/page_faults"),
+        Measure::Count,
+        w.page_faults() as f64,
+    );
+    b.add(
+        id("memory/minor_faults"),
+        Measure::Count,
+        w.minor_faults as f64,
+    );
+    b.add(
+        id("memory/major_faults"),
+        Measure::Count,
+        w.major_faults as f64,
+    );
+}
+
+fn add_percentiles(b: &mut BmfReport, prefix: &str, suffix: &str, p: &Percentiles) {
+    for name in Percentiles::NAMES {
+        b.add(
+            format!("{prefix}{name}{suffix}"),
+            Measure::Latency,
+            p.get(name),
+        );
+    }
+}
+
+/// Request metrics of one window, named `<id><suffix>`. Percentiles of an
+/// empty set are left out (not written as 0).
+pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w: &WindowStats) {
+    let id = |name: &str| format!("{name}{suffix}");
+    b.add(id("requests/count"), Measure::Count, r.count as f64);
+    b.add(id("throughput/rps"), Measure::Throughput, r.rps);
+    add_percentiles(b, "latency/", suffix, &r.latency);
+    add_percentiles(b, "ttfb/", suffix, &r.ttfb);
+    b.add(
+        id("errors/count"),
+        Measure::Count,
+        (r.http_errors() + w.resets) as f64,
+    );
+    b.add(id("errors/http_4xx"), Measure::Count, r.status_4xx as f64);
+    b.add(id("errors/http_5xx"), Measure::Count, r.status_5xx as f64);
+    b.add(id("errors/resets"), Measure::Count, w.resets as f64);
+    b.add(
+        id("upstream/calls"),
+        Measure::Count,
+        r.upstream_calls as f64,
+    );
+    add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
+    add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
+}
+
+/// BMF for a plain attach.
 pub fn attach_bmf(r: &AttachReport) -> BmfReport {
-    let w = &r.window;
     let mut b = BmfReport::default();
-    b.add("cpu/percent", Measure::CpuPercent, w.cpu_percent);
-    b.add("cpu/time", Measure::CpuTime, w.cpu_ns as f64);
-    b.add("memory/rss", Measure::Memory, w.rss_bytes as f64);
-    b.add("memory/peak_rss", Measure::Memory, w.peak_rss_bytes as f64);
-    b.add("memory/page_faults", Measure::Count, w.page_faults() as f64);
-    b.add("memory/minor_faults", Measure::Count, w.minor_faults as f64);
-    b.add("memory/major_faults", Measure::Count, w.major_faults as f64);
-    b.add("agent/window", Measure::Latency, w.duration_ns as f64);
+    add_system_metrics(&mut b, "", &r.window);
+    add_request_metrics(&mut b, "", &r.requests, &r.window);
+    b.add(
+        "agent/window",
+        Measure::Latency,
+        r.window.duration_ns as f64,
+    );
     b.add(
         "agent/partial",
         Measure::Count,
@@ -40,17 +110,19 @@ pub fn attach_bmf(r: &AttachReport) -> BmfReport {
     b.add(
         "agent/dropped_events",
         Measure::Count,
-        dropped_events(&r.programs) as f64,
+        dropped_events(r) as f64,
     );
     b
 }
 
-/// Events lost on the kernel side: runs of our programs the kernel skipped
-/// (recursion misses). CPU time, RSS and faults are aggregated in place in
-/// fixed per-CPU slots that cannot fill up; event streams that can (ring
-/// buffers, bounded maps) add their loss counters here.
-pub fn dropped_events(programs: &[ProgramStats]) -> u64 {
-    programs.iter().map(|p| p.recursion_misses).sum()
+/// Every event lost between the kernel and the numbers: runs the kernel
+/// skipped (recursion misses), ring buffer or connection table full, and
+/// events user space refused. CPU time, RSS and faults are aggregated in
+/// fixed per-CPU slots that cannot fill up.
+pub fn dropped_events(r: &AttachReport) -> u64 {
+    r.programs.iter().map(|p| p.recursion_misses).sum::<u64>()
+        + r.window.lost_events
+        + r.rejected_events
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -62,9 +134,10 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-pub fn human_ns(ns: u64) -> String {
-    let ns = ns as f64;
-    if ns >= 1e9 {
+pub fn human_ns(ns: f64) -> String {
+    if !ns.is_finite() {
+        "-".into()
+    } else if ns >= 1e9 {
         format!("{:.3} s", ns / 1e9)
     } else if ns >= 1e6 {
         format!("{:.2} ms", ns / 1e6)
@@ -81,6 +154,15 @@ fn diff(agent: f64, truth: f64) -> String {
     format!("{:+.2} %", (agent - truth) * 100.0 / truth)
 }
 
+fn percentiles_row(p: &Percentiles) -> String {
+    format!(
+        "p50 {}  p95 {}  p99 {}",
+        human_ns(p.p50),
+        human_ns(p.p95),
+        human_ns(p.p99)
+    )
+}
+
 /// The human summary for a plain attach.
 pub fn attach_summary(r: &AttachReport) -> String {
     let w = &r.window;
@@ -90,7 +172,7 @@ pub fn attach_summary(r: &AttachReport) -> String {
         "perf-agent: pid {} ({}), window {}, {}",
         r.pid,
         r.comm,
-        human_ns(w.duration_ns),
+        human_ns(w.duration_ns as f64),
         r.end.describe()
     );
     let _ = writeln!(
@@ -109,8 +191,8 @@ pub fn attach_summary(r: &AttachReport) -> String {
     );
     row(
         "cpu/time",
-        human_ns(w.cpu_ns),
-        format!("{} utime+stime", human_ns(w.proc_cpu_ns)),
+        human_ns(w.cpu_ns as f64),
+        format!("{} utime+stime", human_ns(w.proc_cpu_ns as f64)),
         diff(w.cpu_ns as f64, w.proc_cpu_ns as f64),
     );
     row(
@@ -137,16 +219,51 @@ pub fn attach_summary(r: &AttachReport) -> String {
         format!("{} / {}", w.proc_minor_faults, w.proc_major_faults),
         String::new(),
     );
+    let q = &r.requests;
+    let _ = writeln!(
+        out,
+        "requests: {} ({:.1}/s), errors {} (4xx {}, 5xx {}, resets {}), {} in flight at the end",
+        q.count,
+        if q.rps.is_finite() { q.rps } else { 0.0 },
+        q.http_errors() + w.resets,
+        q.status_4xx,
+        q.status_5xx,
+        w.resets,
+        r.in_flight
+    );
+    if q.count > 0 {
+        let _ = writeln!(out, "  latency   {}", percentiles_row(&q.latency));
+        let _ = writeln!(out, "  ttfb      {}", percentiles_row(&q.ttfb));
+    }
+    if q.upstream_calls > 0 {
+        let _ = writeln!(
+            out,
+            "  upstream  {}  ({} calls)",
+            percentiles_row(&q.upstream),
+            q.upstream_calls
+        );
+        let _ = writeln!(
+            out,
+            "  overhead  {}  ({} proxied requests)",
+            percentiles_row(&q.overhead),
+            q.with_upstream
+        );
+    }
+    let n = &r.kernel.net.stats;
     let m = &r.kernel.memory;
     let _ = writeln!(
         out,
+        "connections: {} inbound, {} outbound, {} opened before attach; dropped events {}",
+        n.inbound_conns,
+        n.outbound_conns,
+        n.adopted_conns,
+        dropped_events(r)
+    );
+    let _ = writeln!(
+        out,
         "events: {} sched slices, {} rss_stat from the target, {} from other contexts \
-         (+{} ignored before the target's mm was known); dropped {}",
-        r.kernel.cpu.slices,
-        m.own_updates,
-        m.foreign_updates,
-        m.unattributed,
-        dropped_events(&r.programs)
+         (+{} ignored before the target's mm was known)",
+        r.kernel.cpu.slices, m.own_updates, m.foreign_updates, m.unattributed,
     );
     out
 }
@@ -154,6 +271,7 @@ pub fn attach_summary(r: &AttachReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::requests::RequestLog;
 
     fn report(end: EndReason) -> AttachReport<'static> {
         AttachReport {
@@ -167,9 +285,13 @@ mod tests {
                 peak_rss_bytes: 20 << 20,
                 minor_faults: 7,
                 major_faults: 1,
+                resets: 2,
                 ..Default::default()
             },
+            requests: RequestLog::default().window(0, 2_000_000_000),
             kernel: KernelReading::default(),
+            in_flight: 0,
+            rejected_events: 0,
             programs: vec![],
             end,
         }
@@ -190,6 +312,17 @@ mod tests {
         );
         assert_eq!(b.get("memory/page_faults", Measure::Count), Some(8.0));
         assert_eq!(b.get("agent/partial", Measure::Count), Some(0.0));
+        assert_eq!(b.get("requests/count", Measure::Count), Some(0.0));
+        assert_eq!(
+            b.get("errors/count", Measure::Count),
+            Some(2.0),
+            "resets are errors"
+        );
+        assert_eq!(
+            b.get("latency/p50", Measure::Latency),
+            None,
+            "no requests: no percentile"
+        );
     }
 
     #[test]
@@ -207,5 +340,32 @@ mod tests {
         let s = attach_summary(&r);
         assert!(s.contains("+25.00 %"), "{s}");
         assert!(s.contains("complete"), "{s}");
+    }
+
+    #[test]
+    fn request_metrics_with_a_suffix() {
+        use agent_common::{NetEvent, event_kind};
+        let mut log = RequestLog::default();
+        log.push(&NetEvent {
+            start_ns: 1,
+            first_response_ns: 2,
+            end_ns: 11,
+            kind: event_kind::REQUEST,
+            status: 503,
+            ..Default::default()
+        });
+        let mut b = BmfReport::default();
+        add_request_metrics(
+            &mut b,
+            "@steady",
+            &log.window(0, 1_000_000_000),
+            &WindowStats::default(),
+        );
+        assert_eq!(b.get("latency/p99@steady", Measure::Latency), Some(10.0));
+        assert_eq!(b.get("errors/http_5xx@steady", Measure::Count), Some(1.0));
+        assert_eq!(
+            b.get("throughput/rps@steady", Measure::Throughput),
+            Some(1.0)
+        );
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     probes::{KernelReading, Probes, monotonic_ns},
     procfs,
     progress::Progress,
+    requests::RequestLog,
     signals,
     timeline::Sample,
 };
@@ -62,6 +63,9 @@ pub struct SessionResult {
     pub samples: Vec<Sample>,
     pub end: EndReason,
     pub last_kernel: KernelReading,
+    pub log: RequestLog,
+    /// Requests read but not answered when the run ended.
+    pub in_flight: u64,
 }
 
 /// Opens a pidfd for `pid` and checks it is still the process we validated.
@@ -117,6 +121,8 @@ pub fn sample(
         peak_rss_bytes: k.memory.peak_rss_bytes,
         minor_faults: k.memory.minor_faults,
         major_faults: k.memory.major_faults,
+        resets: k.net.stats.resets,
+        lost_events: k.net.stats.events_dropped + k.net.stats.conns_untracked,
         ..Default::default()
     };
     match (procfs::read_stat(pid), procfs::read_status(pid)) {
@@ -142,11 +148,12 @@ pub fn sample(
 }
 
 pub fn run(
-    probes: &Probes,
+    probes: &mut Probes,
     pidfd: &OwnedFd,
     config: &SessionConfig,
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
+    let mut log = RequestLog::default();
     let (first, mut last_kernel) = sample(probes, config.pid, ticks, None)?;
     let mut samples = vec![first];
     let mut progress = Progress::new();
@@ -170,11 +177,12 @@ pub fn run(
             break EndReason::TargetExited;
         }
         if monotonic_ns() >= next_tick {
+            probes.drain(&mut log);
             let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
             last_kernel = k;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
-            progress.update(&samples[0], &s, &prev, k.memory.own_updates + k.cpu.slices);
+            progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
             next_tick += config.interval.as_nanos() as u64;
         }
     };
@@ -184,9 +192,12 @@ pub fn run(
     let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
     samples.push(s);
     last_kernel = k;
+    let in_flight = probes.drain_final(&mut log);
     Ok(SessionResult {
         samples,
         end,
         last_kernel,
+        log,
+        in_flight,
     })
 }

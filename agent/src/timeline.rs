@@ -20,6 +20,10 @@ pub struct Sample {
     /// eBPF: page faults since attach.
     pub minor_faults: u64,
     pub major_faults: u64,
+    /// eBPF: TCP resets on the target's connections since attach.
+    pub resets: u64,
+    /// eBPF: events lost (ring buffer full, connection table full) since attach.
+    pub lost_events: u64,
     /// Ground truth: `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
     pub proc_cpu_ns: u64,
     /// Ground truth: `/proc/PID/status` VmRSS / VmHWM, bytes.
@@ -53,6 +57,8 @@ pub struct WindowStats {
     pub major_faults: u64,
     pub proc_minor_faults: u64,
     pub proc_major_faults: u64,
+    pub resets: u64,
+    pub lost_events: u64,
 }
 
 impl WindowStats {
@@ -110,6 +116,8 @@ pub fn window(samples: &[Sample]) -> Option<WindowStats> {
         proc_major_faults: last
             .proc_major_faults
             .saturating_sub(first.proc_major_faults),
+        resets: last.resets.saturating_sub(first.resets),
+        lost_events: last.lost_events.saturating_sub(first.lost_events),
     })
 }
 

@@ -10,7 +10,19 @@ use aya::{
 };
 
 use super::{monotonic_ns, take_map};
-use crate::procfs;
+use crate::{procfs, tracefs};
+
+pub fn offsets(
+    tracefs_root: &std::path::Path,
+    o: &mut agent_common::TracepointOffsets,
+) -> anyhow::Result<()> {
+    o.sched_switch_next_pid = tracefs::read_format(tracefs_root, "sched", "sched_switch")?.offset(
+        "sched:sched_switch",
+        "next_pid",
+        4,
+    )?;
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReading {

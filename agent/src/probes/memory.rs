@@ -14,7 +14,20 @@ use aya::{
 };
 
 use super::take_map;
-use crate::procfs;
+use crate::{procfs, tracefs};
+
+pub fn offsets(
+    tracefs_root: &std::path::Path,
+    o: &mut agent_common::TracepointOffsets,
+) -> anyhow::Result<()> {
+    let ev = "kmem:rss_stat";
+    let f = tracefs::read_format(tracefs_root, "kmem", "rss_stat")?;
+    o.rss_stat_mm_id = f.offset(ev, "mm_id", 4)?;
+    o.rss_stat_curr = f.offset(ev, "curr", 4)?;
+    o.rss_stat_member = f.offset(ev, "member", 4)?;
+    o.rss_stat_size = f.offset(ev, "size", 8)?;
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MemoryReading {

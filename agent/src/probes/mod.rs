@@ -8,15 +8,16 @@
 
 pub mod cpu;
 pub mod memory;
+pub mod net;
 pub mod stats;
 
 use std::path::Path;
 
-use agent_common::globals;
+use agent_common::{TracepointOffsets, globals};
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::tracefs;
+use crate::{requests::RequestLog, tracefs};
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -26,6 +27,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct KernelReading {
     pub cpu: cpu::CpuReading,
     pub memory: memory::MemoryReading,
+    pub net: net::NetReading,
 }
 
 /// All programs, attached to one target thread group.
@@ -33,6 +35,7 @@ pub struct Probes {
     pid: u32,
     cpu: cpu::CpuProbe,
     memory: memory::MemoryProbe,
+    net: net::NetProbe,
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
 }
@@ -40,21 +43,14 @@ pub struct Probes {
 impl Probes {
     /// Loads, seeds and attaches every probe for thread group `pid`.
     pub fn attach(pid: u32, tracefs_root: &Path) -> anyhow::Result<Probes> {
-        let sched_switch = tracefs::read_format(tracefs_root, "sched", "sched_switch")?;
-        let rss_stat = tracefs::read_format(tracefs_root, "kmem", "rss_stat")?;
-        let next_pid = sched_switch.offset("sched:sched_switch", "next_pid", 4)?;
-        let mm_id = rss_stat.offset("kmem:rss_stat", "mm_id", 4)?;
-        let curr = rss_stat.offset("kmem:rss_stat", "curr", 4)?;
-        let member = rss_stat.offset("kmem:rss_stat", "member", 4)?;
-        let size = rss_stat.offset("kmem:rss_stat", "size", 8)?;
+        let mut offsets = TracepointOffsets::default();
+        cpu::offsets(tracefs_root, &mut offsets)?;
+        memory::offsets(tracefs_root, &mut offsets)?;
+        net::offsets(tracefs_root, &mut offsets)?;
 
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::TARGET_TGID, &pid, true)
-            .override_global(globals::SCHED_SWITCH_NEXT_PID_OFFSET, &next_pid, true)
-            .override_global(globals::RSS_STAT_MM_ID_OFFSET, &mm_id, true)
-            .override_global(globals::RSS_STAT_CURR_OFFSET, &curr, true)
-            .override_global(globals::RSS_STAT_MEMBER_OFFSET, &member, true)
-            .override_global(globals::RSS_STAT_SIZE_OFFSET, &size, true)
+            .override_global(globals::OFFSETS, &offsets, true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root, \
@@ -63,12 +59,14 @@ impl Probes {
         // Seed state before the programs run, then attach.
         let cpu = cpu::CpuProbe::attach(&mut ebpf, pid)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, pid)?;
+        let net = net::NetProbe::attach(&mut ebpf, pid)?;
         cpu::force_switch_on_every_cpu()?;
         Ok(Probes {
             pid,
             cpu,
             memory,
-            ebpf: ebpf,
+            net,
+            ebpf,
         })
     }
 
@@ -76,7 +74,20 @@ impl Probes {
         Ok(KernelReading {
             cpu: self.cpu.read(self.pid)?,
             memory: self.memory.read()?,
+            net: self.net.read()?,
         })
+    }
+
+    /// Moves finished requests and calls from the kernel into `log`.
+    pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
+        self.net.drain(log)
+    }
+
+    /// At the end: drains, then completes exchanges still open; returns the
+    /// number of requests still in flight (read, not yet answered).
+    pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
+        self.net.drain(log);
+        self.net.drain_open_exchanges(log)
     }
 
     /// Run counts, run time and recursion misses of every program.

@@ -1,0 +1,488 @@
+//! Requests at the socket level: which connections are the target's, where
+//! each request starts and ends, and how long it waited on upstream calls.
+//! User-space twin: `agent/src/probes/net.rs`; definitions: `docs/metrics.md`.
+//!
+//! Hooks (no kprobes):
+//! - `sock:inet_sock_set_state`: LISTEN in the target (its ports),
+//!   SYN_RECV→ESTABLISHED on one of its ports (an inbound connection),
+//!   →SYN_SENT in the target (an outbound one), →CLOSE (the end).
+//! - `sock:sock_recv_length` / `sock:sock_send_length`: every read and write
+//!   with data on a socket, in the target's own context, with the socket.
+//! - `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`: errors.
+//! - `syscalls:sys_enter_{write,sendto,writev,sendmsg}`: the user buffer of a
+//!   write, so the first response bytes (the HTTP status line) can be read.
+//!
+//! A request (inbound) is: first read with data → first write (TTFB) → last
+//! write before the next read with data, or before the close. Reads that
+//! return nothing (EAGAIN, as tokio does until the socket is drained) are
+//! ignored. Completed requests and upstream calls go to user space through a
+//! ring buffer without wake-ups; user space drains it every interval.
+
+use agent_common::{
+    ConnState, Milestones, NetEvent, NetStats, ParentRef, conn_flags, direction, event_kind, phase,
+};
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+
+use crate::config::{self, offset};
+
+/// Size of [`CONNS`]; user space may raise it before load.
+const MAX_CONNS: u32 = 65_536;
+
+#[map]
+static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
+/// The target's listening ports (host byte order) → 1.
+#[map]
+static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+static THREAD_INBOUND: LruHashMap<u32, ParentRef> = LruHashMap::with_max_entries(16_384, 0);
+/// tid → user address of the bytes the thread's current write syscall sends.
+#[map]
+static WRITE_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+#[map]
+static NET_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static NET_STATS: PerCpuArray<NetStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static MILESTONES: Array<Milestones> = Array::with_max_entries(1, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: i32 = 2;
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+#[inline(always)]
+fn stats() -> Option<&'static mut NetStats> {
+    NET_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn milestones() -> Option<&'static mut Milestones> {
+    MILESTONES.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Starts tracking `sk` as a fresh connection (overwrites stale state of a
+/// reused socket).
+#[inline(always)]
+fn track(sk: u64, dir: u32, flags: u32) -> Option<*mut ConnState> {
+    let fresh = ConnState {
+        direction: dir,
+        flags,
+        ..Default::default()
+    };
+    if CONNS.insert(&sk, &fresh, 0).is_err() {
+        if let Some(s) = stats() {
+            s.conns_untracked += 1;
+        }
+        return None;
+    }
+    CONNS.get_ptr_mut(&sk)
+}
+
+/// Sends a finished request or call to user space. Never wakes the reader.
+#[inline(always)]
+fn emit(kind: u32, sk: u64, c: &ConnState, end_ns: u64, extra_flags: u32) {
+    let Some(s) = stats() else { return };
+    match NET_EVENTS.reserve::<NetEvent>(0) {
+        Some(mut entry) => {
+            entry.write(NetEvent {
+                start_ns: c.start_ns,
+                first_response_ns: c.first_response_ns,
+                end_ns,
+                upstream_ns: c.upstream_ns,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                sk,
+                kind,
+                status: c.status,
+                flags: c.flags | extra_flags,
+                seq: c.seq,
+            });
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+            s.events_submitted += 1;
+        }
+        None => s.events_dropped += 1,
+    }
+}
+
+/// Ends the exchange under way on `c`, if a response has started.
+#[inline(always)]
+fn finish_exchange(sk: u64, c: &mut ConnState) {
+    if c.phase != phase::RESPONSE {
+        return;
+    }
+    if c.direction == direction::INBOUND {
+        emit(event_kind::REQUEST, sk, c, c.last_response_ns, 0);
+        if let Some(m) = milestones()
+            && m.first_complete_response_ns == 0
+        {
+            m.first_complete_response_ns = c.last_response_ns;
+        }
+    } else {
+        emit(event_kind::UPSTREAM_CALL, sk, c, c.last_response_ns, 0);
+    }
+    c.phase = phase::IDLE;
+}
+
+/// Reads the fields common to `sock_recv_length` and `sock_send_length`;
+/// `None` unless this is the target moving data on a TCP socket.
+#[inline(always)]
+fn tcp_data(ctx: &TracePointContext) -> Option<(u64, u64)> {
+    if !config::in_target() {
+        return None;
+    }
+    let ret = unsafe { ctx.read_at::<i32>(offset!(sock_length_ret)) }.ok()?;
+    if ret <= 0 {
+        return None; // EAGAIN, errors and EOF carry no data
+    }
+    let family = unsafe { ctx.read_at::<u16>(offset!(sock_length_family)) }.ok()?;
+    let protocol = unsafe { ctx.read_at::<u16>(offset!(sock_length_protocol)) }.ok()?;
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(offset!(sock_length_sk)) }.ok()?;
+    Some((sk, ret as u64))
+}
+
+/// The connection `sk`, adopting it if it predates attach: a server reads
+/// first on its connections, a client writes first.
+#[inline(always)]
+fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnState> {
+    let ptr = match CONNS.get_ptr_mut(&sk) {
+        Some(p) => p,
+        None => {
+            let dir = if first_op_is_read {
+                direction::INBOUND
+            } else {
+                direction::OUTBOUND
+            };
+            let p = track(sk, dir, conn_flags::ADOPTED)?;
+            if let Some(s) = stats() {
+                s.adopted_conns += 1;
+            }
+            p
+        }
+    };
+    Some(unsafe { &mut *ptr })
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let Some((sk, bytes)) = tcp_data(&ctx) else {
+        return 0;
+    };
+    let flags = unsafe { ctx.read_at::<i32>(offset!(sock_length_flags)) }.unwrap_or(0);
+    if flags & MSG_PEEK != 0 {
+        return 0; // the data will be read again
+    }
+    let Some(c) = conn_or_adopt(sk, true) else {
+        return 0;
+    };
+    let t = now();
+    if c.direction == direction::INBOUND {
+        if c.phase == phase::RESPONSE {
+            finish_exchange(sk, c); // keep-alive: the previous request is done
+        }
+        if c.phase == phase::IDLE {
+            c.phase = phase::REQUEST;
+            c.start_ns = t;
+            c.first_response_ns = 0;
+            c.last_response_ns = 0;
+            c.upstream_ns = 0;
+            c.bytes_in = 0;
+            c.bytes_out = 0;
+            c.status = 0;
+            c.seq = c.seq.wrapping_add(1);
+        }
+        c.bytes_in += bytes;
+        let (_, tid) = config::current_tgid_tid();
+        let parent = ParentRef {
+            sk,
+            seq: c.seq,
+            _pad: 0,
+        };
+        let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
+    } else {
+        // Outbound: the upstream's response arriving.
+        if c.phase == phase::REQUEST {
+            c.phase = phase::RESPONSE;
+            c.first_response_ns = t;
+        }
+        if c.phase == phase::RESPONSE {
+            c.last_response_ns = t;
+            c.bytes_in += bytes;
+            credit_parent(c, t);
+        }
+    }
+    0
+}
+
+/// Adds the time since the last credit to the inbound request this call
+/// serves, if that request is still the one under way on its connection.
+#[inline(always)]
+fn credit_parent(call: &mut ConnState, t: u64) {
+    if call.parent_sk == 0 {
+        return;
+    }
+    if let Some(parent) = CONNS.get_ptr_mut(&call.parent_sk) {
+        let parent = unsafe { &mut *parent };
+        if parent.seq == call.parent_seq && t > call.credited_until_ns {
+            parent.upstream_ns += t - call.credited_until_ns;
+        }
+    }
+    call.credited_until_ns = t;
+}
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let Some((sk, bytes)) = tcp_data(&ctx) else {
+        return 0;
+    };
+    let Some(c) = conn_or_adopt(sk, false) else {
+        return 0;
+    };
+    let t = now();
+    let (_, tid) = config::current_tgid_tid();
+    if c.direction == direction::INBOUND {
+        if c.phase == phase::REQUEST {
+            c.phase = phase::RESPONSE;
+            c.first_response_ns = t;
+            c.status = read_status(tid);
+            if let Some(m) = milestones()
+                && m.first_response_ns == 0
+            {
+                m.first_response_ns = t;
+            }
+        }
+        if c.phase == phase::RESPONSE {
+            c.last_response_ns = t;
+            c.bytes_out += bytes;
+        } else if let Some(s) = stats() {
+            s.unmatched_writes += 1;
+        }
+    } else {
+        if c.phase == phase::RESPONSE {
+            finish_exchange(sk, c); // the next call on a pooled connection
+        }
+        if c.phase == phase::IDLE {
+            c.phase = phase::REQUEST;
+            c.start_ns = t;
+            c.credited_until_ns = t;
+            c.first_response_ns = 0;
+            c.last_response_ns = 0;
+            c.bytes_in = 0;
+            c.bytes_out = 0;
+            c.status = 0;
+            c.seq = c.seq.wrapping_add(1);
+            match unsafe { THREAD_INBOUND.get(&tid) } {
+                Some(p) => {
+                    c.parent_sk = p.sk;
+                    c.parent_seq = p.seq;
+                }
+                None => c.parent_sk = 0,
+            }
+        }
+        c.bytes_out += bytes;
+    }
+    let _ = WRITE_BUF.remove(&tid);
+    0
+}
+
+/// The HTTP status of a response whose first bytes the current write syscall
+/// sends (`HTTP/1.x NNN`), or 0.
+#[inline(always)]
+fn read_status(tid: u32) -> u32 {
+    let Some(&buf) = (unsafe { WRITE_BUF.get(&tid) }) else {
+        return 0;
+    };
+    let Ok(head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 12]) }) else {
+        return 0;
+    };
+    if head[0] != b'H' || head[1] != b'T' || head[2] != b'T' || head[3] != b'P' || head[4] != b'/' {
+        return 0;
+    }
+    if head[8] != b' ' {
+        return 0;
+    }
+    let mut status = 0u32;
+    for i in 9..12 {
+        let d = head[i];
+        if !d.is_ascii_digit() {
+            return 0;
+        }
+        status = status * 10 + (d - b'0') as u32;
+    }
+    status
+}
+
+#[inline(always)]
+fn stash_write_buf(ptr: u64) {
+    let (tgid, tid) = config::current_tgid_tid();
+    if tgid == config::target_tgid() && ptr != 0 {
+        let _ = WRITE_BUF.insert(&tid, &ptr, 0);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(write_buf)) }
+    {
+        stash_write_buf(buf);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(sendto_buf)) }
+    {
+        stash_write_buf(buf);
+    }
+    0
+}
+
+/// `writev(fd, iov, n)`: the first bytes are at `iov[0].iov_base`.
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(iov) = unsafe { ctx.read_at::<u64>(offset!(writev_vec)) }
+        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
+    {
+        stash_write_buf(base);
+    }
+    0
+}
+
+/// `sendmsg(fd, msg, flags)`: `msg->msg_iov` is at offset 16 of the user ABI
+/// `struct msghdr` (x86_64 and every 64-bit Linux ABI), then `iov[0].iov_base`.
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(msg) = unsafe { ctx.read_at::<u64>(offset!(sendmsg_msg)) }
+        && let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }
+        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
+    {
+        stash_write_buf(base);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(offset!(set_state_protocol)) }) else {
+        return 0;
+    };
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let old = unsafe { ctx.read_at::<i32>(offset!(set_state_oldstate)) }.unwrap_or(-1);
+    let new = unsafe { ctx.read_at::<i32>(offset!(set_state_newstate)) }.unwrap_or(-1);
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(set_state_skaddr)) }) else {
+        return 0;
+    };
+    match new {
+        // listen() runs in the target's context.
+        TCP_LISTEN => {
+            if config::in_target() {
+                let port =
+                    unsafe { ctx.read_at::<u16>(offset!(set_state_sport)) }.unwrap_or(0) as u32;
+                let _ = LISTEN_PORTS.insert(&port, &1, 0);
+                if let Some(m) = milestones()
+                    && m.first_listen_ns == 0
+                {
+                    m.first_listen_ns = now();
+                    m.first_listen_port = port;
+                }
+            }
+        }
+        // Handshake done on a listening port of ours (softirq: any context).
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => {
+            let port = unsafe { ctx.read_at::<u16>(offset!(set_state_sport)) }.unwrap_or(0) as u32;
+            if unsafe { LISTEN_PORTS.get(&port) }.is_some()
+                && track(sk, direction::INBOUND, 0).is_some()
+            {
+                if let Some(s) = stats() {
+                    s.inbound_conns += 1;
+                }
+                if let Some(m) = milestones()
+                    && m.first_accept_ns == 0
+                {
+                    m.first_accept_ns = now();
+                }
+            }
+        }
+        // connect() runs in the target's context.
+        TCP_SYN_SENT => {
+            if config::in_target()
+                && track(sk, direction::OUTBOUND, 0).is_some()
+                && let Some(s) = stats()
+            {
+                s.outbound_conns += 1;
+            }
+        }
+        // The target closes: no more response bytes will follow.
+        TCP_FIN_WAIT1 => {
+            if let Some(c) = CONNS.get_ptr_mut(&sk) {
+                finish_exchange(sk, unsafe { &mut *c });
+            }
+        }
+        TCP_CLOSE => {
+            if let Some(c) = CONNS.get_ptr_mut(&sk) {
+                finish_exchange(sk, unsafe { &mut *c });
+                let _ = CONNS.remove(&sk);
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn mark_reset(sk: u64) {
+    if let Some(c) = CONNS.get_ptr_mut(&sk) {
+        let c = unsafe { &mut *c };
+        if c.flags & conn_flags::RESET == 0 {
+            c.flags |= conn_flags::RESET;
+            if let Some(s) = stats() {
+                s.resets += 1;
+            }
+        }
+    }
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset!(receive_reset_skaddr)) } {
+        mark_reset(sk);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(offset!(send_reset_skaddr)) }
+        && sk != 0
+    {
+        mark_reset(sk);
+    }
+    0
+}

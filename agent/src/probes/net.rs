@@ -1,0 +1,189 @@
+//! Network probe: requests and upstream calls at the socket level.
+//! Kernel side: `agent-ebpf/src/net.rs`. Definitions: `docs/metrics.md#requests`.
+
+use std::path::Path;
+
+use agent_common::{
+    ConnState, Milestones, NetEvent, NetStats, TracepointOffsets, conn_flags, direction,
+    event_kind, phase,
+};
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+
+use super::take_map;
+use crate::{procfs, requests::RequestLog, tracefs};
+
+/// Fills the offsets of every field the network programs read.
+pub fn offsets(tracefs_root: &Path, o: &mut TracepointOffsets) -> anyhow::Result<()> {
+    let recv = tracefs::read_format(tracefs_root, "sock", "sock_recv_length")?;
+    let send = tracefs::read_format(tracefs_root, "sock", "sock_send_length")?;
+    let field =
+        |f: &tracefs::EventFormat, n: &str, size| f.offset("sock:sock_recv_length", n, size);
+    o.sock_length_sk = field(&recv, "sk", 8)?;
+    o.sock_length_family = field(&recv, "family", 2)?;
+    o.sock_length_protocol = field(&recv, "protocol", 2)?;
+    o.sock_length_ret = field(&recv, "ret", 4)?;
+    o.sock_length_flags = field(&recv, "flags", 4)?;
+    // One set of offsets serves both programs: check the layouts agree.
+    for name in ["sk", "family", "protocol", "ret", "flags"] {
+        anyhow::ensure!(
+            recv.field(name) == send.field(name),
+            "sock:sock_recv_length and sock:sock_send_length differ in field `{name}` on this kernel"
+        );
+    }
+    let ev = "sock:inet_sock_set_state";
+    let set_state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
+    o.set_state_skaddr = set_state.offset(ev, "skaddr", 8)?;
+    o.set_state_oldstate = set_state.offset(ev, "oldstate", 4)?;
+    o.set_state_newstate = set_state.offset(ev, "newstate", 4)?;
+    o.set_state_sport = set_state.offset(ev, "sport", 2)?;
+    o.set_state_protocol = set_state.offset(ev, "protocol", 2)?;
+    o.receive_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_receive_reset")?
+        .offset("tcp:tcp_receive_reset", "skaddr", 8)?;
+    o.send_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_send_reset")?.offset(
+        "tcp:tcp_send_reset",
+        "skaddr",
+        8,
+    )?;
+    let sys = |name: &str, field: &str| -> anyhow::Result<u32> {
+        tracefs::read_format(tracefs_root, "syscalls", name)?.offset(
+            &format!("syscalls:{name}"),
+            field,
+            8,
+        )
+    };
+    o.write_buf = sys("sys_enter_write", "buf")?;
+    o.sendto_buf = sys("sys_enter_sendto", "buff")?;
+    o.writev_vec = sys("sys_enter_writev", "vec")?;
+    o.sendmsg_msg = sys("sys_enter_sendmsg", "msg")?;
+    Ok(())
+}
+
+/// Counters of the network probes, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetReading {
+    pub stats: NetStats,
+    pub milestones: Milestones,
+}
+
+pub struct NetProbe {
+    events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, NetStats>,
+    milestones: Array<MapData, Milestones>,
+    conns: HashMap<MapData, u64, ConnState>,
+    _listen_ports: HashMap<MapData, u32, u32>,
+}
+
+/// (program, tracepoint category, tracepoint name). The state tracker comes
+/// first so connections are classified before data flows.
+const PROGRAMS: [(&str, &str, &str); 9] = [
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sock_recv_length", "sock", "sock_recv_length"),
+    ("sock_send_length", "sock", "sock_send_length"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+];
+
+impl NetProbe {
+    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<NetProbe> {
+        let events: RingBuf<MapData> = take_map(ebpf, "NET_EVENTS")?.try_into()?;
+        let stats: PerCpuArray<MapData, NetStats> = take_map(ebpf, "NET_STATS")?.try_into()?;
+        let milestones: Array<MapData, Milestones> = take_map(ebpf, "MILESTONES")?.try_into()?;
+        let conns: HashMap<MapData, u64, ConnState> = take_map(ebpf, "CONNS")?.try_into()?;
+        let mut listen_ports: HashMap<MapData, u32, u32> =
+            take_map(ebpf, "LISTEN_PORTS")?.try_into()?;
+        // Ports the target listened on before attach; later ones the kernel
+        // side learns itself.
+        for port in procfs::listening_ports(pid).unwrap_or_default() {
+            listen_ports.insert(u32::from(port), 1, 0)?;
+        }
+        for (program, category, name) in PROGRAMS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("eBPF object has no program {program}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {program}"))?;
+            prog.attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
+        }
+        Ok(NetProbe {
+            events,
+            stats,
+            milestones,
+            conns,
+            _listen_ports: listen_ports,
+        })
+    }
+
+    /// Moves every event waiting in the ring buffer into `log`; returns how many.
+    pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<NetEvent>() {
+                // SAFETY: the kernel side writes exactly a NetEvent; read_unaligned
+                // because ring buffer records are only 8-byte aligned.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NetEvent>()) };
+                log.push(&event);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn read(&self) -> anyhow::Result<NetReading> {
+        let mut r = NetReading::default();
+        for s in self.stats.get(&0, 0)?.iter() {
+            let t = &mut r.stats;
+            t.events_submitted += s.events_submitted;
+            t.events_dropped += s.events_dropped;
+            t.conns_untracked += s.conns_untracked;
+            t.inbound_conns += s.inbound_conns;
+            t.outbound_conns += s.outbound_conns;
+            t.adopted_conns += s.adopted_conns;
+            t.resets += s.resets;
+            t.unmatched_writes += s.unmatched_writes;
+        }
+        r.milestones = self.milestones.get(&0, 0)?;
+        Ok(r)
+    }
+
+    /// At the end of a run: responses already written on connections still
+    /// open are complete as far as the target is concerned; report them
+    /// (flagged `AT_END`). Requests still being read are in flight: counted.
+    pub fn drain_open_exchanges(&self, log: &mut RequestLog) -> u64 {
+        let mut in_flight = 0;
+        for entry in self.conns.iter() {
+            let Ok((sk, c)) = entry else { continue };
+            match c.phase {
+                phase::RESPONSE => log.push(&NetEvent {
+                    start_ns: c.start_ns,
+                    first_response_ns: c.first_response_ns,
+                    end_ns: c.last_response_ns,
+                    upstream_ns: c.upstream_ns,
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                    sk,
+                    kind: if c.direction == direction::INBOUND {
+                        event_kind::REQUEST
+                    } else {
+                        event_kind::UPSTREAM_CALL
+                    },
+                    status: c.status,
+                    flags: c.flags | conn_flags::AT_END,
+                    seq: c.seq,
+                }),
+                phase::REQUEST => in_flight += 1,
+                _ => {}
+            }
+        }
+        in_flight
+    }
+}
