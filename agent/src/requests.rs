@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn overhead_is_latency_minus_upstream_over_proxied_requests() {
         let mut log = RequestLog::default();
-        log.push(&req(0, 6, 7, 5, 200)); // 7 ms, 5 upstream → 2 ms own
+        log.push(&req(1, 6, 8, 5, 200)); // 7 ms, 5 upstream → 2 ms own
         log.push(&req(10, 14, 14, 3, 200)); // 4 ms, 3 upstream → 1 ms
         log.push(&req(20, 21, 21, 0, 200)); // no upstream: not in overhead
         let w = log.window(0, 100 * MS);
