@@ -10,11 +10,84 @@
 ///
 /// They live here so the two sides cannot disagree on a spelling.
 pub mod globals {
-    /// `u32`: thread-group id (PID) of the target. 0 matches nothing.
-    pub const TARGET_TGID: &str = "TARGET_TGID";
     /// [`TracepointOffsets`](super::TracepointOffsets): where each field the
     /// programs read sits in its tracepoint record.
     pub const OFFSETS: &str = "OFFSETS";
+    /// [`ExecMatch`](super::ExecMatch): which exec arms the target.
+    pub const EXEC_MATCH: &str = "EXEC_MATCH";
+    /// [`PathMatch`](super::PathMatch): request paths to recognise.
+    pub const PATH_MATCH: &str = "PATH_MATCH";
+}
+
+/// The thread group being measured (map `TARGET`, one-slot `ARRAY`).
+///
+/// A map rather than a constant because it can be set by the kernel side
+/// itself: in launch and wait-for-exec modes the exec hook arms it at the
+/// target's exec, so nothing before the exec is counted and nothing after it
+/// is missed. `tgid == 0` means no target yet (0 is also the idle task's
+/// tgid, so every filter checks for it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Target {
+    pub tgid: u32,
+    /// execs by the target seen since it was armed (it may exec again).
+    pub execs: u32,
+    /// CLOCK_MONOTONIC ns of the exec that armed it; 0 in attach mode.
+    pub exec_ns: u64,
+}
+
+/// Kinds of [`ExecMatch`].
+pub mod exec_match {
+    /// Never arm at exec (attach mode: user space sets the target).
+    pub const NONE: u32 = 0;
+    /// Arm when process `pid` execs (launch mode: our own child).
+    pub const PID: u32 = 1;
+    /// Arm when a process execs with `comm` equal to `name_a`.
+    pub const COMM: u32 = 2;
+    /// Arm when the exec'd filename equals `name_a` or `name_b`.
+    pub const PATH: u32 = 3;
+    /// Longest name matched (bytes, without the NUL).
+    pub const NAME_MAX: usize = 255;
+}
+
+/// `const volatile` configuration of the exec hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecMatch {
+    pub kind: u32,
+    pub pid: u32,
+    pub len_a: u32,
+    pub len_b: u32,
+    pub name_a: [u8; 256],
+    pub name_b: [u8; 256],
+}
+
+impl ExecMatch {
+    pub const NONE: ExecMatch = ExecMatch {
+        kind: exec_match::NONE,
+        pid: 0,
+        len_a: 0,
+        len_b: 0,
+        name_a: [0; 256],
+        name_b: [0; 256],
+    };
+}
+
+/// `const volatile` request paths whose responses mark startup milestones
+/// (`--health-path`, `--ready-path`). Length 0: not watched, and the read
+/// hooks that would find them are not attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathMatch {
+    pub health_len: u32,
+    pub ready_len: u32,
+    pub health: [u8; 128],
+    pub ready: [u8; 128],
+}
+
+impl PathMatch {
+    pub const NONE: PathMatch =
+        PathMatch { health_len: 0, ready_len: 0, health: [0; 128], ready: [0; 128] };
 }
 
 /// Byte offsets of the tracepoint fields the programs read, taken from the
@@ -51,6 +124,15 @@ pub struct TracepointOffsets {
     pub sendto_buf: u32,
     pub writev_vec: u32,
     pub sendmsg_msg: u32,
+    /// `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}`: the buffer a
+    /// request is read into, to match its path (only with `PathMatch`).
+    pub read_buf: u32,
+    pub recvfrom_buf: u32,
+    pub readv_vec: u32,
+    pub recvmsg_msg: u32,
+    /// `sched:sched_process_exec`
+    pub exec_filename: u32,
+    pub exec_pid: u32,
     pub _pad: u32,
 }
 
@@ -161,6 +243,9 @@ pub mod conn_flags {
     pub const RESET: u32 = 2;
     /// The event was completed by user space at the end of the run.
     pub const AT_END: u32 = 4;
+    /// The request's path is `PathMatch::health` / `PathMatch::ready`.
+    pub const PATH_HEALTH: u32 = 8;
+    pub const PATH_READY: u32 = 16;
 }
 
 /// Per-connection state (map `CONNS`, key: the `struct sock *` address).
@@ -264,9 +349,6 @@ pub struct Milestones {
     pub first_accept_ns: u64,
     /// The first response byte written on an inbound connection.
     pub first_response_ns: u64,
-    /// The first complete response (its connection moved to the next request
-    /// or closed).
-    pub first_complete_response_ns: u64,
     pub first_listen_port: u32,
     pub _pad: u32,
 }
@@ -285,6 +367,9 @@ mod user {
     unsafe impl aya::Pod for super::ParentRef {}
     unsafe impl aya::Pod for super::NetStats {}
     unsafe impl aya::Pod for super::Milestones {}
+    unsafe impl aya::Pod for super::Target {}
+    unsafe impl aya::Pod for super::ExecMatch {}
+    unsafe impl aya::Pod for super::PathMatch {}
 }
 
 // No padding: sizes equal the sum of field sizes.
@@ -292,9 +377,12 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 22 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 28 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
 const _: () = assert!(core::mem::size_of::<NetStats>() == 8 * 8);
-const _: () = assert!(core::mem::size_of::<Milestones>() == 5 * 8);
+const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
+const _: () = assert!(core::mem::size_of::<Target>() == 16);
+const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);
+const _: () = assert!(core::mem::size_of::<PathMatch>() == 8 + 256);

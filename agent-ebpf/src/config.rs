@@ -1,11 +1,10 @@
-//! `const volatile` globals: user space overrides them before load
-//! (`EbpfLoader::override_global`); the verifier then sees them as constants.
+//! Configuration: `const volatile` globals user space overrides before load
+//! (`EbpfLoader::override_global`; the verifier then sees constants), and the
+//! target, which lives in a map because the exec hook may arm it itself.
 //! Names must match `agent_common::globals`.
 
-use agent_common::TracepointOffsets;
-
-#[unsafe(no_mangle)]
-static TARGET_TGID: u32 = 0;
+use agent_common::{ExecMatch, PathMatch, Target, TracepointOffsets};
+use aya_ebpf::{macros::map, maps::Array};
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
@@ -30,15 +29,24 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     sendto_buf: 0,
     writev_vec: 0,
     sendmsg_msg: 0,
+    read_buf: 0,
+    recvfrom_buf: 0,
+    readv_vec: 0,
+    recvmsg_msg: 0,
+    exec_filename: 0,
+    exec_pid: 0,
     _pad: 0,
 };
 
-/// The target's tgid. `read_volatile`: without it the compiler folds the
-/// initial 0 into the code.
-#[inline(always)]
-pub fn target_tgid() -> u32 {
-    unsafe { core::ptr::read_volatile(&TARGET_TGID) }
-}
+#[unsafe(no_mangle)]
+pub(crate) static EXEC_MATCH: ExecMatch = ExecMatch::NONE;
+
+#[unsafe(no_mangle)]
+pub(crate) static PATH_MATCH: PathMatch = PathMatch::NONE;
+
+/// The measured thread group; see `agent_common::Target`.
+#[map]
+pub(crate) static TARGET: Array<Target> = Array::with_max_entries(1, 0);
 
 /// One field offset of [`OFFSETS`], as a `usize` for `TracePointContext::read_at`.
 macro_rules! offset {
@@ -51,6 +59,15 @@ macro_rules! offset {
 }
 pub(crate) use offset;
 
+/// Reads a `const volatile` global whole (the compiler must not fold its
+/// compile-time value).
+#[inline(always)]
+pub fn read_const<T: Copy>(v: &'static T) -> &'static T {
+    // A volatile read of a pointer to it: the loads that follow go to the
+    // map user space wrote, not to the compile-time initialiser.
+    unsafe { &*core::ptr::read_volatile(&(v as *const T)) }
+}
+
 /// tgid and tid of the task this program runs in.
 #[inline(always)]
 pub fn current_tgid_tid() -> (u32, u32) {
@@ -58,13 +75,15 @@ pub fn current_tgid_tid() -> (u32, u32) {
     ((id >> 32) as u32, id as u32)
 }
 
+/// The target's tgid, 0 while there is none.
 #[inline(always)]
-pub fn current_tgid() -> u32 {
-    current_tgid_tid().0
+pub fn target_tgid() -> u32 {
+    TARGET.get(0).map_or(0, |t| t.tgid)
 }
 
 /// True when the current task belongs to the target.
 #[inline(always)]
 pub fn in_target() -> bool {
-    current_tgid() == target_tgid()
+    let target = target_tgid();
+    target != 0 && current_tgid_tid().0 == target
 }

@@ -1,19 +1,23 @@
 //! perf-agent's eBPF programs. One module per probe family, named like its
 //! user-space twin in `agent/src/probes/`:
 //!
+//! - [`exec`]: `sched:sched_process_exec` → arms the target at its exec
+//!   (launch and wait-for-exec modes), time zero of startup.
 //! - [`cpu`]: `sched:sched_switch` → on-CPU time of the target's thread group.
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
 //!   minor and major page faults.
+//! - [`net`]: socket tracepoints → requests, upstream calls, errors.
 //!
-//! Everything is filtered on the target's tgid, set before load in the
-//! `const volatile` global `TARGET_TGID`, and aggregated in the kernel into
-//! per-CPU counters: no event crosses to user space on these paths, so there is
-//! nothing to lose and no wake-up to pay.
+//! Everything is filtered on the target's tgid (map `TARGET`). CPU and memory
+//! are aggregated in the kernel into per-CPU counters: nothing crosses to user
+//! space on those paths, so there is nothing to lose and no wake-up to pay.
+//! Requests go through a ring buffer, drained without wake-ups.
 #![no_std]
 #![no_main]
 
 mod config;
 mod cpu;
+mod exec;
 mod memory;
 mod net;
 

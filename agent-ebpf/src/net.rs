@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::config::{self, offset};
+use crate::config::{self, PATH_MATCH, offset};
 
 /// Size of [`CONNS`]; user space may raise it before load.
 const MAX_CONNS: u32 = 65_536;
@@ -44,6 +44,10 @@ static THREAD_INBOUND: LruHashMap<u32, ParentRef> = LruHashMap::with_max_entries
 /// tid → user address of the bytes the thread's current write syscall sends.
 #[map]
 static WRITE_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+/// tid → user address of the buffer the thread's current read syscall fills
+/// (only with `PathMatch`).
+#[map]
+static READ_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 #[map]
 static NET_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
@@ -82,11 +86,7 @@ fn now() -> u64 {
 /// reused socket).
 #[inline(always)]
 fn track(sk: u64, dir: u32, flags: u32) -> Option<*mut ConnState> {
-    let fresh = ConnState {
-        direction: dir,
-        flags,
-        ..Default::default()
-    };
+    let fresh = ConnState { direction: dir, flags, ..Default::default() };
     if CONNS.insert(&sk, &fresh, 0).is_err() {
         if let Some(s) = stats() {
             s.conns_untracked += 1;
@@ -130,11 +130,6 @@ fn finish_exchange(sk: u64, c: &mut ConnState) {
     }
     if c.direction == direction::INBOUND {
         emit(event_kind::REQUEST, sk, c, c.last_response_ns, 0);
-        if let Some(m) = milestones()
-            && m.first_complete_response_ns == 0
-        {
-            m.first_complete_response_ns = c.last_response_ns;
-        }
     } else {
         emit(event_kind::UPSTREAM_CALL, sk, c, c.last_response_ns, 0);
     }
@@ -168,11 +163,7 @@ fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnSta
     let ptr = match CONNS.get_ptr_mut(&sk) {
         Some(p) => p,
         None => {
-            let dir = if first_op_is_read {
-                direction::INBOUND
-            } else {
-                direction::OUTBOUND
-            };
+            let dir = if first_op_is_read { direction::INBOUND } else { direction::OUTBOUND };
             let p = track(sk, dir, conn_flags::ADOPTED)?;
             if let Some(s) = stats() {
                 s.adopted_conns += 1;
@@ -200,6 +191,7 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
         if c.phase == phase::RESPONSE {
             finish_exchange(sk, c); // keep-alive: the previous request is done
         }
+        let (_, tid) = config::current_tgid_tid();
         if c.phase == phase::IDLE {
             c.phase = phase::REQUEST;
             c.start_ns = t;
@@ -210,14 +202,11 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
             c.bytes_out = 0;
             c.status = 0;
             c.seq = c.seq.wrapping_add(1);
+            c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
+            c.flags |= match_path(tid);
         }
         c.bytes_in += bytes;
-        let (_, tid) = config::current_tgid_tid();
-        let parent = ParentRef {
-            sk,
-            seq: c.seq,
-            _pad: 0,
-        };
+        let parent = ParentRef { sk, seq: c.seq, _pad: 0 };
         let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
     } else {
         // Outbound: the upstream's response arriving.
@@ -330,6 +319,117 @@ fn read_status(tid: u32) -> u32 {
         status = status * 10 + (d - b'0') as u32;
     }
     status
+}
+
+/// Room for the request line's method, path and the byte after the path.
+const REQUEST_HEAD: usize = 144;
+
+/// Scratch for the first bytes of a request (too large for the BPF stack).
+#[map]
+static REQUEST_LINE: PerCpuArray<[u8; REQUEST_HEAD]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `PATH_HEALTH` / `PATH_READY` for the request whose first bytes the current
+/// read syscall returned: `METHOD SP PATH (SP | ?)`.
+#[inline(always)]
+fn match_path(tid: u32) -> u32 {
+    let m = config::read_const(&PATH_MATCH);
+    if m.health_len == 0 && m.ready_len == 0 {
+        return 0;
+    }
+    let Some(&buf) = (unsafe { READ_BUF.get(&tid) }) else { return 0 };
+    let Some(head) = REQUEST_LINE.get_ptr_mut(0) else { return 0 };
+    let head = unsafe { &mut *head };
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, head) }.is_err() {
+        return 0;
+    }
+    // The method is at most 7 bytes ("OPTIONS").
+    let mut path_at = 0;
+    for i in 1..9 {
+        if head[i] == b' ' {
+            path_at = i + 1;
+            break;
+        }
+    }
+    if path_at == 0 {
+        return 0;
+    }
+    let mut flags = 0;
+    if path_equals(head, path_at, &m.health, m.health_len) {
+        flags |= conn_flags::PATH_HEALTH;
+    }
+    if path_equals(head, path_at, &m.ready, m.ready_len) {
+        flags |= conn_flags::PATH_READY;
+    }
+    flags
+}
+
+#[inline(always)]
+fn path_equals(head: &[u8; REQUEST_HEAD], at: usize, want: &[u8; 128], len: u32) -> bool {
+    let len = len as usize;
+    if len == 0 || len >= 128 {
+        return false;
+    }
+    for i in 0..128 {
+        let Some(&b) = head.get(at + i) else { return false };
+        if i == len {
+            return b == b' ' || b == b'?';
+        }
+        if want.get(i) != Some(&b) {
+            return false;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn stash_read_buf(ptr: u64) {
+    let (tgid, tid) = config::current_tgid_tid();
+    if tgid == config::target_tgid() && ptr != 0 {
+        let _ = READ_BUF.insert(&tid, &ptr, 0);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(read_buf)) }
+    {
+        stash_read_buf(buf);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(recvfrom_buf)) }
+    {
+        stash_read_buf(buf);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(iov) = unsafe { ctx.read_at::<u64>(offset!(readv_vec)) }
+        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
+    {
+        stash_read_buf(base);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if config::in_target()
+        && let Ok(msg) = unsafe { ctx.read_at::<u64>(offset!(recvmsg_msg)) }
+        && let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }
+        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
+    {
+        stash_read_buf(base);
+    }
+    0
 }
 
 #[inline(always)]

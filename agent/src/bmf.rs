@@ -57,10 +57,7 @@ impl Measure {
 
     /// Custom measures must be created in Bencher before their first use.
     pub fn is_builtin(self) -> bool {
-        matches!(
-            self,
-            Measure::Latency | Measure::Throughput | Measure::FileSize
-        )
+        matches!(self, Measure::Latency | Measure::Throughput | Measure::FileSize)
     }
 
     pub const ALL: [Measure; 7] = [
@@ -120,19 +117,9 @@ impl BmfReport {
         );
     }
 
+    #[cfg(test)]
     pub fn get(&self, benchmark: &str, measure: Measure) -> Option<f64> {
-        self.benchmarks
-            .get(benchmark)?
-            .get(measure.slug())
-            .map(|m| m.value)
-    }
-
-    pub fn len(&self) -> usize {
-        self.benchmarks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.benchmarks.is_empty()
+        self.benchmarks.get(benchmark)?.get(measure.slug()).map(|m| m.value)
     }
 
     pub fn to_json(&self) -> String {
@@ -153,6 +140,20 @@ impl BmfReport {
     }
 }
 
+/// The `bencher measure create` commands for the custom measures, so their
+/// units show up right in Bencher (`perf-agent measures`).
+pub fn measure_setup_commands(project: &str) -> String {
+    let mut out = String::new();
+    for m in Measure::ALL.iter().filter(|m| !m.is_builtin()) {
+        out.push_str(&format!(
+            "bencher measure create {project} --name {0} --slug {0} --units {1:?}\n",
+            m.slug(),
+            m.units()
+        ));
+    }
+    out
+}
+
 /// Fails early, before anything is attached, when `path` cannot be written:
 /// a directory, a missing parent, no permission.
 pub fn check_writable(path: &Path) -> anyhow::Result<()> {
@@ -160,16 +161,12 @@ pub fn check_writable(path: &Path) -> anyhow::Result<()> {
         anyhow::bail!("--out {}: is a directory; give a file path", path.display());
     }
     let existed = path.exists();
-    fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "--out {}: cannot write there (check the directory exists and is writable)",
-                path.display()
-            )
-        })?;
+    fs::OpenOptions::new().append(true).create(true).open(path).with_context(|| {
+        format!(
+            "--out {}: cannot write there (check the directory exists and is writable)",
+            path.display()
+        )
+    })?;
     if !existed {
         // Leave no empty file behind if we fail before writing results.
         let _ = fs::remove_file(path);
@@ -207,6 +204,14 @@ mod tests {
             let s = m.slug();
             assert!(s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
         }
+    }
+
+    #[test]
+    fn setup_commands_cover_only_custom_measures() {
+        let s = measure_setup_commands("my-project");
+        assert!(s.contains("--slug cpu-percent") && s.contains("--slug memory"));
+        assert!(!s.contains("--slug latency"), "built in: must not be created");
+        assert_eq!(s.lines().count(), 4);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! exit) writes Bencher Metric Format JSON and prints a summary.
 
 mod bmf;
+mod launch;
+mod measure;
 mod percentile;
+mod phases;
 mod preflight;
 mod probes;
 mod procfs;
@@ -14,13 +17,15 @@ mod report;
 mod requests;
 mod session;
 mod signals;
+mod startup;
 mod timeline;
 mod tracefs;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+use crate::{measure::MeasureOptions, probes::PathOptions};
 
 /// Exit codes (documented in the README and the man page).
 pub mod exit {
@@ -33,6 +38,9 @@ pub mod exit {
     pub const TARGET_EXITED: u8 = 3;
     /// Partial: interrupted before `--duration` elapsed; results so far written.
     pub const INTERRUPTED: u8 = 4;
+    /// The target exited during startup (before listening); what was
+    /// measured is written.
+    pub const STARTUP_FAILED: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -44,17 +52,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to a running process and measure it until --duration ends,
-    /// Ctrl-C/SIGTERM, or the process exits.
+    /// Measure a running process (--pid), or the next one to exec a program
+    /// (--wait-exec), until --duration ends, Ctrl-C/SIGTERM, or it exits.
     Attach(AttachArgs),
+    /// Start CMD with the probes in place before its exec and measure it,
+    /// startup included.
+    Run(RunArgs),
+    /// Print the `bencher measure create` commands for perf-agent's custom
+    /// measures (memory, cpu-percent, cpu-time, count), with their units.
+    Measures {
+        /// Bencher project slug.
+        #[arg(long, default_value = "PROJECT")]
+        project: String,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(id = "target", required = true, multiple = false)]
+struct TargetArgs {
+    /// PID of the process (thread group) to measure.
+    #[arg(long, group = "target")]
+    pid: Option<u32>,
+    /// Wait for the next exec of this program (a command name, or a path as
+    /// the launcher execs it) and measure it from its exec.
+    #[arg(long, value_name = "NAME_OR_PATH", group = "target")]
+    wait_exec: Option<String>,
 }
 
 #[derive(clap::Args)]
 struct AttachArgs {
-    /// PID of the process (thread group) to measure.
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Allow PID 1.
     #[arg(long)]
-    pid: u32,
-    /// Seconds to measure (fractions allowed); without it, until interrupted.
+    force: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The command to start, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// Seconds to measure (fractions allowed); without it, until interrupted
+    /// or until the target exits.
     #[arg(long, value_parser = parse_duration, allow_negative_numbers = true)]
     duration: Option<Duration>,
     /// Write Bencher Metric Format JSON here.
@@ -63,19 +111,35 @@ struct AttachArgs {
     /// Sampling interval in milliseconds (10..=60000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     interval: u64,
-    /// Allow PID 1.
-    #[arg(long)]
-    force: bool,
+    /// Startup is healthy at the first 2xx response to a request for this path
+    /// (default: at the first complete response).
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// Startup is ready at the first 2xx response to a request for this path
+    /// (default: at the first 2xx response).
+    #[arg(long, value_name = "PATH")]
+    ready_path: Option<String>,
+    /// Seconds of the idle window measured right after startup.
+    #[arg(long, default_value = "2", value_parser = parse_duration, value_name = "SECS")]
+    idle: Duration,
+}
+
+impl CommonArgs {
+    fn options(self) -> MeasureOptions {
+        MeasureOptions {
+            duration: self.duration,
+            out: self.out,
+            interval: Duration::from_millis(self.interval),
+            paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
+            idle: self.idle,
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!(
-            "duration must be a positive number of seconds, got {s}"
-        ));
+        return Err(format!("duration must be a positive number of seconds, got {s}"));
     }
     if secs > 366.0 * 86_400.0 {
         return Err(format!("duration {s} s is longer than a year"));
@@ -84,9 +148,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Attach(args) => attach(args),
+    let result = match Cli::parse().command {
+        Command::Attach(args) => {
+            let opts = args.common.options();
+            match (args.target.pid, args.target.wait_exec) {
+                (Some(pid), _) => measure::attach_pid(pid, args.force, &opts),
+                (None, Some(name)) => measure::attach_wait_exec(&name, &opts),
+                (None, None) => unreachable!("clap requires one of --pid, --wait-exec"),
+            }
+        }
+        Command::Run(args) => measure::run(&args.command, &args.common.options()),
+        Command::Measures { project } => {
+            print!("{}", bmf::measure_setup_commands(&project));
+            Ok(exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -95,70 +170,6 @@ fn main() -> ExitCode {
             ExitCode::from(exit::ERROR)
         }
     }
-}
-
-fn attach(args: AttachArgs) -> anyhow::Result<u8> {
-    // Everything that can fail on bad input fails here, before attaching.
-    let stat = preflight::check_target(args.pid, args.force)?;
-    if let Some(out) = &args.out {
-        bmf::check_writable(out)?;
-    }
-    preflight::check_privileges()?;
-    let tracefs_root = tracefs::ensure_mounted()?;
-    preflight::check_kernel(&tracefs_root)?;
-    // Signals are recorded from here on: a Ctrl-C during attach still ends
-    // the run cleanly, after the first sample.
-    signals::install();
-    let pidfd = session::open_pidfd(args.pid, stat.starttime_ticks)?;
-    let mut probes = probes::Probes::attach(args.pid, &tracefs_root)
-        .with_context(|| format!("attaching to PID {}", args.pid))?;
-    eprintln!(
-        "perf-agent: attached to PID {} ({}){}",
-        args.pid,
-        stat.comm,
-        match args.duration {
-            Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
-            None => ", Ctrl-C to stop".into(),
-        }
-    );
-    let config = session::SessionConfig {
-        pid: args.pid,
-        starttime_ticks: stat.starttime_ticks,
-        duration: args.duration,
-        interval: Duration::from_millis(args.interval),
-    };
-    let result = session::run(&mut probes, &pidfd, &config)?;
-    let programs = probes.program_stats();
-    drop(probes); // detach before writing: the target runs unobserved from here
-    let Some(window) = timeline::window(&result.samples) else {
-        bail!("no samples were taken");
-    };
-    let (first, last) = (
-        result.samples[0].t_ns,
-        result.samples[result.samples.len() - 1].t_ns,
-    );
-    let requests = result.log.window(first, last);
-    let r = report::AttachReport {
-        pid: args.pid,
-        comm: &stat.comm,
-        window,
-        kernel: result.last_kernel,
-        requests,
-        in_flight: result.in_flight,
-        rejected_events: result.log.rejected,
-        programs,
-        end: result.end,
-    };
-    print!("{}", report::attach_summary(&r));
-    if let Some(out) = &args.out {
-        report::attach_bmf(&r).write(out)?;
-        eprintln!("perf-agent: wrote {}", out.display());
-    }
-    Ok(match result.end {
-        session::EndReason::TargetExited => exit::TARGET_EXITED,
-        session::EndReason::Interrupted(_) => exit::INTERRUPTED,
-        _ => exit::OK,
-    })
 }
 
 #[cfg(test)]

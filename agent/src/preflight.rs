@@ -37,9 +37,7 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
 
 pub fn check_privileges() -> anyhow::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let missing = effective_caps(&status)
-        .map(missing_caps)
-        .unwrap_or_default();
+    let missing = effective_caps(&status).map(missing_caps).unwrap_or_default();
     if !missing.is_empty() {
         bail!(
             "perf-agent needs root, or the capabilities CAP_BPF and CAP_PERFMON; missing: {}. \
@@ -76,11 +74,7 @@ pub fn check_target(pid: u32, force: bool) -> anyhow::Result<ProcStat> {
         );
     }
     if matches!(stat.state, 'Z' | 'X') {
-        bail!(
-            "PID {pid} ({}) has already exited (state {})",
-            stat.comm,
-            stat.state
-        );
+        bail!("PID {pid} ({}) has already exited (state {})", stat.comm, stat.state);
     }
     // A thread id is accepted by /proc but is not a thread-group leader.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -96,12 +90,7 @@ pub fn check_target(pid: u32, force: bool) -> anyhow::Result<ProcStat> {
 /// The kernel pieces every run needs, checked up front for a clear message.
 pub fn check_kernel(tracefs_root: &Path) -> anyhow::Result<()> {
     for (category, name) in [("sched", "sched_switch"), ("kmem", "rss_stat")] {
-        if !tracefs_root
-            .join("events")
-            .join(category)
-            .join(name)
-            .is_dir()
-        {
+        if !tracefs_root.join("events").join(category).join(name).is_dir() {
             bail!(
                 "this kernel lacks the tracepoint {category}:{name} (not in {}/events); \
                  perf-agent needs it",
@@ -119,10 +108,7 @@ mod tests {
     #[test]
     fn root_caps_miss_nothing() {
         let status = "Name:\tx\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(
-            missing_caps(effective_caps(status).unwrap()),
-            Vec::<&str>::new()
-        );
+        assert_eq!(missing_caps(effective_caps(status).unwrap()), Vec::<&str>::new());
     }
 
     #[test]
@@ -135,21 +121,9 @@ mod tests {
 
     #[test]
     fn bad_pids_are_refused_with_the_fix() {
-        assert!(
-            check_target(0, false)
-                .unwrap_err()
-                .to_string()
-                .contains("not a process")
-        );
-        assert!(
-            check_target(1, false)
-                .unwrap_err()
-                .to_string()
-                .contains("--force")
-        );
-        let e = check_target(std::process::id(), false)
-            .unwrap_err()
-            .to_string();
+        assert!(check_target(0, false).unwrap_err().to_string().contains("not a process"));
+        assert!(check_target(1, false).unwrap_err().to_string().contains("--force"));
+        let e = check_target(std::process::id(), false).unwrap_err().to_string();
         assert!(e.contains("perf-agent itself"), "{e}");
         // PID max is 4194304; this one cannot exist.
         let e = check_target(4_194_305, false).unwrap_err().to_string();

@@ -56,16 +56,9 @@ impl std::error::Error for ParseError {}
 /// Parses `/proc/PID/stat`. `comm` may hold spaces and parentheses, so the
 /// fields after it are split after the *last* `)`.
 pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
-    let err = |what: String| ParseError {
-        file: "/proc/PID/stat",
-        what,
-    };
-    let open = text
-        .find('(')
-        .ok_or_else(|| err("no '(' before comm".into()))?;
-    let close = text
-        .rfind(')')
-        .ok_or_else(|| err("no ')' after comm".into()))?;
+    let err = |what: String| ParseError { file: "/proc/PID/stat", what };
+    let open = text.find('(').ok_or_else(|| err("no '(' before comm".into()))?;
+    let close = text.rfind(')').ok_or_else(|| err("no ')' after comm".into()))?;
     if close < open {
         return Err(err("')' before '('".into()));
     }
@@ -73,21 +66,15 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
     // Field 3 (state) is rest[0]; field N is rest[N - 3].
     let rest: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
     let field = |n: usize| -> Result<&str, ParseError> {
-        rest.get(n - 3)
-            .copied()
-            .ok_or_else(|| err(format!("field {n} missing")))
+        rest.get(n - 3).copied().ok_or_else(|| err(format!("field {n} missing")))
     };
     let num = |n: usize| -> Result<u64, ParseError> {
-        field(n)?
-            .parse()
-            .map_err(|e| err(format!("field {n}: {e}")))
+        field(n)?.parse().map_err(|e| err(format!("field {n}: {e}")))
     };
     Ok(ProcStat {
         comm,
         state: field(3)?.chars().next().unwrap_or('?'),
-        ppid: field(4)?
-            .parse()
-            .map_err(|e| err(format!("field 4: {e}")))?,
+        ppid: field(4)?.parse().map_err(|e| err(format!("field 4: {e}")))?,
         flags: num(9)?,
         minflt: num(10)?,
         majflt: num(12)?,
@@ -135,13 +122,10 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ParseError> {
             _ => continue,
         };
         let mut parts = value.split_ascii_whitespace();
-        let n: u64 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ParseError {
-                file: "/proc/PID/status",
-                what: format!("{key}: not a number: {value:?}"),
-            })?;
+        let n: u64 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(|| ParseError {
+            file: "/proc/PID/status",
+            what: format!("{key}: not a number: {value:?}"),
+        })?;
         *slot = match parts.next() {
             Some("kB") => n * 1024,
             None => n,
@@ -211,11 +195,7 @@ pub fn parse_net_tcp(text: &str) -> Vec<TcpSocket> {
             let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
             let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
             let inode = f.get(9)?.parse().ok()?;
-            Some(TcpSocket {
-                local_port: port,
-                state,
-                inode,
-            })
+            Some(TcpSocket { local_port: port, state, inode })
         })
         .collect()
 }
@@ -228,9 +208,7 @@ pub fn socket_inodes(pid: u32) -> io::Result<std::collections::HashSet<u64>> {
             continue;
         };
         let target = target.to_string_lossy();
-        if let Some(n) = target
-            .strip_prefix("socket:[")
-            .and_then(|r| r.strip_suffix(']'))
+        if let Some(n) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))
             && let Ok(n) = n.parse()
         {
             inodes.insert(n);
@@ -270,14 +248,7 @@ mod tests {
 ";
         let v = parse_net_tcp(text);
         assert_eq!(v.len(), 2);
-        assert_eq!(
-            v[0],
-            TcpSocket {
-                local_port: 8080,
-                state: TCP_LISTEN,
-                inode: 12345
-            }
-        );
+        assert_eq!(v[0], TcpSocket { local_port: 8080, state: TCP_LISTEN, inode: 12345 });
         assert_eq!(v[1].state, 1);
         let v6 = parse_net_tcp(
             "hdr\n   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1\n",

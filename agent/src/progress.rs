@@ -13,10 +13,7 @@ pub struct Progress {
 impl Progress {
     pub fn new() -> Progress {
         // SAFETY: isatty has no preconditions.
-        Progress {
-            enabled: unsafe { libc::isatty(2) } == 1,
-            shown: false,
-        }
+        Progress { enabled: unsafe { libc::isatty(2) } == 1, shown: false }
     }
 
     pub fn update(&mut self, first: &Sample, now: &Sample, prev: &Sample, requests: u64) {

@@ -8,18 +8,27 @@ use std::fmt::Write as _;
 use crate::{
     bmf::{BmfReport, Measure},
     percentile::Percentiles,
+    phases::PhaseReport,
     probes::{KernelReading, stats::ProgramStats},
     requests::RequestStats,
     session::EndReason,
+    startup::Startup,
     timeline::WindowStats,
 };
 
-/// What a plain attach reports: one window, the whole run.
-pub struct AttachReport<'a> {
+/// Everything a run measured.
+pub struct RunReport<'a> {
     pub pid: u32,
     pub comm: &'a str,
+    /// The whole run.
     pub window: WindowStats,
     pub requests: RequestStats,
+    /// Named phases (startup, idle, k6 stages, ...), each measured alone.
+    pub phases: Vec<PhaseReport>,
+    /// Milestones, when the target was followed from its exec.
+    pub startup: Option<Startup>,
+    /// Size of the executable the target runs, bytes.
+    pub binary_size: Option<u64>,
     pub kernel: KernelReading,
     /// Requests read but not answered when the run ended.
     pub in_flight: u64,
@@ -27,6 +36,10 @@ pub struct AttachReport<'a> {
     pub rejected_events: u64,
     pub programs: Vec<ProgramStats>,
     pub end: EndReason,
+    /// The numbers cover less than was asked (interrupted, target gone).
+    pub partial: bool,
+    /// How a launched target ended.
+    pub target_status: Option<String>,
 }
 
 /// CPU and memory metrics of one window, named `<id><suffix>`.
@@ -35,35 +48,15 @@ pub fn add_system_metrics(b: &mut BmfReport, suffix: &str, w: &WindowStats) {
     b.add(id("cpu/percent"), Measure::CpuPercent, w.cpu_percent);
     b.add(id("cpu/time"), Measure::CpuTime, w.cpu_ns as f64);
     b.add(id("memory/rss"), Measure::Memory, w.rss_bytes as f64);
-    b.add(
-        id("memory/peak_rss"),
-        Measure::Memory,
-        w.peak_rss_bytes as f64,
-    );
-    b.add(
-        id("memory/page_faults"),
-        Measure::Count,
-        w.page_faults() as f64,
-    );
-    b.add(
-        id("memory/minor_faults"),
-        Measure::Count,
-        w.minor_faults as f64,
-    );
-    b.add(
-        id("memory/major_faults"),
-        Measure::Count,
-        w.major_faults as f64,
-    );
+    b.add(id("memory/peak_rss"), Measure::Memory, w.peak_rss_bytes as f64);
+    b.add(id("memory/page_faults"), Measure::Count, w.page_faults() as f64);
+    b.add(id("memory/minor_faults"), Measure::Count, w.minor_faults as f64);
+    b.add(id("memory/major_faults"), Measure::Count, w.major_faults as f64);
 }
 
 fn add_percentiles(b: &mut BmfReport, prefix: &str, suffix: &str, p: &Percentiles) {
     for name in Percentiles::NAMES {
-        b.add(
-            format!("{prefix}{name}{suffix}"),
-            Measure::Latency,
-            p.get(name),
-        );
+        b.add(format!("{prefix}{name}{suffix}"), Measure::Latency, p.get(name));
     }
 }
 
@@ -75,43 +68,42 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("throughput/rps"), Measure::Throughput, r.rps);
     add_percentiles(b, "latency/", suffix, &r.latency);
     add_percentiles(b, "ttfb/", suffix, &r.ttfb);
-    b.add(
-        id("errors/count"),
-        Measure::Count,
-        (r.http_errors() + w.resets) as f64,
-    );
+    b.add(id("errors/count"), Measure::Count, (r.http_errors() + w.resets) as f64);
     b.add(id("errors/http_4xx"), Measure::Count, r.status_4xx as f64);
     b.add(id("errors/http_5xx"), Measure::Count, r.status_5xx as f64);
     b.add(id("errors/resets"), Measure::Count, w.resets as f64);
-    b.add(
-        id("upstream/calls"),
-        Measure::Count,
-        r.upstream_calls as f64,
-    );
+    b.add(id("upstream/calls"), Measure::Count, r.upstream_calls as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
 }
 
-/// BMF for a plain attach.
-pub fn attach_bmf(r: &AttachReport) -> BmfReport {
+/// The BMF document of a run: whole-run metrics under their plain names,
+/// every phase's under `<metric>@<phase>`, and the canonical names users
+/// track (`memory/idle_rss`, `cpu/idle_percent`, `startup/*`, ...).
+pub fn bmf(r: &RunReport) -> BmfReport {
     let mut b = BmfReport::default();
     add_system_metrics(&mut b, "", &r.window);
     add_request_metrics(&mut b, "", &r.requests, &r.window);
-    b.add(
-        "agent/window",
-        Measure::Latency,
-        r.window.duration_ns as f64,
-    );
-    b.add(
-        "agent/partial",
-        Measure::Count,
-        if r.end.is_partial() { 1.0 } else { 0.0 },
-    );
-    b.add(
-        "agent/dropped_events",
-        Measure::Count,
-        dropped_events(r) as f64,
-    );
+    for p in &r.phases {
+        let suffix = format!("@{}", p.phase.name);
+        add_system_metrics(&mut b, &suffix, &p.system);
+        add_request_metrics(&mut b, &suffix, &p.requests, &p.system);
+        if p.phase.name == "idle" && !p.truncated {
+            b.add("memory/idle_rss", Measure::Memory, p.system.mean_rss_bytes as f64);
+            b.add("cpu/idle_percent", Measure::CpuPercent, p.system.cpu_percent);
+        }
+    }
+    if let Some(s) = &r.startup {
+        for (id, ns) in s.durations() {
+            b.add(id, Measure::Latency, ns as f64);
+        }
+    }
+    if let Some(size) = r.binary_size {
+        b.add("binary/size", Measure::FileSize, size as f64);
+    }
+    b.add("agent/window", Measure::Latency, r.window.duration_ns as f64);
+    b.add("agent/partial", Measure::Count, if r.partial { 1.0 } else { 0.0 });
+    b.add("agent/dropped_events", Measure::Count, dropped_events(r) as f64);
     b
 }
 
@@ -119,7 +111,7 @@ pub fn attach_bmf(r: &AttachReport) -> BmfReport {
 /// skipped (recursion misses), ring buffer or connection table full, and
 /// events user space refused. CPU time, RSS and faults are aggregated in
 /// fixed per-CPU slots that cannot fill up.
-pub fn dropped_events(r: &AttachReport) -> u64 {
+pub fn dropped_events(r: &RunReport) -> u64 {
     r.programs.iter().map(|p| p.recursion_misses).sum::<u64>()
         + r.window.lost_events
         + r.rejected_events
@@ -155,26 +147,41 @@ fn diff(agent: f64, truth: f64) -> String {
 }
 
 fn percentiles_row(p: &Percentiles) -> String {
-    format!(
-        "p50 {}  p95 {}  p99 {}",
-        human_ns(p.p50),
-        human_ns(p.p95),
-        human_ns(p.p99)
-    )
+    format!("p50 {}  p95 {}  p99 {}", human_ns(p.p50), human_ns(p.p95), human_ns(p.p99))
 }
 
-/// The human summary for a plain attach.
-pub fn attach_summary(r: &AttachReport) -> String {
+/// The human summary of a run.
+pub fn summary(r: &RunReport) -> String {
     let w = &r.window;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "perf-agent: pid {} ({}), window {}, {}",
+        "perf-agent: pid {} ({}), window {}, {}{}",
         r.pid,
         r.comm,
         human_ns(w.duration_ns as f64),
-        r.end.describe()
+        r.end.describe(),
+        r.target_status.as_ref().map_or(String::new(), |s| format!("; target {s}"))
     );
+    if let Some(s) = &r.startup {
+        let steps: Vec<String> = s
+            .durations()
+            .iter()
+            .map(|(id, ns)| {
+                format!("{} {}", id.trim_start_matches("startup/to_"), human_ns(*ns as f64))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "startup from exec: {}{}",
+            if steps.is_empty() { "no milestone reached".into() } else { steps.join(" → ") },
+            if s.listen_ns.is_some() {
+                format!(" (port {})", s.listen_port)
+            } else {
+                String::new()
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "{:<22} {:>14}  {:>22}  {:>9}",
@@ -265,6 +272,48 @@ pub fn attach_summary(r: &AttachReport) -> String {
          (+{} ignored before the target's mm was known)",
         r.kernel.cpu.slices, m.own_updates, m.foreign_updates, m.unattributed,
     );
+    let costs: Vec<String> = r
+        .programs
+        .iter()
+        .filter(|p| p.run_count > 0)
+        .map(|p| format!("{} {:.0} ns × {}", p.name, p.ns_per_run(), p.run_count))
+        .collect();
+    if !costs.is_empty() {
+        let _ = writeln!(out, "program cost (kernel.bpf_stats_enabled): {}", costs.join(", "));
+    }
+    if !r.phases.is_empty() {
+        out.push_str(&phase_table(&r.phases));
+    }
+    out
+}
+
+/// One row per phase: the numbers that explain a load test.
+pub fn phase_table(phases: &[PhaseReport]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "phase", "duration", "cpu %", "rss", "requests", "rps", "p50", "p99", "errors"
+    );
+    for p in phases {
+        let q = &p.requests;
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>8.1} {:>10} {:>10} {:>10.1} {:>10} {:>8} {:>10}",
+            format!("{}{}", p.phase.name, if p.truncated { "*" } else { "" }),
+            human_ns(p.system.duration_ns as f64),
+            p.system.cpu_percent,
+            human_bytes(p.system.mean_rss_bytes),
+            q.count,
+            if q.rps.is_finite() { q.rps } else { 0.0 },
+            human_ns(q.latency.p50),
+            human_ns(q.latency.p99),
+            q.http_errors() + p.system.resets,
+        );
+    }
+    if phases.iter().any(|p| p.truncated) {
+        out.push_str("* the run ended before this phase did\n");
+    }
     out
 }
 
@@ -273,8 +322,8 @@ mod tests {
     use super::*;
     use crate::requests::RequestLog;
 
-    fn report(end: EndReason) -> AttachReport<'static> {
-        AttachReport {
+    fn report(end: EndReason) -> RunReport<'static> {
+        RunReport {
             pid: 42,
             comm: "srv",
             window: WindowStats {
@@ -289,47 +338,38 @@ mod tests {
                 ..Default::default()
             },
             requests: RequestLog::default().window(0, 2_000_000_000),
+            phases: vec![],
+            startup: None,
+            binary_size: None,
             kernel: KernelReading::default(),
             in_flight: 0,
             rejected_events: 0,
             programs: vec![],
             end,
+            partial: end.is_partial(),
+            target_status: None,
         }
     }
 
     #[test]
     fn bmf_has_the_plain_attach_names_and_units() {
-        let b = attach_bmf(&report(EndReason::DurationElapsed));
+        let b = bmf(&report(EndReason::DurationElapsed));
         assert_eq!(b.get("cpu/percent", Measure::CpuPercent), Some(50.0));
         assert_eq!(b.get("cpu/time", Measure::CpuTime), Some(1e9));
-        assert_eq!(
-            b.get("memory/rss", Measure::Memory),
-            Some((10 << 20) as f64)
-        );
-        assert_eq!(
-            b.get("memory/peak_rss", Measure::Memory),
-            Some((20 << 20) as f64)
-        );
+        assert_eq!(b.get("memory/rss", Measure::Memory), Some((10 << 20) as f64));
+        assert_eq!(b.get("memory/peak_rss", Measure::Memory), Some((20 << 20) as f64));
         assert_eq!(b.get("memory/page_faults", Measure::Count), Some(8.0));
         assert_eq!(b.get("agent/partial", Measure::Count), Some(0.0));
         assert_eq!(b.get("requests/count", Measure::Count), Some(0.0));
-        assert_eq!(
-            b.get("errors/count", Measure::Count),
-            Some(2.0),
-            "resets are errors"
-        );
-        assert_eq!(
-            b.get("latency/p50", Measure::Latency),
-            None,
-            "no requests: no percentile"
-        );
+        assert_eq!(b.get("errors/count", Measure::Count), Some(2.0), "resets are errors");
+        assert_eq!(b.get("latency/p50", Measure::Latency), None, "no requests: no percentile");
     }
 
     #[test]
     fn partial_runs_are_marked() {
-        let b = attach_bmf(&report(EndReason::TargetExited));
+        let b = bmf(&report(EndReason::TargetExited));
         assert_eq!(b.get("agent/partial", Measure::Count), Some(1.0));
-        let s = attach_summary(&report(EndReason::Interrupted(libc::SIGINT)));
+        let s = summary(&report(EndReason::Interrupted(libc::SIGINT)));
         assert!(s.contains("PARTIAL") && s.contains("SIGINT"), "{s}");
     }
 
@@ -337,7 +377,7 @@ mod tests {
     fn summary_shows_ground_truth_and_difference() {
         let mut r = report(EndReason::Stopped(libc::SIGTERM));
         r.window.proc_cpu_percent = 40.0;
-        let s = attach_summary(&r);
+        let s = summary(&r);
         assert!(s.contains("+25.00 %"), "{s}");
         assert!(s.contains("complete"), "{s}");
     }
@@ -363,9 +403,6 @@ mod tests {
         );
         assert_eq!(b.get("latency/p99@steady", Measure::Latency), Some(10.0));
         assert_eq!(b.get("errors/http_5xx@steady", Measure::Count), Some(1.0));
-        assert_eq!(
-            b.get("throughput/rps@steady", Measure::Throughput),
-            Some(1.0)
-        );
+        assert_eq!(b.get("throughput/rps@steady", Measure::Throughput), Some(1.0));
     }
 }

@@ -75,10 +75,9 @@ impl RequestLog {
                 status: e.status.min(u16::MAX as u32) as u16,
                 flags: e.flags as u16,
             }),
-            event_kind::UPSTREAM_CALL => self.calls.push(UpstreamCall {
-                start_ns: e.start_ns,
-                end_ns: e.end_ns,
-            }),
+            event_kind::UPSTREAM_CALL => {
+                self.calls.push(UpstreamCall { start_ns: e.start_ns, end_ns: e.end_ns })
+            }
             _ => self.rejected += 1,
         }
     }
@@ -88,20 +87,13 @@ impl RequestLog {
     /// with rates over that window's own length.
     pub fn window(&self, start_ns: u64, end_ns: u64) -> RequestStats {
         let in_window = |t: u64| t > start_ns && t <= end_ns;
-        let reqs: Vec<&Request> = self
-            .requests
-            .iter()
-            .filter(|r| in_window(r.end_ns))
-            .collect();
+        let reqs: Vec<&Request> = self.requests.iter().filter(|r| in_window(r.end_ns)).collect();
         let collect =
             |f: &dyn Fn(&Request) -> u64| -> Vec<u64> { reqs.iter().map(|r| f(r)).collect() };
         let mut latency = collect(&|r| r.latency_ns());
         let mut ttfb = collect(&|r| r.ttfb_ns());
-        let mut overhead: Vec<u64> = reqs
-            .iter()
-            .filter(|r| r.upstream_ns > 0)
-            .map(|r| r.overhead_ns())
-            .collect();
+        let mut overhead: Vec<u64> =
+            reqs.iter().filter(|r| r.upstream_ns > 0).map(|r| r.overhead_ns()).collect();
         let mut upstream: Vec<u64> = self
             .calls
             .iter()
@@ -112,11 +104,7 @@ impl RequestLog {
         let count = reqs.len() as u64;
         RequestStats {
             count,
-            rps: if seconds > 0.0 {
-                count as f64 / seconds
-            } else {
-                f64::NAN
-            },
+            rps: if seconds > 0.0 { count as f64 / seconds } else { f64::NAN },
             latency: Percentiles::of(&mut latency),
             ttfb: Percentiles::of(&mut ttfb),
             with_upstream: overhead.len() as u64,
@@ -124,10 +112,7 @@ impl RequestLog {
             upstream_calls: upstream.len() as u64,
             upstream: Percentiles::of(&mut upstream),
             status_known: reqs.iter().filter(|r| r.status != 0).count() as u64,
-            status_4xx: reqs
-                .iter()
-                .filter(|r| (400..500).contains(&r.status))
-                .count() as u64,
+            status_4xx: reqs.iter().filter(|r| (400..500).contains(&r.status)).count() as u64,
             status_5xx: reqs.iter().filter(|r| r.status >= 500).count() as u64,
             max_latency_ns: latency.last().copied().unwrap_or(0),
         }

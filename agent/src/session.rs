@@ -41,10 +41,7 @@ impl EndReason {
             EndReason::DurationElapsed => "complete (duration elapsed)".into(),
             EndReason::Stopped(s) => format!("complete (stopped by {})", signals::name(s)),
             EndReason::Interrupted(s) => {
-                format!(
-                    "PARTIAL (interrupted by {} before --duration)",
-                    signals::name(s)
-                )
+                format!("PARTIAL (interrupted by {} before --duration)", signals::name(s))
             }
             EndReason::TargetExited => "PARTIAL (target exited)".into(),
         }
@@ -53,8 +50,10 @@ impl EndReason {
 
 pub struct SessionConfig {
     pub pid: u32,
-    /// The target's start time at validation: guards against PID reuse.
-    pub starttime_ticks: u64,
+    /// When the measurement starts (the target's exec in launch and
+    /// wait-for-exec modes, whose kernel counters all start there at zero);
+    /// `None`: at the first sample.
+    pub start_ns: Option<u64>,
     pub duration: Option<Duration>,
     pub interval: Duration,
 }
@@ -82,10 +81,7 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
     // reused between validation and here.
     let stat = procfs::read_stat(pid).with_context(|| format!("target PID {pid} exited"))?;
     if stat.starttime_ticks != starttime_ticks {
-        bail!(
-            "PID {pid} was reused by another process ({}) before attach",
-            stat.comm
-        );
+        bail!("PID {pid} was reused by another process ({}) before attach", stat.comm);
     }
     Ok(fd)
 }
@@ -93,11 +89,7 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
 /// Waits up to `timeout` for the pidfd to become readable (target exited).
 /// Returns early, false, on a signal.
 fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -154,10 +146,14 @@ pub fn run(
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
     let mut log = RequestLog::default();
-    let (first, mut last_kernel) = sample(probes, config.pid, ticks, None)?;
-    let mut samples = vec![first];
+    let (first, _) = sample(probes, config.pid, ticks, None)?;
+    let mut samples = match config.start_ns {
+        // Everything the kernel counts starts at zero at the exec.
+        Some(t_ns) => vec![Sample { t_ns, ..Default::default() }, first],
+        None => vec![first],
+    };
     let mut progress = Progress::new();
-    let start = first.t_ns;
+    let start = samples[0].t_ns;
     let deadline = config.duration.map(|d| start + d.as_nanos() as u64);
     let mut next_tick = start + config.interval.as_nanos() as u64;
     let end = loop {
@@ -178,8 +174,7 @@ pub fn run(
         }
         if monotonic_ns() >= next_tick {
             probes.drain(&mut log);
-            let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
-            last_kernel = k;
+            let (s, _) = sample(probes, config.pid, ticks, samples.last())?;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
             progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
@@ -189,15 +184,8 @@ pub fn run(
     progress.clear();
     // The closing sample: kernel counters are final (an exited target's last
     // slice and faults are in them); /proc may be gone.
-    let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
+    let (s, last_kernel) = sample(probes, config.pid, ticks, samples.last())?;
     samples.push(s);
-    last_kernel = k;
     let in_flight = probes.drain_final(&mut log);
-    Ok(SessionResult {
-        samples,
-        end,
-        last_kernel,
-        log,
-        in_flight,
-    })
+    Ok(SessionResult { samples, end, last_kernel, log, in_flight })
 }

@@ -71,11 +71,7 @@ impl WindowStats {
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        f64::NAN
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
+    if whole == 0 { f64::NAN } else { part as f64 * 100.0 / whole as f64 }
 }
 
 /// Computes a window over `samples` (in time order, at least one).
@@ -110,23 +106,49 @@ pub fn window(samples: &[Sample]) -> Option<WindowStats> {
         proc_hwm_bytes: last.proc_hwm_bytes,
         minor_faults: last.minor_faults.saturating_sub(first.minor_faults),
         major_faults: last.major_faults.saturating_sub(first.major_faults),
-        proc_minor_faults: last
-            .proc_minor_faults
-            .saturating_sub(first.proc_minor_faults),
-        proc_major_faults: last
-            .proc_major_faults
-            .saturating_sub(first.proc_major_faults),
+        proc_minor_faults: last.proc_minor_faults.saturating_sub(first.proc_minor_faults),
+        proc_major_faults: last.proc_major_faults.saturating_sub(first.proc_major_faults),
         resets: last.resets.saturating_sub(first.resets),
         lost_events: last.lost_events.saturating_sub(first.lost_events),
     })
 }
 
-/// The samples of `[start_ns, end_ns]`, plus the last sample before the start
-/// (so the window's differences begin at its edge, not at its first tick).
-pub fn slice(samples: &[Sample], start_ns: u64, end_ns: u64) -> &[Sample] {
-    let from = samples.partition_point(|s| s.t_ns < start_ns);
-    let to = samples.partition_point(|s| s.t_ns <= end_ns);
-    &samples[from.saturating_sub(1).min(to)..to]
+/// The series read at `t_ns`, between two samples: cumulative counters
+/// (CPU time, faults, resets) are interpolated linearly; instantaneous values
+/// (RSS, peak) are the earlier sample's, the last value known at `t_ns`.
+pub fn at(samples: &[Sample], t_ns: u64) -> Option<Sample> {
+    let after = samples.partition_point(|s| s.t_ns <= t_ns);
+    let a = samples.get(after.checked_sub(1)?)?;
+    let Some(b) = samples.get(after) else { return Some(*a) };
+    let f = (t_ns - a.t_ns) as f64 / (b.t_ns - a.t_ns) as f64;
+    let lerp = |x: u64, y: u64| x + (y.saturating_sub(x) as f64 * f) as u64;
+    Some(Sample {
+        t_ns,
+        cpu_ns: lerp(a.cpu_ns, b.cpu_ns),
+        minor_faults: lerp(a.minor_faults, b.minor_faults),
+        major_faults: lerp(a.major_faults, b.major_faults),
+        resets: lerp(a.resets, b.resets),
+        lost_events: lerp(a.lost_events, b.lost_events),
+        proc_cpu_ns: lerp(a.proc_cpu_ns, b.proc_cpu_ns),
+        proc_minor_faults: lerp(a.proc_minor_faults, b.proc_minor_faults),
+        proc_major_faults: lerp(a.proc_major_faults, b.proc_major_faults),
+        ..*a
+    })
+}
+
+/// The window `[start_ns, end_ns]` (clamped to the series), with its edges
+/// read by [`at`] so that a phase boundary between two samples costs at most
+/// the non-linearity within one interval, not a whole interval.
+pub fn window_between(samples: &[Sample], start_ns: u64, end_ns: u64) -> Option<WindowStats> {
+    let (first, last) = (samples.first()?, samples.last()?);
+    let (start, end) = (start_ns.max(first.t_ns), end_ns.min(last.t_ns));
+    if start > end {
+        return None;
+    }
+    let mut edges = vec![at(samples, start)?];
+    edges.extend(samples.iter().filter(|s| s.t_ns > start && s.t_ns < end));
+    edges.push(at(samples, end)?);
+    window(&edges)
 }
 
 #[cfg(test)]
@@ -187,18 +209,16 @@ mod tests {
     }
 
     #[test]
-    fn slice_includes_the_sample_before_the_window() {
-        let v: Vec<Sample> = (0..10).map(|i| s(i * 100, i, 0, 0)).collect();
-        let ms = 1_000_000;
-        let w = slice(&v, 250 * ms, 500 * ms);
-        assert_eq!(w.first().unwrap().t_ns, 200 * ms);
-        assert_eq!(w.last().unwrap().t_ns, 500 * ms);
-        assert_eq!(w.len(), 4);
-        assert_eq!(
-            slice(&v, 10_000 * ms, 20_000 * ms).len(),
-            1,
-            "after the end: the last one"
-        );
-        assert!(slice(&[], 0, 1).is_empty());
+    fn edges_between_samples_are_interpolated() {
+        let v = [s(0, 0, 100, 100), s(100, 100, 200, 200), s(200, 300, 300, 300)];
+        let w = window_between(&v, 50 * 1_000_000, 150 * 1_000_000).unwrap();
+        assert_eq!(w.duration_ns, 100_000_000);
+        // cpu at 50 ms: 50 ms; at 150 ms: 200 ms.
+        assert_eq!(w.cpu_ns, 150_000_000);
+        assert_eq!(w.rss_bytes, 200, "RSS at 150 ms is the last known value");
+        assert!(window_between(&v, 500 * 1_000_000, 600 * 1_000_000).is_none());
+        let clamped = window_between(&v, 0, u64::MAX).unwrap();
+        assert_eq!(clamped.cpu_ns, 300_000_000);
     }
+
 }

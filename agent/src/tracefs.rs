@@ -28,15 +28,8 @@ pub fn ensure_mounted() -> anyhow::Result<PathBuf> {
     let c = |s: &str| CString::new(s).expect("no NUL");
     let (src, dst, fstype) = (c("tracefs"), c(TRACEFS), c("tracefs"));
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc =
+        unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         bail!(
@@ -133,12 +126,7 @@ pub fn parse_format(text: &str) -> EventFormat {
         if let (Some(offset), Some(size)) = (offset, size)
             && !name.is_empty()
         {
-            fields.push(Field {
-                name,
-                offset,
-                size,
-                signed,
-            });
+            fields.push(Field { name, offset, size, signed });
         }
     }
     EventFormat { fields }
@@ -147,11 +135,7 @@ pub fn parse_format(text: &str) -> EventFormat {
 /// Reads `events/CATEGORY/NAME/format`, with an error that says the kernel
 /// lacks the hook when the tracepoint is not there.
 pub fn read_format(tracefs: &Path, category: &str, name: &str) -> anyhow::Result<EventFormat> {
-    let path = tracefs
-        .join("events")
-        .join(category)
-        .join(name)
-        .join("format");
+    let path = tracefs.join("events").join(category).join(name).join("format");
     let text = fs::read_to_string(&path).with_context(|| {
         format!(
             "tracepoint {category}:{name} is not available on this kernel ({} unreadable); \
@@ -199,18 +183,9 @@ print fmt: \"prev_comm=%s\"
     #[test]
     fn wrong_size_or_missing_field_names_the_tracepoint() {
         let f = parse_format(SCHED_SWITCH);
-        let e = f
-            .offset("sched:sched_switch", "next_pid", 8)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("sched:sched_switch") && e.contains("4 bytes"),
-            "{e}"
-        );
-        let e = f
-            .offset("sched:sched_switch", "nope", 4)
-            .unwrap_err()
-            .to_string();
+        let e = f.offset("sched:sched_switch", "next_pid", 8).unwrap_err().to_string();
+        assert!(e.contains("sched:sched_switch") && e.contains("4 bytes"), "{e}");
+        let e = f.offset("sched:sched_switch", "nope", 4).unwrap_err().to_string();
         assert!(e.contains("no field `nope`"), "{e}");
     }
 
@@ -227,10 +202,7 @@ print fmt: \"prev_comm=%s\"
     #[test]
     fn finds_tracefs_or_debugfs_mount() {
         let m = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw 0 0\n";
-        assert_eq!(
-            tracefs_mount_point(m),
-            Some(PathBuf::from("/sys/kernel/tracing"))
-        );
+        assert_eq!(tracefs_mount_point(m), Some(PathBuf::from("/sys/kernel/tracing")));
         assert_eq!(tracefs_mount_point("proc /proc proc rw 0 0\n"), None);
     }
 }

@@ -17,10 +17,8 @@ use common::*;
 fn cpu_time_agrees_with_the_kernel_within_2_percent() {
     let Some(_serial) = privileged() else { return };
     let _noise = Target::start("cpu-burner", &["--threads", "1", "--late-threads", "0"]);
-    let mut target = Target::start(
-        "cpu-burner",
-        &["--threads", "1", "--late-threads", "2", "--seconds", "4.5"],
-    );
+    let mut target =
+        Target::start("cpu-burner", &["--threads", "1", "--late-threads", "2", "--seconds", "4.5"]);
     let out = out_path("cpu");
     let mut agent = Agent::spawn(&[
         "attach",
@@ -46,16 +44,8 @@ fn cpu_time_agrees_with_the_kernel_within_2_percent() {
     let truth_ns = total_ns - cpu_at_attach;
 
     let result = agent.finish();
-    assert_eq!(
-        result.code, 3,
-        "target exit must give exit code 3\n{}",
-        result.stderr
-    );
-    assert!(
-        result.stdout.contains("PARTIAL (target exited)"),
-        "{}",
-        result.stdout
-    );
+    assert_eq!(result.code, 3, "target exit must give exit code 3\n{}", result.stderr);
+    assert!(result.stdout.contains("PARTIAL (target exited)"), "{}", result.stdout);
     let bmf = read_bmf(&out);
     let agent_ns = bmf_value(&bmf, "cpu/time", "cpu-time");
     assert_eq!(bmf_value(&bmf, "agent/partial", "count"), 1.0);
@@ -68,15 +58,8 @@ fn cpu_time_agrees_with_the_kernel_within_2_percent() {
     );
     // The late threads' time is in the kernel's total, so missing them would
     // break the 2 % bound; this only checks the burner really ran.
-    assert!(
-        truth_ns > 1_000_000_000,
-        "the burner did not burn: {truth_ns} ns"
-    );
-    assert!(
-        err < 0.02,
-        "agent {agent_ns} ns vs kernel {truth_ns} ns: {:.2} % apart",
-        err * 100.0
-    );
+    assert!(truth_ns > 1_000_000_000, "the burner did not burn: {truth_ns} ns");
+    assert!(err < 0.02, "agent {agent_ns} ns vs kernel {truth_ns} ns: {:.2} % apart", err * 100.0);
     let percent = bmf_value(&bmf, "cpu/percent", "cpu-percent");
     assert!(percent > 50.0 && percent <= 201.0, "cpu/percent {percent}");
     // The agent's own /proc column in the summary agrees too.
@@ -89,10 +72,8 @@ fn cpu_time_agrees_with_the_kernel_within_2_percent() {
 #[test]
 fn memory_peak_and_final_rss_agree_with_proc_within_1_percent() {
     let Some(_serial) = privileged() else { return };
-    let mut target = Target::start(
-        "mem-toucher",
-        &["--mib", "256", "--wait-ms", "1500", "--hold-ms", "1000"],
-    );
+    let mut target =
+        Target::start("mem-toucher", &["--mib", "256", "--wait-ms", "1500", "--hold-ms", "1000"]);
     let out = out_path("mem");
     let mut agent = Agent::spawn(&[
         "attach",
@@ -114,17 +95,11 @@ fn memory_peak_and_final_rss_agree_with_proc_within_1_percent() {
     let peak = bmf_value(&bmf, "memory/peak_rss", "memory");
     let end = bmf_value(&bmf, "memory/rss", "memory");
     eprintln!("memory: peak {peak} vs VmHWM {hwm}; rss {end} vs VmRSS {rss}");
-    assert!(
-        hwm > 256.0 * 1024.0 * 1024.0,
-        "the fixture did not touch 256 MiB: VmHWM {hwm}"
-    );
+    assert!(hwm > 256.0 * 1024.0 * 1024.0, "the fixture did not touch 256 MiB: VmHWM {hwm}");
     assert!(rel_err(peak, hwm) < 0.01, "peak {peak} vs VmHWM {hwm}");
     assert!(rel_err(end, rss) < 0.01, "final rss {end} vs VmRSS {rss}");
     let faults = bmf_value(&bmf, "memory/page_faults", "count");
-    assert!(
-        faults >= 65_536.0,
-        "256 MiB of 4 KiB pages is at least 65536 faults, got {faults}"
-    );
+    assert!(faults >= 65_536.0, "256 MiB of 4 KiB pages is at least 65536 faults, got {faults}");
     assert_eq!(bmf_value(&bmf, "agent/partial", "count"), 0.0);
 }
 
@@ -134,10 +109,9 @@ fn memory_peak_and_final_rss_agree_with_proc_within_1_percent() {
 fn signals_end_the_run_and_results_are_written() {
     let Some(_serial) = privileged() else { return };
     let target = Target::start("cpu-burner", &["--threads", "1", "--late-threads", "0"]);
-    for (signal, duration, code, partial) in [
-        (libc::SIGINT, Some("60"), 4, 1.0),
-        (libc::SIGTERM, None, 0, 0.0),
-    ] {
+    for (signal, duration, code, partial) in
+        [(libc::SIGINT, Some("60"), 4, 1.0), (libc::SIGTERM, None, 0, 0.0)]
+    {
         let out = out_path(&format!("signal-{signal}"));
         let pid = target.pid.to_string();
         let mut args = vec!["attach", "--pid", &pid, "--out", out.to_str().unwrap()];
@@ -163,47 +137,21 @@ fn signals_end_the_run_and_results_are_written() {
 fn bad_input_gets_a_clear_error() {
     let Some(_serial) = privileged() else { return };
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["attach", "--pid", "4194305"],
-            "no process with PID 4194305",
-        ),
+        (&["attach", "--pid", "4194305"], "no process with PID 4194305"),
         (&["attach", "--pid", "2"], "kernel thread"),
         (&["attach", "--pid", "1"], "--force"),
         (&["attach", "--pid", "0"], "not a process"),
-        (
-            &["attach", "--pid", "1", "--force", "--out", "/tmp"],
-            "is a directory",
-        ),
-        (
-            &[
-                "attach",
-                "--pid",
-                "1",
-                "--force",
-                "--out",
-                "/nonexistent/x.json",
-            ],
-            "cannot write",
-        ),
+        (&["attach", "--pid", "1", "--force", "--out", "/tmp"], "is a directory"),
+        (&["attach", "--pid", "1", "--force", "--out", "/nonexistent/x.json"], "cannot write"),
     ];
     for (args, expected) in cases {
         let r = run_agent(args);
         assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
-        assert!(
-            r.stderr.contains(expected),
-            "{args:?}: expected {expected:?} in {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(expected), "{args:?}: expected {expected:?} in {}", r.stderr);
     }
     for (args, expected) in [
-        (
-            &["attach", "--pid", "1", "--duration", "-1"][..],
-            "positive",
-        ),
-        (
-            &["attach", "--pid", "1", "--duration", "abc"][..],
-            "not a number",
-        ),
+        (&["attach", "--pid", "1", "--duration", "-1"][..], "positive"),
+        (&["attach", "--pid", "1", "--duration", "abc"][..], "not a number"),
         (&["attach", "--pid", "1", "--interval", "0"][..], "interval"),
     ] {
         let r = run_agent(args);
@@ -218,31 +166,12 @@ fn unprivileged_run_names_the_missing_capabilities() {
     let Some(_serial) = privileged() else { return };
     let target = Target::start("cpu-burner", &["--threads", "1", "--late-threads", "0"]);
     let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(agent_bin())
-        .args([
-            "attach",
-            "--pid",
-            &target.pid.to_string(),
-            "--duration",
-            "1",
-        ])
+        .args(["attach", "--pid", &target.pid.to_string(), "--duration", "1"])
         .output()
         .expect("running setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stderr} {:?}",
-        out.status.signal()
-    );
-    assert!(
-        stderr.contains("CAP_BPF") && stderr.contains("sudo"),
-        "{stderr}"
-    );
+    assert_eq!(out.status.code(), Some(1), "{stderr} {:?}", out.status.signal());
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("sudo"), "{stderr}");
 }

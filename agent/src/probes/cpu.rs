@@ -37,15 +37,12 @@ pub struct CpuProbe {
 }
 
 impl CpuProbe {
-    pub fn attach(ebpf: &mut Ebpf, _pid: u32) -> anyhow::Result<CpuProbe> {
+    pub fn attach(ebpf: &mut Ebpf) -> anyhow::Result<CpuProbe> {
         let mut account: PerCpuArray<MapData, CpuAccount> =
             take_map(ebpf, "CPU_ACCOUNT")?.try_into()?;
         // A slice running at attach counts from now, not from an unknown start.
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let seed = CpuAccount {
-            last_switch_ns: monotonic_ns(),
-            ..Default::default()
-        };
+        let seed = CpuAccount { last_switch_ns: monotonic_ns(), ..Default::default() };
         account.set(0, PerCpuValues::try_from(vec![seed; nr_cpus])?, 0)?;
 
         let program: &mut TracePoint = ebpf

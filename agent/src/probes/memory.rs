@@ -49,7 +49,9 @@ pub struct MemoryProbe {
 }
 
 impl MemoryProbe {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<MemoryProbe> {
+    /// `running`: a process already running, whose RSS is seeded from
+    /// /proc. A target armed at exec starts from an empty mm instead.
+    pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<MemoryProbe> {
         let mut counters: Array<MapData, RssCounters> =
             take_map(ebpf, "RSS_COUNTERS")?.try_into()?;
         let mut stats: PerCpuArray<MapData, RssStats> = take_map(ebpf, "RSS_STATS")?.try_into()?;
@@ -58,27 +60,27 @@ impl MemoryProbe {
 
         // Seed from /proc: rss_stat only reports changes, so a quiet target
         // would otherwise read as 0 until its next fault.
-        let status =
-            procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
-        let mut seed = RssCounters::default();
-        seed.member_bytes[rss_member::FILE] = status.rss_file as i64;
-        seed.member_bytes[rss_member::ANON] = status.rss_anon as i64;
-        seed.member_bytes[rss_member::SWAP] = status.vm_swap as i64;
-        seed.member_bytes[rss_member::SHMEM] = status.rss_shmem as i64;
-        counters.set(0, seed, 0)?;
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut per_cpu = vec![RssStats::default(); nr_cpus];
-        per_cpu[0].peak_rss_bytes = status.rss_file + status.rss_anon + status.rss_shmem;
-        stats.set(0, PerCpuValues::try_from(per_cpu)?, 0)?;
+        if let Some(pid) = running {
+            let status =
+                procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
+            let mut seed = RssCounters::default();
+            seed.member_bytes[rss_member::FILE] = status.rss_file as i64;
+            seed.member_bytes[rss_member::ANON] = status.rss_anon as i64;
+            seed.member_bytes[rss_member::SWAP] = status.vm_swap as i64;
+            seed.member_bytes[rss_member::SHMEM] = status.rss_shmem as i64;
+            counters.set(0, seed, 0)?;
+            let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            let mut per_cpu = vec![RssStats::default(); nr_cpus];
+            per_cpu[0].peak_rss_bytes = status.rss_file + status.rss_anon + status.rss_shmem;
+            stats.set(0, PerCpuValues::try_from(per_cpu)?, 0)?;
+        }
 
         let rss_stat: &mut TracePoint = ebpf
             .program_mut("rss_stat")
             .context("eBPF object has no program rss_stat")?
             .try_into()?;
         rss_stat.load().context("loading rss_stat")?;
-        rss_stat
-            .attach("kmem", "rss_stat")
-            .context("attaching to tracepoint kmem:rss_stat")?;
+        rss_stat.attach("kmem", "rss_stat").context("attaching to tracepoint kmem:rss_stat")?;
 
         let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
         for (program, event) in [
@@ -102,21 +104,14 @@ impl MemoryProbe {
                 })?;
             }
         }
-        Ok(MemoryProbe {
-            counters,
-            stats,
-            faults,
-        })
+        Ok(MemoryProbe { counters, stats, faults })
     }
 
     pub fn read(&self) -> anyhow::Result<MemoryReading> {
         let counters = self.counters.get(&0, 0)?;
         let m = counters.member_bytes;
         let rss = m[rss_member::FILE] + m[rss_member::ANON] + m[rss_member::SHMEM];
-        let mut r = MemoryReading {
-            rss_bytes: rss.max(0) as u64,
-            ..Default::default()
-        };
+        let mut r = MemoryReading { rss_bytes: rss.max(0) as u64, ..Default::default() };
         for s in self.stats.get(&0, 0)?.iter() {
             r.peak_rss_bytes = r.peak_rss_bytes.max(s.peak_rss_bytes);
             r.own_updates += s.own_updates;

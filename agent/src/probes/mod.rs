@@ -1,23 +1,26 @@
 //! Loading and attaching the eBPF programs of `agent-ebpf`, one module per
 //! probe family with the same name as its kernel side
-//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `agent-ebpf/src/memory.rs` ↔ [`memory`]).
+//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `memory.rs` ↔ [`memory`], `net.rs` ↔
+//! [`net`], `exec.rs` ↔ [`exec`]).
 //!
 //! The object is configured before load through `const volatile` globals
-//! (target tgid, tracepoint field offsets read from tracefs) and is dropped as
-//! a whole to detach: every link, program and map belongs to [`Probes`].
+//! (tracepoint field offsets read from tracefs, what exec arms the target,
+//! request paths to watch) and is dropped as a whole to detach: every link,
+//! program and map belongs to [`Probes`].
 
 pub mod cpu;
+pub mod exec;
 pub mod memory;
 pub mod net;
 pub mod stats;
 
 use std::path::Path;
 
-use agent_common::{TracepointOffsets, globals};
-use anyhow::Context as _;
+use agent_common::{ExecMatch, PathMatch, Target, TracepointOffsets, exec_match, globals};
+use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::{requests::RequestLog, tracefs};
+use crate::requests::RequestLog;
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -30,9 +33,30 @@ pub struct KernelReading {
     pub net: net::NetReading,
 }
 
+/// Which process to measure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A running process (`attach --pid`): seeded from /proc.
+    Running { pid: u32 },
+    /// Our own child, armed by the kernel at its exec (`run`).
+    ExecOfPid { pid: u32 },
+    /// The next process to exec a program with this name (no `/`: its comm)
+    /// or path (`attach --wait-exec`).
+    ExecMatching { name: String },
+}
+
+/// Request paths whose first 2xx response marks a startup milestone.
+#[derive(Clone, Debug, Default)]
+pub struct PathOptions {
+    pub health_path: Option<String>,
+    pub ready_path: Option<String>,
+}
+
 /// All programs, attached to one target thread group.
 pub struct Probes {
+    /// The target's tgid; 0 until the exec hook armed it.
     pid: u32,
+    exec: exec::ExecProbe,
     cpu: cpu::CpuProbe,
     memory: memory::MemoryProbe,
     net: net::NetProbe,
@@ -41,33 +65,52 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads, seeds and attaches every probe for thread group `pid`.
-    pub fn attach(pid: u32, tracefs_root: &Path) -> anyhow::Result<Probes> {
+    /// Loads, seeds and attaches every probe.
+    pub fn attach(
+        spec: &TargetSpec,
+        paths: &PathOptions,
+        tracefs_root: &Path,
+    ) -> anyhow::Result<Probes> {
         let mut offsets = TracepointOffsets::default();
+        exec::offsets(tracefs_root, &mut offsets)?;
         cpu::offsets(tracefs_root, &mut offsets)?;
         memory::offsets(tracefs_root, &mut offsets)?;
         net::offsets(tracefs_root, &mut offsets)?;
+        let exec_match = exec_match_for(spec)?;
+        let path_match = path_match_for(paths)?;
 
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TARGET_TGID, &pid, true)
             .override_global(globals::OFFSETS, &offsets, true)
+            .override_global(globals::EXEC_MATCH, &exec_match, true)
+            .override_global(globals::PATH_MATCH, &path_match, true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root, \
                  and a kernel with BTF)",
             )?;
-        // Seed state before the programs run, then attach.
-        let cpu = cpu::CpuProbe::attach(&mut ebpf, pid)?;
-        let memory = memory::MemoryProbe::attach(&mut ebpf, pid)?;
-        let net = net::NetProbe::attach(&mut ebpf, pid)?;
+        // Seed state before the programs run, then attach. A running target
+        // is set now; an exec'd one is armed by the kernel at its exec.
+        let running = match spec {
+            TargetSpec::Running { pid } => Some(*pid),
+            _ => None,
+        };
+        let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
+        let cpu = cpu::CpuProbe::attach(&mut ebpf)?;
+        let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
+        let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
+        let net = net::NetProbe::attach(&mut ebpf, running, with_paths)?;
         cpu::force_switch_on_every_cpu()?;
-        Ok(Probes {
-            pid,
-            cpu,
-            memory,
-            net,
-            ebpf,
-        })
+        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
+    }
+
+    /// The target, once armed (at once for a running process).
+    pub fn target(&mut self) -> anyhow::Result<Option<Target>> {
+        let t = self.exec.target()?;
+        if t.tgid == 0 {
+            return Ok(None);
+        }
+        self.pid = t.tgid;
+        Ok(Some(t))
     }
 
     pub fn read(&self) -> anyhow::Result<KernelReading> {
@@ -98,10 +141,7 @@ impl Probes {
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -109,6 +149,95 @@ pub fn monotonic_ns() -> u64 {
 
 /// Takes a map out of the object by name, with context if it is missing.
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .with_context(|| format!("eBPF object has no map {name}"))
+    ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))
+}
+
+/// The exec hook's configuration for `spec`.
+fn exec_match_for(spec: &TargetSpec) -> anyhow::Result<ExecMatch> {
+    let mut m = ExecMatch::NONE;
+    match spec {
+        TargetSpec::Running { .. } => {}
+        TargetSpec::ExecOfPid { pid } => {
+            m.kind = exec_match::PID;
+            m.pid = *pid;
+        }
+        TargetSpec::ExecMatching { name } => {
+            let copy = |dst: &mut [u8; 256], s: &str| -> anyhow::Result<u32> {
+                if s.is_empty() || s.len() > exec_match::NAME_MAX {
+                    bail!("--wait-exec {s:?}: give a name or path of 1 to 255 bytes");
+                }
+                dst[..s.len()].copy_from_slice(s.as_bytes());
+                Ok(s.len() as u32)
+            };
+            if name.contains('/') {
+                // The kernel reports the path as given to execve: match it
+                // literally and also as an absolute, resolved path.
+                m.kind = exec_match::PATH;
+                m.len_a = copy(&mut m.name_a, name)?;
+                let resolved = std::fs::canonicalize(name)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| name.clone());
+                m.len_b = copy(&mut m.name_b, &resolved)?;
+            } else {
+                m.kind = exec_match::COMM;
+                // The kernel keeps the first 15 bytes of a command name.
+                let comm: String = name.chars().take(15).collect();
+                m.len_a = copy(&mut m.name_a, &comm)?;
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn path_match_for(p: &PathOptions) -> anyhow::Result<PathMatch> {
+    let mut m = PathMatch::NONE;
+    let copy = |flag: &str, dst: &mut [u8; 128], s: &str| -> anyhow::Result<u32> {
+        if !s.starts_with('/') || s.len() >= 128 || s.contains([' ', '?']) {
+            bail!(
+                "{flag} {s:?}: give a request path starting with '/', shorter than 128 bytes, without query"
+            );
+        }
+        dst[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(s.len() as u32)
+    };
+    if let Some(h) = &p.health_path {
+        m.health_len = copy("--health-path", &mut m.health, h)?;
+    }
+    if let Some(r) = &p.ready_path {
+        m.ready_len = copy("--ready-path", &mut m.ready, r)?;
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_match_by_comm_truncates_like_the_kernel() {
+        let m =
+            exec_match_for(&TargetSpec::ExecMatching { name: "a-very-long-server-name".into() })
+                .unwrap();
+        assert_eq!(m.kind, exec_match::COMM);
+        assert_eq!(&m.name_a[..m.len_a as usize], b"a-very-long-ser");
+    }
+
+    #[test]
+    fn exec_match_by_path_keeps_literal_and_resolved() {
+        let m =
+            exec_match_for(&TargetSpec::ExecMatching { name: "/bin/../bin/sh".into() }).unwrap();
+        assert_eq!(m.kind, exec_match::PATH);
+        assert_eq!(&m.name_a[..m.len_a as usize], b"/bin/../bin/sh");
+        assert!(m.len_b > 0 && !m.name_b[..m.len_b as usize].contains(&b'.'));
+    }
+
+    #[test]
+    fn bad_names_and_paths_are_refused() {
+        assert!(exec_match_for(&TargetSpec::ExecMatching { name: String::new() }).is_err());
+        let p = PathOptions { health_path: Some("health".into()), ready_path: None };
+        assert!(path_match_for(&p).unwrap_err().to_string().contains("--health-path"));
+        let p = PathOptions { health_path: None, ready_path: Some("/ready".into()) };
+        let m = path_match_for(&p).unwrap();
+        assert_eq!((m.health_len, m.ready_len), (0, 6));
+    }
 }

@@ -60,6 +60,10 @@ pub fn offsets(tracefs_root: &Path, o: &mut TracepointOffsets) -> anyhow::Result
     o.sendto_buf = sys("sys_enter_sendto", "buff")?;
     o.writev_vec = sys("sys_enter_writev", "vec")?;
     o.sendmsg_msg = sys("sys_enter_sendmsg", "msg")?;
+    o.read_buf = sys("sys_enter_read", "buf")?;
+    o.recvfrom_buf = sys("sys_enter_recvfrom", "ubuf")?;
+    o.readv_vec = sys("sys_enter_readv", "vec")?;
+    o.recvmsg_msg = sys("sys_enter_recvmsg", "msg")?;
     Ok(())
 }
 
@@ -92,8 +96,24 @@ const PROGRAMS: [(&str, &str, &str); 9] = [
     ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
 ];
 
+/// Read-side syscall hooks: they fire on every read of the target, so they
+/// are attached only when a request path must be recognised.
+const READ_PROGRAMS: [(&str, &str, &str); 4] = [
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+];
+
 impl NetProbe {
-    pub fn attach(ebpf: &mut Ebpf, pid: u32) -> anyhow::Result<NetProbe> {
+    /// `running`: a process already running (its listening ports are seeded
+    /// from /proc). `with_paths`: attach the read hooks that match request
+    /// paths (only when `--health-path`/`--ready-path` asked for it).
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        running: Option<u32>,
+        with_paths: bool,
+    ) -> anyhow::Result<NetProbe> {
         let events: RingBuf<MapData> = take_map(ebpf, "NET_EVENTS")?.try_into()?;
         let stats: PerCpuArray<MapData, NetStats> = take_map(ebpf, "NET_STATS")?.try_into()?;
         let milestones: Array<MapData, Milestones> = take_map(ebpf, "MILESTONES")?.try_into()?;
@@ -102,10 +122,13 @@ impl NetProbe {
             take_map(ebpf, "LISTEN_PORTS")?.try_into()?;
         // Ports the target listened on before attach; later ones the kernel
         // side learns itself.
-        for port in procfs::listening_ports(pid).unwrap_or_default() {
-            listen_ports.insert(u32::from(port), 1, 0)?;
+        if let Some(pid) = running {
+            for port in procfs::listening_ports(pid).unwrap_or_default() {
+                listen_ports.insert(u32::from(port), 1, 0)?;
+            }
         }
-        for (program, category, name) in PROGRAMS {
+        let read_hooks = if with_paths { &READ_PROGRAMS[..] } else { &[] };
+        for (program, category, name) in PROGRAMS.iter().chain(read_hooks) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("eBPF object has no program {program}"))?
@@ -114,13 +137,7 @@ impl NetProbe {
             prog.attach(category, name)
                 .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
         }
-        Ok(NetProbe {
-            events,
-            stats,
-            milestones,
-            conns,
-            _listen_ports: listen_ports,
-        })
+        Ok(NetProbe { events, stats, milestones, conns, _listen_ports: listen_ports })
     }
 
     /// Moves every event waiting in the ring buffer into `log`; returns how many.

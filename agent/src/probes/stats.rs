@@ -20,11 +20,7 @@ pub struct ProgramStats {
 impl ProgramStats {
     /// Average cost per run, ns (NaN until `bpf_stats_enabled` counted a run).
     pub fn ns_per_run(&self) -> f64 {
-        if self.run_count == 0 {
-            f64::NAN
-        } else {
-            self.run_time_ns as f64 / self.run_count as f64
-        }
+        if self.run_count == 0 { f64::NAN } else { self.run_time_ns as f64 / self.run_count as f64 }
     }
 }
 
@@ -53,11 +49,7 @@ fn prog_info(fd: i32) -> std::io::Result<bpf_prog_info> {
             std::mem::size_of::<InfoAttr>(),
         )
     };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(info)
-    }
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(info) }
 }
 
 /// Statistics of every loaded program of `ebpf`.

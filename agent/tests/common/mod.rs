@@ -82,10 +82,7 @@ impl Target {
         let pid = child.id();
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let line = read_line(&mut stdout);
-        assert!(
-            line.starts_with("ready"),
-            "fixture {name} said {line:?} instead of ready"
-        );
+        assert!(line.starts_with("ready"), "fixture {name} said {line:?} instead of ready");
         Target { child, pid, stdout }
     }
 
@@ -137,11 +134,7 @@ impl Agent {
             .spawn()
             .expect("starting perf-agent");
         let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-        Agent {
-            child,
-            stderr,
-            stderr_text: String::new(),
-        }
+        Agent { child, stderr, stderr_text: String::new() }
     }
 
     /// Blocks until the agent says it attached; panics with its output if it
@@ -149,17 +142,11 @@ impl Agent {
     pub fn wait_attached(&mut self) {
         loop {
             let mut line = String::new();
-            let n = self
-                .stderr
-                .read_line(&mut line)
-                .expect("reading agent stderr");
+            let n = self.stderr.read_line(&mut line).expect("reading agent stderr");
             self.stderr_text.push_str(&line);
             if n == 0 {
                 let status = self.child.wait().expect("waiting for perf-agent");
-                panic!(
-                    "perf-agent exited before attaching ({status}):\n{}",
-                    self.stderr_text
-                );
+                panic!("perf-agent exited before attaching ({status}):\n{}", self.stderr_text);
             }
             if line.contains("attached to PID") {
                 return;
@@ -229,21 +216,14 @@ pub fn validate_bmf(v: &serde_json::Value) {
             .expect("schema is JSON");
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
     let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
-    assert!(
-        errors.is_empty(),
-        "BMF invalid against Bencher's schema: {errors:?}\n{v:#}"
-    );
+    assert!(errors.is_empty(), "BMF invalid against Bencher's schema: {errors:?}\n{v:#}");
 }
 
 /// `/proc/PID/stat` utime+stime in ns.
 pub fn proc_cpu_ns(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let rest = &text[text.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest
-        .split(' ')
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let f: Vec<u64> = rest.split(' ').skip(1).map(|x| x.parse().unwrap_or(0)).collect();
     // After ')' the fields start at 3 (state), so field N is at N - 3; skip(1) drops state.
     let (utime, stime) = (f[14 - 4], f[15 - 4]);
     // SAFETY: sysconf has no preconditions.
@@ -258,12 +238,7 @@ pub fn proc_status_bytes(pid: u32, key: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with(&format!("{key}:")))
         .unwrap_or_else(|| panic!("no {key} in status"));
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -1,0 +1,85 @@
+//! Process lifecycle: `sched:sched_process_exec` arms the target in launch
+//! mode (our own child's exec) and wait-for-exec mode (a matching program),
+//! and stamps time zero for startup. User-space twin: `agent/src/probes/exec.rs`.
+
+use agent_common::exec_match;
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
+
+use crate::config::{self, EXEC_MATCH, TARGET, offset};
+
+/// Scratch space for the exec'd filename (too large for the BPF stack).
+#[map]
+static FILENAME: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let Some(target) = TARGET.get_ptr_mut(0) else { return 0 };
+    let target = unsafe { &mut *target };
+    let (tgid, _) = config::current_tgid_tid();
+    if target.tgid != 0 {
+        if target.tgid == tgid {
+            target.execs += 1; // the target exec'd another program: still followed
+        }
+        return 0;
+    }
+    let m = config::read_const(&EXEC_MATCH);
+    let matched = match m.kind {
+        exec_match::PID => {
+            let pid = unsafe { ctx.read_at::<i32>(offset!(exec_pid)) }.unwrap_or(0);
+            pid as u32 == m.pid
+        }
+        exec_match::COMM => match bpf_get_current_comm() {
+            Ok(comm) => same_name(&comm, &m.name_a, m.len_a),
+            Err(_) => false,
+        },
+        exec_match::PATH => filename_matches(&ctx, m),
+        _ => false,
+    };
+    if matched {
+        target.tgid = tgid;
+        target.exec_ns = unsafe { bpf_ktime_get_ns() };
+        target.execs = 1;
+    }
+    0
+}
+
+/// `__data_loc char[] filename`: the low 16 bits are the string's offset in
+/// the record.
+#[inline(always)]
+fn filename_matches(ctx: &TracePointContext, m: &agent_common::ExecMatch) -> bool {
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(offset!(exec_filename)) }) else { return false };
+    let Some(buf) = FILENAME.get_ptr_mut(0) else { return false };
+    let buf = unsafe { &mut *buf };
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    if unsafe { bpf_probe_read_kernel_str_bytes(src, buf) }.is_err() {
+        return false;
+    }
+    same_name(buf, &m.name_a, m.len_a) || same_name(buf, &m.name_b, m.len_b)
+}
+
+/// `have` (NUL-terminated or full) equals the first `len` bytes of `want`.
+#[inline(always)]
+fn same_name(have: &[u8], want: &[u8; 256], len: u32) -> bool {
+    let len = len as usize;
+    if len == 0 || len > exec_match::NAME_MAX || len > have.len() {
+        return false;
+    }
+    for i in 0..exec_match::NAME_MAX {
+        if i >= len {
+            // The name must end here too.
+            return have.get(i).is_none_or(|&b| b == 0);
+        }
+        match (have.get(i), want.get(i)) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
+use aya_ebpf::EbpfContext as _;
