@@ -61,9 +61,7 @@ pub fn demo() -> Result<()> {
     agent_cmd.current_dir(root);
     println!("$ {}", describe(&agent_cmd));
     let mut agent = Guard(
-        agent_cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", describe(&agent_cmd)))?,
+        agent_cmd.spawn().with_context(|| format!("cannot start `{}`", describe(&agent_cmd)))?,
     );
 
     thread::sleep(K6_DELAY);
@@ -80,26 +78,18 @@ pub fn demo() -> Result<()> {
         .stdout(log.try_clone()?)
         .stderr(log);
     println!("$ {} (output in {})", describe(&k6_cmd), k6_log.display());
-    let mut k6 = Guard(
-        k6_cmd
-            .spawn()
-            .context("cannot start k6 (`cargo xtask setup` installs it)")?,
-    );
+    let mut k6 =
+        Guard(k6_cmd.spawn().context("cannot start k6 (`cargo xtask setup` installs it)")?);
 
-    let agent_status = wait_timeout(
-        &mut agent.0,
-        Duration::from_secs(DURATION_SECS) + AGENT_GRACE,
-    )?;
+    let agent_status =
+        wait_timeout(&mut agent.0, Duration::from_secs(DURATION_SECS) + AGENT_GRACE)?;
     let k6_status = wait_timeout(&mut k6.0, Duration::from_secs(30))?;
     drop(server); // kills the demo server
 
     match k6_status {
         Some(s) if s.success() => {}
         Some(s) => eprintln!("warning: k6 failed ({s}); see {}", k6_log.display()),
-        None => eprintln!(
-            "warning: k6 did not finish in time; see {}",
-            k6_log.display()
-        ),
+        None => eprintln!("warning: k6 did not finish in time; see {}", k6_log.display()),
     }
     match agent_status {
         Some(s) if s.success() => {}

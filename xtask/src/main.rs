@@ -18,10 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    about = "perf-agent's build, test and demo tasks",
-    bin_name = "cargo xtask"
-)]
+#[command(about = "perf-agent's build, test and demo tasks", bin_name = "cargo xtask")]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -77,11 +74,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Setup { bench_tools } => setup::setup(setup::Options { bench_tools }),
         Task::Build { release: _, debug } => {
             setup::setup(setup::Options::default())?;
-            let profile = if debug {
-                Profile::Debug
-            } else {
-                Profile::Release
-            };
+            let profile = if debug { Profile::Debug } else { Profile::Release };
             build(profile)?;
             println!("{}", agent_bin(profile).display());
             Ok(())
@@ -132,9 +125,7 @@ fn build(profile: Profile) -> Result<()> {
 
 /// The workspace root: xtask lives in `<root>/xtask`.
 fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace")
 }
 
 /// cargo's target directory, honouring `CARGO_TARGET_DIR`.
@@ -173,9 +164,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio; an error unless it exits 0.
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot run `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
@@ -185,9 +174,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` with captured output; an error (including its stderr) unless it
 /// exits 0.
 fn output(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
+    let out = cmd.output().with_context(|| format!("cannot run `{}`", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "`{}` failed ({}):\n{}{}",

