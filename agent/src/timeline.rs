@@ -220,5 +220,4 @@ mod tests {
         let clamped = window_between(&v, 0, u64::MAX).unwrap();
         assert_eq!(clamped.cpu_ns, 300_000_000);
     }
-
 }

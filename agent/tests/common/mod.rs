@@ -69,6 +69,8 @@ pub struct Target {
     pub child: Child,
     pub pid: u32,
     pub stdout: BufReader<ChildStdout>,
+    /// The `ready ...` line.
+    pub ready: String,
 }
 
 impl Target {
@@ -83,7 +85,12 @@ impl Target {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let line = read_line(&mut stdout);
         assert!(line.starts_with("ready"), "fixture {name} said {line:?} instead of ready");
-        Target { child, pid, stdout }
+        Target { child, pid, stdout, ready: line }
+    }
+
+    /// `ip:port` from an `addr=` field of the ready line.
+    pub fn addr(&self) -> String {
+        ready_field(&self.ready, "addr").unwrap_or_else(|| panic!("no addr= in {:?}", self.ready))
     }
 
     /// Waits for a stdout line starting with `prefix` and returns it.
@@ -104,6 +111,41 @@ impl Drop for Target {
     }
 }
 
+/// `key=value` field of a fixture's ready line.
+pub fn ready_field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
+}
+
+/// The final JSON line of `http-load`.
+#[derive(Debug, serde::Deserialize)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub status_2xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub p50_ns: f64,
+    pub p95_ns: f64,
+    pub p99_ns: f64,
+    pub elapsed_ns: u64,
+}
+
+/// Runs the `http-load` fixture to completion.
+pub fn http_load(url: &str, args: &[&str]) -> LoadResult {
+    let out = Command::new(fixture("http-load"))
+        .args(["--url", url])
+        .args(args)
+        .output()
+        .expect("running http-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: LoadResult = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("http-load output {stdout:?}: {e}; stderr {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(result.errors, 0, "http-load had I/O errors: {result:?}");
+    result
+}
+
 fn read_line(r: &mut impl std::io::BufRead) -> String {
     let mut line = String::new();
     let n = r.read_line(&mut line).expect("reading fixture stdout");
@@ -116,6 +158,8 @@ pub struct Agent {
     pub child: Child,
     stderr: BufReader<std::process::ChildStderr>,
     pub stderr_text: String,
+    stdout: Option<BufReader<ChildStdout>>,
+    pub stdout_text: String,
 }
 
 /// What a finished agent left.
@@ -134,7 +178,36 @@ impl Agent {
             .spawn()
             .expect("starting perf-agent");
         let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-        Agent { child, stderr, stderr_text: String::new() }
+        let stdout = child.stdout.take().map(BufReader::new);
+        Agent { child, stderr, stderr_text: String::new(), stdout, stdout_text: String::new() }
+    }
+
+    /// Reads stdout (where a launched target's output goes too) until a line
+    /// starting with `prefix`; returns it.
+    pub fn expect_stdout_line(&mut self, prefix: &str) -> String {
+        let stdout = self.stdout.as_mut().expect("stdout piped");
+        loop {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).expect("reading agent stdout");
+            assert!(n > 0, "agent stdout closed before {prefix:?}:\n{}", self.stdout_text);
+            self.stdout_text.push_str(&line);
+            if line.starts_with(prefix) {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    /// Reads stderr until a line containing `needle`.
+    pub fn expect_stderr(&mut self, needle: &str) {
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("reading agent stderr");
+            self.stderr_text.push_str(&line);
+            assert!(n > 0, "agent stderr closed before {needle:?}:\n{}", self.stderr_text);
+            if line.contains(needle) {
+                return;
+            }
+        }
     }
 
     /// Blocks until the agent says it attached; panics with its output if it
@@ -163,8 +236,8 @@ impl Agent {
         use std::io::Read as _;
         let mut rest = String::new();
         let _ = self.stderr.read_to_string(&mut rest);
-        let mut stdout = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
+        let mut stdout = std::mem::take(&mut self.stdout_text);
+        if let Some(mut s) = self.stdout.take() {
             let _ = s.read_to_string(&mut stdout);
         }
         let status = self.child.wait().expect("waiting for perf-agent");
