@@ -90,8 +90,9 @@ impl PathMatch {
         PathMatch { health_len: 0, ready_len: 0, health: [0; 128], ready: [0; 128] };
 }
 
-/// Byte offsets of the tracepoint fields the programs read, taken from the
-/// tracefs `format` files at start-up: no kernel layout is compiled in.
+/// Byte offsets of the kernel data the programs read, found at start-up:
+/// tracepoint fields from the tracefs `format` files, and one struct field
+/// from the kernel's BTF. No kernel layout is compiled in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
@@ -133,29 +134,25 @@ pub struct TracepointOffsets {
     /// `sched:sched_process_exec`
     pub exec_filename: u32,
     pub exec_pid: u32,
-    pub _pad: u32,
+    /// `task_struct.se.sum_exec_runtime` (from BTF): the scheduler's own
+    /// per-thread CPU time, read from the task leaving the CPU.
+    pub task_sum_exec_runtime: u32,
 }
 
 /// Per-CPU scheduler accounting of the target's thread group
 /// (map `CPU_ACCOUNT`, a one-slot `PERCPU_ARRAY`).
-///
-/// `sched_switch` runs in the context of the task being switched out, so the
-/// tgid of `prev` is `bpf_get_current_pid_tgid() >> 32`: no task_struct read
-/// (and so no CO-RE) is needed. A slice is `now - last_switch_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuAccount {
-    /// CLOCK_MONOTONIC ns of the last `sched_switch` on this CPU. User space
-    /// seeds it with the attach time so a slice already running at attach is
-    /// counted from the attach on.
-    pub last_switch_ns: u64,
-    /// Sum of the target's slices that ended on this CPU, ns.
+    /// CPU time of the target's threads that left this CPU, ns: the growth of
+    /// each thread's `sum_exec_runtime`, the kernel's own accounting (what
+    /// /proc's utime + stime add up to).
     pub on_cpu_ns: u64,
     /// Number of those slices (switches away from a target thread).
     pub slices: u64,
     /// Thread id switched in by the last `sched_switch`: the task on this CPU
-    /// now. User space counts `now - last_switch_ns` for it when it is one of
-    /// the target's threads, so a slice still running at a read is not lost.
+    /// now. When it is one of the target's, user space adds what it ran
+    /// since (from its /proc total), so a running slice is not lost.
     pub running_tid: u32,
     pub _pad: u32,
 }
@@ -331,8 +328,11 @@ pub struct NetStats {
     pub outbound_conns: u64,
     /// Connections first seen mid-life (opened before attach).
     pub adopted_conns: u64,
-    /// TCP resets on the target's connections.
-    pub resets: u64,
+    /// TCP resets (sent or received) on inbound connections: errors of the
+    /// target's own requests.
+    pub inbound_resets: u64,
+    /// TCP resets on the target's upstream connections.
+    pub outbound_resets: u64,
     /// Writes on an inbound connection with no request read before them
     /// (a greeting, or a response already under way at attach).
     pub unmatched_writes: u64,
@@ -373,7 +373,7 @@ mod user {
 }
 
 // No padding: sizes equal the sum of field sizes.
-const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
+const _: () = assert!(core::mem::size_of::<CpuAccount>() == 24);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
@@ -381,7 +381,7 @@ const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 28 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
-const _: () = assert!(core::mem::size_of::<NetStats>() == 8 * 8);
+const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);

@@ -35,7 +35,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     recvmsg_msg: 0,
     exec_filename: 0,
     exec_pid: 0,
-    _pad: 0,
+    task_sum_exec_runtime: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -41,6 +41,11 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if matched {
+        // CPU time before the exec (the launcher's) is not the target's.
+        if let Some(runtime) = crate::cpu::current_runtime() {
+            let (_, tid) = config::current_tgid_tid();
+            let _ = crate::cpu::THREAD_RUNTIME.insert(&tid, &runtime, 0);
+        }
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };
         target.execs = 1;

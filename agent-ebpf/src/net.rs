@@ -563,7 +563,11 @@ fn mark_reset(sk: u64) {
         if c.flags & conn_flags::RESET == 0 {
             c.flags |= conn_flags::RESET;
             if let Some(s) = stats() {
-                s.resets += 1;
+                if c.direction == direction::INBOUND {
+                    s.inbound_resets += 1;
+                } else {
+                    s.outbound_resets += 1;
+                }
             }
         }
     }

@@ -5,6 +5,8 @@
 //! exit) writes Bencher Metric Format JSON and prints a summary.
 
 mod bmf;
+mod btf;
+mod k6;
 mod launch;
 mod measure;
 mod percentile;
@@ -25,7 +27,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{measure::MeasureOptions, probes::PathOptions};
+use crate::{
+    measure::{LoadOptions, MeasureOptions},
+    probes::PathOptions,
+};
 
 /// Exit codes (documented in the README and the man page).
 pub mod exit {
@@ -88,6 +93,13 @@ struct AttachArgs {
     /// Allow PID 1.
     #[arg(long)]
     force: bool,
+    /// Read the results of a k6 run made elsewhere with `--out json=FILE`
+    /// and cut the run into its phases (idle, each scenario, cooldown).
+    #[arg(long, value_name = "K6_OUTPUT.json", conflicts_with = "k6")]
+    k6_results: Option<PathBuf>,
+    /// Arguments for k6 (with --k6), after `--`.
+    #[arg(last = true, value_name = "K6_ARGS")]
+    k6_args: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -119,19 +131,47 @@ struct CommonArgs {
     /// (default: at the first 2xx response).
     #[arg(long, value_name = "PATH")]
     ready_path: Option<String>,
-    /// Seconds of the idle window measured right after startup.
+    /// Seconds of the idle window: right after startup, or before k6 starts.
+    #[arg(long, value_parser = parse_duration, value_name = "SECS")]
+    idle: Option<Duration>,
+    /// Run this k6 script after the idle window, follow it, and report every
+    /// metric per phase (idle, ramp-up, steady, ramp-down, each scenario,
+    /// cooldown), with k6's client-side numbers beside the agent's.
+    #[arg(long, value_name = "SCRIPT.js")]
+    k6: Option<PathBuf>,
+    /// One more argument for `k6 run` (repeatable), e.g. --k6-arg=--env=URL=...
+    #[arg(long = "k6-arg", value_name = "ARG", allow_hyphen_values = true)]
+    k6_arg: Vec<String>,
+    /// Write the run's phases (name, start and end as Unix ns) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    phases_json: Option<PathBuf>,
+    /// Seconds measured after k6 ends.
     #[arg(long, default_value = "2", value_parser = parse_duration, value_name = "SECS")]
-    idle: Duration,
+    cooldown: Duration,
 }
 
 impl CommonArgs {
-    fn options(self) -> MeasureOptions {
+    /// `extra_k6_args`: attach's arguments after `--`.
+    fn options(self, extra_k6_args: Vec<String>, k6_results: Option<PathBuf>) -> MeasureOptions {
+        let load = match (self.k6, k6_results) {
+            (Some(script), _) => {
+                let mut args = self.k6_arg;
+                args.extend(extra_k6_args);
+                LoadOptions::K6 { script, args, cooldown: self.cooldown }
+            }
+            (None, Some(file)) => LoadOptions::K6Results { file },
+            (None, None) => LoadOptions::None,
+        };
+        // Before k6 a few seconds of quiet make a meaningful idle baseline.
+        let default_idle = if matches!(load, LoadOptions::K6 { .. }) { 3 } else { 2 };
         MeasureOptions {
             duration: self.duration,
             out: self.out,
+            phases_json: self.phases_json,
             interval: Duration::from_millis(self.interval),
             paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
-            idle: self.idle,
+            idle: self.idle.unwrap_or(Duration::from_secs(default_idle)),
+            load,
         }
     }
 }
@@ -150,14 +190,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Attach(args) => {
-            let opts = args.common.options();
+            if !args.k6_args.is_empty() && args.common.k6.is_none() {
+                eprintln!("perf-agent: error: arguments after `--` are for k6: give --k6 SCRIPT");
+                return ExitCode::from(2);
+            }
+            let opts = args.common.options(args.k6_args, args.k6_results);
             match (args.target.pid, args.target.wait_exec) {
                 (Some(pid), _) => measure::attach_pid(pid, args.force, &opts),
                 (None, Some(name)) => measure::attach_wait_exec(&name, &opts),
                 (None, None) => unreachable!("clap requires one of --pid, --wait-exec"),
             }
         }
-        Command::Run(args) => measure::run(&args.command, &args.common.options()),
+        Command::Run(args) => measure::run(&args.command, &args.common.options(Vec::new(), None)),
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     bmf, exit,
+    k6::{self, K6Driver, results::ClientResults},
     launch::{self, GatedChild},
     phases::{self, Phase},
     preflight,
@@ -29,16 +30,42 @@ use crate::{
 pub struct MeasureOptions {
     pub duration: Option<Duration>,
     pub out: Option<PathBuf>,
+    pub phases_json: Option<PathBuf>,
     pub interval: Duration,
     pub paths: PathOptions,
-    /// Length of the idle window after startup (launch / wait-for-exec).
+    /// Length of the idle window: after startup (launch / wait-for-exec), or
+    /// before k6 starts.
     pub idle: Duration,
+    pub load: LoadOptions,
+}
+
+/// The load whose phases the run is cut into.
+#[derive(Clone, Debug, Default)]
+pub enum LoadOptions {
+    /// None: one window (plus startup and idle when followed from exec).
+    #[default]
+    None,
+    /// Run k6 with this script after the idle window (`--k6`).
+    K6 { script: PathBuf, args: Vec<String>, cooldown: Duration },
+    /// Read the results of a k6 run made elsewhere with `--out json=FILE`.
+    K6Results { file: PathBuf },
+}
+
+/// A checked k6 set-up, made before anything is attached.
+struct K6Ready {
+    k6: PathBuf,
+    plan: Vec<k6::plan::Scenario>,
 }
 
 /// Checks shared by every mode; returns the tracefs root.
 fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
-    if let Some(out) = &opts.out {
+    for out in [&opts.out, &opts.phases_json].into_iter().flatten() {
         bmf::check_writable(out)?;
+    }
+    if let LoadOptions::K6Results { file } = &opts.load
+        && file.is_dir()
+    {
+        bail!("--k6-results {}: is a directory; give k6's --out json file", file.display());
     }
     preflight::check_privileges()?;
     let tracefs_root = tracefs::ensure_mounted()?;
@@ -50,17 +77,19 @@ fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
 /// `perf-agent attach --pid PID`.
 pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Result<u8> {
     let stat = preflight::check_target(pid, force)?;
+    let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let pidfd = session::open_pidfd(pid, stat.starttime_ticks)?;
     let probes = Probes::attach(&TargetSpec::Running { pid }, &opts.paths, &tracefs_root)
         .with_context(|| format!("attaching to PID {pid}"))?;
     announce(pid, &stat.comm, opts);
     let target = Measured { pid, comm: stat.comm, exec_ns: None, child: None };
-    finish(probes, &pidfd, target, opts)
+    finish(probes, &pidfd, target, opts, k6)
 }
 
 /// `perf-agent attach --wait-exec NAME`.
 pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8> {
+    let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let spec = TargetSpec::ExecMatching { name: name.to_string() };
     let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root)?;
@@ -76,12 +105,14 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
         Err(_) => bail!("PID {pid} ({name}) exec'd and exited before perf-agent could follow it"),
     };
     announce(pid, &comm, opts);
-    finish(probes, &pidfd, Measured { pid, comm, exec_ns: Some(target.exec_ns), child: None }, opts)
+    let target = Measured { pid, comm, exec_ns: Some(target.exec_ns), child: None };
+    finish(probes, &pidfd, target, opts, k6)
 }
 
 /// `perf-agent run -- CMD ARGS...`.
 pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
     launch::resolve(&argv[0])?;
+    let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     // Fork before attaching: no thread may exist at fork time.
     let mut child = GatedChild::spawn(argv)?;
@@ -110,12 +141,17 @@ pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
     let comm =
         child.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     announce(pid, &comm, opts);
-    finish(
-        probes,
-        &pidfd,
-        Measured { pid, comm, exec_ns: Some(target.exec_ns), child: Some(child) },
-        opts,
-    )
+    let target = Measured { pid, comm, exec_ns: Some(target.exec_ns), child: Some(child) };
+    finish(probes, &pidfd, target, opts, k6)
+}
+
+/// With `--k6`: k6 is installed and the script loads (checked by `k6
+/// inspect`, which also gives the plan).
+fn k6_preflight(opts: &MeasureOptions) -> anyhow::Result<Option<K6Ready>> {
+    let LoadOptions::K6 { script, args, .. } = &opts.load else { return Ok(None) };
+    let k6 = k6::find_k6()?;
+    let plan = k6::inspect(&k6, script, args)?;
+    Ok(Some(K6Ready { k6, plan }))
 }
 
 fn announce(pid: u32, comm: &str, opts: &MeasureOptions) {
@@ -173,6 +209,7 @@ fn finish(
     pidfd: &OwnedFd,
     target: Measured,
     opts: &MeasureOptions,
+    k6_ready: Option<K6Ready>,
 ) -> anyhow::Result<u8> {
     let binary_size =
         procfs::exe(target.pid).ok().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
@@ -182,9 +219,24 @@ fn finish(
         duration: opts.duration,
         interval: opts.interval,
     };
-    let result = session::run(&mut probes, pidfd, &config)?;
+    let mut driver = match (&opts.load, &k6_ready) {
+        (LoadOptions::K6 { script, args, cooldown }, Some(ready)) => Some(K6Driver::new(
+            ready.k6.clone(),
+            script.clone(),
+            args.clone(),
+            opts.idle,
+            *cooldown,
+            target.exec_ns.is_some(),
+        )),
+        _ => None,
+    };
+    let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
+    let result = session::run(&mut probes, pidfd, &config, controller)?;
     let programs = probes.program_stats();
     drop(probes); // detach before anything else: the target runs unobserved from here
+    if let Some(d) = driver.as_mut() {
+        d.stop(); // the run ended before k6 did
+    }
 
     // Launch mode: the run is over, so is our child.
     let child_status = target.child.as_ref().map(|child| match result.end {
@@ -192,7 +244,9 @@ fn finish(
         EndReason::Stopped(sig) | EndReason::Interrupted(sig) => {
             child.stop(sig, Duration::from_secs(5))
         }
-        EndReason::DurationElapsed => child.stop(libc::SIGTERM, Duration::from_secs(5)),
+        EndReason::DurationElapsed | EndReason::LoadFinished => {
+            child.stop(libc::SIGTERM, Duration::from_secs(5))
+        }
     });
 
     let Some(whole) = timeline::window(&result.samples) else { bail!("no samples were taken") };
@@ -205,20 +259,57 @@ fn finish(
         Startup::compute(exec_ns, &result.last_kernel.net.milestones, &result.log, watched)
     });
     let mut phase_list = Vec::new();
-    if let Some(s) = &startup {
-        if let Some(end) = s.end_ns() {
-            phase_list.push(Phase::new("startup", s.exec_ns, end));
+    if let Some(s) = &startup
+        && let Some(end) = s.end_ns()
+    {
+        phase_list.push(Phase::new("startup", s.exec_ns, end));
+        if matches!(opts.load, LoadOptions::None) {
             phase_list.push(Phase::new("idle", end, end + opts.idle.as_nanos() as u64));
         }
     }
-    let phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
-    let exited_in_startup = result.end == EndReason::TargetExited
-        && startup.as_ref().is_some_and(|s| s.listen_ns.is_none());
+    // k6: phases, canonical "under load" phase, client-side results.
+    let mut load = LoadReport::default();
+    match (&opts.load, &driver, &k6_ready) {
+        (LoadOptions::K6 { .. }, Some(d), Some(ready)) => {
+            let markers = d.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let (load_phases, planned) =
+                k6::phases_from_run(&ready.plan, &markers, d.idle_start_ns, last_t);
+            phase_list.extend(load_phases);
+            if let Some(steady) = k6::plan::steady_phase(&planned) {
+                load.canonical = Some((steady.name.clone(), steady.vus));
+            } else if markers.test_start_ns.is_some() {
+                load.canonical = Some(("load".into(), None));
+            }
+            load.client = read_client_results(&d.results_path);
+            let _ = std::fs::remove_file(&d.results_path);
+            load.k6_status = d.exit_status;
+        }
+        (LoadOptions::K6Results { file }, _, _) => {
+            load.client = read_client_results(file);
+            if let Some(client) = &load.client {
+                phase_list.extend(phases_from_results(client, first_t, last_t));
+                load.canonical = Some(("load".into(), None));
+            }
+        }
+        _ => {}
+    }
+    let mut phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
+    if let Some(client) = &load.client {
+        let offset = epoch_offset_ns();
+        for p in &mut phase_reports {
+            let (a, b) =
+                (p.phase.start_ns as i128 + offset, p.phase.end_ns.min(last_t) as i128 + offset);
+            p.client = Some(client.window(a, b));
+        }
+    }
     // A launched command that ends by itself with success, no duration
-    // asked: the run is complete.
+    // asked: the run is complete (a batch job need not listen).
     let finished_cleanly = result.end == EndReason::TargetExited
         && opts.duration.is_none()
         && child_status.is_some_and(|s| libc::WIFEXITED(s) && libc::WEXITSTATUS(s) == 0);
+    let exited_in_startup = result.end == EndReason::TargetExited
+        && !finished_cleanly
+        && startup.as_ref().is_some_and(|s| s.listen_ns.is_none());
     let partial = result.end.is_partial() && !finished_cleanly;
     let r = RunReport {
         pid: target.pid,
@@ -235,8 +326,29 @@ fn finish(
         end: result.end,
         partial,
         target_status: child_status.map(launch::describe_status),
+        canonical: load.canonical.clone(),
+        client_total: load.client.as_ref().map(|c| (c.http_reqs, c.malformed)),
+        k6_status: load.k6_status.as_ref().map(k6::describe_exit),
     };
     print!("{}", report::summary(&r));
+    if let Some(path) = &opts.phases_json {
+        let offset = epoch_offset_ns();
+        let phases: Vec<serde_json::Value> = r
+            .phases
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.phase.name,
+                    "start_unix_ns": p.phase.start_ns as i128 + offset,
+                    "end_unix_ns": p.phase.end_ns as i128 + offset,
+                    "truncated": p.truncated,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "phases": phases });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some(out) = &opts.out {
         report::bmf(&r).write(out)?;
         eprintln!("perf-agent: wrote {}", out.display());
@@ -249,10 +361,70 @@ fn finish(
         );
         return Ok(exit::STARTUP_FAILED);
     }
+    // k6's own failure (thresholds, script error) is the run's verdict.
+    if let Some(code) = load.k6_status.and_then(|s| s.code()).filter(|c| *c != 0) {
+        eprintln!("perf-agent: {}", k6::describe_exit(&load.k6_status.expect("status")));
+        return Ok(u8::try_from(code).unwrap_or(exit::ERROR));
+    }
+    if matches!(opts.load, LoadOptions::K6 { .. }) && load.k6_status.is_none() {
+        eprintln!("perf-agent: k6 did not run to the end");
+    }
     Ok(match result.end {
         _ if finished_cleanly => exit::OK,
         EndReason::TargetExited => exit::TARGET_EXITED,
         EndReason::Interrupted(_) => exit::INTERRUPTED,
         _ => exit::OK,
     })
+}
+
+/// What the load generator contributed to a run.
+#[derive(Default)]
+struct LoadReport {
+    /// The phase standing for "under load", and its VU count if known.
+    canonical: Option<(String, Option<u64>)>,
+    client: Option<ClientResults>,
+    k6_status: Option<std::process::ExitStatus>,
+}
+
+fn read_client_results(path: &std::path::Path) -> Option<ClientResults> {
+    match std::fs::File::open(path) {
+        Ok(f) => Some(ClientResults::parse(std::io::BufReader::new(f))),
+        Err(e) => {
+            eprintln!("perf-agent: no k6 results at {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC, to place k6's wall-clock timestamps
+/// on the probes' clock.
+fn epoch_offset_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// Phases of a k6 run made elsewhere (`--k6-results`): no plan, so each
+/// scenario spans its first to last response; idle before, cooldown after.
+fn phases_from_results(client: &ClientResults, first_t: u64, last_t: u64) -> Vec<Phase> {
+    let offset = epoch_offset_ns();
+    let mono = |t: i128| (t - offset).clamp(first_t as i128, last_t as i128) as u64;
+    let spans = client.scenario_spans();
+    let Some(lo) = spans.iter().map(|s| s.1).min() else { return Vec::new() };
+    let hi = spans.iter().map(|s| s.2).max().unwrap_or(lo);
+    // The first response ends a request that began a little earlier: open
+    // the load window at the first request's start.
+    let first_start =
+        client.requests.iter().map(|r| r.t_epoch_ns - r.duration_ns as i128).min().unwrap_or(lo);
+    let mut out = vec![Phase::new("idle", first_t, mono(first_start))];
+    if spans.len() > 1 {
+        out.extend(spans.iter().map(|(name, a, b)| Phase::new(name.clone(), mono(*a), mono(*b))));
+    }
+    out.push(Phase::new("load", mono(first_start), mono(hi)));
+    out.push(Phase::new("cooldown", mono(hi), last_t));
+    out
 }

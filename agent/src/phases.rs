@@ -28,6 +28,8 @@ pub struct PhaseReport {
     pub requests: RequestStats,
     /// The run ended before the phase did: its numbers cover only part of it.
     pub truncated: bool,
+    /// k6's client-side numbers for the same window, when k6 drove the load.
+    pub client: Option<crate::k6::results::ClientStats>,
 }
 
 /// Computes every phase that began before the last sample.
@@ -44,6 +46,7 @@ pub fn measure(phases: &[Phase], samples: &[Sample], log: &RequestLog) -> Vec<Ph
                 system,
                 requests: log.window(p.start_ns, end),
                 truncated: p.end_ns > last_t,
+                client: None,
             })
         })
         .collect()

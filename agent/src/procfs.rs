@@ -156,9 +156,23 @@ pub fn read_status(pid: u32) -> io::Result<ProcStatus> {
     parse_status(&fs::read_to_string(proc_path(pid, "status"))?).map_err(invalid)
 }
 
-/// True while `tid` is a live thread of `pid`'s thread group.
-pub fn has_thread(pid: u32, tid: u32) -> bool {
-    proc_path(pid, &format!("task/{tid}")).exists()
+/// A thread's `sum_exec_runtime` (ns): the first field of
+/// `/proc/PID/task/TID/schedstat`. `None` once the thread is gone.
+pub fn thread_runtime(pid: u32, tid: u32) -> Option<u64> {
+    let text = fs::read_to_string(proc_path(pid, &format!("task/{tid}/schedstat"))).ok()?;
+    text.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// `(tid, sum_exec_runtime)` of every thread of `pid`.
+pub fn thread_runtimes(pid: u32) -> io::Result<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(proc_path(pid, "task"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
+        if let Some(runtime) = thread_runtime(pid, tid) {
+            out.push((tid, runtime));
+        }
+    }
+    Ok(out)
 }
 
 /// The executable of `pid` (`/proc/PID/exe`), for messages and `binary/size`.

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use crate::{
     bmf::{BmfReport, Measure},
+    k6::results::ClientStats,
     percentile::Percentiles,
     phases::PhaseReport,
     probes::{KernelReading, stats::ProgramStats},
@@ -40,6 +41,13 @@ pub struct RunReport<'a> {
     pub partial: bool,
     /// How a launched target ended.
     pub target_status: Option<String>,
+    /// The phase whose numbers stand for "under load" (the longest steady
+    /// k6 stage, else the whole load window), with its VU count if known.
+    pub canonical: Option<(String, Option<u64>)>,
+    /// k6's `http_reqs` count and malformed result lines, when k6 was read.
+    pub client_total: Option<(u64, u64)>,
+    /// How k6 ended.
+    pub k6_status: Option<String>,
 }
 
 /// CPU and memory metrics of one window, named `<id><suffix>`.
@@ -73,6 +81,7 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("errors/http_5xx"), Measure::Count, r.status_5xx as f64);
     b.add(id("errors/resets"), Measure::Count, w.resets as f64);
     b.add(id("upstream/calls"), Measure::Count, r.upstream_calls as f64);
+    b.add(id("upstream/resets"), Measure::Count, w.upstream_resets as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
 }
@@ -88,10 +97,37 @@ pub fn bmf(r: &RunReport) -> BmfReport {
         let suffix = format!("@{}", p.phase.name);
         add_system_metrics(&mut b, &suffix, &p.system);
         add_request_metrics(&mut b, &suffix, &p.requests, &p.system);
+        if let Some(c) = &p.client {
+            add_client_metrics(&mut b, &suffix, c);
+        }
         if p.phase.name == "idle" && !p.truncated {
             b.add("memory/idle_rss", Measure::Memory, p.system.mean_rss_bytes as f64);
             b.add("cpu/idle_percent", Measure::CpuPercent, p.system.cpu_percent);
         }
+    }
+    // Under load: the canonical names take the steady phase's numbers.
+    let canonical = r
+        .canonical
+        .as_ref()
+        .and_then(|(name, vus)| r.phases.iter().find(|p| &p.phase.name == name).map(|p| (p, vus)));
+    if let Some((p, vus)) = canonical {
+        let q = &p.requests;
+        add_percentiles(&mut b, "latency/", "", &q.latency);
+        add_percentiles(&mut b, "ttfb/", "", &q.ttfb);
+        add_percentiles(&mut b, "upstream/latency_", "", &q.upstream);
+        add_percentiles(&mut b, "overhead/latency_", "", &q.overhead);
+        b.add("throughput/rps", Measure::Throughput, q.rps);
+        if let Some(vus) = vus {
+            b.add(format!("throughput/rps_{vus}vu"), Measure::Throughput, q.rps);
+        }
+        b.add("memory/under_load_rss", Measure::Memory, p.system.mean_rss_bytes as f64);
+        b.add("cpu/under_load_percent", Measure::CpuPercent, p.system.cpu_percent);
+        if let Some(c) = &p.client {
+            add_client_metrics(&mut b, "", c);
+        }
+    }
+    if let Some((http_reqs, _)) = r.client_total {
+        b.add("client/http_reqs", Measure::Count, http_reqs as f64);
     }
     if let Some(s) = &r.startup {
         for (id, ns) in s.durations() {
@@ -105,6 +141,13 @@ pub fn bmf(r: &RunReport) -> BmfReport {
     b.add("agent/partial", Measure::Count, if r.partial { 1.0 } else { 0.0 });
     b.add("agent/dropped_events", Measure::Count, dropped_events(r) as f64);
     b
+}
+
+/// k6's own numbers for a window, beside the agent's.
+fn add_client_metrics(b: &mut BmfReport, suffix: &str, c: &ClientStats) {
+    b.add(format!("client/requests{suffix}"), Measure::Count, c.count as f64);
+    add_percentiles(b, "client/latency_", suffix, &c.duration);
+    add_percentiles(b, "client/ttfb_", suffix, &c.waiting);
 }
 
 /// Every event lost between the kernel and the numbers: runs the kernel
@@ -284,6 +327,64 @@ pub fn summary(r: &RunReport) -> String {
     if !r.phases.is_empty() {
         out.push_str(&phase_table(&r.phases));
     }
+    if r.phases.iter().any(|p| p.client.is_some()) {
+        out.push_str(&client_table(&r.phases));
+    }
+    if let Some((http_reqs, malformed)) = r.client_total {
+        let _ = writeln!(
+            out,
+            "k6 http_reqs {http_reqs}, agent requests {}{}{}",
+            r.requests.count,
+            if malformed > 0 {
+                format!(", {malformed} malformed k6 result lines skipped")
+            } else {
+                String::new()
+            },
+            r.k6_status.as_ref().map_or(String::new(), |s| format!("; {s}"))
+        );
+    }
+    if let Some((name, _)) = &r.canonical {
+        let _ = writeln!(out, "under load (latency/*, throughput/*, *_under_load_*): phase {name}");
+    }
+    out
+}
+
+/// k6's client-side numbers beside the agent's server-side ones.
+pub fn client_table(phases: &[PhaseReport]) -> String {
+    let mut out = String::from(
+        "client (k6) vs server (perf-agent): k6 times include the network and the client's own \
+         time (tens of µs on loopback); the server's start at its first read of the request\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "phase",
+        "k6 reqs",
+        "agent",
+        "k6 p50",
+        "agent p50",
+        "k6 p95",
+        "agent p95",
+        "k6 p99",
+        "agent p99"
+    );
+    for p in phases {
+        let Some(c) = &p.client else { continue };
+        let q = &p.requests;
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            p.phase.name,
+            c.count,
+            q.count,
+            human_ns(c.duration.p50),
+            human_ns(q.latency.p50),
+            human_ns(c.duration.p95),
+            human_ns(q.latency.p95),
+            human_ns(c.duration.p99),
+            human_ns(q.latency.p99),
+        );
+    }
     out
 }
 
@@ -348,6 +449,9 @@ mod tests {
             end,
             partial: end.is_partial(),
             target_status: None,
+            canonical: None,
+            client_total: None,
+            k6_status: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub enum EndReason {
     Interrupted(i32),
     /// The target exited: partial.
     TargetExited,
+    /// The controller (the k6 driver) finished: complete.
+    LoadFinished,
 }
 
 impl EndReason {
@@ -39,6 +41,7 @@ impl EndReason {
     pub fn describe(self) -> String {
         match self {
             EndReason::DurationElapsed => "complete (duration elapsed)".into(),
+            EndReason::LoadFinished => "complete (load test finished)".into(),
             EndReason::Stopped(s) => format!("complete (stopped by {})", signals::name(s)),
             EndReason::Interrupted(s) => {
                 format!("PARTIAL (interrupted by {} before --duration)", signals::name(s))
@@ -56,6 +59,19 @@ pub struct SessionConfig {
     pub start_ns: Option<u64>,
     pub duration: Option<Duration>,
     pub interval: Duration,
+}
+
+/// Something that steers a run from the sampling loop (the k6 driver).
+pub trait Controller {
+    /// Called after every sample, with the latest kernel reading.
+    fn tick(&mut self, now_ns: u64, kernel: &KernelReading) -> anyhow::Result<Control>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// End the run now: complete.
+    Finish,
 }
 
 pub struct SessionResult {
@@ -113,7 +129,8 @@ pub fn sample(
         peak_rss_bytes: k.memory.peak_rss_bytes,
         minor_faults: k.memory.minor_faults,
         major_faults: k.memory.major_faults,
-        resets: k.net.stats.resets,
+        resets: k.net.stats.inbound_resets,
+        upstream_resets: k.net.stats.outbound_resets,
         lost_events: k.net.stats.events_dropped + k.net.stats.conns_untracked,
         ..Default::default()
     };
@@ -143,6 +160,7 @@ pub fn run(
     probes: &mut Probes,
     pidfd: &OwnedFd,
     config: &SessionConfig,
+    mut controller: Option<&mut dyn Controller>,
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
     let mut log = RequestLog::default();
@@ -159,7 +177,8 @@ pub fn run(
     let end = loop {
         let now = monotonic_ns();
         if let Some(signal) = signals::received() {
-            break if deadline.is_some() {
+            // A signal is the expected end only when nothing else was to end the run.
+            break if deadline.is_some() || controller.is_some() {
                 EndReason::Interrupted(signal)
             } else {
                 EndReason::Stopped(signal)
@@ -174,11 +193,16 @@ pub fn run(
         }
         if monotonic_ns() >= next_tick {
             probes.drain(&mut log);
-            let (s, _) = sample(probes, config.pid, ticks, samples.last())?;
+            let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
             progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
             next_tick += config.interval.as_nanos() as u64;
+            if let Some(c) = controller.as_deref_mut()
+                && c.tick(s.t_ns, &k)? == Control::Finish
+            {
+                break EndReason::LoadFinished;
+            }
         }
     };
     progress.clear();

@@ -20,8 +20,9 @@ pub struct Sample {
     /// eBPF: page faults since attach.
     pub minor_faults: u64,
     pub major_faults: u64,
-    /// eBPF: TCP resets on the target's connections since attach.
+    /// eBPF: TCP resets on inbound / upstream connections since attach.
     pub resets: u64,
+    pub upstream_resets: u64,
     /// eBPF: events lost (ring buffer full, connection table full) since attach.
     pub lost_events: u64,
     /// Ground truth: `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
@@ -58,6 +59,7 @@ pub struct WindowStats {
     pub proc_minor_faults: u64,
     pub proc_major_faults: u64,
     pub resets: u64,
+    pub upstream_resets: u64,
     pub lost_events: u64,
 }
 
@@ -109,6 +111,7 @@ pub fn window(samples: &[Sample]) -> Option<WindowStats> {
         proc_minor_faults: last.proc_minor_faults.saturating_sub(first.proc_minor_faults),
         proc_major_faults: last.proc_major_faults.saturating_sub(first.proc_major_faults),
         resets: last.resets.saturating_sub(first.resets),
+        upstream_resets: last.upstream_resets.saturating_sub(first.upstream_resets),
         lost_events: last.lost_events.saturating_sub(first.lost_events),
     })
 }
@@ -128,6 +131,7 @@ pub fn at(samples: &[Sample], t_ns: u64) -> Option<Sample> {
         minor_faults: lerp(a.minor_faults, b.minor_faults),
         major_faults: lerp(a.major_faults, b.major_faults),
         resets: lerp(a.resets, b.resets),
+        upstream_resets: lerp(a.upstream_resets, b.upstream_resets),
         lost_events: lerp(a.lost_events, b.lost_events),
         proc_cpu_ns: lerp(a.proc_cpu_ns, b.proc_cpu_ns),
         proc_minor_faults: lerp(a.proc_minor_faults, b.proc_minor_faults),

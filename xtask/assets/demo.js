@@ -15,7 +15,6 @@ export const options = {
         { duration: '5s', target: 10 }, // steady
         { duration: '2s', target: 0 }, // ramp-down
       ],
-      gracefulRampDown: '0s',
     },
   },
 };

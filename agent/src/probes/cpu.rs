@@ -5,12 +5,12 @@ use agent_common::CpuAccount;
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::TracePoint,
 };
 
-use super::{monotonic_ns, take_map};
-use crate::{procfs, tracefs};
+use super::take_map;
+use crate::{btf, procfs, tracefs};
 
 pub fn offsets(
     tracefs_root: &std::path::Path,
@@ -21,6 +21,8 @@ pub fn offsets(
         "next_pid",
         4,
     )?;
+    o.task_sum_exec_runtime =
+        btf::vmlinux_field_offset("task_struct", &["se", "sum_exec_runtime"])?;
     Ok(())
 }
 
@@ -34,16 +36,22 @@ pub struct CpuReading {
 
 pub struct CpuProbe {
     account: PerCpuArray<MapData, CpuAccount>,
+    thread_runtime: HashMap<MapData, u32, u64>,
 }
 
 impl CpuProbe {
-    pub fn attach(ebpf: &mut Ebpf) -> anyhow::Result<CpuProbe> {
-        let mut account: PerCpuArray<MapData, CpuAccount> =
+    /// `running`: a process already running, whose threads' CPU totals so
+    /// far are seeded from /proc so that only what follows is counted.
+    pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<CpuProbe> {
+        let account: PerCpuArray<MapData, CpuAccount> =
             take_map(ebpf, "CPU_ACCOUNT")?.try_into()?;
-        // A slice running at attach counts from now, not from an unknown start.
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let seed = CpuAccount { last_switch_ns: monotonic_ns(), ..Default::default() };
-        account.set(0, PerCpuValues::try_from(vec![seed; nr_cpus])?, 0)?;
+        let mut thread_runtime: HashMap<MapData, u32, u64> =
+            take_map(ebpf, "THREAD_RUNTIME")?.try_into()?;
+        if let Some(pid) = running {
+            for (tid, runtime) in procfs::thread_runtimes(pid)? {
+                thread_runtime.insert(tid, runtime, 0)?;
+            }
+        }
 
         let program: &mut TracePoint = ebpf
             .program_mut("sched_switch")
@@ -53,24 +61,23 @@ impl CpuProbe {
         program
             .attach("sched", "sched_switch")
             .context("attaching to tracepoint sched:sched_switch")?;
-        Ok(CpuProbe { account })
+        Ok(CpuProbe { account, thread_runtime })
     }
 
-    /// Reads the counters. A slice still running now is added when its task
-    /// is one of the target's threads (`/proc/PID/task/TID` exists).
+    /// Reads the counters. A thread of the target on a CPU now has run since
+    /// it last left one: that part comes from its own total in /proc.
     pub fn read(&self, pid: u32) -> anyhow::Result<CpuReading> {
         let per_cpu = self.account.get(&0, 0)?;
-        let now = monotonic_ns();
         let mut reading = CpuReading::default();
         for slot in per_cpu.iter() {
             reading.on_cpu_ns += slot.on_cpu_ns;
             reading.slices += slot.slices;
-            // The task on this CPU now, if it is ours, has run since its switch-in.
-            if slot.running_tid != 0
-                && now > slot.last_switch_ns
-                && procfs::has_thread(pid, slot.running_tid)
-            {
-                reading.on_cpu_ns += now - slot.last_switch_ns;
+            if slot.running_tid == 0 || pid == 0 {
+                continue;
+            }
+            if let Some(now) = procfs::thread_runtime(pid, slot.running_tid) {
+                let last = self.thread_runtime.get(&slot.running_tid, 0).unwrap_or(0);
+                reading.on_cpu_ns += now.saturating_sub(last);
             }
         }
         Ok(reading)

@@ -85,8 +85,8 @@ impl Probes {
             .override_global(globals::PATH_MATCH, &path_match, true)
             .load(EBPF_OBJECT)
             .context(
-                "loading the eBPF object failed (needs CAP_BPF and CAP_PERFMON, or root, \
-                 and a kernel with BTF)",
+                "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
+                 the verifier's message above says which program and why)",
             )?;
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
@@ -95,7 +95,7 @@ impl Probes {
             _ => None,
         };
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
-        let cpu = cpu::CpuProbe::attach(&mut ebpf)?;
+        let cpu = cpu::CpuProbe::attach(&mut ebpf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, running, with_paths)?;

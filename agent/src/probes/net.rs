@@ -165,7 +165,8 @@ impl NetProbe {
             t.inbound_conns += s.inbound_conns;
             t.outbound_conns += s.outbound_conns;
             t.adopted_conns += s.adopted_conns;
-            t.resets += s.resets;
+            t.inbound_resets += s.inbound_resets;
+            t.outbound_resets += s.outbound_resets;
             t.unmatched_writes += s.unmatched_writes;
         }
         r.milestones = self.milestones.get(&0, 0)?;

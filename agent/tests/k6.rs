@@ -1,0 +1,191 @@
+//! Privileged end-to-end tests of k6 phases: a real k6 run against a fixture
+//! server, the agent driving it (`--k6`), compared with k6's own JSON output.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+fn k6_points(path: &std::path::Path) -> Vec<(String, i128, i128)> {
+    // (scenario, start ns, end ns) of each http_req_duration point.
+    let text = std::fs::read_to_string(path).expect("k6 json output");
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "Point" && v["metric"] == "http_req_duration")
+        .map(|v| {
+            let end = parse_time(v["data"]["time"].as_str().unwrap());
+            let dur = (v["data"]["value"].as_f64().unwrap() * 1e6) as i128;
+            (v["data"]["tags"]["scenario"].as_str().unwrap_or("").to_string(), end - dur, end)
+        })
+        .collect()
+}
+
+/// k6's UTC timestamps (`2026-11-22T15:10:00.139637468Z`) to Unix ns,
+/// independently of the agent's own parser.
+fn parse_time(s: &str) -> i128 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    let frac = s[19..].trim_start_matches('.').trim_end_matches('Z');
+    let frac_ns: i128 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<9}")[..9].parse().unwrap() };
+    secs as i128 * 1_000_000_000 + frac_ns
+}
+
+#[test]
+fn k6_phases_add_up_and_match_the_plan() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let out = out_path("k6");
+    let phases_json = out_path("k6-phases");
+    let k6_json = out_path("k6-points");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/stages.js");
+    let r = run_agent(&[
+        "attach",
+        "--pid",
+        &server.pid.to_string(),
+        "--k6",
+        script,
+        "--idle",
+        "1",
+        "--cooldown",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--phases-json",
+        phases_json.to_str().unwrap(),
+        &format!("--k6-arg=--out=json={}", k6_json.display()),
+        "--",
+        "--env",
+        &format!("TARGET_URL=http://{}/", server.addr()),
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    eprintln!("{}", r.stdout);
+    let bmf = read_bmf(&out);
+    let count = |phase: &str| bmf_value(&bmf, &format!("requests/count@{phase}"), "count");
+
+    // Totals: the agent's count is k6's http_reqs, exactly.
+    let http_reqs = bmf_value(&bmf, "client/http_reqs", "count");
+    assert!(http_reqs > 100.0, "k6 made {http_reqs} requests");
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), http_reqs);
+    // idle, the ramp scenario's stages and cooldown partition the run.
+    let parts = ["idle", "ramp/ramp-up", "ramp/steady", "ramp/ramp-down", "cooldown"];
+    let sum: f64 = parts.iter().map(|p| count(p)).sum();
+    assert_eq!(sum, http_reqs, "phases {parts:?} must add up to k6's http_reqs");
+    assert_eq!(count("idle"), 0.0);
+
+    // Phase edges agree with what k6 actually did, within 50 ms.
+    let phases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&phases_json).unwrap()).unwrap();
+    let edge: HashMap<String, (i128, i128)> = phases["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let n = |k: &str| p[k].as_i64().unwrap() as i128;
+            (p["name"].as_str().unwrap().to_string(), (n("start_unix_ns"), n("end_unix_ns")))
+        })
+        .collect();
+    let points = k6_points(&k6_json);
+    assert_eq!(points.len() as f64, http_reqs);
+    const MS50: i128 = 50_000_000;
+    for (scenario, phase_start, phase_end) in
+        [("ramp", "ramp/ramp-up", "ramp/ramp-down"), ("burst", "burst", "burst")]
+    {
+        let first = points.iter().filter(|p| p.0 == scenario).map(|p| p.1).min().unwrap();
+        let last = points.iter().filter(|p| p.0 == scenario).map(|p| p.2).max().unwrap();
+        let (start, _) = edge[phase_start];
+        let (_, end) = edge[phase_end];
+        let (lead, tail) = (first - start, last - end);
+        eprintln!(
+            "{scenario}: first request {} ms after its phase, last {} ms after its end",
+            lead / 1_000_000,
+            tail / 1_000_000
+        );
+        assert!(
+            (0..=MS50).contains(&lead),
+            "{scenario}: first request {lead} ns from the phase start"
+        );
+        assert!(
+            (-MS50..=MS50).contains(&tail),
+            "{scenario}: last request {tail} ns from the phase end"
+        );
+    }
+
+    // Server-side steady p50 is at most the client's.
+    let server_p50 = bmf_value(&bmf, "latency/p50", "latency");
+    let client_p50 = bmf_value(&bmf, "client/latency_p50", "latency");
+    assert!(server_p50 <= client_p50, "server p50 {server_p50} > client p50 {client_p50}");
+    assert_eq!(server_p50, bmf_value(&bmf, "latency/p50@ramp/steady", "latency"));
+    // The canonical names users track.
+    for id in
+        ["memory/idle_rss", "cpu/idle_percent", "memory/under_load_rss", "cpu/under_load_percent"]
+    {
+        assert!(bmf.get(id).is_some(), "{id} missing");
+    }
+    assert!(bmf_value(&bmf, "throughput/rps_3vu", "throughput") > 0.0);
+}
+
+/// k6's failures are reported clearly and nothing is attached: a missing
+/// script, a script that does not load.
+#[test]
+fn k6_script_errors_are_reported_before_attaching() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let pid = server.pid.to_string();
+    let r = run_agent(&["attach", "--pid", &pid, "--k6", "/nonexistent.js"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no such script"), "{}", r.stderr);
+    let bad = out_path("bad-script").with_extension("js");
+    std::fs::write(&bad, "export default function ( {").unwrap();
+    let r = run_agent(&["attach", "--pid", &pid, "--k6", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("k6 cannot load"), "{}", r.stderr);
+}
+
+/// Failed thresholds: k6's exit status (99) is the agent's, and the
+/// results are still written.
+#[test]
+fn k6_failed_thresholds_keep_k6_exit_status() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let script = out_path("thresholds").with_extension("js");
+    std::fs::write(
+        &script,
+        "import http from 'k6/http';\n\
+         export const options = { vus: 1, duration: '1s', thresholds: { http_req_duration: ['p(50)<0'] } };\n\
+         export default function () { http.get(__ENV.TARGET_URL); }\n",
+    )
+    .unwrap();
+    let out = out_path("thresholds-bmf");
+    let r = run_agent(&[
+        "attach",
+        "--pid",
+        &server.pid.to_string(),
+        "--k6",
+        script.to_str().unwrap(),
+        "--idle",
+        "0.5",
+        "--cooldown",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        "--env",
+        &format!("TARGET_URL=http://{}/", server.addr()),
+    ]);
+    assert_eq!(r.code, 99, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("thresholds failed"), "{}", r.stderr);
+    let bmf = read_bmf(&out);
+    assert_eq!(
+        bmf_value(&bmf, "requests/count", "count"),
+        bmf_value(&bmf, "client/http_reqs", "count")
+    );
+}
