@@ -4,49 +4,15 @@
 //! whole thread group of PID, and when the run ends (duration, signal, target
 //! exit) writes Bencher Metric Format JSON and prints a summary.
 
-mod bmf;
-mod btf;
-mod k6;
-mod launch;
-mod measure;
-mod percentile;
-mod phases;
-mod preflight;
-mod probes;
-mod procfs;
-mod progress;
-mod report;
-mod requests;
-mod session;
-mod signals;
-mod startup;
-mod timeline;
-mod tracefs;
-
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{
-    measure::{LoadOptions, MeasureOptions},
+use perf_agent::{
+    bmf, exit,
+    measure::{self, LoadOptions, MeasureOptions},
     probes::PathOptions,
 };
-
-/// Exit codes (documented in the README and the man page).
-pub mod exit {
-    /// Complete run, results written.
-    pub const OK: u8 = 0;
-    /// Error: nothing measured (bad input, missing privilege or kernel feature).
-    pub const ERROR: u8 = 1;
-    // 2: usage error (clap).
-    /// Partial: the target exited before the end; results so far written.
-    pub const TARGET_EXITED: u8 = 3;
-    /// Partial: interrupted before `--duration` elapsed; results so far written.
-    pub const INTERRUPTED: u8 = 4;
-    /// The target exited during startup (before listening); what was
-    /// measured is written.
-    pub const STARTUP_FAILED: u8 = 5;
-}
 
 #[derive(Parser)]
 #[command(name = "perf-agent", version, about, long_about = None)]
