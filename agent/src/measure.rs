@@ -272,8 +272,13 @@ fn finish(
     match (&opts.load, &driver, &k6_ready) {
         (LoadOptions::K6 { .. }, Some(d), Some(ready)) => {
             let markers = d.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Idle begins once startup is over (the driver only saw the listen).
+            let idle_start = match (d.idle_start_ns, startup.as_ref().and_then(Startup::end_ns)) {
+                (Some(idle), Some(ready)) => Some(idle.max(ready)),
+                (idle, _) => idle,
+            };
             let (load_phases, planned) =
-                k6::phases_from_run(&ready.plan, &markers, d.idle_start_ns, last_t);
+                k6::phases_from_run(&ready.plan, &markers, idle_start, last_t);
             phase_list.extend(load_phases);
             if let Some(steady) = k6::plan::steady_phase(&planned) {
                 load.canonical = Some((steady.name.clone(), steady.vus));
