@@ -381,108 +381,88 @@ fn path_equals(head: &[u8; REQUEST_HEAD], at: usize, want: &[u8; 128], len: u32)
     false
 }
 
+/// How a syscall names the bytes it moves.
+#[derive(Clone, Copy)]
+enum UserBuf {
+    /// `buf`: the bytes themselves (read, write, recvfrom, sendto).
+    Plain,
+    /// `const struct iovec *vec`: the first bytes are at `vec[0].iov_base`
+    /// (readv, writev).
+    Iovec,
+    /// `struct user_msghdr *msg`: `msg->msg_iov` is at offset 16 of the
+    /// user ABI `struct msghdr` on every 64-bit Linux ABI, then as `Iovec`
+    /// (recvmsg, sendmsg).
+    Msghdr,
+}
+
+/// Remembers, per thread of the target, where the current syscall's first
+/// bytes are, so the socket tracepoint that follows can read them.
 #[inline(always)]
-fn stash_read_buf(ptr: u64) {
+fn stash(ctx: &TracePointContext, map: &LruHashMap<u32, u64>, arg_offset: usize, kind: UserBuf) {
     let (tgid, tid) = config::current_tgid_tid();
-    if tgid == config::target_tgid() && ptr != 0 {
-        let _ = READ_BUF.insert(&tid, &ptr, 0);
+    let target = config::target_tgid();
+    if target == 0 || tgid != target {
+        return;
+    }
+    let Ok(mut ptr) = (unsafe { ctx.read_at::<u64>(arg_offset) }) else { return };
+    if let UserBuf::Msghdr = kind {
+        let Ok(iov) = (unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }) else { return };
+        ptr = iov;
+    }
+    if let UserBuf::Iovec | UserBuf::Msghdr = kind {
+        let Ok(base) = (unsafe { bpf_probe_read_user(ptr as *const u64) }) else { return };
+        ptr = base;
+    }
+    if ptr != 0 {
+        let _ = map.insert(&tid, &ptr, 0);
     }
 }
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(read_buf)) }
-    {
-        stash_read_buf(buf);
-    }
+    stash(&ctx, &READ_BUF, offset!(read_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(recvfrom_buf)) }
-    {
-        stash_read_buf(buf);
-    }
+    stash(&ctx, &READ_BUF, offset!(recvfrom_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(iov) = unsafe { ctx.read_at::<u64>(offset!(readv_vec)) }
-        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
-    {
-        stash_read_buf(base);
-    }
+    stash(&ctx, &READ_BUF, offset!(readv_vec), UserBuf::Iovec);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(msg) = unsafe { ctx.read_at::<u64>(offset!(recvmsg_msg)) }
-        && let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }
-        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
-    {
-        stash_read_buf(base);
-    }
+    stash(&ctx, &READ_BUF, offset!(recvmsg_msg), UserBuf::Msghdr);
     0
-}
-
-#[inline(always)]
-fn stash_write_buf(ptr: u64) {
-    let (tgid, tid) = config::current_tgid_tid();
-    if tgid == config::target_tgid() && ptr != 0 {
-        let _ = WRITE_BUF.insert(&tid, &ptr, 0);
-    }
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(write_buf)) }
-    {
-        stash_write_buf(buf);
-    }
+    stash(&ctx, &WRITE_BUF, offset!(write_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(buf) = unsafe { ctx.read_at::<u64>(offset!(sendto_buf)) }
-    {
-        stash_write_buf(buf);
-    }
+    stash(&ctx, &WRITE_BUF, offset!(sendto_buf), UserBuf::Plain);
     0
 }
 
-/// `writev(fd, iov, n)`: the first bytes are at `iov[0].iov_base`.
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(iov) = unsafe { ctx.read_at::<u64>(offset!(writev_vec)) }
-        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
-    {
-        stash_write_buf(base);
-    }
+    stash(&ctx, &WRITE_BUF, offset!(writev_vec), UserBuf::Iovec);
     0
 }
 
-/// `sendmsg(fd, msg, flags)`: `msg->msg_iov` is at offset 16 of the user ABI
-/// `struct msghdr` (x86_64 and every 64-bit Linux ABI), then `iov[0].iov_base`.
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    if config::in_target()
-        && let Ok(msg) = unsafe { ctx.read_at::<u64>(offset!(sendmsg_msg)) }
-        && let Ok(iov) = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }
-        && let Ok(base) = unsafe { bpf_probe_read_user(iov as *const u64) }
-    {
-        stash_write_buf(base);
-    }
+    stash(&ctx, &WRITE_BUF, offset!(sendmsg_msg), UserBuf::Msghdr);
     0
 }
 
