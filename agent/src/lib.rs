@@ -6,6 +6,7 @@ pub mod bmf;
 pub mod btf;
 pub mod k6;
 pub mod launch;
+pub mod marks;
 pub mod measure;
 pub mod percentile;
 pub mod phases;

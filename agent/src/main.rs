@@ -29,6 +29,12 @@ enum Command {
     /// Start CMD with the probes in place before its exec and measure it,
     /// startup included.
     Run(RunArgs),
+    /// Start a named phase in every running perf-agent (for load tools other
+    /// than k6): the phase lasts until the next mark or the end of the run.
+    Mark {
+        /// Phase name: 1 to 64 of [A-Za-z0-9-_./].
+        name: String,
+    },
     /// Print the `bencher measure create` commands for perf-agent's custom
     /// measures (memory, cpu-percent, cpu-time, count), with their units.
     Measures {
@@ -168,6 +174,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => measure::run(&args.command, &args.common.options(Vec::new(), None)),
+        Command::Mark { name } => {
+            perf_agent::marks::append_mark(&name, perf_agent::probes::monotonic_ns()).map(|path| {
+                eprintln!("perf-agent: phase {name} starts now ({})", path.display());
+                exit::OK
+            })
+        }
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)

@@ -14,6 +14,7 @@ use crate::{
     bmf, exit,
     k6::{self, K6Driver, results::ClientResults},
     launch::{self, GatedChild},
+    marks,
     phases::{self, Phase},
     preflight,
     probes::{PathOptions, Probes, TargetSpec},
@@ -297,6 +298,12 @@ fn finish(
             }
         }
         _ => {}
+    }
+    // Manual marks: each starts a phase; one named "steady" stands for
+    // "under load" unless k6 said otherwise.
+    phase_list.extend(marks::phases_from_marks(&result.marks, last_t));
+    if load.canonical.is_none() && result.marks.iter().any(|(n, _)| n == "steady") {
+        load.canonical = Some(("steady".into(), None));
     }
     let mut phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
     if let Some(client) = &load.client {

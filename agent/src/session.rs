@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    marks::MarkReader,
     probes::{KernelReading, Probes, monotonic_ns},
     procfs,
     progress::Progress,
@@ -81,6 +82,8 @@ pub struct SessionResult {
     pub log: RequestLog,
     /// Requests read but not answered when the run ended.
     pub in_flight: u64,
+    /// Phase marks (`perf-agent mark NAME`, SIGUSR1): name and time.
+    pub marks: Vec<(String, u64)>,
 }
 
 /// Opens a pidfd for `pid` and checks it is still the process we validated.
@@ -164,6 +167,16 @@ pub fn run(
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
     let mut log = RequestLog::default();
+    let mut mark_reader = MarkReader::new();
+    let mut marks = Vec::new();
+    let mut signal_marks = 0;
+    let mut collect_marks = |marks: &mut Vec<(String, u64)>| {
+        marks.extend(mark_reader.read_new());
+        for (i, t) in signals::marks_since(signal_marks) {
+            marks.push((format!("mark-{}", i + 1), t));
+            signal_marks = i + 1;
+        }
+    };
     let (first, _) = sample(probes, config.pid, ticks, None)?;
     let mut samples = match config.start_ns {
         // Everything the kernel counts starts at zero at the exec.
@@ -198,6 +211,7 @@ pub fn run(
             samples.push(s);
             progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
             next_tick += config.interval.as_nanos() as u64;
+            collect_marks(&mut marks);
             if let Some(c) = controller.as_deref_mut()
                 && c.tick(s.t_ns, &k)? == Control::Finish
             {
@@ -211,5 +225,10 @@ pub fn run(
     let (s, last_kernel) = sample(probes, config.pid, ticks, samples.last())?;
     samples.push(s);
     let in_flight = probes.drain_final(&mut log);
-    Ok(SessionResult { samples, end, last_kernel, log, in_flight })
+    collect_marks(&mut marks);
+    // A mark stamped before the run started (a racing `mark`) opens at the start.
+    let start_t = samples[0].t_ns;
+    marks.retain(|(_, t)| *t <= s.t_ns);
+    marks.iter_mut().for_each(|(_, t)| *t = (*t).max(start_t));
+    Ok(SessionResult { samples, end, last_kernel, log, in_flight, marks })
 }

@@ -189,3 +189,49 @@ fn k6_failed_thresholds_keep_k6_exit_status() {
         bmf_value(&bmf, "client/http_reqs", "count")
     );
 }
+
+/// Other load tools mark phases by hand: `perf-agent mark NAME` and SIGUSR1.
+#[test]
+fn manual_marks_cut_phases() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let url = format!("http://{}/", server.addr());
+    let marks = out_path("marks").with_extension("txt");
+    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
+    let out = out_path("marks-bmf");
+    let mut agent = Agent::spawn_env(
+        &["attach", "--pid", &server.pid.to_string(), "--out", out.to_str().unwrap()],
+        &marks_env,
+    );
+    agent.wait_attached();
+    http_load(&url, &["--requests", "200", "--connections", "2"]);
+    let mark = std::process::Command::new(agent_bin())
+        .args(["mark", "steady"])
+        .envs(marks_env)
+        .output()
+        .unwrap();
+    assert!(mark.status.success(), "{}", String::from_utf8_lossy(&mark.stderr));
+    http_load(&url, &["--requests", "300", "--connections", "2"]);
+    agent.signal(libc::SIGUSR1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    http_load(&url, &["--requests", "100", "--connections", "2"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    agent.signal(libc::SIGINT);
+    let r = agent.finish();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let bmf = read_bmf(&out);
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 600.0);
+    assert_eq!(bmf_value(&bmf, "requests/count@steady", "count"), 300.0);
+    assert_eq!(bmf_value(&bmf, "requests/count@mark-1", "count"), 100.0);
+    // A mark named steady stands for "under load".
+    assert_eq!(
+        bmf_value(&bmf, "latency/p50", "latency"),
+        bmf_value(&bmf, "latency/p50@steady", "latency")
+    );
+    let bad = std::process::Command::new(agent_bin())
+        .args(["mark", "has space"])
+        .envs(marks_env)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}

@@ -171,8 +171,14 @@ pub struct AgentOutput {
 
 impl Agent {
     pub fn spawn(args: &[&str]) -> Agent {
+        Agent::spawn_env(args, &[])
+    }
+
+    /// Like [`Agent::spawn`] with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(agent_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
