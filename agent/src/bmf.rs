@@ -117,6 +117,11 @@ impl BmfReport {
         );
     }
 
+    /// Drops every benchmark whose name satisfies `pred`.
+    pub fn remove_where(&mut self, pred: impl Fn(&str) -> bool) {
+        self.benchmarks.retain(|name, _| !pred(name));
+    }
+
     #[cfg(test)]
     pub fn get(&self, benchmark: &str, measure: Measure) -> Option<f64> {
         self.benchmarks.get(benchmark)?.get(measure.slug()).map(|m| m.value)

@@ -1,8 +1,9 @@
 //! perf-agent: measure a running server with eBPF, without modifying it.
 //!
-//! `perf-agent attach --pid PID` loads the probes of `agent-ebpf`, follows the
-//! whole thread group of PID, and when the run ends (duration, signal, target
-//! exit) writes Bencher Metric Format JSON and prints a summary.
+//! The command line only: `attach` (a running process, or the next exec of a
+//! program), `run` (launch a command under the probes), `mark` (start a named
+//! phase), `measures` (Bencher set-up). What each does is in
+//! `perf_agent::measure`; the rest of the library is plain modules.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

@@ -288,7 +288,8 @@ fn finish(
             }
             load.client = read_client_results(&d.results_path);
             let _ = std::fs::remove_file(&d.results_path);
-            load.k6_status = d.exit_status;
+            // A k6 the agent stopped itself (the run ended first) did not fail.
+            load.k6_status = d.exit_status.filter(|_| !d.stopped_early);
         }
         (LoadOptions::K6Results { file }, _, _) => {
             load.client = read_client_results(file);

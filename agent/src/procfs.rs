@@ -163,14 +163,25 @@ pub fn thread_runtime(pid: u32, tid: u32) -> Option<u64> {
     text.split_ascii_whitespace().next()?.parse().ok()
 }
 
-/// `(tid, sum_exec_runtime)` of every thread of `pid`.
+/// `(tid, sum_exec_runtime)` of every thread of `pid`. An error when the
+/// kernel has no schedstat files (CONFIG_SCHED_INFO off): without them the
+/// CPU time threads had before attach cannot be told from what follows.
 pub fn thread_runtimes(pid: u32) -> io::Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
+    let mut seen = 0;
     for entry in fs::read_dir(proc_path(pid, "task"))? {
         let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
+        seen += 1;
         if let Some(runtime) = thread_runtime(pid, tid) {
             out.push((tid, runtime));
         }
+    }
+    if seen > 0 && out.is_empty() && !proc_path(pid, &format!("task/{pid}/schedstat")).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no /proc/PID/task/TID/schedstat (CONFIG_SCHED_INFO); \
+             perf-agent needs it to start CPU accounting at attach",
+        ));
     }
     Ok(out)
 }

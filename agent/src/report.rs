@@ -111,6 +111,10 @@ pub fn bmf(r: &RunReport) -> BmfReport {
         .as_ref()
         .and_then(|(name, vus)| r.phases.iter().find(|p| &p.phase.name == name).map(|p| (p, vus)));
     if let Some((p, vus)) = canonical {
+        // These plain names are the phase's alone: a whole-run value must not
+        // stand in where the phase has none (no upstream calls in it, say).
+        let canonical_ids = ["latency/", "ttfb/", "upstream/latency_", "overhead/latency_"];
+        b.remove_where(|id| !id.contains('@') && canonical_ids.iter().any(|c| id.starts_with(c)));
         let q = &p.requests;
         add_percentiles(&mut b, "latency/", "", &q.latency);
         add_percentiles(&mut b, "ttfb/", "", &q.ttfb);
@@ -484,6 +488,46 @@ mod tests {
         let s = summary(&r);
         assert!(s.contains("+25.00 %"), "{s}");
         assert!(s.contains("complete"), "{s}");
+    }
+
+    #[test]
+    fn canonical_names_come_from_the_steady_phase_alone() {
+        use crate::phases::{Phase, PhaseReport};
+        use agent_common::{NetEvent, event_kind};
+        let mut whole = RequestLog::default();
+        // Before steady: a proxied request (upstream time); in steady: a plain one.
+        for (start, end, upstream, kind) in [
+            (1, 10, 5, event_kind::REQUEST),
+            (1, 6, 0, event_kind::UPSTREAM_CALL),
+            (100, 130, 0, event_kind::REQUEST),
+        ] {
+            whole.push(&NetEvent {
+                start_ns: start,
+                first_response_ns: start + 1,
+                end_ns: end,
+                upstream_ns: upstream,
+                kind,
+                ..Default::default()
+            });
+        }
+        let mut r = report(EndReason::LoadFinished);
+        r.requests = whole.window(0, 200);
+        r.phases = vec![PhaseReport {
+            phase: Phase::new("steady", 50, 200),
+            system: WindowStats { cpu_percent: 42.0, ..Default::default() },
+            requests: whole.window(50, 200),
+            truncated: false,
+            client: None,
+        }];
+        r.canonical = Some(("steady".into(), Some(10)));
+        let b = bmf(&r);
+        assert_eq!(b.get("latency/p50", Measure::Latency), Some(30.0));
+        assert_eq!(b.get("upstream/latency_p50", Measure::Latency), None, "none in steady");
+        assert_eq!(b.get("overhead/latency_p50", Measure::Latency), None);
+        assert_eq!(b.get("upstream/latency_p50@steady", Measure::Latency), None);
+        assert!(b.get("throughput/rps_10vu", Measure::Throughput).is_some());
+        assert_eq!(b.get("cpu/under_load_percent", Measure::CpuPercent), Some(42.0));
+        assert_eq!(b.get("requests/count", Measure::Count), Some(2.0), "whole run");
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub struct K6Driver {
     pub idle_start_ns: Option<u64>,
     pub markers: Arc<Mutex<Markers>>,
     pub exit_status: Option<ExitStatus>,
+    /// k6 was stopped by the agent (the run ended first): its exit status
+    /// says so, not how the load test went.
+    pub stopped_early: bool,
 }
 
 impl K6Driver {
@@ -174,6 +177,7 @@ impl K6Driver {
             idle_start_ns,
             markers: Arc::default(),
             exit_status: None,
+            stopped_early: false,
         }
     }
 
@@ -200,6 +204,7 @@ impl K6Driver {
     /// still prints its summary.
     pub fn stop(&mut self) {
         if let State::Running { child } = &mut self.state {
+            self.stopped_early = true;
             // SAFETY: our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             for _ in 0..500 {
