@@ -17,6 +17,8 @@ pub struct GatedChild {
     pub pid: u32,
     pub program: PathBuf,
     gate: Option<std::fs::File>,
+    /// Set once waited for: the PID is no longer ours to signal.
+    reaped: std::cell::Cell<bool>,
 }
 
 /// Resolves `name` like execvp would, so "command not found" is reported
@@ -94,7 +96,7 @@ impl GatedChild {
         unsafe { libc::close(read_end) };
         // SAFETY: write_end is a fresh fd we own.
         let gate = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_end) };
-        Ok(GatedChild { pid: pid as u32, program, gate: Some(gate) })
+        Ok(GatedChild { pid: pid as u32, program, gate: Some(gate), reaped: Default::default() })
     }
 
     /// Lets the child exec.
@@ -106,10 +108,12 @@ impl GatedChild {
         Ok(())
     }
 
-    /// Sends `signal` to the child.
+    /// Sends `signal` to the child (never to a reaped, maybe reused, PID).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: our own child.
-        unsafe { libc::kill(self.pid as i32, signal) };
+        if !self.reaped.get() {
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(self.pid as i32, signal) };
+        }
     }
 
     /// Reaps the child if it has exited: `Some(wait status)`.
@@ -117,7 +121,9 @@ impl GatedChild {
         let mut status = 0;
         // SAFETY: valid out-pointer; our own child.
         let rc = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
-        (rc == self.pid as i32).then_some(status)
+        let done = rc == self.pid as i32;
+        self.reaped.set(self.reaped.get() || done);
+        done.then_some(status)
     }
 
     /// Ends the child: `signal` first, SIGKILL after `grace`. Returns its wait status.
@@ -134,10 +140,7 @@ impl GatedChild {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.signal(libc::SIGKILL);
-        let mut status = 0;
-        // SAFETY: as above, blocking.
-        unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
-        status
+        self.wait()
     }
 
     /// Waits for the child to exit; returns its wait status.
@@ -145,7 +148,18 @@ impl GatedChild {
         let mut status = 0;
         // SAFETY: valid out-pointer; our own child.
         unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+        self.reaped.set(true);
         status
+    }
+}
+
+/// On an error path the launched command must not outlive the agent that
+/// owns it.
+impl Drop for GatedChild {
+    fn drop(&mut self) {
+        if !self.reaped.get() {
+            self.stop(libc::SIGTERM, Duration::from_secs(2));
+        }
     }
 }
 
