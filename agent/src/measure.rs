@@ -259,53 +259,8 @@ fn finish(
         };
         Startup::compute(exec_ns, &result.last_kernel.net.milestones, &result.log, watched)
     });
-    let mut phase_list = Vec::new();
-    if let Some(s) = &startup
-        && let Some(end) = s.end_ns()
-    {
-        phase_list.push(Phase::new("startup", s.exec_ns, end));
-        if matches!(opts.load, LoadOptions::None) {
-            phase_list.push(Phase::new("idle", end, end + opts.idle.as_nanos() as u64));
-        }
-    }
-    // k6: phases, canonical "under load" phase, client-side results.
-    let mut load = LoadReport::default();
-    match (&opts.load, &driver, &k6_ready) {
-        (LoadOptions::K6 { .. }, Some(d), Some(ready)) => {
-            let markers = d.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            // Idle begins once startup is over (the driver only saw the listen).
-            let idle_start = match (d.idle_start_ns, startup.as_ref().and_then(Startup::end_ns)) {
-                (Some(idle), Some(ready)) => Some(idle.max(ready)),
-                (idle, _) => idle,
-            };
-            let (load_phases, planned) =
-                k6::phases_from_run(&ready.plan, &markers, idle_start, last_t);
-            phase_list.extend(load_phases);
-            if let Some(steady) = k6::plan::steady_phase(&planned) {
-                load.canonical = Some((steady.name.clone(), steady.vus));
-            } else if markers.test_start_ns.is_some() {
-                load.canonical = Some(("load".into(), None));
-            }
-            load.client = read_client_results(&d.results_path);
-            let _ = std::fs::remove_file(&d.results_path);
-            // A k6 the agent stopped itself (the run ended first) did not fail.
-            load.k6_status = d.exit_status.filter(|_| !d.stopped_early);
-        }
-        (LoadOptions::K6Results { file }, _, _) => {
-            load.client = read_client_results(file);
-            if let Some(client) = &load.client {
-                phase_list.extend(phases_from_results(client, first_t, last_t));
-                load.canonical = Some(("load".into(), None));
-            }
-        }
-        _ => {}
-    }
-    // Manual marks: each starts a phase; one named "steady" stands for
-    // "under load" unless k6 said otherwise.
-    phase_list.extend(marks::phases_from_marks(&result.marks, last_t));
-    if load.canonical.is_none() && result.marks.iter().any(|(n, _)| n == "steady") {
-        load.canonical = Some(("steady".into(), None));
-    }
+    let (phase_list, load) =
+        plan_phases(opts, driver.as_ref(), k6_ready.as_ref(), startup.as_ref(), &result, first_t);
     let mut phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
     if let Some(client) = &load.client {
         let offset = epoch_offset_ns();
@@ -345,22 +300,7 @@ fn finish(
     };
     print!("{}", report::summary(&r));
     if let Some(path) = &opts.phases_json {
-        let offset = epoch_offset_ns();
-        let phases: Vec<serde_json::Value> = r
-            .phases
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "name": p.phase.name,
-                    "start_unix_ns": p.phase.start_ns as i128 + offset,
-                    "end_unix_ns": p.phase.end_ns as i128 + offset,
-                    "truncated": p.truncated,
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({ "phases": phases });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_phases_json(path, &r.phases)?;
     }
     if let Some(out) = &opts.out {
         report::bmf(&r).write(out)?;
@@ -388,6 +328,87 @@ fn finish(
         EndReason::Interrupted(_) => exit::INTERRUPTED,
         _ => exit::OK,
     })
+}
+
+/// The run's phases: startup and idle when followed from exec, then the
+/// load's (k6's plan, or a k6 results file), then manual marks; with what the
+/// load generator reported.
+fn plan_phases(
+    opts: &MeasureOptions,
+    driver: Option<&K6Driver>,
+    k6_ready: Option<&K6Ready>,
+    startup: Option<&Startup>,
+    result: &session::SessionResult,
+    first_t: u64,
+) -> (Vec<Phase>, LoadReport) {
+    let last_t = result.samples.last().map_or(first_t, |s| s.t_ns);
+    let mut phase_list = Vec::new();
+    if let Some(s) = startup
+        && let Some(end) = s.end_ns()
+    {
+        phase_list.push(Phase::new("startup", s.exec_ns, end));
+        if matches!(opts.load, LoadOptions::None) {
+            phase_list.push(Phase::new("idle", end, end + opts.idle.as_nanos() as u64));
+        }
+    }
+    // k6: phases, canonical "under load" phase, client-side results.
+    let mut load = LoadReport::default();
+    match (&opts.load, driver, k6_ready) {
+        (LoadOptions::K6 { .. }, Some(d), Some(ready)) => {
+            let markers = d.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            // Idle begins once startup is over (the driver only saw the listen).
+            let idle_start = match (d.idle_start_ns, startup.and_then(Startup::end_ns)) {
+                (Some(idle), Some(ready)) => Some(idle.max(ready)),
+                (idle, _) => idle,
+            };
+            let (load_phases, planned) =
+                k6::phases_from_run(&ready.plan, &markers, idle_start, last_t);
+            phase_list.extend(load_phases);
+            if let Some(steady) = k6::plan::steady_phase(&planned) {
+                load.canonical = Some((steady.name.clone(), steady.vus));
+            } else if markers.test_start_ns.is_some() {
+                load.canonical = Some(("load".into(), None));
+            }
+            load.client = read_client_results(&d.results_path);
+            let _ = std::fs::remove_file(&d.results_path);
+            // A k6 the agent stopped itself (the run ended first) did not fail.
+            load.k6_status = d.exit_status.filter(|_| !d.stopped_early);
+        }
+        (LoadOptions::K6Results { file }, _, _) => {
+            load.client = read_client_results(file);
+            if let Some(client) = &load.client {
+                phase_list.extend(phases_from_results(client, first_t, last_t));
+                load.canonical = Some(("load".into(), None));
+            }
+        }
+        _ => {}
+    }
+    // Manual marks: each starts a phase; one named "steady" stands for
+    // "under load" unless k6 said otherwise.
+    phase_list.extend(marks::phases_from_marks(&result.marks, last_t));
+    if load.canonical.is_none() && result.marks.iter().any(|(n, _)| n == "steady") {
+        load.canonical = Some(("steady".into(), None));
+    }
+    (phase_list, load)
+}
+
+/// `--phases-json`: each phase's name and edges as Unix ns.
+fn write_phases_json(path: &std::path::Path, phases: &[phases::PhaseReport]) -> anyhow::Result<()> {
+    let offset = epoch_offset_ns();
+    let phases: Vec<serde_json::Value> = phases
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.phase.name,
+                "start_unix_ns": p.phase.start_ns as i128 + offset,
+                "end_unix_ns": p.phase.end_ns as i128 + offset,
+                "truncated": p.truncated,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "phases": phases });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// What the load generator contributed to a run.
