@@ -60,8 +60,11 @@ fn cpu_time_agrees_with_the_kernel_within_2_percent() {
     // break the 2 % bound; this only checks the burner really ran.
     assert!(truth_ns > 1_000_000_000, "the burner did not burn: {truth_ns} ns");
     assert!(err < 0.02, "agent {agent_ns} ns vs kernel {truth_ns} ns: {:.2} % apart", err * 100.0);
+    // Percent of one core over the window, at most the two cores there are.
     let percent = bmf_value(&bmf, "cpu/percent", "cpu-percent");
-    assert!(percent > 50.0 && percent <= 201.0, "cpu/percent {percent}");
+    let window = bmf_value(&bmf, "agent/window", "latency");
+    assert!((percent - agent_ns * 100.0 / window).abs() < 1e-6, "cpu/percent {percent}");
+    assert!(percent <= 200.5, "cpu/percent {percent} on 2 cores");
     // The agent's own /proc column in the summary agrees too.
     let _ = target.child.try_wait();
     drop(target);
@@ -127,7 +130,8 @@ fn signals_end_the_run_and_results_are_written() {
         let bmf = read_bmf(&out);
         assert_eq!(bmf_value(&bmf, "agent/partial", "count"), partial);
         let cpu = bmf_value(&bmf, "cpu/percent", "cpu-percent");
-        assert!(cpu > 50.0, "a spinning thread measured at {cpu} %");
+        // Not 100 %: other processes may share the two cores.
+        assert!(cpu > 25.0, "a spinning thread measured at {cpu} %");
     }
 }
 
