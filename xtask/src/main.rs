@@ -6,6 +6,7 @@
 //! Each subcommand first runs [`setup`], so a fresh clone needs nothing but
 //! `cargo xtask test` (which is what CI runs, via `.ci/run`).
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -52,6 +53,29 @@ enum Task {
     /// Set up, build, and profile the demo server under a k6 load for 10 s,
     /// writing bench_metrics.json at the workspace root.
     Demo,
+    /// Set up, build, and measure the agent's own overhead and accuracy on
+    /// this machine (loopback only, about 3 minutes; needs root): BPF
+    /// per-event cost, throughput and latency with vs without the agent
+    /// (demo-server and nginx), the agent's CPU and memory, accuracy vs /proc
+    /// and the client, and the Criterion micro-benchmarks. Writes
+    /// target/bench/bench.json (BMF) and target/bench/results.md.
+    Bench {
+        /// Only the Criterion micro-benchmarks (no root needed).
+        #[arg(long, conflicts_with = "no_micro")]
+        micro: bool,
+        /// Skip the Criterion micro-benchmarks.
+        #[arg(long)]
+        no_micro: bool,
+        /// Skip nginx (otherwise installed with apt-get if missing).
+        #[arg(long)]
+        no_nginx: bool,
+        /// Rounds of [without agent, with agent] per comparison.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
+        /// Also rewrite the results section of docs/performance.md.
+        #[arg(long)]
+        update_doc: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +110,16 @@ fn run_task(task: Task) -> Result<()> {
         Task::Demo => {
             setup::setup(setup::Options::default())?;
             demo::demo()
+        }
+        Task::Bench { micro, no_micro, no_nginx, rounds, update_doc } => {
+            setup::setup(setup::Options::default())?;
+            bench::bench(bench::Options {
+                micro_only: micro,
+                no_micro,
+                no_nginx,
+                rounds: rounds as usize,
+                update_doc,
+            })
         }
     }
 }
