@@ -81,8 +81,15 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let pidfd = session::open_pidfd(pid, stat.starttime_ticks)?;
-    let probes = Probes::attach(&TargetSpec::Running { pid }, &opts.paths, &tracefs_root)
-        .with_context(|| format!("attaching to PID {pid}"))?;
+    let probes = match Probes::attach(&TargetSpec::Running { pid }, &opts.paths, &tracefs_root) {
+        Ok(p) => p,
+        // Seeding reads /proc/PID: a target that exits meanwhile makes that
+        // fail with a bare ENOENT. Say what happened instead.
+        Err(_) if session::has_exited(&pidfd) => {
+            bail!("target PID {pid} ({}) exited while perf-agent was attaching", stat.comm)
+        }
+        Err(e) => return Err(e.context(format!("attaching to PID {pid}"))),
+    };
     announce(pid, &stat.comm, opts);
     let target = Measured { pid, comm: stat.comm, exec_ns: None, child: None };
     finish(probes, &pidfd, target, opts, k6)

@@ -41,7 +41,8 @@ pub fn check_privileges() -> anyhow::Result<()> {
     if !missing.is_empty() {
         bail!(
             "perf-agent needs root, or the capabilities CAP_BPF and CAP_PERFMON; missing: {}. \
-             Run it with sudo (or `setcap cap_bpf,cap_perfmon,cap_sys_resource+ep perf-agent`)",
+             Run it with sudo (or `setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep \
+             perf-agent`; docs/reliability.md says what each one is for)",
             missing.join(", ")
         );
     }
@@ -89,6 +90,17 @@ pub fn check_target(pid: u32, force: bool) -> anyhow::Result<ProcStat> {
 
 /// The kernel pieces every run needs, checked up front for a clear message.
 pub fn check_kernel(tracefs_root: &Path) -> anyhow::Result<()> {
+    // tracefs is root-only (mode 0700) by default: without root, reading it
+    // takes CAP_DAC_READ_SEARCH. Say that, not "the kernel lacks ...".
+    if let Err(e) = std::fs::read_dir(tracefs_root.join("events"))
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        bail!(
+            "cannot read {}/events ({e}): tracefs is readable by root only; \
+             perf-agent needs CAP_DAC_READ_SEARCH to read the tracepoint formats",
+            tracefs_root.display()
+        );
+    }
     for (category, name) in [("sched", "sched_switch"), ("kmem", "rss_stat")] {
         if !tracefs_root.join("events").join(category).join(name).is_dir() {
             bail!(

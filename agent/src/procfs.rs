@@ -229,8 +229,13 @@ pub fn parse_net_tcp(text: &str) -> Vec<TcpSocket> {
 pub fn socket_inodes(pid: u32) -> io::Result<std::collections::HashSet<u64>> {
     let mut inodes = std::collections::HashSet::new();
     for entry in fs::read_dir(proc_path(pid, "fd"))? {
-        let Ok(target) = fs::read_link(entry?.path()) else {
-            continue;
+        let target = match fs::read_link(entry?.path()) {
+            Ok(t) => t,
+            // Another user's process without CAP_SYS_PTRACE: the directory
+            // lists (CAP_DAC_READ_SEARCH) but no link reads. Say so rather
+            // than return an empty set.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
+            Err(_) => continue, // the fd was closed meanwhile
         };
         let target = target.to_string_lossy();
         if let Some(n) = target.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']'))

@@ -115,6 +115,11 @@ fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
     rc > 0 && pfd.revents & libc::POLLIN != 0
 }
 
+/// True once the process behind `pidfd` has exited (without waiting).
+pub fn has_exited(pidfd: &OwnedFd) -> bool {
+    wait_exit(pidfd, Duration::ZERO)
+}
+
 /// Reads everything once. When `/proc` cannot be read (the target is gone),
 /// the ground-truth fields repeat `prev`'s.
 pub fn sample(

@@ -123,7 +123,18 @@ impl NetProbe {
         // Ports the target listened on before attach; later ones the kernel
         // side learns itself.
         if let Some(pid) = running {
-            for port in procfs::listening_ports(pid).unwrap_or_default() {
+            let ports = match procfs::listening_ports(pid) {
+                Ok(ports) => ports,
+                Err(e) => {
+                    eprintln!(
+                        "perf-agent: warning: cannot read the sockets of PID {pid} in \
+                         /proc/{pid}/fd ({e}; another user's process needs CAP_SYS_PTRACE): \
+                         its connections will count as opened before attach"
+                    );
+                    Vec::new()
+                }
+            };
+            for port in ports {
                 listen_ports.insert(u32::from(port), 1, 0)?;
             }
         }
