@@ -91,25 +91,24 @@ impl PathMatch {
 }
 
 /// Byte offsets of the kernel data the programs read, found at start-up:
-/// tracepoint fields from the tracefs `format` files, and one struct field
-/// from the kernel's BTF. No kernel layout is compiled in.
+/// tracepoint fields from the tracefs `format` files, struct fields from the
+/// kernel's BTF. No kernel layout is compiled in. (The hot programs are raw
+/// tracepoints: their arguments come positionally from `TP_PROTO`, and only
+/// the struct fields they follow need offsets.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    /// `sched:sched_switch`
-    pub sched_switch_next_pid: u32,
+    /// `task_struct.pid` (BTF): the thread id of `next` in `sched_switch`.
+    pub task_pid: u32,
     /// `kmem:rss_stat`
     pub rss_stat_mm_id: u32,
     pub rss_stat_curr: u32,
     pub rss_stat_member: u32,
     pub rss_stat_size: u32,
-    /// `sock:sock_recv_length` and `sock:sock_send_length` (same layout,
-    /// checked by user space).
-    pub sock_length_sk: u32,
-    pub sock_length_family: u32,
-    pub sock_length_protocol: u32,
-    pub sock_length_ret: u32,
-    pub sock_length_flags: u32,
+    /// `sock.__sk_common.skc_family` and `sock.sk_protocol` (BTF): read
+    /// only when a socket is first seen mid-life, to adopt TCP ones alone.
+    pub sock_family: u32,
+    pub sock_protocol: u32,
     /// `sock:inet_sock_set_state`
     pub set_state_skaddr: u32,
     pub set_state_oldstate: u32,
@@ -137,6 +136,7 @@ pub struct TracepointOffsets {
     /// `task_struct.se.sum_exec_runtime` (from BTF): the scheduler's own
     /// per-thread CPU time, read from the task leaving the CPU.
     pub task_sum_exec_runtime: u32,
+    pub _pad: u32,
 }
 
 /// Per-CPU scheduler accounting of the target's thread group
@@ -314,6 +314,19 @@ pub struct ParentRef {
     pub _pad: u32,
 }
 
+/// The user buffer of the write syscall a thread is in (map `WRITE_BUF`,
+/// a one-slot `PERCPU_ARRAY`): the socket hook that follows on the same CPU
+/// and thread reads the response's status line from it. A plain per-CPU
+/// slot, not a hash keyed by thread: this runs on every write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStash {
+    pub buf: u64,
+    /// The thread that stashed it; 0 once used.
+    pub tid: u32,
+    pub _pad: u32,
+}
+
 /// Per-CPU counters of the network probes (map `NET_STATS`): what was seen,
 /// and every way an event can be lost.
 #[repr(C)]
@@ -365,6 +378,7 @@ mod user {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::NetEvent {}
     unsafe impl aya::Pod for super::ParentRef {}
+    unsafe impl aya::Pod for super::WriteStash {}
     unsafe impl aya::Pod for super::NetStats {}
     unsafe impl aya::Pod for super::Milestones {}
     unsafe impl aya::Pod for super::Target {}
@@ -377,10 +391,11 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 24);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 26 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
+const _: () = assert!(core::mem::size_of::<WriteStash>() == 16);
 const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);

@@ -8,16 +8,13 @@ use aya_ebpf::{macros::map, maps::Array};
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
-    sched_switch_next_pid: 0,
+    task_pid: 0,
     rss_stat_mm_id: 0,
     rss_stat_curr: 0,
     rss_stat_member: 0,
     rss_stat_size: 0,
-    sock_length_sk: 0,
-    sock_length_family: 0,
-    sock_length_protocol: 0,
-    sock_length_ret: 0,
-    sock_length_flags: 0,
+    sock_family: 0,
+    sock_protocol: 0,
     set_state_skaddr: 0,
     set_state_oldstate: 0,
     set_state_newstate: 0,
@@ -36,6 +33,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     exec_filename: 0,
     exec_pid: 0,
     task_sum_exec_runtime: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -66,6 +64,13 @@ pub fn read_const<T: Copy>(v: &'static T) -> &'static T {
     // A volatile read of a pointer to it: the loads that follow go to the
     // map user space wrote, not to the compile-time initialiser.
     unsafe { &*core::ptr::read_volatile(&(v as *const T)) }
+}
+
+/// Reads a `T` at `offset` bytes into a kernel object.
+#[inline(always)]
+pub fn read_field<T>(base: u64, offset: usize) -> Option<T> {
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base as *const u8).add(offset) as *const T) }
+        .ok()
 }
 
 /// tgid and tid of the task this program runs in.

@@ -2,19 +2,18 @@
 //! User-space twin: `agent/src/probes/cpu.rs`.
 //!
 //! At each switch the task leaving the CPU is the current task, so its tgid
-//! is `bpf_get_current_pid_tgid() >> 32` and its `sum_exec_runtime` (the
+//! is `bpf_get_current_pid_tgid() >> 32`; its `sum_exec_runtime` (the
 //! scheduler's own running total, at an offset found in BTF by user space)
-//! is read from `bpf_get_current_task()`. The growth of that total since the
+//! is read from the `prev` argument. The growth of that total since the
 //! thread last left a CPU is its CPU time: exactly what the kernel accounts,
 //! scheduler overhead attribution included, which timestamps between
 //! switches would get wrong by microseconds per slice.
 
 use agent_common::CpuAccount;
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 
 use crate::config::{self, offset};
@@ -27,22 +26,26 @@ static CPU_ACCOUNT: PerCpuArray<CpuAccount> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub(crate) static THREAD_RUNTIME: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65_536, 0);
 
-/// The current task's `sum_exec_runtime`, ns.
+/// `task`'s `sum_exec_runtime`, ns.
 #[inline(always)]
-pub(crate) fn current_runtime() -> Option<u64> {
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let field = unsafe { task.add(offset!(task_sum_exec_runtime)) } as *const u64;
-    unsafe { bpf_probe_read_kernel(field) }.ok()
+pub(crate) fn runtime_of(task: u64) -> Option<u64> {
+    config::read_field(task, offset!(task_sum_exec_runtime))
 }
 
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
+/// struct task_struct *next, unsigned int prev_state)`. It runs on every
+/// context switch of the machine, so the common path (neither task is the
+/// target's) is one map lookup, one helper and one kernel read.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
     let Some(account) = CPU_ACCOUNT.get_ptr_mut(0) else {
         return 0;
     };
     let account = unsafe { &mut *account };
+    let (prev, next): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    // prev is the current task: its ids come from the helper.
     if config::in_target()
-        && let Some(runtime) = current_runtime()
+        && let Some(runtime) = runtime_of(prev)
     {
         let (_, tid) = config::current_tgid_tid();
         // A thread not seen yet was created after attach: its total is all
@@ -56,7 +59,6 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         account.slices += 1;
         let _ = THREAD_RUNTIME.insert(&tid, &runtime, 0);
     }
-    account.running_tid =
-        unsafe { ctx.read_at::<u32>(offset!(sched_switch_next_pid)) }.unwrap_or(0);
+    account.running_tid = config::read_field::<u32>(next, offset!(task_pid)).unwrap_or(0);
     0
 }

@@ -42,7 +42,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     };
     if matched {
         // CPU time before the exec (the launcher's) is not the target's.
-        if let Some(runtime) = crate::cpu::current_runtime() {
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+        if let Some(runtime) = crate::cpu::runtime_of(task) {
             let (_, tid) = config::current_tgid_tid();
             let _ = crate::cpu::THREAD_RUNTIME.insert(&tid, &runtime, 0);
         }

@@ -6,8 +6,11 @@
 //! - `sock:inet_sock_set_state`: LISTEN in the target (its ports),
 //!   SYN_RECV→ESTABLISHED on one of its ports (an inbound connection),
 //!   →SYN_SENT in the target (an outbound one), →CLOSE (the end).
-//! - `sock:sock_recv_length` / `sock:sock_send_length`: every read and write
-//!   with data on a socket, in the target's own context, with the socket.
+//! - raw tracepoints `sock_recv_length` / `sock_send_length`
+//!   (`TP_PROTO(struct sock *sk, int ret, int flags)`): every read and write
+//!   on a socket, in the caller's context. Raw, because they fire for every
+//!   socket call on the machine: no trace record is built, the arguments are
+//!   read in place.
 //! - `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`: errors.
 //! - `syscalls:sys_enter_{write,sendto,writev,sendmsg}`: the user buffer of a
 //!   write, so the first response bytes (the HTTP status line) can be read.
@@ -19,14 +22,15 @@
 //! ring buffer without wake-ups; user space drains it every interval.
 
 use agent_common::{
-    ConnState, Milestones, NetEvent, NetStats, ParentRef, conn_flags, direction, event_kind, phase,
+    ConnState, Milestones, NetEvent, NetStats, ParentRef, WriteStash, conn_flags, direction,
+    event_kind, phase,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 use crate::config::{self, PATH_MATCH, offset};
@@ -41,9 +45,9 @@ static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
 static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 #[map]
 static THREAD_INBOUND: LruHashMap<u32, ParentRef> = LruHashMap::with_max_entries(16_384, 0);
-/// tid → user address of the bytes the thread's current write syscall sends.
+/// Where the bytes of the write syscall under way on this CPU are.
 #[map]
-static WRITE_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+static WRITE_BUF: PerCpuArray<WriteStash> = PerCpuArray::with_max_entries(1, 0);
 /// tid → user address of the buffer the thread's current read syscall fills
 /// (only with `PathMatch`).
 #[map]
@@ -136,33 +140,39 @@ fn finish_exchange(sk: u64, c: &mut ConnState) {
     c.phase = phase::IDLE;
 }
 
-/// Reads the fields common to `sock_recv_length` and `sock_send_length`;
-/// `None` unless this is the target moving data on a TCP socket.
+/// The arguments of `sock_recv_length` / `sock_send_length` when this is
+/// the target moving data: `(sk, bytes)`.
 #[inline(always)]
-fn tcp_data(ctx: &TracePointContext) -> Option<(u64, u64)> {
+fn target_data(ctx: &RawTracePointContext) -> Option<(u64, u64)> {
     if !config::in_target() {
         return None;
     }
-    let ret = unsafe { ctx.read_at::<i32>(offset!(sock_length_ret)) }.ok()?;
+    let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
     if ret <= 0 {
         return None; // EAGAIN, errors and EOF carry no data
     }
-    let family = unsafe { ctx.read_at::<u16>(offset!(sock_length_family)) }.ok()?;
-    let protocol = unsafe { ctx.read_at::<u16>(offset!(sock_length_protocol)) }.ok()?;
-    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
-        return None;
-    }
-    let sk = unsafe { ctx.read_at::<u64>(offset!(sock_length_sk)) }.ok()?;
-    Some((sk, ret as u64))
+    Some((ctx.arg::<u64>(0), ret as u64))
 }
 
-/// The connection `sk`, adopting it if it predates attach: a server reads
-/// first on its connections, a client writes first.
+/// Whether `sk` is a TCP socket (IPv4 or IPv6): read only for sockets not
+/// tracked yet.
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    let family = config::read_field::<u16>(sk, offset!(sock_family)).unwrap_or(0);
+    let protocol = config::read_field::<u16>(sk, offset!(sock_protocol)).unwrap_or(0);
+    (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
+}
+
+/// The connection `sk`, adopting it if it is TCP and predates attach: a
+/// server reads first on its connections, a client writes first.
 #[inline(always)]
 fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnState> {
     let ptr = match CONNS.get_ptr_mut(&sk) {
         Some(p) => p,
         None => {
+            if !is_tcp(sk) {
+                return None;
+            }
             let dir = if first_op_is_read { direction::INBOUND } else { direction::OUTBOUND };
             let p = track(sk, dir, conn_flags::ADOPTED)?;
             if let Some(s) = stats() {
@@ -174,13 +184,12 @@ fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnSta
     Some(unsafe { &mut *ptr })
 }
 
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    let Some((sk, bytes)) = tcp_data(&ctx) else {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
+    let Some((sk, bytes)) = target_data(&ctx) else {
         return 0;
     };
-    let flags = unsafe { ctx.read_at::<i32>(offset!(sock_length_flags)) }.unwrap_or(0);
-    if flags & MSG_PEEK != 0 {
+    if ctx.arg::<u64>(2) as i32 & MSG_PEEK != 0 {
         return 0; // the data will be read again
     }
     let Some(c) = conn_or_adopt(sk, true) else {
@@ -203,11 +212,12 @@ pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
             c.status = 0;
             c.seq = c.seq.wrapping_add(1);
             c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
-            c.flags |= match_path(tid);
+            c.flags |= match_path(tid, bytes);
+            // Upstream calls this thread makes from now on serve this request.
+            let parent = ParentRef { sk, seq: c.seq, _pad: 0 };
+            let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
         }
         c.bytes_in += bytes;
-        let parent = ParentRef { sk, seq: c.seq, _pad: 0 };
-        let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
     } else {
         // Outbound: the upstream's response arriving.
         if c.phase == phase::REQUEST {
@@ -239,9 +249,9 @@ fn credit_parent(call: &mut ConnState, t: u64) {
     call.credited_until_ns = t;
 }
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    let Some((sk, bytes)) = tcp_data(&ctx) else {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
+    let Some((sk, bytes)) = target_data(&ctx) else {
         return 0;
     };
     let Some(c) = conn_or_adopt(sk, false) else {
@@ -290,7 +300,9 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
         }
         c.bytes_out += bytes;
     }
-    let _ = WRITE_BUF.remove(&tid);
+    if let Some(stash) = WRITE_BUF.get_ptr_mut(0) {
+        unsafe { (*stash).tid = 0 }; // used: a later send must not read it again
+    }
     0
 }
 
@@ -298,9 +310,11 @@ pub fn sock_send_length(ctx: TracePointContext) -> u32 {
 /// sends (`HTTP/1.x NNN`), or 0.
 #[inline(always)]
 fn read_status(tid: u32) -> u32 {
-    let Some(&buf) = (unsafe { WRITE_BUF.get(&tid) }) else {
-        return 0;
-    };
+    let Some(stash) = WRITE_BUF.get(0) else { return 0 };
+    if stash.tid != tid {
+        return 0; // the thread moved CPU since its syscall began, or no write syscall
+    }
+    let buf = stash.buf;
     let Ok(head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 12]) }) else {
         return 0;
     };
@@ -331,7 +345,7 @@ static REQUEST_LINE: PerCpuArray<[u8; REQUEST_HEAD]> = PerCpuArray::with_max_ent
 /// `PATH_HEALTH` / `PATH_READY` for the request whose first bytes the current
 /// read syscall returned: `METHOD SP PATH (SP | ?)`.
 #[inline(always)]
-fn match_path(tid: u32) -> u32 {
+fn match_path(tid: u32, received: u64) -> u32 {
     let m = config::read_const(&PATH_MATCH);
     if m.health_len == 0 && m.ready_len == 0 {
         return 0;
@@ -339,7 +353,16 @@ fn match_path(tid: u32) -> u32 {
     let Some(&buf) = (unsafe { READ_BUF.get(&tid) }) else { return 0 };
     let Some(head) = REQUEST_LINE.get_ptr_mut(0) else { return 0 };
     let head = unsafe { &mut *head };
-    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, head) }.is_err() {
+    // Only the bytes the read returned: past them the buffer's page may not
+    // be mapped yet, and a fault-free read of it would fail.
+    let n = if received < REQUEST_HEAD as u64 { received as usize } else { REQUEST_HEAD };
+    if n == 0 {
+        return 0;
+    }
+    head.fill(0);
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, &mut head[..n]) }
+        .is_err()
+    {
         return 0;
     }
     // The method is at most 7 bytes ("OPTIONS").
@@ -395,74 +418,88 @@ enum UserBuf {
     Msghdr,
 }
 
-/// Remembers, per thread of the target, where the current syscall's first
-/// bytes are, so the socket tracepoint that follows can read them.
+/// Where the current syscall's first bytes are, when it is the target's.
 #[inline(always)]
-fn stash(ctx: &TracePointContext, map: &LruHashMap<u32, u64>, arg_offset: usize, kind: UserBuf) {
+fn user_buf(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) -> Option<(u32, u64)> {
     let (tgid, tid) = config::current_tgid_tid();
     let target = config::target_tgid();
     if target == 0 || tgid != target {
-        return;
+        return None;
     }
-    let Ok(mut ptr) = (unsafe { ctx.read_at::<u64>(arg_offset) }) else { return };
+    let mut ptr = unsafe { ctx.read_at::<u64>(arg_offset) }.ok()?;
     if let UserBuf::Msghdr = kind {
-        let Ok(iov) = (unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }) else { return };
-        ptr = iov;
+        ptr = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.ok()?;
     }
     if let UserBuf::Iovec | UserBuf::Msghdr = kind {
-        let Ok(base) = (unsafe { bpf_probe_read_user(ptr as *const u64) }) else { return };
-        ptr = base;
+        ptr = unsafe { bpf_probe_read_user(ptr as *const u64) }.ok()?;
     }
-    if ptr != 0 {
-        let _ = map.insert(&tid, &ptr, 0);
+    (ptr != 0).then_some((tid, ptr))
+}
+
+/// A read syscall: where the request's first bytes will land, per thread
+/// (hooks attached only when request paths are watched).
+#[inline(always)]
+fn stash_read(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) {
+    if let Some((tid, buf)) = user_buf(ctx, arg_offset, kind) {
+        let _ = READ_BUF.insert(&tid, &buf, 0);
+    }
+}
+
+/// A write syscall: where the bytes it sends are, in this CPU's slot.
+#[inline(always)]
+fn stash_write(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) {
+    if let Some((tid, buf)) = user_buf(ctx, arg_offset, kind)
+        && let Some(stash) = WRITE_BUF.get_ptr_mut(0)
+    {
+        unsafe { *stash = WriteStash { buf, tid, _pad: 0 } };
     }
 }
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &READ_BUF, offset!(read_buf), UserBuf::Plain);
+    stash_read(&ctx, offset!(read_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &READ_BUF, offset!(recvfrom_buf), UserBuf::Plain);
+    stash_read(&ctx, offset!(recvfrom_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &READ_BUF, offset!(readv_vec), UserBuf::Iovec);
+    stash_read(&ctx, offset!(readv_vec), UserBuf::Iovec);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &READ_BUF, offset!(recvmsg_msg), UserBuf::Msghdr);
+    stash_read(&ctx, offset!(recvmsg_msg), UserBuf::Msghdr);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &WRITE_BUF, offset!(write_buf), UserBuf::Plain);
+    stash_write(&ctx, offset!(write_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &WRITE_BUF, offset!(sendto_buf), UserBuf::Plain);
+    stash_write(&ctx, offset!(sendto_buf), UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &WRITE_BUF, offset!(writev_vec), UserBuf::Iovec);
+    stash_write(&ctx, offset!(writev_vec), UserBuf::Iovec);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    stash(&ctx, &WRITE_BUF, offset!(sendmsg_msg), UserBuf::Msghdr);
+    stash_write(&ctx, offset!(sendmsg_msg), UserBuf::Msghdr);
     0
 }
 

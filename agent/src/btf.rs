@@ -3,7 +3,7 @@
 //! space then hands to the eBPF programs as a `const volatile` value. This is
 //! what CO-RE relocation would do at load time; aya-ebpf programs written in
 //! Rust cannot carry such relocations, so the agent does it itself. Pure
-//! parsing; only [`vmlinux_field_offset`] reads the file.
+//! parsing; only [`Btf::vmlinux`] reads the file.
 
 use anyhow::{Context as _, bail};
 
@@ -164,16 +164,18 @@ impl Btf {
     }
 }
 
-/// The byte offset of `root.path` in the running kernel.
-pub fn vmlinux_field_offset(root: &str, path: &[&str]) -> anyhow::Result<u32> {
-    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-    let data = std::fs::read(VMLINUX).with_context(|| {
-        format!(
-            "this kernel has no BTF ({VMLINUX} unreadable; CONFIG_DEBUG_INFO_BTF): perf-agent \
-             needs it to read the scheduler's own CPU accounting"
-        )
-    })?;
-    Btf::parse(&data)?.field_offset(root, path)
+impl Btf {
+    /// The running kernel's BTF.
+    pub fn vmlinux() -> anyhow::Result<Btf> {
+        const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(VMLINUX).with_context(|| {
+            format!(
+                "this kernel has no BTF ({VMLINUX} unreadable; CONFIG_DEBUG_INFO_BTF): \
+                 perf-agent needs it to find the kernel fields it reads"
+            )
+        })?;
+        Btf::parse(&data)
+    }
 }
 
 #[cfg(test)]
@@ -250,7 +252,8 @@ mod tests {
     fn reads_the_running_kernel() {
         // Skips where the kernel has no BTF; on this project's machines it has.
         if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            let off = vmlinux_field_offset("task_struct", &["se", "sum_exec_runtime"]).unwrap();
+            let btf = Btf::vmlinux().unwrap();
+            let off = btf.field_offset("task_struct", &["se", "sum_exec_runtime"]).unwrap();
             assert!(off > 0 && off % 8 == 0, "{off}");
         }
     }

@@ -6,23 +6,17 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::TracePoint,
+    programs::RawTracePoint,
 };
 
 use super::take_map;
-use crate::{btf, procfs, tracefs};
+use crate::{btf::Btf, procfs};
 
-pub fn offsets(
-    tracefs_root: &std::path::Path,
-    o: &mut agent_common::TracepointOffsets,
-) -> anyhow::Result<()> {
-    o.sched_switch_next_pid = tracefs::read_format(tracefs_root, "sched", "sched_switch")?.offset(
-        "sched:sched_switch",
-        "next_pid",
-        4,
-    )?;
-    o.task_sum_exec_runtime =
-        btf::vmlinux_field_offset("task_struct", &["se", "sum_exec_runtime"])?;
+/// The kernel fields `sched_switch` reads, from BTF: the leaving task's
+/// `se.sum_exec_runtime` and the arriving task's `pid`.
+pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
+    o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
+    o.task_pid = btf.field_offset("task_struct", &["pid"])?;
     Ok(())
 }
 
@@ -53,14 +47,12 @@ impl CpuProbe {
             }
         }
 
-        let program: &mut TracePoint = ebpf
+        let program: &mut RawTracePoint = ebpf
             .program_mut("sched_switch")
             .context("eBPF object has no program sched_switch")?
             .try_into()?;
         program.load().context("loading sched_switch")?;
-        program
-            .attach("sched", "sched_switch")
-            .context("attaching to tracepoint sched:sched_switch")?;
+        program.attach("sched_switch").context("attaching to raw tracepoint sched_switch")?;
         Ok(CpuProbe { account, thread_runtime })
     }
 

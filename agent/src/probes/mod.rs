@@ -71,11 +71,12 @@ impl Probes {
         paths: &PathOptions,
         tracefs_root: &Path,
     ) -> anyhow::Result<Probes> {
+        let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
         exec::offsets(tracefs_root, &mut offsets)?;
-        cpu::offsets(tracefs_root, &mut offsets)?;
+        cpu::offsets(&btf, &mut offsets)?;
         memory::offsets(tracefs_root, &mut offsets)?;
-        net::offsets(tracefs_root, &mut offsets)?;
+        net::offsets(tracefs_root, &btf, &mut offsets)?;
         let exec_match = exec_match_for(spec)?;
         let path_match = path_match_for(paths)?;
 

@@ -11,30 +11,18 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 
 use super::take_map;
-use crate::{procfs, requests::RequestLog, tracefs};
+use crate::{btf::Btf, procfs, requests::RequestLog, tracefs};
 
 /// Fills the offsets of every field the network programs read.
-pub fn offsets(tracefs_root: &Path, o: &mut TracepointOffsets) -> anyhow::Result<()> {
-    let recv = tracefs::read_format(tracefs_root, "sock", "sock_recv_length")?;
-    let send = tracefs::read_format(tracefs_root, "sock", "sock_send_length")?;
-    let field =
-        |f: &tracefs::EventFormat, n: &str, size| f.offset("sock:sock_recv_length", n, size);
-    o.sock_length_sk = field(&recv, "sk", 8)?;
-    o.sock_length_family = field(&recv, "family", 2)?;
-    o.sock_length_protocol = field(&recv, "protocol", 2)?;
-    o.sock_length_ret = field(&recv, "ret", 4)?;
-    o.sock_length_flags = field(&recv, "flags", 4)?;
-    // One set of offsets serves both programs: check the layouts agree.
-    for name in ["sk", "family", "protocol", "ret", "flags"] {
-        anyhow::ensure!(
-            recv.field(name) == send.field(name),
-            "sock:sock_recv_length and sock:sock_send_length differ in field `{name}` on this kernel"
-        );
-    }
+pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> anyhow::Result<()> {
+    // The raw socket tracepoints pass the `struct sock *`; adopting a socket
+    // opened before attach needs its family and protocol.
+    o.sock_family = btf.field_offset("sock", &["__sk_common", "skc_family"])?;
+    o.sock_protocol = btf.field_offset("sock", &["sk_protocol"])?;
     let ev = "sock:inet_sock_set_state";
     let set_state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
     o.set_state_skaddr = set_state.offset(ev, "skaddr", 8)?;
@@ -84,10 +72,8 @@ pub struct NetProbe {
 
 /// (program, tracepoint category, tracepoint name). The state tracker comes
 /// first so connections are classified before data flows.
-const PROGRAMS: [(&str, &str, &str); 9] = [
+const PROGRAMS: [(&str, &str, &str); 7] = [
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sock_recv_length", "sock", "sock_recv_length"),
-    ("sock_send_length", "sock", "sock_send_length"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("sys_enter_write", "syscalls", "sys_enter_write"),
@@ -137,6 +123,15 @@ impl NetProbe {
             for port in ports {
                 listen_ports.insert(u32::from(port), 1, 0)?;
             }
+        }
+        // The hot ones: raw tracepoints (no trace record built per call).
+        for name in ["sock_recv_length", "sock_send_length"] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("eBPF object has no program {name}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(name).with_context(|| format!("attaching to raw tracepoint {name}"))?;
         }
         let read_hooks = if with_paths { &READ_PROGRAMS[..] } else { &[] };
         for (program, category, name) in PROGRAMS.iter().chain(read_hooks) {
