@@ -44,20 +44,30 @@ pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
     let account = unsafe { &mut *account };
     let (prev, next): (u64, u64) = (ctx.arg(1), ctx.arg(2));
     // prev is the current task: its ids come from the helper.
-    if config::in_target()
+    let (tgid, tid) = config::current_tgid_tid();
+    let target = config::target_tgid();
+    if target != 0
+        && tgid == target
         && let Some(runtime) = runtime_of(prev)
     {
-        let (_, tid) = config::current_tgid_tid();
-        // A thread not seen yet was created after attach: its total is all
-        // ours. A stored value above the total is a dead thread's whose tid
-        // was reused: the new thread's total is all ours too.
-        let last = match unsafe { THREAD_RUNTIME.get(&tid) } {
-            Some(&last) if last <= runtime => last,
-            _ => 0,
-        };
-        account.on_cpu_ns += runtime - last;
+        // Updated in place: a map insert per switch would cost more than
+        // everything else here together.
+        match THREAD_RUNTIME.get_ptr_mut(&tid) {
+            Some(last) => {
+                let last = unsafe { &mut *last };
+                // A stored value above the total is a dead thread's whose
+                // tid was reused: the new thread's total is all ours.
+                let from = if *last <= runtime { *last } else { 0 };
+                account.on_cpu_ns += runtime - from;
+                *last = runtime;
+            }
+            None => {
+                // Not seen yet: created after attach, its total is all ours.
+                account.on_cpu_ns += runtime;
+                let _ = THREAD_RUNTIME.insert(&tid, &runtime, 0);
+            }
+        }
         account.slices += 1;
-        let _ = THREAD_RUNTIME.insert(&tid, &runtime, 0);
     }
     account.running_tid = config::read_field::<u32>(next, offset!(task_pid)).unwrap_or(0);
     0
