@@ -48,8 +48,35 @@ pub fn setup(options: Options) -> Result<()> {
     k6()?;
     if options.bench_tools {
         bench_tools()?;
+    } else if in_ci() {
+        // The reliability tests check with bpftool that nothing stays
+        // attached; under CI they must not skip that.
+        apt_tools(&["bpftool"])?;
     }
+    cargo_fuzz()?;
     Ok(())
+}
+
+fn in_ci() -> bool {
+    env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// cargo-fuzz, for the short fuzz run of `cargo xtask test` (about 100 s
+/// to install once on 2 cores). Outside CI a failed install is a warning:
+/// the fuzz step then skips.
+fn cargo_fuzz() -> Result<()> {
+    if stdout_of(Command::new("cargo").args(["fuzz", "--version"])).is_ok() {
+        return Ok(());
+    }
+    println!("installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+    match run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"])) {
+        Ok(()) => Ok(()),
+        Err(e) if !in_ci() => {
+            eprintln!("warning: installing cargo-fuzz failed ({e:#}); the fuzz step will skip");
+            Ok(())
+        }
+        Err(e) => Err(e).context("installing cargo-fuzz failed"),
+    }
 }
 
 fn rustup() -> Command {
@@ -263,8 +290,14 @@ fn pip_script_dirs() -> Vec<PathBuf> {
 
 /// bpftool and wrk, for benchmarks only (Debian/Ubuntu package names).
 fn bench_tools() -> Result<()> {
-    let missing: Vec<&str> = ["bpftool", "wrk"]
-        .into_iter()
+    apt_tools(&["bpftool", "wrk"])
+}
+
+/// Installs the missing ones of `tools` with apt-get.
+fn apt_tools(tools: &[&'static str]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
         .filter(|tool| find_in_path(tool).is_none() && !Path::new("/usr/sbin").join(tool).is_file())
         .collect();
     if missing.is_empty() {

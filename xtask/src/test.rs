@@ -6,7 +6,7 @@
 //! rather than guessing target directories. They run one at a time: each loads
 //! eBPF programs and measures CPU, and parallel tests would disturb each other.
 
-use std::env;
+use std::{env, process::Command};
 
 use anyhow::{Result, bail};
 
@@ -35,8 +35,57 @@ pub fn test(args: &[String]) -> Result<()> {
         .args(test_args)
         .env("PERF_AGENT_BIN", agent_bin(Profile::Release))
         .env("PERF_AGENT_FIXTURES_DIR", bin_dir(Profile::Release));
-    if run(&mut cmd).is_err() {
+    let tests = run(&mut cmd);
+    // The fuzz run goes on even when a test failed: both results matter.
+    let fuzz = fuzz();
+    if tests.is_err() {
         bail!("tests failed (see cargo test's output above)");
+    }
+    fuzz
+}
+
+/// The fuzz targets of `fuzz/` (a cargo-fuzz crate outside the workspace).
+const FUZZ_TARGETS: [&str; 5] = ["k6_results", "k6_plan", "procfs", "tracefs_format", "btf"];
+
+/// A short fuzz run of every target: `PERF_AGENT_FUZZ_SECS` seconds each
+/// (default 10, so 50 s in all, plus the build), from the committed seeds in
+/// `fuzz/corpus/<target>`; new inputs go to `fuzz/target/corpus/<target>`,
+/// never into the committed corpus. `PERF_AGENT_FUZZ=0` skips it; without
+/// cargo-fuzz it skips with a note (under CI it fails: setup installs it).
+fn fuzz() -> Result<()> {
+    if env::var("PERF_AGENT_FUZZ").is_ok_and(|v| v == "0") {
+        println!("note: PERF_AGENT_FUZZ=0: fuzz run skipped");
+        return Ok(());
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            bail!("CI=true but cargo-fuzz is not installed (cargo xtask setup installs it)");
+        }
+        println!("note: cargo-fuzz not installed (cargo install cargo-fuzz): fuzz run skipped");
+        return Ok(());
+    }
+    let secs: u64 =
+        env::var("PERF_AGENT_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let root = crate::workspace_root();
+    for target in FUZZ_TARGETS {
+        let scratch = root.join("fuzz/target/corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        println!("fuzzing {target} for {secs} s");
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root.join("fuzz"))
+            .args(["+nightly", "fuzz", "run", "-O", target])
+            .arg(&scratch)
+            .arg(root.join("fuzz/corpus").join(target))
+            .args(["--", &format!("-max_total_time={secs}"), "-timeout=10", "-rss_limit_mb=2048"])
+            // The workspace's cargo settings are not the fuzz crate's.
+            .env_remove("CARGO_TARGET_DIR");
+        if run(&mut cmd).is_err() {
+            bail!("fuzz target {target} failed: the input is in fuzz/artifacts/{target}/");
+        }
     }
     Ok(())
 }
