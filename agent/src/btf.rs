@@ -17,7 +17,7 @@ const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Member {
     name: u32,
     type_id: u32,
@@ -25,19 +25,29 @@ struct Member {
     bit_offset: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One type, decoded from the raw bytes when asked for.
+#[derive(Clone, Copy, Debug)]
 struct Type {
     name: u32,
     kind: u32,
     /// For modifiers and typedefs: the type they refer to.
     refers_to: u32,
-    members: Vec<Member>,
+    kind_flag: bool,
+    vlen: usize,
+    /// Where its trailing data (struct members, ...) starts in `types`.
+    extra_at: usize,
 }
 
-/// Parsed BTF: types by id (index 0 is `void`) and the string section.
+/// BTF as read: the raw type and string sections, and where each type
+/// starts. Types are decoded on demand, so parsing the kernel's ~5 MiB of
+/// BTF costs little more memory than the file itself.
 pub struct Btf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
+    /// The whole file; the sections are ranges of it (no copies).
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
+    /// Byte offset in `types` of type id `i + 1` (id 0 is `void`).
+    starts: Vec<u32>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
@@ -45,69 +55,90 @@ fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
     Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
 }
 
+/// Bytes of kind-specific data after a type's 12-byte header.
+fn extra_len(kind: u32, vlen: usize) -> anyhow::Result<usize> {
+    Ok(match kind {
+        1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+        3 => 12,          // ARRAY
+        KIND_STRUCT | KIND_UNION => 12 * vlen,
+        6 | 13 => 8 * vlen,   // ENUM, FUNC_PROTO
+        15 | 19 => 12 * vlen, // DATASEC, ENUM64
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        other => bail!("unknown BTF kind {other}"),
+    })
+}
+
 impl Btf {
     /// Parses little-endian BTF.
-    pub fn parse(data: &[u8]) -> anyhow::Result<Btf> {
+    pub fn parse(data: Vec<u8>) -> anyhow::Result<Btf> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
             bail!("not little-endian BTF (bad magic)");
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
-        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-        let types_bytes = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .context("BTF type section out of bounds")?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("BTF string section out of bounds")?
-            .to_vec();
-        let mut types = vec![Type { name: 0, kind: 0, refers_to: 0, members: vec![] }];
-        let mut at = 0;
-        while at < types_bytes.len() {
-            let name = u32_at(types_bytes, at)?;
-            let info = u32_at(types_bytes, at + 4)?;
-            let size_or_type = u32_at(types_bytes, at + 8)?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let extra = match kind {
-                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,          // ARRAY
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_bytes, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(types_bytes, m)?,
-                            type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
-                        });
-                    }
-                    12 * vlen
-                }
-                6 | 13 => 8 * vlen,   // ENUM, FUNC_PROTO
-                15 | 19 => 12 * vlen, // DATASEC, ENUM64
-                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
-                other => bail!("unknown BTF kind {other}"),
-            };
-            at += extra;
-            types.push(Type { name, kind, refers_to: size_or_type, members });
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(&data, 8)? as usize, u32_at(&data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(&data, 16)? as usize, u32_at(&data, 20)? as usize);
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if data.get(types.clone()).is_none() || data.get(strings.clone()).is_none() {
+            bail!("BTF section out of bounds");
         }
-        Ok(Btf { types, strings })
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at < types.len() {
+            starts.push(at as u32);
+            let info = u32_at(&data[types.clone()], at + 4)?;
+            let extra = extra_len((info >> 24) & 0x1f, (info & 0xffff) as usize)?;
+            at += 12 + extra;
+            if at > types.len() {
+                bail!("BTF truncated");
+            }
+        }
+        Ok(Btf { data, types, strings, starts })
+    }
+
+    fn type_bytes(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    fn type_by_id(&self, id: u32) -> Option<Type> {
+        let at = *self.starts.get((id as usize).checked_sub(1)?)? as usize;
+        let types = self.type_bytes();
+        let info = u32_at(types, at + 4).ok()?;
+        Some(Type {
+            name: u32_at(types, at).ok()?,
+            kind: (info >> 24) & 0x1f,
+            refers_to: u32_at(types, at + 8).ok()?,
+            kind_flag: info >> 31 == 1,
+            vlen: (info & 0xffff) as usize,
+            extra_at: at + 12,
+        })
+    }
+
+    fn members(&self, t: &Type) -> impl Iterator<Item = Member> + '_ {
+        let (base, kind_flag) = (t.extra_at, t.kind_flag);
+        let count = if matches!(t.kind, KIND_STRUCT | KIND_UNION) { t.vlen } else { 0 };
+        (0..count).filter_map(move |i| {
+            let m = base + i * 12;
+            let types = self.type_bytes();
+            let offset = u32_at(types, m + 8).ok()?;
+            Some(Member {
+                name: u32_at(types, m).ok()?,
+                type_id: u32_at(types, m + 4).ok()?,
+                bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+            })
+        })
     }
 
     fn name(&self, offset: u32) -> &str {
-        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let rest = self.data[self.strings.clone()].get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Type> {
         for _ in 0..32 {
-            let t = self.types.get(id as usize)?;
+            let t = self.type_by_id(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     id = t.refers_to
@@ -121,14 +152,14 @@ impl Btf {
     /// Bit offset of `member` in `t`, looking into anonymous struct/union
     /// members too; with the member's type.
     fn member(&self, t: &Type, member: &str) -> Option<(u32, u32)> {
-        for m in &t.members {
+        for m in self.members(t) {
             if self.name(m.name) == member {
                 return Some((m.bit_offset, m.type_id));
             }
             if m.name == 0
                 && let Some(inner) = self.resolve(m.type_id)
                 && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some((off, ty)) = self.member(inner, member)
+                && let Some((off, ty)) = self.member(&inner, member)
             {
                 return Some((m.bit_offset + off, ty));
             }
@@ -139,15 +170,14 @@ impl Btf {
     /// Byte offset of `path` (e.g. `["se", "sum_exec_runtime"]`) inside the
     /// struct named `root`.
     pub fn field_offset(&self, root: &str, path: &[&str]) -> anyhow::Result<u32> {
-        let mut t = self
-            .types
-            .iter()
+        let mut t = (1..=self.starts.len() as u32)
+            .filter_map(|id| self.type_by_id(id))
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name) == root)
             .with_context(|| format!("struct {root} not in the kernel's BTF"))?;
         let mut bits = 0;
         for (i, name) in path.iter().enumerate() {
             let (off, ty) = self
-                .member(t, name)
+                .member(&t, name)
                 .with_context(|| format!("struct {root} has no field {}", path[..=i].join(".")))?;
             bits += off;
             if i + 1 < path.len() {
@@ -174,7 +204,7 @@ impl Btf {
                  perf-agent needs it to find the kernel fields it reads"
             )
         })?;
-        Btf::parse(&data)
+        Btf::parse(data)
     }
 }
 
@@ -224,7 +254,7 @@ mod tests {
 
     #[test]
     fn nested_offsets_through_typedefs_qualifiers_and_anonymous_unions() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = Btf::parse(sample()).unwrap();
         assert_eq!(btf.field_offset("outer", &["se"]).unwrap(), 16);
         assert_eq!(btf.field_offset("outer", &["se", "sum"]).unwrap(), 24);
         assert_eq!(btf.field_offset("inner", &["x"]).unwrap(), 8);
@@ -232,7 +262,7 @@ mod tests {
 
     #[test]
     fn missing_names_are_clear_errors() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let btf = Btf::parse(sample()).unwrap();
         let e = btf.field_offset("outer", &["se", "nope"]).unwrap_err().to_string();
         assert!(e.contains("no field se.nope"), "{e}");
         assert!(btf.field_offset("nosuch", &["x"]).unwrap_err().to_string().contains("not in"));
@@ -242,10 +272,10 @@ mod tests {
                 .to_string()
                 .contains("not a struct")
         );
-        assert!(Btf::parse(b"garbage that is long enough to be a header").is_err());
+        assert!(Btf::parse(b"garbage that is long enough to be a header".to_vec()).is_err());
         let mut truncated = sample();
         truncated.truncate(40);
-        assert!(Btf::parse(&truncated).is_err());
+        assert!(Btf::parse(truncated).is_err());
     }
 
     #[test]
