@@ -136,7 +136,9 @@ pub struct TracepointOffsets {
     /// `task_struct.se.sum_exec_runtime` (from BTF): the scheduler's own
     /// per-thread CPU time, read from the task leaving the CPU.
     pub task_sum_exec_runtime: u32,
-    pub _pad: u32,
+    /// `sock.__sk_common.skc_num` (BTF): the local port, host order; a
+    /// socket first seen mid-life is inbound when it is a listening port.
+    pub sock_num: u32,
 }
 
 /// Per-CPU scheduler accounting of the target's thread group
@@ -233,8 +235,9 @@ pub mod phase {
 
 /// Flags of [`ConnState`] and [`NetEvent`].
 pub mod conn_flags {
-    /// The connection existed before attach: its direction was inferred from
-    /// the first operation seen (a server reads first, a client writes first).
+    /// The connection existed before attach: inbound when its local port is
+    /// one the target listens on, else as its first operation seen says (a
+    /// server reads first, a client writes first).
     pub const ADOPTED: u32 = 1;
     /// A TCP reset was sent or received on the connection.
     pub const RESET: u32 = 2;

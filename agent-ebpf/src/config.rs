@@ -33,7 +33,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     exec_filename: 0,
     exec_pid: 0,
     task_sum_exec_runtime: 0,
-    _pad: 0,
+    sock_num: 0,
 };
 
 #[unsafe(no_mangle)]

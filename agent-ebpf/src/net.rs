@@ -165,7 +165,8 @@ fn is_tcp(sk: u64) -> bool {
     (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
 }
 
-/// The connection `sk`, adopting it if it is TCP and predates attach: a
+/// The connection `sk`, adopting it if it is TCP and predates attach:
+/// inbound when its local port is one the target listens on; otherwise a
 /// server reads first on its connections, a client writes first.
 #[inline(always)]
 fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnState> {
@@ -175,7 +176,12 @@ fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnSta
             if !is_tcp(sk) {
                 return None;
             }
-            let dir = if first_op_is_read { direction::INBOUND } else { direction::OUTBOUND };
+            let port = config::read_field::<u16>(sk, offset!(sock_num)).unwrap_or(0) as u32;
+            let dir = if unsafe { LISTEN_PORTS.get(&port) }.is_some() || first_op_is_read {
+                direction::INBOUND
+            } else {
+                direction::OUTBOUND
+            };
             let p = track(sk, dir, conn_flags::ADOPTED)?;
             if let Some(s) = stats() {
                 s.adopted_conns += 1;

@@ -23,6 +23,7 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
     // opened before attach needs its family and protocol.
     o.sock_family = btf.field_offset("sock", &["__sk_common", "skc_family"])?;
     o.sock_protocol = btf.field_offset("sock", &["sk_protocol"])?;
+    o.sock_num = btf.field_offset("sock", &["__sk_common", "skc_num"])?;
     let ev = "sock:inet_sock_set_state";
     let set_state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
     o.set_state_skaddr = set_state.offset(ev, "skaddr", 8)?;
