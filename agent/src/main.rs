@@ -105,7 +105,7 @@ struct CommonArgs {
     #[arg(long, value_name = "PATH")]
     ready_path: Option<String>,
     /// Seconds of the idle window: right after startup, or before k6 starts.
-    #[arg(long, value_parser = parse_duration, value_name = "SECS")]
+    #[arg(long, value_parser = parse_duration, value_name = "SECS", allow_negative_numbers = true)]
     idle: Option<Duration>,
     /// Run this k6 script after the idle window, follow it, and report every
     /// metric per phase (idle, ramp-up, steady, ramp-down, each scenario,
@@ -119,7 +119,13 @@ struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     phases_json: Option<PathBuf>,
     /// Seconds measured after k6 ends.
-    #[arg(long, default_value = "2", value_parser = parse_duration, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value = "2",
+        value_parser = parse_duration,
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
     cooldown: Duration,
 }
 
