@@ -35,13 +35,81 @@ pub fn test(args: &[String]) -> Result<()> {
         .args(test_args)
         .env("PERF_AGENT_BIN", agent_bin(Profile::Release))
         .env("PERF_AGENT_FIXTURES_DIR", bin_dir(Profile::Release));
-    let tests = run(&mut cmd);
+    let tests = run_counting(&mut cmd);
     // The fuzz run goes on even when a test failed: both results matter.
     let fuzz = fuzz();
-    if tests.is_err() {
+    // One closing line over every test binary, printed last so that CI's log
+    // ends on the whole count rather than on the last (maybe empty) binary.
+    let totals = tests?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !totals.ok {
         bail!("tests failed (see cargo test's output above)");
     }
     fuzz
+}
+
+/// Test counts summed over cargo's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    ok: bool,
+}
+
+/// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+fn add_result_line(totals: &mut Totals, line: &str) {
+    let Some(rest) = line.trim().strip_prefix("test result: ") else { return };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(label), Some(n)) = (words.next(), words.next()) else { continue };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match label {
+            "passed" => totals.passed += n,
+            "failed" => totals.failed += n,
+            "ignored" => totals.ignored += n,
+            _ => {}
+        }
+    }
+}
+
+/// Runs cargo test, passing its output through as it comes, and sums the
+/// results of every test binary.
+fn run_counting(cmd: &mut Command) -> Result<Totals> {
+    use std::io::{BufRead as _, BufReader};
+    println!("$ {}", crate::describe(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        add_result_line(&mut totals, &line);
+    }
+    totals.ok = child.wait()?.success() && totals.failed == 0;
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_result_lines() {
+        let mut t = Totals::default();
+        add_result_line(
+            &mut t,
+            "test result: ok. 73 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.16s",
+        );
+        add_result_line(
+            &mut t,
+            "test result: FAILED. 4 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        add_result_line(&mut t, "running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (77, 1, 1));
+    }
 }
 
 /// The fuzz targets of `fuzz/` (a cargo-fuzz crate outside the workspace).
