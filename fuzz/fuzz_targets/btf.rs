@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use perf_agent::btf::Btf;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(btf) = Btf::parse(data) {
+    if let Ok(btf) = Btf::parse(data.to_vec()) {
         let _ = btf.field_offset("task_struct", &["se", "sum_exec_runtime"]);
         let _ = btf.field_offset("a", &["b"]);
     }

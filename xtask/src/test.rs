@@ -152,7 +152,11 @@ fn fuzz() -> Result<()> {
             // The workspace's cargo settings are not the fuzz crate's.
             .env_remove("CARGO_TARGET_DIR");
         if run(&mut cmd).is_err() {
-            bail!("fuzz target {target} failed: the input is in fuzz/artifacts/{target}/");
+            let artifacts = root.join("fuzz/artifacts").join(target);
+            if std::fs::read_dir(&artifacts).is_ok_and(|mut d| d.next().is_some()) {
+                bail!("fuzz target {target} failed: the input is in {}", artifacts.display());
+            }
+            bail!("fuzz target {target} did not build or run (see cargo's output above)");
         }
     }
     Ok(())
