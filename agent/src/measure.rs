@@ -17,7 +17,7 @@ use crate::{
     marks,
     phases::{self, Phase},
     preflight,
-    probes::{PathOptions, Probes, TargetSpec},
+    probes::{PathOptions, Probes, TargetSpec, clock_ns},
     procfs,
     report::{self, RunReport},
     session::{self, EndReason, SessionConfig},
@@ -139,13 +139,9 @@ pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
         return Ok(exit::INTERRUPTED);
     };
     let pid = target.tgid;
-    // SAFETY: plain syscall on our own child (not yet reaped, so no reuse).
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        bail!("pidfd_open on our child {pid}: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd we own.
-    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // Our own child, not yet reaped: its PID cannot have been reused.
+    let pidfd =
+        session::pidfd_open(pid).with_context(|| format!("pidfd_open on our child {pid}"))?;
     let comm =
         child.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     announce(pid, &comm, opts);
@@ -266,11 +262,19 @@ fn finish(
         };
         Startup::compute(exec_ns, &result.last_kernel.net.milestones, &result.log, watched)
     });
-    let (phase_list, load) =
-        plan_phases(opts, driver.as_ref(), k6_ready.as_ref(), startup.as_ref(), &result, first_t);
+    // One offset for every conversion, so all of them agree.
+    let offset = epoch_offset_ns();
+    let (phase_list, load) = plan_phases(
+        opts,
+        driver.as_ref(),
+        k6_ready.as_ref(),
+        startup.as_ref(),
+        &result,
+        first_t,
+        offset,
+    );
     let mut phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
     if let Some(client) = &load.client {
-        let offset = epoch_offset_ns();
         for p in &mut phase_reports {
             let (a, b) =
                 (p.phase.start_ns as i128 + offset, p.phase.end_ns.min(last_t) as i128 + offset);
@@ -307,7 +311,7 @@ fn finish(
     };
     print!("{}", report::summary(&r));
     if let Some(path) = &opts.phases_json {
-        write_phases_json(path, &r.phases)?;
+        write_phases_json(path, &r.phases, offset)?;
     }
     if let Some(out) = &opts.out {
         report::bmf(&r).write(out)?;
@@ -347,6 +351,7 @@ fn plan_phases(
     startup: Option<&Startup>,
     result: &session::SessionResult,
     first_t: u64,
+    offset: i128,
 ) -> (Vec<Phase>, LoadReport) {
     let last_t = result.samples.last().map_or(first_t, |s| s.t_ns);
     let mut phase_list = Vec::new();
@@ -384,7 +389,7 @@ fn plan_phases(
         (LoadOptions::K6Results { file }, _, _) => {
             load.client = read_client_results(file);
             if let Some(client) = &load.client {
-                phase_list.extend(phases_from_results(client, first_t, last_t));
+                phase_list.extend(phases_from_results(client, first_t, last_t, offset));
                 load.canonical = Some(("load".into(), None));
             }
         }
@@ -400,8 +405,11 @@ fn plan_phases(
 }
 
 /// `--phases-json`: each phase's name and edges as Unix ns.
-fn write_phases_json(path: &std::path::Path, phases: &[phases::PhaseReport]) -> anyhow::Result<()> {
-    let offset = epoch_offset_ns();
+fn write_phases_json(
+    path: &std::path::Path,
+    phases: &[phases::PhaseReport],
+    offset: i128,
+) -> anyhow::Result<()> {
     let phases: Vec<serde_json::Value> = phases
         .iter()
         .map(|p| {
@@ -440,19 +448,18 @@ fn read_client_results(path: &std::path::Path) -> Option<ClientResults> {
 /// CLOCK_REALTIME − CLOCK_MONOTONIC, to place k6's wall-clock timestamps
 /// on the probes' clock.
 fn epoch_offset_ns() -> i128 {
-    let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: valid out-pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    clock_ns(libc::CLOCK_REALTIME) as i128 - clock_ns(libc::CLOCK_MONOTONIC) as i128
 }
 
 /// Phases of a k6 run made elsewhere (`--k6-results`): no plan, so each
 /// scenario spans its first to last response; idle before, cooldown after.
-fn phases_from_results(client: &ClientResults, first_t: u64, last_t: u64) -> Vec<Phase> {
-    let offset = epoch_offset_ns();
+/// `offset`: CLOCK_REALTIME − CLOCK_MONOTONIC ([`epoch_offset_ns`]).
+fn phases_from_results(
+    client: &ClientResults,
+    first_t: u64,
+    last_t: u64,
+    offset: i128,
+) -> Vec<Phase> {
     let mono = |t: i128| (t - offset).clamp(first_t as i128, last_t as i128) as u64;
     let spans = client.scenario_spans();
     let Some(lo) = spans.iter().map(|s| s.1).min() else { return Vec::new() };

@@ -86,16 +86,22 @@ pub struct SessionResult {
     pub marks: Vec<(String, u64)>,
 }
 
-/// Opens a pidfd for `pid` and checks it is still the process we validated.
-pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
+/// `pidfd_open(2)`: a handle on the process that a reused PID can never
+/// stand for.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("target PID {pid} is gone (pidfd_open: {e})");
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fd is a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens a pidfd for `pid` and checks it is still the process we validated.
+pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
+    let fd = pidfd_open(pid)
+        .map_err(|e| anyhow::anyhow!("target PID {pid} is gone (pidfd_open: {e})"))?;
     // The pidfd pins the process now; if its start time changed, the PID was
     // reused between validation and here.
     let stat = procfs::read_stat(pid).with_context(|| format!("target PID {pid} exited"))?;

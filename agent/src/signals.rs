@@ -18,12 +18,11 @@ static MARK_TIMES: [AtomicU64; MAX_MARKS] = [const { AtomicU64::new(0) }; MAX_MA
 static MARKS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn record_mark(_signal: libc::c_int) {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime is async-signal-safe; valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // clock_gettime and atomics only: async-signal-safe.
+    let now = crate::probes::monotonic_ns();
     let i = MARKS.fetch_add(1, Ordering::SeqCst);
     if let Some(slot) = MARK_TIMES.get(i) {
-        slot.store(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64, Ordering::SeqCst);
+        slot.store(now, Ordering::SeqCst);
     }
 }
 
