@@ -108,17 +108,20 @@ fn k6_phases_add_up_and_match_the_plan() {
         let (_, end) = edge[phase_end];
         let (lead, tail) = (first - start, last - end);
         eprintln!(
-            "{scenario}: first request {} ms after its phase, last {} ms after its end",
-            lead / 1_000_000,
-            tail / 1_000_000
+            "{scenario}: first request starts {} µs from its phase start, the last {} µs from its end",
+            lead / 1000,
+            tail / 1000
         );
+        // Within 50 ms either way, as the issue asks. The anchor is the
+        // moment k6's log line reaches the agent, which can trail k6's first
+        // request by a fraction of a millisecond (seen: 0.24 ms).
         assert!(
-            (0..=MS50).contains(&lead),
-            "{scenario}: first request {lead} ns from the phase start"
+            (-MS50..=MS50).contains(&lead),
+            "{scenario}: first request starts {lead} ns from the phase start"
         );
         assert!(
             (-MS50..=MS50).contains(&tail),
-            "{scenario}: last request {tail} ns from the phase end"
+            "{scenario}: last request starts {tail} ns from the phase end"
         );
     }
 
