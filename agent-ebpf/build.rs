@@ -5,4 +5,6 @@ fn main() {
     let bpf_linker = which("bpf-linker")
         .expect("bpf-linker not found: run `cargo xtask setup` (builds it against nightly's LLVM)");
     println!("cargo:rerun-if-changed={}", bpf_linker.display());
+    // The linker wrapper that makes the object BPF ISA v3 (.cargo/config.toml).
+    println!("cargo:rerun-if-changed=bpf-linker-v3");
 }

@@ -17,6 +17,9 @@ pub mod globals {
     pub const EXEC_MATCH: &str = "EXEC_MATCH";
     /// [`PathMatch`](super::PathMatch): request paths to recognise.
     pub const PATH_MATCH: &str = "PATH_MATCH";
+    /// `u32`: log2 of the slots per CPU in the request event ring
+    /// ([`EventSlot`](super::EventSlot)).
+    pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
 }
 
 /// The thread group being measured (map `TARGET`, one-slot `ARRAY`).
@@ -289,7 +292,7 @@ pub mod event_kind {
     pub const UPSTREAM_CALL: u32 = 2;
 }
 
-/// A finished request or upstream call (ring buffer `NET_EVENTS`).
+/// A finished request or upstream call (one [`EventSlot`] of `NET_EVENTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetEvent {
@@ -305,6 +308,49 @@ pub struct NetEvent {
     pub flags: u32,
     pub seq: u32,
 }
+
+/// One slot of the per-CPU event ring `NET_EVENTS`: an mmapable `ARRAY` of
+/// `ncpus << EVENT_RING_SHIFT` slots, CPU `c` owning slots
+/// `c << shift .. (c + 1) << shift`, written in order of
+/// [`EventRingPos::head`].
+///
+/// Why not a `BPF_MAP_TYPE_RINGBUF`: its reserve takes a spin lock with
+/// interrupts off and shares one producer position between all CPUs; on the
+/// reference VM a reserve + submit costs ~270 ns, more than the rest of the
+/// request bookkeeping together. A slot here costs one atomic add on a
+/// CPU-local cache line and plain stores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSlot {
+    pub event: NetEvent,
+    /// `position + 1` once the event at ring position `position` is
+    /// completely written; anything else means "not yet" (the value of an
+    /// earlier lap, or 0). Written last by the producer, read first by the
+    /// consumer.
+    pub commit: u64,
+}
+
+/// Producer and consumer positions of one CPU's part of the event ring (map
+/// `NET_EVENTS_POS`, an mmapable `ARRAY` indexed by CPU). Both only grow;
+/// the slot of position `p` is `p & (slots_per_cpu - 1)`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventRingPos {
+    /// Next position to reserve: advanced by the kernel side with an atomic
+    /// add (a program can be interrupted by a softirq or preempted by
+    /// another program on the same CPU, which then reserves after it).
+    pub head: u64,
+    /// Next position user space will read: advanced by user space only
+    /// after it copied the events before it. The kernel side does not
+    /// reserve past `tail + slots_per_cpu - EVENT_RING_MARGIN`.
+    pub tail: u64,
+    /// A cache line per CPU: no two CPUs write the same line.
+    pub _pad: [u64; 6],
+}
+
+/// Slots a producer keeps free below a full ring: room for the programs
+/// that can nest on one CPU between its fullness check and its reservation.
+pub const EVENT_RING_MARGIN: u64 = 16;
 
 /// Which thread last read from which inbound connection (map
 /// `THREAD_INBOUND`, key: tid): an upstream call started on a thread serves
@@ -336,7 +382,7 @@ pub struct WriteStash {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
     pub events_submitted: u64,
-    /// Ring buffer full: the event is lost (and counted).
+    /// Event ring of this CPU full: the event is lost (and counted).
     pub events_dropped: u64,
     /// `CONNS` full: the connection is not tracked (and counted).
     pub conns_untracked: u64,
@@ -366,7 +412,10 @@ pub struct Milestones {
     /// The first response byte written on an inbound connection.
     pub first_response_ns: u64,
     pub first_listen_port: u32,
-    pub _pad: u32,
+    /// 1 once the target has a connection of its own to an upstream. Until
+    /// then inbound requests do not record which thread serves them (a hash
+    /// update per request, needed only to credit upstream waits).
+    pub outbound_seen: u32,
 }
 
 #[cfg(feature = "user")]
@@ -380,6 +429,8 @@ mod user {
     unsafe impl aya::Pod for super::TracepointOffsets {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::NetEvent {}
+    unsafe impl aya::Pod for super::EventSlot {}
+    unsafe impl aya::Pod for super::EventRingPos {}
     unsafe impl aya::Pod for super::ParentRef {}
     unsafe impl aya::Pod for super::WriteStash {}
     unsafe impl aya::Pod for super::NetStats {}
@@ -397,6 +448,8 @@ const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 26 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
+const _: () = assert!(core::mem::size_of::<EventSlot>() == 7 * 8 + 4 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
 const _: () = assert!(core::mem::size_of::<WriteStash>() == 16);
 const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);

@@ -42,6 +42,11 @@ pub(crate) static EXEC_MATCH: ExecMatch = ExecMatch::NONE;
 #[unsafe(no_mangle)]
 pub(crate) static PATH_MATCH: PathMatch = PathMatch::NONE;
 
+/// log2 of the slots each CPU owns in the request event ring
+/// (`agent_common::EventSlot`); user space sizes the ring to match.
+#[unsafe(no_mangle)]
+pub(crate) static EVENT_RING_SHIFT: u32 = 0;
+
 /// The measured thread group; see `agent_common::Target`.
 #[map]
 pub(crate) static TARGET: Array<Target> = Array::with_max_entries(1, 0);

@@ -14,6 +14,9 @@
 //! Requests go through a ring buffer, drained without wake-ups.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the event ring's reservation (see `net::emit`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod config;
 mod cpu;

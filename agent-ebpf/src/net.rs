@@ -19,21 +19,24 @@
 //! write before the next read with data, or before the close. Reads that
 //! return nothing (EAGAIN, as tokio does until the socket is drained) are
 //! ignored. Completed requests and upstream calls go to user space through a
-//! ring buffer without wake-ups; user space drains it every interval.
+//! per-CPU event ring (`agent_common::EventSlot`) that user space maps and
+//! drains every interval: no wake-ups, no lock, no shared cache line.
+
+use core::intrinsics::AtomicOrdering;
 
 use agent_common::{
-    ConnState, Milestones, NetEvent, NetStats, ParentRef, WriteStash, conn_flags, direction,
-    event_kind, phase,
+    ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, Milestones, NetEvent, NetStats,
+    ParentRef, WriteStash, conn_flags, direction, event_kind, phase,
 };
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::config::{self, PATH_MATCH, offset};
+use crate::config::{self, EVENT_RING_SHIFT, PATH_MATCH, offset};
 
 /// Size of [`CONNS`]; user space may raise it before load.
 const MAX_CONNS: u32 = 65_536;
@@ -52,10 +55,13 @@ static WRITE_BUF: PerCpuArray<WriteStash> = PerCpuArray::with_max_entries(1, 0);
 /// (only with `PathMatch`).
 #[map]
 static READ_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+/// The event ring: `ncpus << EVENT_RING_SHIFT` slots (user space sets the
+/// size before load and maps it); see `agent_common::EventSlot`.
 #[map]
-/// 2 MiB: about 26 000 events (72 bytes each + 8 of header); drained every
-/// --interval (100 ms by default), so about 260 000 requests/s before a drop.
-static NET_EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
+static NET_EVENTS: Array<EventSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Each CPU's producer and consumer positions in [`NET_EVENTS`].
+#[map]
+static NET_EVENTS_POS: Array<EventRingPos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static NET_STATS: PerCpuArray<NetStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -102,30 +108,70 @@ fn track(sk: u64, dir: u32, flags: u32) -> Option<*mut ConnState> {
     CONNS.get_ptr_mut(&sk)
 }
 
-/// Sends a finished request or call to user space. Never wakes the reader.
+/// Sends a finished request or call to user space through this CPU's part
+/// of the event ring. Never wakes the reader; a full ring loses the event
+/// and counts it.
 #[inline(always)]
 fn emit(kind: u32, sk: u64, c: &ConnState, end_ns: u64, extra_flags: u32) {
     let Some(s) = stats() else { return };
-    match NET_EVENTS.reserve::<NetEvent>(0) {
-        Some(mut entry) => {
-            entry.write(NetEvent {
-                start_ns: c.start_ns,
-                first_response_ns: c.first_response_ns,
-                end_ns,
-                upstream_ns: c.upstream_ns,
-                bytes_in: c.bytes_in,
-                bytes_out: c.bytes_out,
-                sk,
-                kind,
-                status: c.status,
-                flags: c.flags | extra_flags,
-                seq: c.seq,
-            });
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
-            s.events_submitted += 1;
-        }
-        None => s.events_dropped += 1,
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let shift = *config::read_const(&EVENT_RING_SHIFT) & 31;
+    let slots = 1u64 << shift;
+    let Some(pos) = NET_EVENTS_POS.get_ptr_mut(cpu) else {
+        s.events_dropped += 1;
+        return;
+    };
+    // Fullness first: user space may still be reading the slots behind
+    // `tail`. The margin covers programs nesting on this CPU between this
+    // check and the reservation below.
+    let (head, tail) =
+        unsafe { (core::ptr::read_volatile(&(*pos).head), core::ptr::read_volatile(&(*pos).tail)) };
+    if head.wrapping_sub(tail) >= slots.saturating_sub(EVENT_RING_MARGIN) {
+        s.events_dropped += 1;
+        return;
     }
+    // Atomic: a softirq (a TCP close) or a preempting task can emit on this
+    // CPU in the middle of this one; each gets its own position.
+    // (`AtomicU64::fetch_add` is not offered on BPF, whose target claims no
+    // compare-and-swap. SeqCst, not Relaxed: LLVM 22's BPF backend lowers a
+    // relaxed add to the non-fetching `lock +=` even when its result is used,
+    // and then reads the old value from the unchanged source register; a
+    // sequentially consistent one becomes `atomic64_fetch_add` (check with
+    // `bpftool prog dump xlated`). On x86-64 both are one `lock xadd`.)
+    let at = unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
+            &raw mut (*pos).head,
+            1,
+        )
+    };
+    let index = ((cpu as u64) << shift) | (at & (slots - 1));
+    // Always present when user space sized the ring for every possible CPU.
+    let Some(slot) = NET_EVENTS.get_ptr_mut(index as u32) else {
+        s.events_dropped += 1;
+        return;
+    };
+    // Volatile stores, event then commit: the compiler keeps volatile
+    // accesses in order, and x86-64 does not reorder stores with stores, so
+    // user space never sees a commit before its event. (A compiler fence
+    // would say the same, but the BPF backend cannot lower one.)
+    unsafe {
+        let event = NetEvent {
+            start_ns: c.start_ns,
+            first_response_ns: c.first_response_ns,
+            end_ns,
+            upstream_ns: c.upstream_ns,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            sk,
+            kind,
+            status: c.status,
+            flags: c.flags | extra_flags,
+            seq: c.seq,
+        };
+        core::ptr::write_volatile(&raw mut (*slot).event, event);
+        core::ptr::write_volatile(&raw mut (*slot).commit, at + 1);
+    }
+    s.events_submitted += 1;
 }
 
 /// Ends the exchange under way on `c`, if a response has started.
@@ -143,17 +189,30 @@ fn finish_exchange(sk: u64, c: &mut ConnState) {
 }
 
 /// The arguments of `sock_recv_length` / `sock_send_length` when this is
-/// the target moving data: `(sk, bytes)`.
+/// the target moving data: `(sk, bytes, tid)`.
 #[inline(always)]
-fn target_data(ctx: &RawTracePointContext) -> Option<(u64, u64)> {
-    if !config::in_target() {
+fn target_data(ctx: &RawTracePointContext) -> Option<(u64, u64, u32)> {
+    let (tgid, tid) = config::current_tgid_tid();
+    let target = config::target_tgid();
+    if target == 0 || tgid != target {
         return None;
     }
     let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
     if ret <= 0 {
         return None; // EAGAIN, errors and EOF carry no data
     }
-    Some((ctx.arg::<u64>(0), ret as u64))
+    Some((ctx.arg::<u64>(0), ret as u64, tid))
+}
+
+/// Notes that the target talks to an upstream: from now on inbound requests
+/// record the thread that serves them (see `Milestones::outbound_seen`).
+#[inline(always)]
+fn outbound_seen() {
+    if let Some(m) = milestones()
+        && m.outbound_seen == 0
+    {
+        m.outbound_seen = 1;
+    }
 }
 
 /// Whether `sk` is a TCP socket (IPv4 or IPv6): read only for sockets not
@@ -186,6 +245,9 @@ fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnSta
             if let Some(s) = stats() {
                 s.adopted_conns += 1;
             }
+            if dir == direction::OUTBOUND {
+                outbound_seen();
+            }
             p
         }
     };
@@ -194,7 +256,7 @@ fn conn_or_adopt(sk: u64, first_op_is_read: bool) -> Option<&'static mut ConnSta
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
-    let Some((sk, bytes)) = target_data(&ctx) else {
+    let Some((sk, bytes, tid)) = target_data(&ctx) else {
         return 0;
     };
     if ctx.arg::<u64>(2) as i32 & MSG_PEEK != 0 {
@@ -208,7 +270,6 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
         if c.phase == phase::RESPONSE {
             finish_exchange(sk, c); // keep-alive: the previous request is done
         }
-        let (_, tid) = config::current_tgid_tid();
         if c.phase == phase::IDLE {
             c.phase = phase::REQUEST;
             c.start_ns = t;
@@ -222,12 +283,15 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
             c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
             c.flags |= match_path(tid, bytes);
             // Upstream calls this thread makes from now on serve this
-            // request (updated in place: an insert costs far more).
-            let parent = ParentRef { sk, seq: c.seq, _pad: 0 };
-            match THREAD_INBOUND.get_ptr_mut(&tid) {
-                Some(p) => unsafe { *p = parent },
-                None => {
-                    let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
+            // request (updated in place: an insert costs far more). Only
+            // for a target with upstreams: a lookup per request otherwise.
+            if milestones().is_some_and(|m| m.outbound_seen != 0) {
+                let parent = ParentRef { sk, seq: c.seq, _pad: 0 };
+                match THREAD_INBOUND.get_ptr_mut(&tid) {
+                    Some(p) => unsafe { *p = parent },
+                    None => {
+                        let _ = THREAD_INBOUND.insert(&tid, &parent, 0);
+                    }
                 }
             }
         }
@@ -265,14 +329,13 @@ fn credit_parent(call: &mut ConnState, t: u64) {
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
-    let Some((sk, bytes)) = target_data(&ctx) else {
+    let Some((sk, bytes, tid)) = target_data(&ctx) else {
         return 0;
     };
     let Some(c) = conn_or_adopt(sk, false) else {
         return 0;
     };
     let t = now();
-    let (_, tid) = config::current_tgid_tid();
     if c.direction == direction::INBOUND {
         if c.phase == phase::REQUEST {
             c.phase = phase::RESPONSE;
@@ -563,11 +626,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         // connect() runs in the target's context.
         TCP_SYN_SENT => {
-            if config::in_target()
-                && track(sk, direction::OUTBOUND, 0).is_some()
-                && let Some(s) = stats()
-            {
-                s.outbound_conns += 1;
+            if config::in_target() && track(sk, direction::OUTBOUND, 0).is_some() {
+                outbound_seen();
+                if let Some(s) = stats() {
+                    s.outbound_conns += 1;
+                }
             }
         }
         // The target closes: no more response bytes will follow.

@@ -4,6 +4,7 @@
 
 pub mod bmf;
 pub mod btf;
+pub mod event_ring;
 pub mod k6;
 pub mod launch;
 pub mod marks;

@@ -121,7 +121,7 @@ mod tests {
             first_accept_ns: 1400 * MS,
             first_response_ns: 1450 * MS,
             first_listen_port: 8080,
-            _pad: 0,
+            outbound_seen: 0,
         };
         let log = log_with(&[(1500, 503, 0), (1600, 200, 0)]);
         let s = Startup::compute(1000 * MS, &m, &log, Watched::default());

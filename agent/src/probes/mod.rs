@@ -81,10 +81,14 @@ impl Probes {
         let exec_match = exec_match_for(spec)?;
         let path_match = path_match_for(paths)?;
 
-        let mut ebpf = EbpfLoader::new()
+        let ring_shape = net::event_ring_shape()?;
+        let mut loader = EbpfLoader::new();
+        net::size_event_ring(&mut loader, ring_shape);
+        let mut ebpf = loader
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::EXEC_MATCH, &exec_match, true)
             .override_global(globals::PATH_MATCH, &path_match, true)
+            .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
@@ -100,7 +104,7 @@ impl Probes {
         let cpu = cpu::CpuProbe::attach(&mut ebpf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
-        let net = net::NetProbe::attach(&mut ebpf, running, with_paths)?;
+        let net = net::NetProbe::attach(&mut ebpf, running, with_paths, ring_shape)?;
         cpu::force_switch_on_every_cpu()?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
     }
@@ -131,7 +135,7 @@ impl Probes {
     /// At the end: drains, then completes exchanges still open; returns the
     /// number of requests still in flight (read, not yet answered).
     pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
-        self.net.drain(log);
+        self.net.drain_last(log);
         self.net.drain_open_exchanges(log)
     }
 
