@@ -109,15 +109,10 @@ pub struct TracepointOffsets {
     pub rss_stat_member: u32,
     pub rss_stat_size: u32,
     /// `sock.__sk_common.skc_family` and `sock.sk_protocol` (BTF): read
-    /// only when a socket is first seen mid-life, to adopt TCP ones alone.
+    /// when a socket is first seen mid-life, to adopt TCP ones alone, and on
+    /// every TCP state change (`inet_sock_set_state`).
     pub sock_family: u32,
     pub sock_protocol: u32,
-    /// `sock:inet_sock_set_state`
-    pub set_state_skaddr: u32,
-    pub set_state_oldstate: u32,
-    pub set_state_newstate: u32,
-    pub set_state_sport: u32,
-    pub set_state_protocol: u32,
     /// `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`
     pub receive_reset_skaddr: u32,
     pub send_reset_skaddr: u32,
@@ -445,7 +440,7 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 24);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 21 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 7 * 8 + 4 * 4 + 8);

@@ -15,11 +15,6 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     rss_stat_size: 0,
     sock_family: 0,
     sock_protocol: 0,
-    set_state_skaddr: 0,
-    set_state_oldstate: 0,
-    set_state_newstate: 0,
-    set_state_sport: 0,
-    set_state_protocol: 0,
     receive_reset_skaddr: 0,
     send_reset_skaddr: 0,
     write_buf: 0,
@@ -69,6 +64,16 @@ pub fn read_const<T: Copy>(v: &'static T) -> &'static T {
     // A volatile read of a pointer to it: the loads that follow go to the
     // map user space wrote, not to the compile-time initialiser.
     unsafe { &*core::ptr::read_volatile(&(v as *const T)) }
+}
+
+/// Loads a `T` at `offset` bytes into a kernel object reached through a
+/// BTF-typed pointer (an argument of a `tp_btf` program): a plain load the
+/// verifier checks against the kernel's BTF, no helper call. `offset` must
+/// come from [`OFFSETS`] (a frozen constant, so the verifier knows it) and
+/// land on a field of `T`'s size.
+#[inline(always)]
+pub fn load<T: Copy>(base: u64, offset: usize) -> T {
+    unsafe { *((base as *const u8).add(offset) as *const T) }
 }
 
 /// Reads a `T` at `offset` bytes into a kernel object.

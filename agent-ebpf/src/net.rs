@@ -3,7 +3,8 @@
 //! User-space twin: `agent/src/probes/net.rs`; definitions: `docs/metrics.md`.
 //!
 //! Hooks (no kprobes):
-//! - `sock:inet_sock_set_state`: LISTEN in the target (its ports),
+//! - `inet_sock_set_state` (BTF tracepoint: `(const struct sock *sk, int
+//!   oldstate, int newstate)`): LISTEN in the target (its ports),
 //!   SYN_RECV→ESTABLISHED on one of its ports (an inbound connection),
 //!   →SYN_SENT in the target (an outbound one), →CLOSE (the end).
 //! - raw tracepoints `sock_recv_length` / `sock_send_length`
@@ -31,9 +32,9 @@ use agent_common::{
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 
 use crate::config::{self, EVENT_RING_SHIFT, PATH_MATCH, offset};
@@ -580,25 +581,24 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let Ok(protocol) = (unsafe { ctx.read_at::<u16>(offset!(set_state_protocol)) }) else {
-        return 0;
-    };
-    if protocol != IPPROTO_TCP {
+/// Every TCP state change of the machine, as a BTF tracepoint: the
+/// arguments and the socket's fields are plain loads, where the classic
+/// tracepoint built a record and needed a helper call per field.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if config::load::<u16>(sk, offset!(sock_protocol)) != IPPROTO_TCP {
         return 0;
     }
-    let old = unsafe { ctx.read_at::<i32>(offset!(set_state_oldstate)) }.unwrap_or(-1);
-    let new = unsafe { ctx.read_at::<i32>(offset!(set_state_newstate)) }.unwrap_or(-1);
-    let Ok(sk) = (unsafe { ctx.read_at::<u64>(offset!(set_state_skaddr)) }) else {
-        return 0;
-    };
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // The local port, host order (what the classic tracepoint calls sport).
+    let local_port = || config::load::<u16>(sk, offset!(sock_num)) as u32;
     match new {
         // listen() runs in the target's context.
         TCP_LISTEN => {
             if config::in_target() {
-                let port =
-                    unsafe { ctx.read_at::<u16>(offset!(set_state_sport)) }.unwrap_or(0) as u32;
+                let port = local_port();
                 let _ = LISTEN_PORTS.insert(&port, &1, 0);
                 if let Some(m) = milestones()
                     && m.first_listen_ns == 0
@@ -610,7 +610,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         // Handshake done on a listening port of ours (softirq: any context).
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
-            let port = unsafe { ctx.read_at::<u16>(offset!(set_state_sport)) }.unwrap_or(0) as u32;
+            let port = local_port();
             if unsafe { LISTEN_PORTS.get(&port) }.is_some()
                 && track(sk, direction::INBOUND, 0).is_some()
             {

@@ -82,18 +82,30 @@ impl Probes {
         let path_match = path_match_for(paths)?;
 
         let ring_shape = net::event_ring_shape()?;
-        let mut loader = EbpfLoader::new();
-        net::size_event_ring(&mut loader, ring_shape);
-        let mut ebpf = loader
-            .override_global(globals::OFFSETS, &offsets, true)
-            .override_global(globals::EXEC_MATCH, &exec_match, true)
-            .override_global(globals::PATH_MATCH, &path_match, true)
-            .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
-            .load(EBPF_OBJECT)
-            .context(
-                "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
-                 the verifier's message above says which program and why)",
-            )?;
+        // aya's parse of the kernel's BTF, for the loader and for the BTF
+        // tracepoint and fentry loads (which look up their target types
+        // there). It is large, so there is only ever one: `EbpfLoader::new`
+        // parses its own, dropped before this one is made, and this one is
+        // dropped once everything is attached.
+        let kernel_btf: aya::Btf;
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            kernel_btf = aya::Btf::from_sys_fs()
+                .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+            net::size_event_ring(&mut loader, ring_shape);
+            loader
+                .btf(Some(&kernel_btf))
+                .override_global(globals::OFFSETS, &offsets, true)
+                .override_global(globals::EXEC_MATCH, &exec_match, true)
+                .override_global(globals::PATH_MATCH, &path_match, true)
+                .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
+                .load(EBPF_OBJECT)
+                .context(
+                    "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
+                     the verifier's message above says which program and why)",
+                )?
+        };
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
         let running = match spec {
@@ -104,7 +116,8 @@ impl Probes {
         let cpu = cpu::CpuProbe::attach(&mut ebpf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
-        let net = net::NetProbe::attach(&mut ebpf, running, with_paths, ring_shape)?;
+        let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
+        drop(kernel_btf);
         cpu::force_switch_on_every_cpu()?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
     }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 
 use super::take_map;
@@ -45,13 +45,6 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
     o.sock_family = btf.field_offset("sock", &["__sk_common", "skc_family"])?;
     o.sock_protocol = btf.field_offset("sock", &["sk_protocol"])?;
     o.sock_num = btf.field_offset("sock", &["__sk_common", "skc_num"])?;
-    let ev = "sock:inet_sock_set_state";
-    let set_state = tracefs::read_format(tracefs_root, "sock", "inet_sock_set_state")?;
-    o.set_state_skaddr = set_state.offset(ev, "skaddr", 8)?;
-    o.set_state_oldstate = set_state.offset(ev, "oldstate", 4)?;
-    o.set_state_newstate = set_state.offset(ev, "newstate", 4)?;
-    o.set_state_sport = set_state.offset(ev, "sport", 2)?;
-    o.set_state_protocol = set_state.offset(ev, "protocol", 2)?;
     o.receive_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_receive_reset")?
         .offset("tcp:tcp_receive_reset", "skaddr", 8)?;
     o.send_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_send_reset")?.offset(
@@ -95,10 +88,8 @@ pub struct NetProbe {
     _listen_ports: HashMap<MapData, u32, u32>,
 }
 
-/// (program, tracepoint category, tracepoint name). The state tracker comes
-/// first so connections are classified before data flows.
-const PROGRAMS: [(&str, &str, &str); 7] = [
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+/// Classic tracepoints: (program, category, name).
+const PROGRAMS: [(&str, &str, &str); 6] = [
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("sys_enter_write", "syscalls", "sys_enter_write"),
@@ -122,6 +113,7 @@ impl NetProbe {
     /// paths (only when `--health-path`/`--ready-path` asked for it).
     pub fn attach(
         ebpf: &mut Ebpf,
+        kernel_btf: &aya::Btf,
         running: Option<u32>,
         with_paths: bool,
         (ncpus, shift): (u32, u32),
@@ -168,6 +160,14 @@ impl NetProbe {
                 listen_ports.insert(u32::from(port), 1, 0)?;
             }
         }
+        // The state tracker first, so connections are classified before
+        // data flows. A BTF tracepoint: arguments and fields read in place.
+        let state: &mut BtfTracePoint = ebpf
+            .program_mut("inet_sock_set_state")
+            .context("eBPF object has no program inet_sock_set_state")?
+            .try_into()?;
+        state.load("inet_sock_set_state", kernel_btf).context("loading inet_sock_set_state")?;
+        state.attach().context("attaching to BTF tracepoint inet_sock_set_state")?;
         // The hot ones: raw tracepoints (no trace record built per call).
         for name in ["sock_recv_length", "sock_send_length"] {
             let prog: &mut RawTracePoint = ebpf
