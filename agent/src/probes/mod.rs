@@ -4,7 +4,7 @@
 //! [`net`], `exec.rs` ↔ [`exec`]).
 //!
 //! The object is configured before load through `const volatile` globals
-//! (tracepoint field offsets read from tracefs, what exec arms the target,
+//! (field offsets read from tracefs and BTF, what exec arms the target,
 //! request paths to watch) and is dropped as a whole to detach: every link,
 //! program and map belongs to [`Probes`].
 
@@ -81,15 +81,28 @@ impl Probes {
         let exec_match = exec_match_for(spec)?;
         let path_match = path_match_for(paths)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::OFFSETS, &offsets, true)
-            .override_global(globals::EXEC_MATCH, &exec_match, true)
-            .override_global(globals::PATH_MATCH, &path_match, true)
-            .load(EBPF_OBJECT)
-            .context(
-                "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
-                 the verifier's message above says which program and why)",
-            )?;
+        // aya's parse of the kernel's BTF, for the loader and for the BTF
+        // tracepoint's load (which looks up its target type there). It is
+        // large, so there is only ever one: `EbpfLoader::new` parses its own,
+        // dropped before this one is made, and this one is dropped once
+        // `sched_switch` is attached.
+        let kernel_btf: aya::Btf;
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader.btf(None);
+            kernel_btf = aya::Btf::from_sys_fs()
+                .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+            loader
+                .btf(Some(&kernel_btf))
+                .override_global(globals::OFFSETS, &offsets, true)
+                .override_global(globals::EXEC_MATCH, &exec_match, true)
+                .override_global(globals::PATH_MATCH, &path_match, true)
+                .load(EBPF_OBJECT)
+                .context(
+                    "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
+                     the verifier's message above says which program and why)",
+                )?
+        };
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
         let running = match spec {
@@ -97,7 +110,8 @@ impl Probes {
             _ => None,
         };
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
-        let cpu = cpu::CpuProbe::attach(&mut ebpf, running)?;
+        let cpu = cpu::CpuProbe::attach(&mut ebpf, &kernel_btf, running)?;
+        drop(kernel_btf);
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, running, with_paths)?;
