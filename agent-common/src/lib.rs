@@ -96,13 +96,15 @@ impl PathMatch {
 /// Byte offsets of the kernel data the programs read, found at start-up:
 /// tracepoint fields from the tracefs `format` files, struct fields from the
 /// kernel's BTF. No kernel layout is compiled in. (The hot programs are raw
-/// tracepoints: their arguments come positionally from `TP_PROTO`, and only
-/// the struct fields they follow need offsets.)
+/// or BTF-typed tracepoints: their arguments come positionally from
+/// `TP_PROTO`, and only the struct fields they follow need offsets.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
-    /// `task_struct.pid` (BTF): the thread id of `next` in `sched_switch`.
+    /// `task_struct.pid` and `task_struct.tgid` (BTF): thread and thread
+    /// group ids of `prev` and `next` in `sched_switch`.
     pub task_pid: u32,
+    pub task_tgid: u32,
     /// `kmem:rss_stat`
     pub rss_stat_mm_id: u32,
     pub rss_stat_curr: u32,
@@ -132,8 +134,12 @@ pub struct TracepointOffsets {
     pub exec_filename: u32,
     pub exec_pid: u32,
     /// `task_struct.se.sum_exec_runtime` (from BTF): the scheduler's own
-    /// per-thread CPU time, read from the task leaving the CPU.
+    /// per-thread CPU time, read from both tasks of a `sched_switch`.
     pub task_sum_exec_runtime: u32,
+    /// `task_struct.se.prev_sum_exec_runtime` (BTF): `sum_exec_runtime` when
+    /// the fair class last picked the task, where a slice whose switch-in
+    /// `sched_switch` did not see started.
+    pub task_prev_sum_exec_runtime: u32,
     /// `sock.__sk_common.skc_num` (BTF): the local port, host order; a
     /// socket first seen mid-life is inbound when it is a listening port.
     pub sock_num: u32,
@@ -150,9 +156,14 @@ pub struct CpuAccount {
     pub on_cpu_ns: u64,
     /// Number of those slices (switches away from a target thread).
     pub slices: u64,
-    /// Thread id switched in by the last `sched_switch`: the task on this CPU
-    /// now. When it is one of the target's, user space adds what it ran
-    /// since (from its /proc total), so a running slice is not lost.
+    /// `sum_exec_runtime` of `running_tid` when it was switched in. A task
+    /// off the CPU does not run, so its total does not grow: at its
+    /// switch-out, the total minus this is exactly the slice that ends.
+    pub runtime_at_switch_in: u64,
+    /// The target's thread on this CPU now (switched in by the last
+    /// `sched_switch`), 0 when the task on it is not the target's. User
+    /// space adds what it ran since (its /proc total minus
+    /// `runtime_at_switch_in`), so a running slice is not lost.
     pub running_tid: u32,
     pub _pad: u32,
 }
@@ -436,11 +447,11 @@ mod user {
 }
 
 // No padding: sizes equal the sum of field sizes.
-const _: () = assert!(core::mem::size_of::<CpuAccount>() == 24);
+const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 23 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 7 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 7 * 8 + 4 * 4 + 8);

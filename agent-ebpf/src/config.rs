@@ -9,6 +9,7 @@ use aya_ebpf::{macros::map, maps::Array};
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     task_pid: 0,
+    task_tgid: 0,
     rss_stat_mm_id: 0,
     rss_stat_curr: 0,
     rss_stat_member: 0,
@@ -28,6 +29,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     exec_filename: 0,
     exec_pid: 0,
     task_sum_exec_runtime: 0,
+    task_prev_sum_exec_runtime: 0,
     sock_num: 0,
 };
 
@@ -66,21 +68,24 @@ pub fn read_const<T: Copy>(v: &'static T) -> &'static T {
     unsafe { &*core::ptr::read_volatile(&(v as *const T)) }
 }
 
-/// Loads a `T` at `offset` bytes into a kernel object reached through a
-/// BTF-typed pointer (an argument of a `tp_btf` program): a plain load the
-/// verifier checks against the kernel's BTF, no helper call. `offset` must
-/// come from [`OFFSETS`] (a frozen constant, so the verifier knows it) and
-/// land on a field of `T`'s size.
-#[inline(always)]
-pub fn load<T: Copy>(base: u64, offset: usize) -> T {
-    unsafe { *((base as *const u8).add(offset) as *const T) }
-}
-
 /// Reads a `T` at `offset` bytes into a kernel object.
 #[inline(always)]
 pub fn read_field<T>(base: u64, offset: usize) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base as *const u8).add(offset) as *const T) }
         .ok()
+}
+
+/// Loads a `T` at `offset` bytes into a kernel object reached through a
+/// BTF-typed pointer (a `tp_btf` argument): a plain load, no helper. The
+/// offset comes from [`OFFSETS`], a constant to the verifier, so `base +
+/// offset` keeps its BTF type and the load is checked against the struct's
+/// layout (a fault reads 0).
+///
+/// # Safety
+/// `base` must be such a pointer and `offset` that of a `T` field in it.
+#[inline(always)]
+pub unsafe fn load_field<T: Copy>(base: *const u8, offset: usize) -> T {
+    unsafe { core::ptr::read(base.add(offset) as *const T) }
 }
 
 /// tgid and tid of the task this program runs in.

@@ -1,74 +1,111 @@
-//! CPU: on-CPU time of the target's thread group, from `sched:sched_switch`.
+//! CPU: on-CPU time of the target's thread group, from `sched_switch`.
 //! User-space twin: `agent/src/probes/cpu.rs`.
 //!
-//! At each switch the task leaving the CPU is the current task, so its tgid
-//! is `bpf_get_current_pid_tgid() >> 32`; its `sum_exec_runtime` (the
-//! scheduler's own running total, at an offset found in BTF by user space)
-//! is read from the `prev` argument. The growth of that total since the
-//! thread last left a CPU is its CPU time: exactly what the kernel accounts,
-//! scheduler overhead attribution included, which timestamps between
-//! switches would get wrong by microseconds per slice.
+//! What is counted is each thread's `se.sum_exec_runtime`, the scheduler's
+//! own running total (at an offset found in BTF by user space): its growth
+//! over a slice is exactly what the kernel accounts, scheduler overhead
+//! attribution included, which timestamps between switches would get wrong
+//! by microseconds per slice.
+//!
+//! The program runs on every context switch of the machine, so it avoids
+//! helpers and hash maps: it is a BTF-typed tracepoint, whose `prev` and
+//! `next` are BTF pointers read with plain loads, and the start of a slice
+//! is kept in this CPU's slot of `CPU_ACCOUNT`, not per thread. A task only
+//! changes CPU through a switch, so the target's thread recorded at its
+//! switch-in is `prev` of the next switch on the same CPU.
 
 use agent_common::CpuAccount;
 use aya_ebpf::{
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray},
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
 
-use crate::config::{self, offset};
+use crate::config::{self, load_field, offset};
 
 #[map]
 static CPU_ACCOUNT: PerCpuArray<CpuAccount> = PerCpuArray::with_max_entries(1, 0);
 
-/// tid → `sum_exec_runtime` when the thread last left a CPU (seeded from
-/// /proc at attach). LRU: entries of dead threads age out.
+/// tid → `sum_exec_runtime` just before attach, seeded from /proc by user
+/// space in attach mode: where the slice of a thread already on a CPU then
+/// starts counting. Read only when a slice's switch-in was not seen, so it
+/// stays off the common path. LRU: never full.
 #[map]
-pub(crate) static THREAD_RUNTIME: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65_536, 0);
+static THREAD_RUNTIME: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65_536, 0);
 
-/// `task`'s `sum_exec_runtime`, ns.
+/// `task`'s `sum_exec_runtime`, ns, through `bpf_probe_read_kernel` (for
+/// the exec hook, whose task pointer is not BTF-typed).
 #[inline(always)]
 pub(crate) fn runtime_of(task: u64) -> Option<u64> {
     config::read_field(task, offset!(task_sum_exec_runtime))
 }
 
-/// A raw tracepoint: `TP_PROTO(bool preempt, struct task_struct *prev,
-/// struct task_struct *next, unsigned int prev_state)`. It runs on every
-/// context switch of the machine, so the common path (neither task is the
-/// target's) is one map lookup, one helper and one kernel read.
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch(ctx: RawTracePointContext) -> u32 {
+/// Records `tid`, of the target and on this CPU now with total `runtime`, as
+/// if its switch-in had been seen (the exec hook, when it arms the target).
+#[inline(always)]
+pub(crate) fn record_running(tid: u32, runtime: u64) {
+    if let Some(account) = CPU_ACCOUNT.get_ptr_mut(0) {
+        let account = unsafe { &mut *account };
+        account.runtime_at_switch_in = runtime;
+        account.running_tid = tid;
+    }
+}
+
+/// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
+/// *next, unsigned int prev_state)`. The common path (neither task is the
+/// target's) is two array lookups the verifier inlines and two loads.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let target = config::target_tgid();
+    if target == 0 {
+        return 0;
+    }
     let Some(account) = CPU_ACCOUNT.get_ptr_mut(0) else {
         return 0;
     };
     let account = unsafe { &mut *account };
-    let (prev, next): (u64, u64) = (ctx.arg(1), ctx.arg(2));
-    // prev is the current task: its ids come from the helper.
-    let (tgid, tid) = config::current_tgid_tid();
-    let target = config::target_tgid();
-    if target != 0
-        && tgid == target
-        && let Some(runtime) = runtime_of(prev)
-    {
-        // Updated in place: a map insert per switch would cost more than
-        // everything else here together.
-        match THREAD_RUNTIME.get_ptr_mut(&tid) {
-            Some(last) => {
-                let last = unsafe { &mut *last };
-                // A stored value above the total is a dead thread's whose
-                // tid was reused: the new thread's total is all ours.
-                let from = if *last <= runtime { *last } else { 0 };
-                account.on_cpu_ns += runtime - from;
-                *last = runtime;
-            }
-            None => {
-                // Not seen yet: created after attach, its total is all ours.
-                account.on_cpu_ns += runtime;
-                let _ = THREAD_RUNTIME.insert(&tid, &runtime, 0);
-            }
-        }
+    let (prev, next): (*const u8, *const u8) = (ctx.arg(1), ctx.arg(2));
+    // SAFETY (every load_field below): `prev` and `next` are the
+    // tracepoint's `struct task_struct *` arguments, and the offsets are of
+    // fields of that struct with these types.
+    if unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target {
+        let tid = unsafe { load_field::<u32>(prev, offset!(task_pid)) };
+        let runtime = unsafe { load_field::<u64>(prev, offset!(task_sum_exec_runtime)) };
+        let start = if account.running_tid == tid {
+            account.runtime_at_switch_in
+        } else {
+            start_of_unseen_slice(prev, tid, runtime)
+        };
+        account.on_cpu_ns += runtime.saturating_sub(start);
         account.slices += 1;
     }
-    account.running_tid = config::read_field::<u32>(next, offset!(task_pid)).unwrap_or(0);
+    if unsafe { load_field::<u32>(next, offset!(task_tgid)) } == target {
+        account.runtime_at_switch_in =
+            unsafe { load_field::<u64>(next, offset!(task_sum_exec_runtime)) };
+        account.running_tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
+    } else {
+        account.running_tid = 0;
+    }
     0
+}
+
+/// Where the slice of thread `tid` (`task`, total now `runtime`) started
+/// when its switch-in was not seen. Either it has been on this CPU since
+/// before attach, or the switch-in had no `sched_switch` event: some kernels
+/// emit none when certain tasks leave a CPU (seen on a Firecracker guest,
+/// for its init's threads).
+///
+/// The scheduler itself marks the start: `se.prev_sum_exec_runtime` is the
+/// total when the fair class last picked the task. A slice begun before
+/// attach counts only from the total seeded then (`THREAD_RUNTIME`); a seed
+/// above the total is a dead thread's whose tid was reused, and is ignored.
+#[inline(always)]
+fn start_of_unseen_slice(task: *const u8, tid: u32, runtime: u64) -> u64 {
+    // SAFETY: as in sched_switch, `task` is its `prev`.
+    let picked_at = unsafe { load_field::<u64>(task, offset!(task_prev_sum_exec_runtime)) };
+    let at_attach = match unsafe { THREAD_RUNTIME.get(&tid) } {
+        Some(&seed) if seed <= runtime => seed,
+        _ => 0,
+    };
+    picked_at.max(at_attach)
 }

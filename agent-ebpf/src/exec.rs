@@ -41,11 +41,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if matched {
-        // CPU time before the exec (the launcher's) is not the target's.
+        // CPU time before the exec (the launcher's) is not the target's: its
+        // slice counts from the total now, as if it had just been switched in.
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         if let Some(runtime) = crate::cpu::runtime_of(task) {
             let (_, tid) = config::current_tgid_tid();
-            let _ = crate::cpu::THREAD_RUNTIME.insert(&tid, &runtime, 0);
+            crate::cpu::record_running(tid, runtime);
         }
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };

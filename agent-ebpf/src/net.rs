@@ -587,13 +587,17 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    if config::load::<u16>(sk, offset!(sock_protocol)) != IPPROTO_TCP {
+    // SAFETY (both loads): `sk` is the tracepoint's `struct sock *`
+    // argument, the offsets its fields' (from BTF).
+    if unsafe { config::load_field::<u16>(sk as *const u8, offset!(sock_protocol)) } != IPPROTO_TCP
+    {
         return 0;
     }
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     // The local port, host order (what the classic tracepoint calls sport).
-    let local_port = || config::load::<u16>(sk, offset!(sock_num)) as u32;
+    let local_port =
+        || unsafe { config::load_field::<u16>(sk as *const u8, offset!(sock_num)) } as u32;
     match new {
         // listen() runs in the target's context.
         TCP_LISTEN => {

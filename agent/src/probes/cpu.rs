@@ -6,17 +6,21 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::RawTracePoint,
+    programs::BtfTracePoint,
 };
 
 use super::take_map;
 use crate::{btf::Btf, procfs};
 
-/// The kernel fields `sched_switch` reads, from BTF: the leaving task's
-/// `se.sum_exec_runtime` and the arriving task's `pid`.
+/// The `task_struct` fields `sched_switch` loads from `prev` and `next`,
+/// from BTF: `tgid` (is it the target's), `pid`, `se.sum_exec_runtime` and
+/// `se.prev_sum_exec_runtime`.
 pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
     o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
+    o.task_prev_sum_exec_runtime =
+        btf.field_offset("task_struct", &["se", "prev_sum_exec_runtime"])?;
     o.task_pid = btf.field_offset("task_struct", &["pid"])?;
+    o.task_tgid = btf.field_offset("task_struct", &["tgid"])?;
     Ok(())
 }
 
@@ -30,15 +34,22 @@ pub struct CpuReading {
 
 pub struct CpuProbe {
     account: PerCpuArray<MapData, CpuAccount>,
-    thread_runtime: HashMap<MapData, u32, u64>,
 }
 
 impl CpuProbe {
     /// `running`: a process already running, whose threads' CPU totals so
     /// far are seeded from /proc so that only what follows is counted.
-    pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<CpuProbe> {
+    /// `kernel_btf` finds the tracepoint's BTF type, which the program is
+    /// verified against.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        kernel_btf: &aya::Btf,
+        running: Option<u32>,
+    ) -> anyhow::Result<CpuProbe> {
         let account: PerCpuArray<MapData, CpuAccount> =
             take_map(ebpf, "CPU_ACCOUNT")?.try_into()?;
+        // Needed by the kernel side only (for threads already on a CPU at
+        // attach): not kept.
         let mut thread_runtime: HashMap<MapData, u32, u64> =
             take_map(ebpf, "THREAD_RUNTIME")?.try_into()?;
         if let Some(pid) = running {
@@ -47,29 +58,43 @@ impl CpuProbe {
             }
         }
 
-        let program: &mut RawTracePoint = ebpf
+        let program: &mut BtfTracePoint = ebpf
             .program_mut("sched_switch")
             .context("eBPF object has no program sched_switch")?
             .try_into()?;
-        program.load().context("loading sched_switch")?;
-        program.attach("sched_switch").context("attaching to raw tracepoint sched_switch")?;
-        Ok(CpuProbe { account, thread_runtime })
+        program.load("sched_switch", kernel_btf).context("loading sched_switch")?;
+        program.attach().context("attaching to BTF tracepoint sched_switch")?;
+        Ok(CpuProbe { account })
     }
 
     /// Reads the counters. A thread of the target on a CPU now has run since
-    /// it last left one: that part comes from its own total in /proc.
+    /// it was switched in: that part is its /proc total minus the total its
+    /// CPU's slot recorded then.
     pub fn read(&self, pid: u32) -> anyhow::Result<CpuReading> {
         let per_cpu = self.account.get(&0, 0)?;
         let mut reading = CpuReading::default();
         for slot in per_cpu.iter() {
             reading.on_cpu_ns += slot.on_cpu_ns;
             reading.slices += slot.slices;
-            if slot.running_tid == 0 || pid == 0 {
+        }
+        if pid == 0 {
+            return Ok(reading);
+        }
+        // A slot is two fields the kernel writes at every switch of the
+        // target's threads, and the map copy is not atomic: one read may
+        // pair a thread with another's total. A slot that did not change
+        // between two reads is whole; one that did was being switched, and
+        // its running slice is left to its switch-out.
+        let again = self.account.get(&0, 0)?;
+        for (slot, again) in per_cpu.iter().zip(again.iter()) {
+            if slot.running_tid == 0
+                || (slot.running_tid, slot.runtime_at_switch_in)
+                    != (again.running_tid, again.runtime_at_switch_in)
+            {
                 continue;
             }
             if let Some(now) = procfs::thread_runtime(pid, slot.running_tid) {
-                let last = self.thread_runtime.get(&slot.running_tid, 0).unwrap_or(0);
-                reading.on_cpu_ns += now.saturating_sub(last);
+                reading.on_cpu_ns += now.saturating_sub(slot.runtime_at_switch_in);
             }
         }
         Ok(reading)

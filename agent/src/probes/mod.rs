@@ -4,7 +4,7 @@
 //! [`net`], `exec.rs` ↔ [`exec`]).
 //!
 //! The object is configured before load through `const volatile` globals
-//! (tracepoint field offsets read from tracefs, what exec arms the target,
+//! (field offsets read from tracefs and BTF, what exec arms the target,
 //! request paths to watch) and is dropped as a whole to detach: every link,
 //! program and map belongs to [`Probes`].
 
@@ -83,8 +83,7 @@ impl Probes {
 
         let ring_shape = net::event_ring_shape()?;
         // aya's parse of the kernel's BTF, for the loader and for the BTF
-        // tracepoint and fentry loads (which look up their target types
-        // there). It is large, so there is only ever one: `EbpfLoader::new`
+        // tracepoint loads (which look up their target types there). It is large, so there is only ever one: `EbpfLoader::new`
         // parses its own, dropped before this one is made, and this one is
         // dropped once everything is attached.
         let kernel_btf: aya::Btf;
@@ -113,7 +112,7 @@ impl Probes {
             _ => None,
         };
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
-        let cpu = cpu::CpuProbe::attach(&mut ebpf, running)?;
+        let cpu = cpu::CpuProbe::attach(&mut ebpf, &kernel_btf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
