@@ -115,7 +115,9 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
 /// Returns early, false, on a signal.
 fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // Rounded up: a remainder under a millisecond truncated to 0 made the
+    // caller's loop spin until its next tick (about 1 ms of CPU per tick).
+    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
     rc > 0 && pfd.revents & libc::POLLIN != 0
