@@ -7,6 +7,8 @@
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
 //!   minor and major page faults.
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
+//! - [`stats`]: an empty program, attached only while the kernel's run-time
+//!   statistics are on: the statistics' own cost per run.
 //!
 //! Everything is filtered on the target's tgid (map `TARGET`). CPU and memory
 //! are aggregated in the kernel into per-CPU counters: nothing crosses to user
@@ -23,6 +25,7 @@ mod cpu;
 mod exec;
 mod memory;
 mod net;
+mod stats;
 
 #[cfg(not(test))]
 #[panic_handler]

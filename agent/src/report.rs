@@ -155,11 +155,16 @@ fn add_client_metrics(b: &mut BmfReport, suffix: &str, c: &ClientStats) {
 }
 
 /// Every event lost between the kernel and the numbers: runs the kernel
-/// skipped (recursion misses), ring buffer or connection table full, and
+/// skipped (recursion misses), event ring or connection table full, and
 /// events user space refused. CPU time, RSS and faults are aggregated in
-/// fixed per-CPU slots that cannot fill up.
+/// fixed per-CPU slots that cannot fill up. (The statistics' calibration
+/// program counts nothing, so its misses lose nothing.)
 pub fn dropped_events(r: &RunReport) -> u64 {
-    r.programs.iter().map(|p| p.recursion_misses).sum::<u64>()
+    r.programs
+        .iter()
+        .filter(|p| p.name != crate::probes::stats::FLOOR_PROGRAM)
+        .map(|p| p.recursion_misses)
+        .sum::<u64>()
         + r.window.lost_events
         + r.rejected_events
 }
@@ -327,6 +332,17 @@ pub fn summary(r: &RunReport) -> String {
         .collect();
     if !costs.is_empty() {
         let _ = writeln!(out, "program cost (kernel.bpf_stats_enabled): {}", costs.join(", "));
+        if let Some(floor) =
+            r.programs.iter().find(|p| p.name == crate::probes::stats::FLOOR_PROGRAM)
+        {
+            let _ = writeln!(
+                out,
+                "  ({} is an empty program: {:.0} ns per run is the statistics' own cost, \
+                 included in every number above)",
+                floor.name,
+                floor.ns_per_run()
+            );
+        }
     }
     if !r.phases.is_empty() {
         out.push_str(&phase_table(&r.phases));

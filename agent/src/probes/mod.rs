@@ -117,6 +117,7 @@ impl Probes {
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
         drop(kernel_btf);
+        stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
     }

@@ -6,7 +6,8 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::Ebpf;
+use anyhow::Context as _;
+use aya::{Ebpf, programs::RawTracePoint};
 use aya_obj::generated::bpf_prog_info;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +51,30 @@ fn prog_info(fd: i32) -> std::io::Result<bpf_prog_info> {
         )
     };
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(info) }
+}
+
+/// The empty program of `agent-ebpf/src/stats.rs`: its run time per run is
+/// what the statistics themselves add to every program's.
+pub const FLOOR_PROGRAM: &str = "stats_floor";
+
+const BPF_STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// When the kernel's run-time statistics are on (someone is measuring our
+/// cost), attaches the empty calibration program to `sched_switch`, so the
+/// statistics' own cost is measured in the same run. Off, it costs nothing
+/// and is not loaded.
+pub fn attach_floor_if_measuring(ebpf: &mut Ebpf) -> anyhow::Result<bool> {
+    let on = std::fs::read_to_string(BPF_STATS_ENABLED).is_ok_and(|s| s.trim() == "1");
+    if !on {
+        return Ok(false);
+    }
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(FLOOR_PROGRAM)
+        .with_context(|| format!("eBPF object has no program {FLOOR_PROGRAM}"))?
+        .try_into()?;
+    prog.load().with_context(|| format!("loading {FLOOR_PROGRAM}"))?;
+    prog.attach("sched_switch").with_context(|| format!("attaching {FLOOR_PROGRAM}"))?;
+    Ok(true)
 }
 
 /// Statistics of every loaded program of `ebpf`.
