@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of perf-agent's user-space hot paths: what runs
-//! per event (decoding a ring-buffer record into the request log) and what
+//! per event (draining an event from the per-CPU event ring into the request
+//! log) and what
 //! runs per report over a whole run (windows, percentiles, phases, k6 results).
 //!
 //! `cargo xtask bench` runs them in a quick mode and copies the estimates into
@@ -11,8 +12,11 @@
 use std::hint::black_box;
 use std::io::Write as _;
 
-use agent_common::{NetEvent, event_kind};
+use std::ptr::NonNull;
+
+use agent_common::{EventRingPos, EventSlot, NetEvent, event_kind};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use perf_agent::event_ring::EventRing;
 use perf_agent::k6::results::ClientResults;
 use perf_agent::percentile::Percentiles;
 use perf_agent::phases::{self, Phase};
@@ -64,18 +68,16 @@ fn events(n: usize) -> Vec<NetEvent> {
         .collect()
 }
 
-/// The events laid out as ring-buffer records (8-byte aligned, like the
-/// kernel's), so decoding reads them the way `NetProbe::drain` does.
-fn records(events: &[NetEvent]) -> Vec<u8> {
-    let size = size_of::<NetEvent>();
-    let mut buf = vec![0u8; events.len() * size];
-    for (i, e) in events.iter().enumerate() {
-        // SAFETY: NetEvent is plain #[repr(C)] data without padding.
-        let bytes =
-            unsafe { std::slice::from_raw_parts((e as *const NetEvent).cast::<u8>(), size) };
-        buf[i * size..(i + 1) * size].copy_from_slice(bytes);
+/// The events committed in one CPU's part of the event ring, laid out as the
+/// kernel side writes them (slot `p`, `commit = p + 1`), so draining reads
+/// them the way `NetProbe::drain` does.
+fn ring_slots(events: &[NetEvent]) -> Vec<EventSlot> {
+    let slots = events.len().next_power_of_two();
+    let mut ring = vec![EventSlot::default(); slots];
+    for (p, e) in events.iter().enumerate() {
+        ring[p] = EventSlot { event: *e, commit: p as u64 + 1 };
     }
-    buf
+    ring
 }
 
 fn log_of(n: usize) -> RequestLog {
@@ -161,19 +163,32 @@ fn k6_output(points: usize) -> Vec<u8> {
 fn request_log(c: &mut Criterion) {
     let mut g = c.benchmark_group("request_log");
     let evs = events(10_000);
-    let recs = records(&evs);
+    let mut slots = ring_slots(&evs);
     g.throughput(Throughput::Elements(evs.len() as u64));
-    // What NetProbe::drain does per ring-buffer record: an unaligned read of
-    // the NetEvent, then RequestLog::push (validation + conversion + Vec push).
-    g.bench_function("decode_push", |b| {
+    // What NetProbe::drain does per event: the commit check and volatile
+    // copy out of the mapped ring, then RequestLog::push (validation +
+    // conversion + Vec push).
+    g.bench_function("drain_push", |b| {
         b.iter_batched_ref(
-            || RequestLog { requests: Vec::with_capacity(evs.len()), ..Default::default() },
-            |log| {
-                for rec in recs.chunks_exact(size_of::<NetEvent>()) {
-                    // SAFETY: each chunk holds one NetEvent written by `records`.
-                    let e = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast::<NetEvent>()) };
-                    log.push(black_box(&e));
-                }
+            || {
+                let pos = Box::new(EventRingPos { head: evs.len() as u64, ..Default::default() });
+                let log =
+                    RequestLog { requests: Vec::with_capacity(evs.len()), ..Default::default() };
+                (pos, log)
+            },
+            |(pos, log)| {
+                // SAFETY: one CPU of `slots.len()` slots (a power of two) and
+                // its positions, both alive for the whole drain.
+                let mut ring = unsafe {
+                    EventRing::new(
+                        NonNull::new(slots.as_mut_ptr()).unwrap(),
+                        NonNull::from(&mut **pos),
+                        1,
+                        slots.len() as u64,
+                    )
+                };
+                let n = ring.drain(false, |e| log.push(black_box(e)));
+                assert_eq!(n, evs.len() as u64);
             },
             BatchSize::LargeInput,
         )

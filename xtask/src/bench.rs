@@ -16,7 +16,10 @@
 //! 2. throughput at saturation: demo-server, then nginx, driven by http-load
 //!    over keep-alive connections;
 //! 3. client latency at a fixed rate well below saturation (http-load --rate);
-//! 4. the agent's own CPU and peak RSS while following ~10 k req/s;
+//! 4. the agent's own CPU and peak RSS while following ~10 k req/s; then one
+//!    more run with the statistics on, of connection-per-request load and a
+//!    burst of short processes, so the programs that run per connection and
+//!    per exec are timed under load too (not from a handful of cold runs);
 //! 5. accuracy in those same runs: agent vs /proc and vs the client;
 //! 6. the Criterion micro-benchmarks of `agent/benches/hot_paths.rs` in a quick
 //!    mode (skip with `--no-micro`, run alone with `--micro`).
@@ -63,8 +66,15 @@ const LATENCY_SECS: u64 = 3;
 /// The agent-cost scenario: the agent following ~10 k req/s.
 const COST_RATE: u64 = 10_000;
 const COST_SECS: u64 = 4;
+/// The per-connection and per-exec cost run: new connections per second and
+/// for how long, and processes started meanwhile.
+const CONNECT_RATE: u64 = 2_000;
+const CONNECT_SECS: u64 = 2;
+const EXEC_BURST: usize = 500;
 /// http-load connections in every scenario.
 const CONNECTIONS: u32 = 4;
+/// The empty calibration program (agent-ebpf/src/stats.rs).
+const FLOOR_PROGRAM: &str = "stats_floor";
 /// Goals (issue "Benchmarks: the agent's own overhead and accuracy").
 const HOT_PROGRAMS: [&str; 3] = ["sched_switch", "sock_recv_length", "sock_send_length"];
 const GOAL_HOT_NS: f64 = 100.0;
@@ -372,12 +382,33 @@ struct Load {
     p50_ns: f64,
     p99_ns: f64,
     elapsed_ns: f64,
+    /// CPU time the whole machine was busy during the run (all CPUs, from
+    /// /proc/stat: user, nice, system, irq, softirq), ns: client, target,
+    /// agent and every BPF program together.
+    busy_ns: f64,
 }
 
 impl Load {
     fn rps(&self) -> f64 {
         self.requests / (self.elapsed_ns / 1e9)
     }
+
+    /// Machine CPU per request, ns.
+    fn busy_per_request(&self) -> f64 {
+        self.busy_ns / self.requests
+    }
+}
+
+/// CPU time the machine has been busy since boot (all CPUs), ns: the
+/// `cpu` line of /proc/stat without idle, iowait and steal (time the
+/// hypervisor gave to others is not ours).
+fn machine_busy_ns() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return f64::NAN };
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>();
+    busy * clock_tick_ns()
 }
 
 /// What one with-agent run measured.
@@ -449,6 +480,7 @@ fn macro_benchmarks(options: &Options, out_dir: &Path, results: &mut Results) ->
     let with: Vec<f64> = pairs.iter().map(|p| p.1.rps()).collect();
     results.add_spread("demo-server/throughput_without_agent", "throughput", &without);
     results.add_spread("demo-server/throughput_with_agent", "throughput", &with);
+    cpu_per_request(results, "", &pairs);
     agent_runs
         .extend(pairs.into_iter().map(|(_, load, run)| ("saturation".to_string(), run, load)));
 
@@ -502,9 +534,54 @@ fn macro_benchmarks(options: &Options, out_dir: &Path, results: &mut Results) ->
         .collect();
     results.add_spread("agent/bpf_cpu_percent", "cpu-percent", &bpf_cpu).note =
         "all BPF programs, system-wide, % of one core".into();
+    // The same, per request served: what one request costs in BPF time,
+    // client-side events included (they pass the same hooks), the
+    // statistics' calibration program excluded.
+    let per_request: Vec<f64> = cost
+        .iter()
+        .map(|(r, l)| {
+            let total: f64 = r
+                .programs
+                .iter()
+                .filter(|(name, _)| name.as_str() != FLOOR_PROGRAM)
+                .map(|(_, (ns, n))| ns * n)
+                .sum();
+            total / l.requests
+        })
+        .collect();
+    results.add_spread("overhead/bpf_ns_per_request", "latency", &per_request).note =
+        "all programs' run time ÷ requests, statistics' floor included".into();
     accuracy(results, &cost);
     agent_runs
         .extend(pairs.into_iter().map(|(_, load, run)| (format!("{COST_RATE}/s"), run, load)));
+
+    check_interrupted()?;
+    println!(
+        "\n== per-connection and per-exec cost: {CONNECT_RATE} new connections/s for \
+         {CONNECT_SECS} s and {EXEC_BURST} short processes, with the agent"
+    );
+    env.bpf_stats = true;
+    let run = with_agent(&mut env, pid, &mut |env| {
+        let burst = thread::spawn(exec_burst);
+        let load = http_load_with(
+            env,
+            &url,
+            CONNECT_RATE * CONNECT_SECS,
+            Some(CONNECT_RATE),
+            &["--new-connection-per-request"],
+        );
+        let execs = burst.join().map_err(|_| anyhow!("the exec burst panicked"))??;
+        println!("  {execs} processes started meanwhile");
+        load
+    });
+    env.bpf_stats = false;
+    let (load, run) = run?;
+    println!(
+        "  {:.0} requests on new connections; agent: {} requests",
+        load.requests,
+        run.metric("requests/count", "count")
+    );
+    agent_runs.push(("connection per request".into(), run, load));
     drop(server);
 
     check_interrupted()?;
@@ -543,6 +620,32 @@ fn macro_benchmarks(options: &Options, out_dir: &Path, results: &mut Results) ->
     Ok(())
 }
 
+/// The steadier view of the throughput overhead: at saturation throughput is
+/// CPU-bound, so the machine's busy CPU per request with the agent over
+/// without is the inverse of the throughput ratio the CPU allows, and it
+/// does not move with how the scheduler happened to share two cores
+/// between client and server in a given run (which throughput does, by
+/// ±20 % from run to run on this VM).
+fn cpu_per_request(results: &mut Results, prefix: &str, pairs: &[(Load, Load, AgentRun)]) {
+    let ratios: Vec<f64> =
+        pairs.iter().map(|(wo, w, _)| w.busy_per_request() / wo.busy_per_request()).collect();
+    results.add_spread(format!("overhead/{prefix}cpu_per_request_ratio"), "ratio", &ratios).note =
+        "machine busy CPU per request, with ÷ without (/proc/stat, 10 ms ticks)".into();
+    let implied: Vec<f64> = ratios.iter().map(|r| 1.0 / r).collect();
+    let row = results.add_spread(
+        format!("overhead/{prefix}throughput_ratio_from_cpu"),
+        "ratio",
+        &implied,
+    );
+    row.goal = Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
+    row.note = "1 ÷ cpu_per_request_ratio: the throughput ratio the CPU cost allows".into();
+    let wo: Vec<f64> = pairs.iter().map(|p| p.0.busy_per_request()).collect();
+    let w: Vec<f64> = pairs.iter().map(|p| p.1.busy_per_request()).collect();
+    let name = if prefix.is_empty() { "demo-server/" } else { prefix };
+    results.add_spread(format!("{name}cpu_per_request_without_agent"), "latency", &wo);
+    results.add_spread(format!("{name}cpu_per_request_with_agent"), "latency", &w);
+}
+
 /// Per-program cost over every with-agent run: the value is total run time ÷
 /// total runs, the range the per-run averages' min / max.
 fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
@@ -556,8 +659,11 @@ fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
                 .into(),
         );
     }
+    // The statistics' own cost per run, measured by an empty program in the
+    // same runs (see agent-ebpf/src/stats.rs).
+    let floor = per_program(runs, FLOOR_PROGRAM);
     let mut rows = Vec::new();
-    for name in names {
+    for name in names.into_iter().filter(|n| *n != FLOOR_PROGRAM) {
         let per_run: Vec<(f64, f64)> =
             runs.iter().filter_map(|(_, r, _)| r.programs.get(name).copied()).collect();
         let time: f64 = per_run.iter().map(|(ns, n)| ns * n).sum();
@@ -568,12 +674,32 @@ fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
     }
     // Hot programs first, then the rest by name.
     rows.sort_by_key(|r| !r.4);
-    for (name, ns, range, count, hot) in rows {
-        let row = results.add(format!("overhead/prog_ns/{name}"), "latency", ns);
-        row.range = Some(range);
-        row.goal = Goal::AtMost(if hot { GOAL_HOT_NS } else { GOAL_ANY_NS });
-        row.note = format!("{}{count:.0} runs", if hot { "hot; " } else { "" });
+    for (name, ns, range, count, hot) in &rows {
+        let row = results.add(format!("overhead/prog_ns/{name}"), "latency", *ns);
+        row.range = Some(*range);
+        row.goal = Goal::AtMost(if *hot { GOAL_HOT_NS } else { GOAL_ANY_NS });
+        row.note = format!("{}{count:.0} runs", if *hot { "hot; " } else { "" });
     }
+    let Some((floor_ns, floor_runs)) = floor else {
+        results.notes.push(format!("no {FLOOR_PROGRAM} cost: the statistics' floor is unknown"));
+        return;
+    };
+    results.add("overhead/prog_ns_floor", "latency", floor_ns).note = format!(
+        "an empty program on sched_switch, {floor_runs:.0} runs: the statistics' own cost, \
+         included in every prog_ns"
+    );
+    for (name, ns, _, _, _) in &rows {
+        results.add(format!("overhead/prog_ns_net/{name}"), "latency", ns - floor_ns).note =
+            "prog_ns − prog_ns_floor".into();
+    }
+}
+
+/// (ns per run, runs) of one program over all `runs`.
+fn per_program(runs: &[(String, AgentRun, Load)], name: &str) -> Option<(f64, f64)> {
+    let per_run: Vec<(f64, f64)> =
+        runs.iter().filter_map(|(_, r, _)| r.programs.get(name).copied()).collect();
+    let count: f64 = per_run.iter().map(|(_, n)| n).sum();
+    (count > 0.0).then(|| (per_run.iter().map(|(ns, n)| ns * n).sum::<f64>() / count, count))
 }
 
 /// Accuracy of the agent-cost runs: the agent vs /proc and vs the client.
@@ -642,16 +768,41 @@ fn interleaved(
     Ok(out)
 }
 
+/// Starts [`EXEC_BURST`] short processes one after the other (`true`):
+/// each passes through the exec hook. Returns how many ran.
+fn exec_burst() -> Result<usize> {
+    for i in 0..EXEC_BURST {
+        let status = Command::new("true").status().context("cannot run `true`")?;
+        if !status.success() {
+            bail!("`true` failed ({status}) after {i} runs");
+        }
+    }
+    Ok(EXEC_BURST)
+}
+
 /// Runs http-load once; errors are a failure of the run.
 fn http_load(env: &mut Env, url: &str, requests: u64, rate: Option<u64>) -> Result<Load> {
+    http_load_with(env, url, requests, rate, &[])
+}
+
+/// [`http_load`] with extra http-load arguments.
+fn http_load_with(
+    env: &mut Env,
+    url: &str,
+    requests: u64,
+    rate: Option<u64>,
+    extra: &[&str],
+) -> Result<Load> {
     check_interrupted()?;
     let mut cmd = Command::new(&env.http_load);
     cmd.args(["--url", url, "--requests", &requests.to_string()])
-        .args(["--connections", &CONNECTIONS.to_string()]);
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .args(extra);
     if let Some(rate) = rate {
         cmd.args(["--rate", &rate.to_string()]);
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let busy_before = machine_busy_ns();
     let child = cmd.spawn().with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
     let mut child = Guard(child);
     // Bounded: a load that should take seconds gets a minute.
@@ -662,6 +813,7 @@ fn http_load(env: &mut Env, url: &str, requests: u64, rate: Option<u64>) -> Resu
         s
     });
     let status = wait_timeout(&mut child.0, Duration::from_secs(60))?;
+    let busy_ns = machine_busy_ns() - busy_before;
     let text = reader.join().unwrap_or_default();
     let Some(status) = status else { bail!("`{}` did not finish within 60 s", describe(&cmd)) };
     let line =
@@ -677,6 +829,7 @@ fn http_load(env: &mut Env, url: &str, requests: u64, rate: Option<u64>) -> Resu
         p50_ns: f("p50_ns"),
         p99_ns: f("p99_ns"),
         elapsed_ns: f("elapsed_ns"),
+        busy_ns,
     };
     if load.errors != 0.0 || !status.success() {
         bail!("`{}` had {} errors ({status}): {line}", describe(&cmd), load.errors);
@@ -1052,6 +1205,7 @@ http {{
     let with: Vec<f64> = pairs.iter().map(|p| p.1.rps()).collect();
     results.add_spread("nginx/throughput_without_agent", "throughput", &without);
     results.add_spread("nginx/throughput_with_agent", "throughput", &with);
+    cpu_per_request(results, "nginx/", &pairs);
     let count: Vec<f64> =
         pairs.iter().map(|(_, l, r)| r.metric("requests/count", "count") - l.requests).collect();
     results.add_spread("accuracy/nginx/request_count_diff", "count", &count).goal =

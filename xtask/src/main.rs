@@ -70,7 +70,7 @@ enum Task {
         #[arg(long)]
         no_nginx: bool,
         /// Rounds of [without agent, with agent] per comparison.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: u32,
         /// Also rewrite the results section of docs/performance.md.
         #[arg(long)]
