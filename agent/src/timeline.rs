@@ -23,7 +23,7 @@ pub struct Sample {
     /// eBPF: TCP resets on inbound / upstream connections since attach.
     pub resets: u64,
     pub upstream_resets: u64,
-    /// eBPF: events lost (ring buffer full, connection table full) since attach.
+    /// eBPF: events lost (event ring full, connection table full) since attach.
     pub lost_events: u64,
     /// Ground truth: `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
     pub proc_cpu_ns: u64,

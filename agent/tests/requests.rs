@@ -21,7 +21,7 @@ fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> serde_json::Valu
         Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
     agent.wait_attached();
     load();
-    // Let the last responses' events reach the ring buffer's next drain.
+    // Let the last responses' events reach the event ring's next drain.
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGINT);
     let result = agent.finish();
