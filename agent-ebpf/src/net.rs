@@ -113,7 +113,7 @@ fn track(sk: u64, dir: u32, flags: u32) -> Option<*mut ConnState> {
 /// of the event ring. Never wakes the reader; a full ring loses the event
 /// and counts it.
 #[inline(always)]
-fn emit(kind: u32, sk: u64, c: &ConnState, end_ns: u64, extra_flags: u32) {
+fn emit(kind: u32, c: &ConnState, end_ns: u64, extra_flags: u32) {
     let Some(s) = stats() else { return };
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let shift = *config::read_const(&EVENT_RING_SHIFT) & 31;
@@ -161,9 +161,8 @@ fn emit(kind: u32, sk: u64, c: &ConnState, end_ns: u64, extra_flags: u32) {
             first_response_ns: c.first_response_ns,
             end_ns,
             upstream_ns: c.upstream_ns,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            sk,
+            bytes_in: saturate(c.bytes_in),
+            bytes_out: saturate(c.bytes_out),
             kind,
             status: c.status,
             flags: c.flags | extra_flags,
@@ -175,16 +174,21 @@ fn emit(kind: u32, sk: u64, c: &ConnState, end_ns: u64, extra_flags: u32) {
     s.events_submitted += 1;
 }
 
+#[inline(always)]
+fn saturate(bytes: u64) -> u32 {
+    if bytes > u32::MAX as u64 { u32::MAX } else { bytes as u32 }
+}
+
 /// Ends the exchange under way on `c`, if a response has started.
 #[inline(always)]
-fn finish_exchange(sk: u64, c: &mut ConnState) {
+fn finish_exchange(c: &mut ConnState) {
     if c.phase != phase::RESPONSE {
         return;
     }
     if c.direction == direction::INBOUND {
-        emit(event_kind::REQUEST, sk, c, c.last_response_ns, 0);
+        emit(event_kind::REQUEST, c, c.last_response_ns, 0);
     } else {
-        emit(event_kind::UPSTREAM_CALL, sk, c, c.last_response_ns, 0);
+        emit(event_kind::UPSTREAM_CALL, c, c.last_response_ns, 0);
     }
     c.phase = phase::IDLE;
 }
@@ -269,7 +273,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
     let t = now();
     if c.direction == direction::INBOUND {
         if c.phase == phase::RESPONSE {
-            finish_exchange(sk, c); // keep-alive: the previous request is done
+            finish_exchange(c); // keep-alive: the previous request is done
         }
         if c.phase == phase::IDLE {
             c.phase = phase::REQUEST;
@@ -356,7 +360,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
         }
     } else {
         if c.phase == phase::RESPONSE {
-            finish_exchange(sk, c); // the next call on a pooled connection
+            finish_exchange(c); // the next call on a pooled connection
         }
         if c.phase == phase::IDLE {
             c.phase = phase::REQUEST;
@@ -640,12 +644,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // The target closes: no more response bytes will follow.
         TCP_FIN_WAIT1 => {
             if let Some(c) = CONNS.get_ptr_mut(&sk) {
-                finish_exchange(sk, unsafe { &mut *c });
+                finish_exchange(unsafe { &mut *c });
             }
         }
         TCP_CLOSE => {
             if let Some(c) = CONNS.get_ptr_mut(&sk) {
-                finish_exchange(sk, unsafe { &mut *c });
+                finish_exchange(unsafe { &mut *c });
                 let _ = CONNS.remove(&sk);
             }
         }

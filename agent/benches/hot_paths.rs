@@ -58,7 +58,6 @@ fn events(n: usize) -> Vec<NetEvent> {
                 upstream_ns: 0,
                 bytes_in: 78,
                 bytes_out: 140,
-                sk: 0xffff_8880_0000_0000 + (i % 4) * 0x1000,
                 kind: event_kind::REQUEST,
                 status: 200,
                 flags: 0,

@@ -289,7 +289,8 @@ mod tests {
     #[test]
     fn ring_size_follows_the_budget() {
         assert_eq!(slots_per_cpu(2, 4 << 20), 16_384);
-        assert_eq!(slots_per_cpu(4, 4 << 20), 8_192);
+        assert_eq!(slots_per_cpu(4, 4 << 20), 16_384);
+        assert_eq!(slots_per_cpu(8, 4 << 20), 8_192);
         assert_eq!(slots_per_cpu(256, 4 << 20), 1_024);
         assert_eq!(slots_per_cpu(1, u64::MAX), 16_384);
         assert_eq!(slots_per_cpu(0, 0), 1_024);

@@ -19,9 +19,10 @@ use aya::{
 use super::take_map;
 use crate::{btf::Btf, event_ring::EventRing, procfs, requests::RequestLog, tracefs};
 
-/// Memory for the request event ring, all CPUs together: 4 MiB is 16 384
-/// events per CPU on a 2-CPU machine, 1.6 s of 10 000 requests/s per CPU
-/// between two drains (every 100 ms by default).
+/// Memory for the request event ring, all CPUs together, at most: 64 bytes
+/// a slot, at most 16 384 slots per CPU (1.6 s of 10 000 requests/s per CPU
+/// between two drains, every 100 ms by default), so 2 MiB on a 2-CPU
+/// machine and 16 384 slots per CPU up to 4 CPUs.
 const EVENT_RING_BUDGET: u64 = 4 << 20;
 
 /// The event ring's geometry: `(possible CPUs, log2 of slots per CPU)`.
@@ -245,16 +246,15 @@ impl NetProbe {
     pub fn drain_open_exchanges(&self, log: &mut RequestLog) -> u64 {
         let mut in_flight = 0;
         for entry in self.conns.iter() {
-            let Ok((sk, c)) = entry else { continue };
+            let Ok((_, c)) = entry else { continue };
             match c.phase {
                 phase::RESPONSE => log.push(&NetEvent {
                     start_ns: c.start_ns,
                     first_response_ns: c.first_response_ns,
                     end_ns: c.last_response_ns,
                     upstream_ns: c.upstream_ns,
-                    bytes_in: c.bytes_in,
-                    bytes_out: c.bytes_out,
-                    sk,
+                    bytes_in: c.bytes_in.min(u32::MAX.into()) as u32,
+                    bytes_out: c.bytes_out.min(u32::MAX.into()) as u32,
                     kind: if c.direction == direction::INBOUND {
                         event_kind::REQUEST
                     } else {
