@@ -27,9 +27,10 @@ use core::intrinsics::AtomicOrdering;
 
 use agent_common::{
     ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, Milestones, NetEvent, NetStats,
-    ParentRef, WriteStash, conn_flags, direction, event_kind, phase,
+    ParentRef, SYSCALL_ARG1_OFFSET, WriteStash, conn_flags, direction, event_kind, phase,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_F_MMAPABLE,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
@@ -529,13 +530,16 @@ enum UserBuf {
 
 /// Where the current syscall's first bytes are, when it is the target's.
 #[inline(always)]
-fn user_buf(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) -> Option<(u32, u64)> {
+fn user_buf(ctx: &TracePointContext, kind: UserBuf) -> Option<(u32, u64)> {
     let (tgid, tid) = config::current_tgid_tid();
     let target = config::target_tgid();
     if target == 0 || tgid != target {
         return None;
     }
-    let mut ptr = unsafe { ctx.read_at::<u64>(arg_offset) }.ok()?;
+    // A plain load from the record at a constant offset (see
+    // `SYSCALL_ARG1_OFFSET`).
+    let mut ptr =
+        unsafe { *(ctx.as_ptr() as *const u8).add(SYSCALL_ARG1_OFFSET as usize).cast::<u64>() };
     if let UserBuf::Msghdr = kind {
         ptr = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.ok()?;
     }
@@ -548,16 +552,16 @@ fn user_buf(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) -> Option
 /// A read syscall: where the request's first bytes will land, per thread
 /// (hooks attached only when request paths are watched).
 #[inline(always)]
-fn stash_read(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) {
-    if let Some((tid, buf)) = user_buf(ctx, arg_offset, kind) {
+fn stash_read(ctx: &TracePointContext, kind: UserBuf) {
+    if let Some((tid, buf)) = user_buf(ctx, kind) {
         let _ = READ_BUF.insert(&tid, &buf, 0);
     }
 }
 
 /// A write syscall: where the bytes it sends are, in this CPU's slot.
 #[inline(always)]
-fn stash_write(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) {
-    if let Some((tid, buf)) = user_buf(ctx, arg_offset, kind)
+fn stash_write(ctx: &TracePointContext, kind: UserBuf) {
+    if let Some((tid, buf)) = user_buf(ctx, kind)
         && let Some(stash) = WRITE_BUF.get_ptr_mut(0)
     {
         unsafe { *stash = WriteStash { buf, tid, _pad: 0 } };
@@ -566,49 +570,49 @@ fn stash_write(ctx: &TracePointContext, arg_offset: usize, kind: UserBuf) {
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, offset!(read_buf), UserBuf::Plain);
+    stash_read(&ctx, UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, offset!(recvfrom_buf), UserBuf::Plain);
+    stash_read(&ctx, UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, offset!(readv_vec), UserBuf::Iovec);
+    stash_read(&ctx, UserBuf::Iovec);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, offset!(recvmsg_msg), UserBuf::Msghdr);
+    stash_read(&ctx, UserBuf::Msghdr);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    stash_write(&ctx, offset!(write_buf), UserBuf::Plain);
+    stash_write(&ctx, UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    stash_write(&ctx, offset!(sendto_buf), UserBuf::Plain);
+    stash_write(&ctx, UserBuf::Plain);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    stash_write(&ctx, offset!(writev_vec), UserBuf::Iovec);
+    stash_write(&ctx, UserBuf::Iovec);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    stash_write(&ctx, offset!(sendmsg_msg), UserBuf::Msghdr);
+    stash_write(&ctx, UserBuf::Msghdr);
     0
 }
 

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::ptr::NonNull;
 
 use agent_common::{
-    ConnState, EventRingPos, EventSlot, Milestones, NetEvent, NetStats, TracepointOffsets,
-    conn_flags, direction, event_kind, phase,
+    ConnState, EventRingPos, EventSlot, Milestones, NetEvent, NetStats, SYSCALL_ARG1_OFFSET,
+    TracepointOffsets, conn_flags, direction, event_kind, phase,
 };
 use anyhow::{Context as _, bail};
 use aya::{
@@ -53,21 +53,27 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
         "skaddr",
         8,
     )?;
-    let sys = |name: &str, field: &str| -> anyhow::Result<u32> {
-        tracefs::read_format(tracefs_root, "syscalls", name)?.offset(
-            &format!("syscalls:{name}"),
-            field,
-            8,
-        )
-    };
-    o.write_buf = sys("sys_enter_write", "buf")?;
-    o.sendto_buf = sys("sys_enter_sendto", "buff")?;
-    o.writev_vec = sys("sys_enter_writev", "vec")?;
-    o.sendmsg_msg = sys("sys_enter_sendmsg", "msg")?;
-    o.read_buf = sys("sys_enter_read", "buf")?;
-    o.recvfrom_buf = sys("sys_enter_recvfrom", "ubuf")?;
-    o.readv_vec = sys("sys_enter_readv", "vec")?;
-    o.recvmsg_msg = sys("sys_enter_recvmsg", "msg")?;
+    // The buffer hooks read their syscall's second argument at a constant
+    // offset (see `SYSCALL_ARG1_OFFSET`): check that this kernel agrees.
+    for (name, field) in [
+        ("sys_enter_write", "buf"),
+        ("sys_enter_sendto", "buff"),
+        ("sys_enter_writev", "vec"),
+        ("sys_enter_sendmsg", "msg"),
+        ("sys_enter_read", "buf"),
+        ("sys_enter_recvfrom", "ubuf"),
+        ("sys_enter_readv", "vec"),
+        ("sys_enter_recvmsg", "msg"),
+    ] {
+        let event = format!("syscalls:{name}");
+        let at = tracefs::read_format(tracefs_root, "syscalls", name)?.offset(&event, field, 8)?;
+        if at != SYSCALL_ARG1_OFFSET {
+            anyhow::bail!(
+                "{event}: field {field} is at offset {at}, not {SYSCALL_ARG1_OFFSET} like on every \
+                 kernel perf-agent knows; this kernel's syscall tracepoints are not supported"
+            );
+        }
+    }
     Ok(())
 }
 
