@@ -13,7 +13,8 @@
 //! Everything is filtered on the target's tgid (map `TARGET`). CPU and memory
 //! are aggregated in the kernel into per-CPU counters: nothing crosses to user
 //! space on those paths, so there is nothing to lose and no wake-up to pay.
-//! Requests go through a ring buffer, drained without wake-ups.
+//! Requests go through a per-CPU event ring in a mapped array, drained
+//! without wake-ups (see `net::emit`).
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the event ring's reservation (see `net::emit`).

@@ -883,7 +883,7 @@ fn full_event_ring_drops_are_counted_and_the_agent_keeps_running() {
     const N: u64 = 120_000;
     let target = Target::start("demo-server", &[]);
     let url = format!("http://{}/", target.addr());
-    let out = out_path("rel-ringbuf");
+    let out = out_path("rel-event-ring");
     let pid = target.pid.to_string();
     let mut agent = Running::spawn(&[
         "attach",
