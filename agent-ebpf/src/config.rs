@@ -93,9 +93,16 @@ pub fn target_tgid() -> u32 {
     TARGET.get(0).map_or(0, |t| t.tgid)
 }
 
+/// The current task's tid when it belongs to the target, else `None`.
+#[inline(always)]
+pub fn target_thread() -> Option<u32> {
+    let (tgid, tid) = current_tgid_tid();
+    let target = target_tgid();
+    (target != 0 && tgid == target).then_some(tid)
+}
+
 /// True when the current task belongs to the target.
 #[inline(always)]
 pub fn in_target() -> bool {
-    let target = target_tgid();
-    target != 0 && current_tgid_tid().0 == target
+    target_thread().is_some()
 }

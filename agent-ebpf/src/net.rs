@@ -105,6 +105,18 @@ fn put<T>(field: &mut T, value: T) {
     unsafe { core::ptr::write_volatile(field, value) }
 }
 
+/// Zeroes `*v` a 64-bit word at a time with volatile stores, which the
+/// compiler cannot merge into a `memset` call (see `put`). `T`'s size must be
+/// a multiple of 8, and `v` 8-byte aligned (map values and stack slots are).
+#[inline(always)]
+fn zero_words<T>(v: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0) };
+    let words = v as *mut u64;
+    for i in 0..size_of::<T>() / 8 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
 /// Clears what an exchange accumulates, before a new one starts.
 #[inline(always)]
 fn reset_exchange(c: &mut ConnState) {
@@ -119,14 +131,10 @@ fn reset_exchange(c: &mut ConnState) {
 /// reused socket).
 #[inline(always)]
 fn track(sk: u64, dir: u32, flags: u32) -> Option<*mut ConnState> {
-    // Zeroed word by word with volatile stores: `..Default::default()`
-    // becomes a byte-at-a-time `memset` call on BPF (see `put`), and this
-    // runs for every connection.
+    // Not `..Default::default()`: that becomes a memset call (see `put`),
+    // and this runs for every connection.
     let mut fresh = core::mem::MaybeUninit::<ConnState>::uninit();
-    let words = fresh.as_mut_ptr() as *mut u64;
-    for i in 0..size_of::<ConnState>() / 8 {
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
+    zero_words(fresh.as_mut_ptr());
     let fresh = unsafe { fresh.assume_init_mut() };
     put(&mut fresh.direction, dir);
     put(&mut fresh.flags, flags);
@@ -227,11 +235,7 @@ fn finish_exchange(c: &mut ConnState) {
 /// the target moving data: `(sk, bytes, tid)`.
 #[inline(always)]
 fn target_data(ctx: &RawTracePointContext) -> Option<(u64, u64, u32)> {
-    let (tgid, tid) = config::current_tgid_tid();
-    let target = config::target_tgid();
-    if target == 0 || tgid != target {
-        return None;
-    }
+    let tid = config::target_thread()?;
     let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
     if ret <= 0 {
         return None; // EAGAIN, errors and EOF carry no data
@@ -440,7 +444,7 @@ fn read_status(tid: u32) -> u32 {
 }
 
 /// Room for the request line's method, path and the byte after the path
-/// (a multiple of 8: it is cleared a word at a time).
+/// (a multiple of 8: it is cleared a word at a time, `zero_words`).
 const REQUEST_HEAD: usize = 144;
 
 /// Scratch for the first bytes of a request (too large for the BPF stack).
@@ -464,12 +468,7 @@ fn match_path(tid: u32, received: u64) -> u32 {
     if n == 0 {
         return 0;
     }
-    // Cleared word by word (volatile; see `put`): `fill(0)` would be a
-    // byte-at-a-time memset call.
-    let words = head.as_mut_ptr() as *mut u64;
-    for i in 0..REQUEST_HEAD / 8 {
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
+    zero_words(head); // not `fill(0)`: a memset call (see `put`)
     if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(buf as *const u8, &mut head[..n]) }
         .is_err()
     {
@@ -531,11 +530,7 @@ enum UserBuf {
 /// Where the current syscall's first bytes are, when it is the target's.
 #[inline(always)]
 fn user_buf(ctx: &TracePointContext, kind: UserBuf) -> Option<(u32, u64)> {
-    let (tgid, tid) = config::current_tgid_tid();
-    let target = config::target_tgid();
-    if target == 0 || tgid != target {
-        return None;
-    }
+    let tid = config::target_thread()?;
     // A plain load from the record at a constant offset (see
     // `SYSCALL_ARG1_OFFSET`).
     let mut ptr =
