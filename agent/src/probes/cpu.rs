@@ -77,7 +77,9 @@ impl CpuProbe {
             reading.on_cpu_ns += slot.on_cpu_ns;
             reading.slices += slot.slices;
         }
-        if pid == 0 {
+        // No target thread on any CPU (or no target yet): nothing running to
+        // add, and no second read.
+        if pid == 0 || per_cpu.iter().all(|slot| slot.running_tid == 0) {
             return Ok(reading);
         }
         // A slot is two fields the kernel writes at every switch of the

@@ -83,9 +83,10 @@ impl Probes {
 
         let ring_shape = net::event_ring_shape()?;
         // aya's parse of the kernel's BTF, for the loader and for the BTF
-        // tracepoint loads (which look up their target types there). It is large, so there is only ever one: `EbpfLoader::new`
-        // parses its own, dropped before this one is made, and this one is
-        // dropped once everything is attached.
+        // tracepoint loads (which look up their target types there). It is
+        // large, so there is only ever one: `EbpfLoader::new` parses its
+        // own, dropped before this one is made, and this one is dropped once
+        // everything is attached.
         let kernel_btf: aya::Btf;
         let mut ebpf = {
             let mut loader = EbpfLoader::new();

@@ -34,7 +34,7 @@ pub fn event_ring_shape() -> anyhow::Result<(u32, u32)> {
 }
 
 /// Sizes the event ring's maps before load (they are declared with one entry).
-pub fn size_event_ring<'a>(loader: &mut EbpfLoader<'a>, (ncpus, shift): (u32, u32)) {
+pub fn size_event_ring(loader: &mut EbpfLoader<'_>, (ncpus, shift): (u32, u32)) {
     loader.map_max_entries("NET_EVENTS", ncpus << shift);
     loader.map_max_entries("NET_EVENTS_POS", ncpus);
 }
