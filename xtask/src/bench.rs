@@ -432,6 +432,16 @@ struct AgentRun {
 }
 
 impl AgentRun {
+    /// Run time of the agent's programs over the run, ns: the statistics'
+    /// calibration program is the instrument, not the agent.
+    fn bpf_ns(&self) -> f64 {
+        self.programs
+            .iter()
+            .filter(|(name, _)| name.as_str() != FLOOR_PROGRAM)
+            .map(|(_, (ns, n))| ns * n)
+            .sum()
+    }
+
     fn metric(&self, benchmark: &str, measure: &str) -> f64 {
         self.bmf
             .get(benchmark)
@@ -530,28 +540,13 @@ fn macro_benchmarks(options: &Options, out_dir: &Path, results: &mut Results) ->
     // Kernel-side cost, charged to whoever triggered the events, not to the agent.
     let bpf_cpu: Vec<f64> = cost
         .iter()
-        .map(|(r, _)| {
-            let total: f64 = r.programs.values().map(|(ns, n)| ns * n).sum();
-            total / r.metric("agent/window", "latency") * 100.0
-        })
+        .map(|(r, _)| r.bpf_ns() / r.metric("agent/window", "latency") * 100.0)
         .collect();
     results.add_spread("agent/bpf_cpu_percent", "cpu-percent", &bpf_cpu).note =
-        "all BPF programs, system-wide, % of one core".into();
+        "the agent's BPF programs, system-wide, % of one core".into();
     // The same, per request served: what one request costs in BPF time,
-    // client-side events included (they pass the same hooks), the
-    // statistics' calibration program excluded.
-    let per_request: Vec<f64> = cost
-        .iter()
-        .map(|(r, l)| {
-            let total: f64 = r
-                .programs
-                .iter()
-                .filter(|(name, _)| name.as_str() != FLOOR_PROGRAM)
-                .map(|(_, (ns, n))| ns * n)
-                .sum();
-            total / l.requests
-        })
-        .collect();
+    // client-side events included (they pass the same hooks).
+    let per_request: Vec<f64> = cost.iter().map(|(r, l)| r.bpf_ns() / l.requests).collect();
     results.add_spread("overhead/bpf_ns_per_request", "latency", &per_request).note =
         "all programs' run time ÷ requests, statistics' floor included".into();
     accuracy(results, &cost);
@@ -667,17 +662,12 @@ fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
     let floor = per_program(runs, FLOOR_PROGRAM);
     let mut rows = Vec::new();
     for name in names.into_iter().filter(|n| *n != FLOOR_PROGRAM) {
-        let per_run: Vec<(f64, f64)> =
-            runs.iter().filter_map(|(_, r, _)| r.programs.get(name).copied()).collect();
-        let time: f64 = per_run.iter().map(|(ns, n)| ns * n).sum();
-        let count: f64 = per_run.iter().map(|(_, n)| n).sum();
-        let avgs: Vec<f64> = per_run.iter().map(|(ns, _)| *ns).collect();
-        let hot = HOT_PROGRAMS.contains(&name.as_str());
-        rows.push((name.clone(), time / count, (min(&avgs), max(&avgs)), count, hot));
+        let Some(cost) = per_program(runs, name) else { continue }; // printed, never ran
+        rows.push((name.clone(), cost, HOT_PROGRAMS.contains(&name.as_str())));
     }
     // Hot programs first, then the rest by name.
-    rows.sort_by_key(|r| !r.4);
-    for (name, ns, range, count, hot) in &rows {
+    rows.sort_by_key(|r| !r.2);
+    for (name, ProgramCost { ns, runs: count, range }, hot) in &rows {
         let row = results.add(format!("overhead/prog_ns/{name}"), "latency", *ns);
         row.range = Some(*range);
         if *count >= MIN_RUNS_FOR_GOAL {
@@ -689,7 +679,7 @@ fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
             row.note = format!("{count:.0} runs: too few to judge against the goal");
         }
     }
-    let Some((floor_ns, floor_runs)) = floor else {
+    let Some(ProgramCost { ns: floor_ns, runs: floor_runs, .. }) = floor else {
         results.notes.push(format!("no {FLOOR_PROGRAM} cost: the statistics' floor is unknown"));
         return;
     };
@@ -697,18 +687,32 @@ fn program_costs(results: &mut Results, runs: &[(String, AgentRun, Load)]) {
         "an empty program on sched_switch, {floor_runs:.0} runs: the statistics' own cost, \
          included in every prog_ns"
     );
-    for (name, ns, _, _, _) in &rows {
-        results.add(format!("overhead/prog_ns_net/{name}"), "latency", ns - floor_ns).note =
+    for (name, cost, _) in &rows {
+        results.add(format!("overhead/prog_ns_net/{name}"), "latency", cost.ns - floor_ns).note =
             "prog_ns − prog_ns_floor".into();
     }
 }
 
-/// (ns per run, runs) of one program over all `runs`.
-fn per_program(runs: &[(String, AgentRun, Load)], name: &str) -> Option<(f64, f64)> {
+/// One program's cost over several runs.
+struct ProgramCost {
+    /// Total run time ÷ total runs, ns.
+    ns: f64,
+    runs: f64,
+    /// Min and max of the per-run averages.
+    range: (f64, f64),
+}
+
+/// The cost of program `name` over all `runs`; `None` if it never ran.
+fn per_program(runs: &[(String, AgentRun, Load)], name: &str) -> Option<ProgramCost> {
     let per_run: Vec<(f64, f64)> =
         runs.iter().filter_map(|(_, r, _)| r.programs.get(name).copied()).collect();
     let count: f64 = per_run.iter().map(|(_, n)| n).sum();
-    (count > 0.0).then(|| (per_run.iter().map(|(ns, n)| ns * n).sum::<f64>() / count, count))
+    let avgs: Vec<f64> = per_run.iter().map(|(ns, _)| *ns).collect();
+    (count > 0.0).then(|| ProgramCost {
+        ns: per_run.iter().map(|(ns, n)| ns * n).sum::<f64>() / count,
+        runs: count,
+        range: (min(&avgs), max(&avgs)),
+    })
 }
 
 /// Accuracy of the agent-cost runs: the agent vs /proc and vs the client.
