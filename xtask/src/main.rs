@@ -8,6 +8,8 @@
 
 mod bench;
 mod demo;
+mod fuzz;
+mod gates;
 mod setup;
 mod test;
 
@@ -237,4 +239,10 @@ fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Whether we run under CI (`CI=true` or `CI=1`, as GitHub Actions and most
+/// CI services set it): there, skipping what cannot run is an error.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{is_root, output, run, stdout_of};
+use crate::{in_ci, is_root, output, run, stdout_of};
 
 /// The LLVM major version that bpf-linker's `llvm-NN` feature is built for.
 /// Must match the LLVM of the nightly rustc (`rustc +nightly -vV`).
@@ -55,10 +55,6 @@ pub fn setup(options: Options) -> Result<()> {
     }
     cargo_fuzz()?;
     Ok(())
-}
-
-fn in_ci() -> bool {
-    env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// cargo-fuzz, for the short fuzz run of `cargo xtask test` (about 100 s

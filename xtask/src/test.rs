@@ -5,19 +5,25 @@
 //! where through the environment (`PERF_AGENT_BIN`, `PERF_AGENT_FIXTURES_DIR`)
 //! rather than guessing target directories. They run one at a time: each loads
 //! eBPF programs and measures CPU, and parallel tests would disturb each other.
+//!
+//! Before them run the style gates ([`crate::gates`]: fmt and clippy), after
+//! them a short fuzz run ([`crate::fuzz`]). Every step runs even when an
+//! earlier one failed (each result matters on its own); the command fails if
+//! any did.
 
 use std::{env, process::Command};
 
 use anyhow::{Result, bail};
 
-use crate::{Profile, agent_bin, bin_dir, build, cargo, is_root, run};
+use crate::{Profile, agent_bin, bin_dir, build, cargo, in_ci, is_root};
 
 /// Runs `cargo test --release --no-fail-fast [cargo_args] -- --test-threads=1 [test_args]`,
 /// where `args` is `cargo_args [-- test_args]`.
 pub fn test(args: &[String]) -> Result<()> {
+    let gates = run_gates();
     build(Profile::Release)?;
 
-    if !is_root() && env::var_os("CI").is_none() {
+    if !is_root() && !in_ci() {
         println!("note: not running as root: privileged tests will skip");
     }
 
@@ -36,8 +42,7 @@ pub fn test(args: &[String]) -> Result<()> {
         .env("PERF_AGENT_BIN", agent_bin(Profile::Release))
         .env("PERF_AGENT_FIXTURES_DIR", bin_dir(Profile::Release));
     let tests = run_counting(&mut cmd);
-    // The fuzz run goes on even when a test failed: both results matter.
-    let fuzz = fuzz();
+    let fuzz = crate::fuzz::fuzz();
     // One closing line over every test binary, printed last so that CI's log
     // ends on the whole count rather than on the last (maybe empty) binary.
     let totals = tests?;
@@ -48,7 +53,29 @@ pub fn test(args: &[String]) -> Result<()> {
     if !totals.ok {
         bail!("tests failed (see cargo test's output above)");
     }
-    fuzz
+    fuzz?;
+    gates
+}
+
+/// The style gates, unless `PERF_AGENT_GATES=0` (for quick partial runs;
+/// refused under CI, where the gates are the point).
+fn run_gates() -> Result<()> {
+    if env::var("PERF_AGENT_GATES").is_ok_and(|v| v == "0") {
+        if in_ci() {
+            bail!("PERF_AGENT_GATES=0 under CI: the fmt and clippy gates cannot be skipped there");
+        }
+        println!("note: PERF_AGENT_GATES=0: fmt and clippy gates skipped");
+        return Ok(());
+    }
+    let result = crate::gates::gates();
+    if let Err(e) = &result {
+        // Said now and again at the end: the tests' output comes between.
+        println!(
+            "{e:#}
+(the tests run anyway; the command will fail at the end)"
+        );
+    }
+    result
 }
 
 /// Test counts summed over cargo's `test result:` lines.
@@ -110,54 +137,4 @@ mod tests {
         add_result_line(&mut t, "running 5 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (77, 1, 1));
     }
-}
-
-/// The fuzz targets of `fuzz/` (a cargo-fuzz crate outside the workspace).
-const FUZZ_TARGETS: [&str; 5] = ["k6_results", "k6_plan", "procfs", "tracefs_format", "btf"];
-
-/// A short fuzz run of every target: `PERF_AGENT_FUZZ_SECS` seconds each
-/// (default 10, so 50 s in all, plus the build), from the committed seeds in
-/// `fuzz/corpus/<target>`; new inputs go to `fuzz/target/corpus/<target>`,
-/// never into the committed corpus. `PERF_AGENT_FUZZ=0` skips it; without
-/// cargo-fuzz it skips with a note (under CI it fails: setup installs it).
-fn fuzz() -> Result<()> {
-    if env::var("PERF_AGENT_FUZZ").is_ok_and(|v| v == "0") {
-        println!("note: PERF_AGENT_FUZZ=0: fuzz run skipped");
-        return Ok(());
-    }
-    let has_fuzz = Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_fuzz {
-        if env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            bail!("CI=true but cargo-fuzz is not installed (cargo xtask setup installs it)");
-        }
-        println!("note: cargo-fuzz not installed (cargo install cargo-fuzz): fuzz run skipped");
-        return Ok(());
-    }
-    let secs: u64 =
-        env::var("PERF_AGENT_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let root = crate::workspace_root();
-    for target in FUZZ_TARGETS {
-        let scratch = root.join("fuzz/target/corpus").join(target);
-        std::fs::create_dir_all(&scratch)?;
-        println!("fuzzing {target} for {secs} s");
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(root.join("fuzz"))
-            .args(["+nightly", "fuzz", "run", "-O", target])
-            .arg(&scratch)
-            .arg(root.join("fuzz/corpus").join(target))
-            .args(["--", &format!("-max_total_time={secs}"), "-timeout=10", "-rss_limit_mb=2048"])
-            // The workspace's cargo settings are not the fuzz crate's.
-            .env_remove("CARGO_TARGET_DIR");
-        if run(&mut cmd).is_err() {
-            let artifacts = root.join("fuzz/artifacts").join(target);
-            if std::fs::read_dir(&artifacts).is_ok_and(|mut d| d.next().is_some()) {
-                bail!("fuzz target {target} failed: the input is in {}", artifacts.display());
-            }
-            bail!("fuzz target {target} did not build or run (see cargo's output above)");
-        }
-    }
-    Ok(())
 }
