@@ -8,8 +8,6 @@
 //! table on stdout and `bench_metrics.json` (BMF) at the workspace root.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -17,6 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::net::{free_loopback_addr, get_ok};
 use crate::{Profile, bin_dir, build, describe, is_root, workspace_root};
 
 /// How long the server may take to answer its health check.
@@ -55,7 +54,7 @@ pub fn demo() -> Result<()> {
     // The readiness probe: what makes startup/to_ready meaningful.
     let started = Instant::now();
     loop {
-        if health_ok(addr) {
+        if get_ok(addr, "/health") {
             break;
         }
         if let Some(status) = agent.try_wait()? {
@@ -78,25 +77,4 @@ pub fn demo() -> Result<()> {
     }
     println!("metrics: {}", out.display());
     Ok(())
-}
-
-/// A loopback address with a port free right now.
-fn free_loopback_addr() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(listener.local_addr()?)
-}
-
-/// One `GET /health`; true on a 200.
-fn health_ok(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
-    // Read the whole response: closing with unread bytes would make the
-    // kernel reset the connection, which the agent rightly counts as an error.
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).is_ok() && response.starts_with(b"HTTP/1.1 200")
 }

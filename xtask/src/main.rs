@@ -10,6 +10,9 @@ mod bench;
 mod demo;
 mod fuzz;
 mod gates;
+mod net;
+mod process;
+mod procfs;
 mod setup;
 mod test;
 
@@ -56,21 +59,20 @@ enum Task {
     /// writing bench_metrics.json at the workspace root.
     Demo,
     /// Set up, build, and measure the agent's own overhead and accuracy on
-    /// this machine (loopback only, about 3 minutes; needs root): BPF
+    /// this machine (loopback only, about 5 minutes; needs root): BPF
     /// per-event cost, throughput and latency with vs without the agent
     /// (demo-server and nginx), the agent's CPU and memory, accuracy vs /proc
-    /// and the client, and the Criterion micro-benchmarks. Writes
-    /// target/bench/bench.json (BMF) and target/bench/results.md.
+    /// and the client, the tax on unrelated processes, and the Criterion
+    /// micro-benchmarks. Writes target/bench/bench.json (BMF) and
+    /// target/bench/results.md.
     Bench {
-        /// Only the Criterion micro-benchmarks (no root needed).
-        #[arg(long, conflicts_with = "no_micro")]
-        micro: bool,
-        /// Skip the Criterion micro-benchmarks.
-        #[arg(long)]
-        no_micro: bool,
-        /// Skip nginx (otherwise installed with apt-get if missing).
-        #[arg(long)]
-        no_nginx: bool,
+        /// Run only these scenarios (comma-separated), e.g. `--only node-tax`
+        /// for the node tax alone in about a minute and a half.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Scenario>,
+        /// Skip these scenarios (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        skip: Vec<bench::Scenario>,
         /// Rounds of [without agent, with agent] per comparison.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
         rounds: u32,
@@ -113,15 +115,10 @@ fn run_task(task: Task) -> Result<()> {
             setup::setup(setup::Options::default())?;
             demo::demo()
         }
-        Task::Bench { micro, no_micro, no_nginx, rounds, update_doc } => {
+        Task::Bench { only, skip, rounds, update_doc } => {
+            let scenarios = bench::Options::scenarios(&only, &skip)?;
             setup::setup(setup::Options::default())?;
-            bench::bench(bench::Options {
-                micro_only: micro,
-                no_micro,
-                no_nginx,
-                rounds: rounds as usize,
-                update_doc,
-            })
+            bench::bench(bench::Options { scenarios, rounds: rounds as usize, update_doc })
         }
     }
 }
