@@ -202,22 +202,7 @@ impl RunningAgent {
             .with_context(|| format!("perf-agent wrote no {}", self.out.display()))?;
         let bmf: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", self.out.display()))?;
-        let programs = if !stats_on {
-            BTreeMap::new()
-        } else {
-            match program_costs(&bmf, &self.out) {
-                Ok(p) => p,
-                // TEMPORARY, until the agent writes agent/prog_ns/*: its summary line.
-                Err(e) => {
-                    let summary = fs::read_to_string(self.out.with_extension("stdout"))?;
-                    let p = legacy_summary_costs(&summary);
-                    if p.is_empty() {
-                        return Err(e);
-                    }
-                    p
-                }
-            }
-        };
+        let programs = if stats_on { program_costs(&bmf, &self.out)? } else { BTreeMap::new() };
         Ok(AgentRun {
             bmf,
             programs,
@@ -271,26 +256,6 @@ fn program_costs(bmf: &Value, path: &std::path::Path) -> Result<BTreeMap<String,
         );
     }
     Ok(out)
-}
-
-/// TEMPORARY: `name → (ns per run, runs)` from the summary line
-/// `program cost (kernel.bpf_stats_enabled): sched_switch 174 ns × 41349, ...`.
-fn legacy_summary_costs(summary: &str) -> BTreeMap<String, (f64, f64)> {
-    let mut out = BTreeMap::new();
-    let Some(line) = summary.lines().find_map(|l| l.split_once("program cost").map(|(_, r)| r))
-    else {
-        return out;
-    };
-    let list = line.split_once(':').map_or("", |(_, r)| r);
-    for item in list.split(',') {
-        let words: Vec<&str> = item.split_whitespace().collect();
-        if let [name, ns, "ns", "×", count] = words[..]
-            && let (Ok(ns), Ok(count)) = (ns.parse::<f64>(), count.parse::<f64>())
-        {
-            out.insert(name.to_string(), (ns, count));
-        }
-    }
-    out
 }
 
 /// Sets `kernel.bpf_stats_enabled` to 1; restores the old value when dropped.
