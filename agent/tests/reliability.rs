@@ -448,7 +448,8 @@ fn signals_write_results_once_and_leave_nothing_attached() {
     let url = format!("http://{}/", target.addr());
     let pinned_before = pinned();
     // (signals with the delay before each, --duration, exit code, partial)
-    let cases: [(&[(i32, u64)], Option<&str>, i32, f64); 4] = [
+    type Case = (&'static [(i32, u64)], Option<&'static str>, i32, f64);
+    let cases: [Case; 4] = [
         (&[(libc::SIGINT, 0)], Some("60"), 4, 1.0),
         (&[(libc::SIGTERM, 0)], None, 0, 0.0),
         (&[(libc::SIGINT, 0), (libc::SIGINT, 1)], Some("60"), 4, 1.0),
