@@ -97,3 +97,78 @@ fn memory_peak_and_final_rss_agree_with_proc_within_1_percent() {
     assert!(faults >= 65_536.0, "256 MiB of 4 KiB pages is at least 65536 faults, got {faults}");
     assert_eq!(bmf_value(&bmf, "agent/partial", "count"), 0.0);
 }
+
+/// Per-program cost in the BMF file (`agent/prog_ns/<program>`, ns per run,
+/// and `agent/prog_runs/<program>`, while `kernel.bpf_stats_enabled` is on)
+/// against the kernel's own counters of the same programs, read by the test
+/// through descriptors it holds on them, just before it stops the agent and
+/// once the agent has detached (the programs then no longer run). The agent
+/// reads its numbers in between, so its run count and its total run time
+/// (ns per run × runs) lie between the two readings, exactly.
+#[test]
+fn program_costs_agree_with_the_kernel_s_counters() {
+    use common::bpf::{BpfStatsOn, HeldProgram, ProgramCounters, bpf_objects};
+    let Some(_serial) = privileged() else { return };
+    let _stats = BpfStatsOn::enable();
+    let server = Target::start("demo-server", &[]);
+    let out = out_path("prog-costs");
+    let agent =
+        Agent::spawn(&["attach", "--pid", &server.pid.to_string(), "--out", out.to_str().unwrap()]);
+    agent.wait_attached();
+    let held: Vec<HeldProgram> =
+        bpf_objects(agent.pid).progs.into_iter().map(HeldProgram::open).collect();
+    http_load(&format!("http://{}/", server.addr()), &["--requests", "3000", "--connections", "2"]);
+    let before: Vec<_> = held.iter().map(HeldProgram::counters).collect();
+    agent.signal(libc::SIGINT);
+    let result = agent.wait(Duration::from_secs(20));
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    let bmf = read_bmf(&out);
+    let names: Vec<&str> = bmf
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.strip_prefix("agent/prog_runs/"))
+        .collect();
+    let after: Vec<ProgramCounters> = held.iter().map(HeldProgram::counters).collect();
+    let mut compared = Vec::new();
+    for (before, now) in before.iter().zip(&after) {
+        // The kernel keeps the first 15 bytes of a name: `sys_enter_write` and
+        // `sys_enter_writev` are both `sys_enter_write` to it. Such programs
+        // cannot be told apart here and are skipped.
+        if after.iter().filter(|p| p.name == now.name).count() > 1 {
+            eprintln!("{}: two programs of that name, skipped", now.name);
+            continue;
+        }
+        let truncated = now.name.len() == 15;
+        let Some(name) =
+            names.iter().find(|n| **n == now.name || (truncated && n.starts_with(&now.name)))
+        else {
+            assert_eq!(before.run_count, 0, "{now:?} ran but is not in the BMF file");
+            continue;
+        };
+        let runs = bmf_value(&bmf, &format!("agent/prog_runs/{name}"), "count");
+        let ns = bmf_value(&bmf, &format!("agent/prog_ns/{name}"), "latency");
+        eprintln!(
+            "{name}: agent {ns:.1} ns × {runs}; kernel before {:.1} ns × {}, after {:.1} ns × {}",
+            before.run_time_ns as f64 / before.run_count as f64,
+            before.run_count,
+            now.run_time_ns as f64 / now.run_count as f64,
+            now.run_count,
+        );
+        let (runs_lo, runs_hi) = (before.run_count as f64, now.run_count as f64);
+        assert!((runs_lo..=runs_hi).contains(&runs), "{name}: {runs} runs, {before:?} {now:?}");
+        // ns × runs is the run time again, up to the rounding of a float mean.
+        let time = ns * runs;
+        let (time_lo, time_hi) = (before.run_time_ns as f64, now.run_time_ns as f64);
+        assert!(
+            time >= time_lo * (1.0 - 1e-9) && time <= time_hi * (1.0 + 1e-9),
+            "{name}: {time} ns in all, {before:?} {now:?}"
+        );
+        if before.run_count >= 1000 {
+            compared.push(name.to_string());
+        }
+    }
+    for want in ["sched_switch", "stats_floor", "sock_recv_length", "sock_send_length"] {
+        assert!(compared.iter().any(|n| n == want), "{want} not compared: {compared:?}");
+    }
+}

@@ -19,64 +19,17 @@ use std::{
 };
 
 use common::{
-    Agent, KillOnDrop, LoadResult, Target, agent_bin, bmf_value, fixture, http_load, in_ci,
-    out_path, privileged, read_bmf, wait_until,
+    Agent, KillOnDrop, LoadResult, Target, agent_bin, bmf_value,
+    bpf::{
+        BPF_LINK_GET_FD_BY_ID, BPF_MAP_GET_FD_BY_ID, BPF_PROG_GET_FD_BY_ID, BpfObjects,
+        bpf_id_exists, bpf_objects,
+    },
+    fixture, http_load, in_ci, out_path, privileged, read_bmf, wait_until,
 };
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-#[derive(Debug, Default, Clone)]
-struct BpfObjects {
-    progs: BTreeSet<u32>,
-    links: BTreeSet<u32>,
-    maps: BTreeSet<u32>,
-}
-
-/// IDs of the BPF programs, links and maps process `pid` holds open (from
-/// `/proc/PID/fdinfo`: no tool needed).
-fn bpf_objects(pid: u32) -> BpfObjects {
-    let mut o = BpfObjects::default();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let Ok(text) = fs::read_to_string(entry.unwrap().path()) else { continue };
-        for line in text.lines() {
-            let mut f = line.split(':');
-            let (Some(key), Some(v)) = (f.next(), f.next()) else { continue };
-            let Ok(id) = v.trim().parse::<u32>() else { continue };
-            match key {
-                "prog_id" => o.progs.insert(id),
-                "link_id" => o.links.insert(id),
-                "map_id" => o.maps.insert(id),
-                _ => false,
-            };
-        }
-    }
-    o
-}
-
-/// Whether a BPF object with this ID still exists (BPF_*_GET_FD_BY_ID).
-fn bpf_id_exists(cmd: libc::c_long, id: u32) -> bool {
-    #[repr(C)]
-    struct Attr {
-        id: u32,
-        next_id: u32,
-        open_flags: u32,
-    }
-    let attr = Attr { id, next_id: 0, open_flags: 0 };
-    // SAFETY: attr is a correctly laid out bpf_attr prefix that outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, &attr, size_of::<Attr>()) };
-    if fd >= 0 {
-        // SAFETY: a new fd we own.
-        unsafe { libc::close(fd as i32) };
-        return true;
-    }
-    std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
-}
-
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 fn bpftool() -> Option<PathBuf> {
     ["/usr/sbin/bpftool", "/usr/bin/bpftool", "/usr/local/sbin/bpftool"]

@@ -9,6 +9,7 @@ use crate::{
     k6::results::ClientStats,
     percentile::Percentiles,
     phases::PhaseReport,
+    probes::stats::ProgramStats,
     requests::RequestStats,
     timeline::WindowStats,
 };
@@ -93,6 +94,17 @@ fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>) {
     }
 }
 
+/// Each program's mean cost per run, `agent/prog_ns/<program>` (ns), and
+/// its run count, `agent/prog_runs/<program>`, under the program's name
+/// (`sched_switch`, ...; the statistics' floor is `stats_floor`). Only
+/// while `kernel.bpf_stats_enabled` counts runs: otherwise nothing.
+fn add_program_costs(b: &mut BmfReport, programs: &[ProgramStats]) {
+    for p in programs.iter().filter(|p| p.run_count > 0) {
+        b.add(format!("agent/prog_ns/{}", p.name), Measure::Latency, p.ns_per_run());
+        b.add(format!("agent/prog_runs/{}", p.name), Measure::Count, p.run_count as f64);
+    }
+}
+
 /// The BMF document of a run.
 pub fn document(r: &RunReport) -> BmfReport {
     let mut b = BmfReport::default();
@@ -122,6 +134,7 @@ pub fn document(r: &RunReport) -> BmfReport {
     b.add("agent/window", Measure::Latency, r.window.duration_ns as f64);
     b.add("agent/partial", Measure::Count, if r.partial { 1.0 } else { 0.0 });
     b.add("agent/dropped_events", Measure::Count, dropped_events(r) as f64);
+    add_program_costs(&mut b, &r.programs);
     b
 }
 
@@ -215,5 +228,28 @@ mod tests {
         assert_eq!(b.get("latency/p99@steady", Measure::Latency), Some(10.0));
         assert_eq!(b.get("errors/http_5xx@steady", Measure::Count), Some(1.0));
         assert_eq!(b.get("throughput/rps@steady", Measure::Throughput), Some(1.0));
+    }
+
+    #[test]
+    fn program_costs_per_run_for_the_programs_that_ran() {
+        let mut r = test_report(EndReason::DurationElapsed);
+        let program = |name: &str, run_count, run_time_ns| ProgramStats {
+            name: name.into(),
+            run_count,
+            run_time_ns,
+            recursion_misses: 0,
+        };
+        r.programs = vec![
+            program("sched_switch", 1000, 180_000),
+            program("stats_floor", 500, 21_000),
+            program("inet_sock_set_state", 0, 0),
+        ];
+        let b = document(&r);
+        assert_eq!(b.get("agent/prog_ns/sched_switch", Measure::Latency), Some(180.0));
+        assert_eq!(b.get("agent/prog_runs/sched_switch", Measure::Count), Some(1000.0));
+        assert_eq!(b.get("agent/prog_ns/stats_floor", Measure::Latency), Some(42.0));
+        assert_eq!(b.get("agent/prog_ns/inet_sock_set_state", Measure::Latency), None, "no runs");
+        let without_stats = document(&test_report(EndReason::DurationElapsed));
+        assert!(!without_stats.to_json().contains("agent/prog_"));
     }
 }

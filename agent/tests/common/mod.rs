@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod agent;
+pub mod bpf;
 mod process;
 
 use std::{
