@@ -40,7 +40,7 @@ impl Rng {
     /// Roughly log-normal-ish latency: 10..~200 µs, mostly ~25 µs.
     fn latency_ns(&mut self) -> u64 {
         let base = 10_000 + self.next() % 30_000;
-        if self.next() % 100 == 0 { base * 5 } else { base }
+        if self.next().is_multiple_of(100) { base * 5 } else { base }
     }
 }
 
@@ -100,7 +100,6 @@ fn samples(secs: u64) -> Vec<Sample> {
             proc_rss_bytes: 8 << 20,
             proc_hwm_bytes: 9 << 20,
             proc_minor_faults: i * 3,
-            proc_ok: true,
             ..Default::default()
         })
         .collect()

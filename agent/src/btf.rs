@@ -284,7 +284,7 @@ mod tests {
         if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             let btf = Btf::vmlinux().unwrap();
             let off = btf.field_offset("task_struct", &["se", "sum_exec_runtime"]).unwrap();
-            assert!(off > 0 && off % 8 == 0, "{off}");
+            assert!(off > 0 && off.is_multiple_of(8), "{off}");
         }
     }
 }

@@ -4,11 +4,14 @@
 
 pub mod bmf;
 pub mod btf;
+pub mod clock;
 pub mod event_ring;
 pub mod k6;
 pub mod launch;
+pub mod load;
 pub mod marks;
 pub mod measure;
+pub mod outcome;
 pub mod percentile;
 pub mod phases;
 pub mod preflight;
@@ -22,19 +25,4 @@ pub mod signals;
 pub mod startup;
 pub mod timeline;
 pub mod tracefs;
-
-/// Exit codes (documented in the README and the man page).
-pub mod exit {
-    /// Complete run, results written.
-    pub const OK: u8 = 0;
-    /// Error: nothing measured (bad input, missing privilege or kernel feature).
-    pub const ERROR: u8 = 1;
-    // 2: usage error (clap).
-    /// Partial: the target exited before the end; results so far written.
-    pub const TARGET_EXITED: u8 = 3;
-    /// Partial: interrupted before `--duration` elapsed; results so far written.
-    pub const INTERRUPTED: u8 = 4;
-    /// The target exited during startup (before listening); what was
-    /// measured is written.
-    pub const STARTUP_FAILED: u8 = 5;
-}
+pub mod units;

@@ -10,8 +10,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use perf_agent::{
-    bmf, exit,
-    measure::{self, LoadOptions, MeasureOptions},
+    bmf,
+    load::LoadOptions,
+    measure::{self, MeasureOptions},
+    outcome::exit,
     probes::PathOptions,
 };
 
@@ -182,7 +184,7 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => measure::run(&args.command, &args.common.options(Vec::new(), None)),
         Command::Mark { name } => {
-            perf_agent::marks::append_mark(&name, perf_agent::probes::monotonic_ns()).map(|path| {
+            perf_agent::marks::append_mark(&name, perf_agent::clock::monotonic_ns()).map(|path| {
                 eprintln!("perf-agent: phase {name} starts now ({})", path.display());
                 exit::OK
             })

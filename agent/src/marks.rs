@@ -1,7 +1,7 @@
 //! Manual phase markers, for load tools other than k6: `perf-agent mark
 //! NAME` appends `<CLOCK_MONOTONIC ns> <NAME>` to a marks file that every
 //! running agent follows; each mark starts a phase named NAME that lasts
-//! until the next mark or the end of the run. (SIGUSR1 to an agent does the
+//! until the next mark or the end of the run (`load::phases_from_marks`). (SIGUSR1 to an agent does the
 //! same with the names `mark-1`, `mark-2`, ... — see `signals.rs`.)
 //!
 //! The command stamps the time itself, so the phase starts when `mark` ran,
@@ -15,8 +15,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-
-use crate::phases::Phase;
 
 /// `$PERF_AGENT_MARKS`, else `/run/perf-agent/marks`.
 pub fn marks_path() -> PathBuf {
@@ -102,20 +100,6 @@ impl Default for MarkReader {
     }
 }
 
-/// Each mark starts a phase that ends at the next mark or `end_ns`.
-pub fn phases_from_marks(marks: &[(String, u64)], end_ns: u64) -> Vec<Phase> {
-    let mut sorted: Vec<&(String, u64)> = marks.iter().collect();
-    sorted.sort_by_key(|(_, t)| *t);
-    sorted
-        .iter()
-        .enumerate()
-        .map(|(i, (name, t))| {
-            let end = sorted.get(i + 1).map_or(end_ns, |(_, next)| *next);
-            Phase::new(name.clone(), *t, end.max(*t))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,12 +117,6 @@ mod tests {
     fn parse_skips_bad_lines() {
         let m = parse_marks("100 warmup\ngarbage\n200 steady\nx bad\n300 has space\n");
         assert_eq!(m, [("warmup".into(), 100), ("steady".into(), 200)]);
-    }
-
-    #[test]
-    fn marks_become_back_to_back_phases() {
-        let p = phases_from_marks(&[("b".into(), 20), ("a".into(), 10)], 50);
-        assert_eq!(p, [Phase::new("a", 10, 20), Phase::new("b", 20, 50)]);
     }
 
     #[test]

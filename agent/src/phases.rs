@@ -3,6 +3,7 @@
 //! log. Pure.
 
 use crate::{
+    k6::results::{ClientResults, ClientStats},
     requests::{RequestLog, RequestStats},
     timeline::{self, Sample, WindowStats},
 };
@@ -29,7 +30,7 @@ pub struct PhaseReport {
     /// The run ended before the phase did: its numbers cover only part of it.
     pub truncated: bool,
     /// k6's client-side numbers for the same window, when k6 drove the load.
-    pub client: Option<crate::k6::results::ClientStats>,
+    pub client: Option<ClientStats>,
 }
 
 /// Computes every phase that began before the last sample.
@@ -50,6 +51,21 @@ pub fn measure(phases: &[Phase], samples: &[Sample], log: &RequestLog) -> Vec<Ph
             })
         })
         .collect()
+}
+
+/// Gives each phase k6's requests that ended in it. `offset`: CLOCK_REALTIME
+/// − CLOCK_MONOTONIC, to place the phase edges on k6's wall clock; a phase
+/// cut by the end of the run ends at the last sample, `last_t`.
+pub fn add_client_windows(
+    reports: &mut [PhaseReport],
+    client: &ClientResults,
+    last_t: u64,
+    offset: i128,
+) {
+    for p in reports {
+        let (start, end) = (p.phase.start_ns, p.phase.end_ns.min(last_t));
+        p.client = Some(client.window(start as i128 + offset, end as i128 + offset));
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use crate::{report::human_bytes, timeline::Sample};
+use crate::{timeline::Sample, units::human_bytes};
 
 pub struct Progress {
     enabled: bool,
@@ -37,5 +37,11 @@ impl Progress {
             let _ = write!(std::io::stderr(), "\r\x1b[K");
             self.shown = false;
         }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
     }
 }

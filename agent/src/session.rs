@@ -10,47 +10,16 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
+    clock::monotonic_ns,
     marks::MarkReader,
-    probes::{KernelReading, Probes, monotonic_ns},
+    outcome::EndReason,
+    probes::{KernelReading, Probes},
     procfs,
     progress::Progress,
     requests::RequestLog,
     signals,
     timeline::Sample,
 };
-
-/// Why the run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// `--duration` elapsed: complete.
-    DurationElapsed,
-    /// Interrupted with no `--duration` given: the expected end, complete.
-    Stopped(i32),
-    /// Interrupted before `--duration` elapsed: partial.
-    Interrupted(i32),
-    /// The target exited: partial.
-    TargetExited,
-    /// The controller (the k6 driver) finished: complete.
-    LoadFinished,
-}
-
-impl EndReason {
-    pub fn is_partial(self) -> bool {
-        matches!(self, EndReason::Interrupted(_) | EndReason::TargetExited)
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            EndReason::DurationElapsed => "complete (duration elapsed)".into(),
-            EndReason::LoadFinished => "complete (load test finished)".into(),
-            EndReason::Stopped(s) => format!("complete (stopped by {})", signals::name(s)),
-            EndReason::Interrupted(s) => {
-                format!("PARTIAL (interrupted by {} before --duration)", signals::name(s))
-            }
-            EndReason::TargetExited => "PARTIAL (target exited)".into(),
-        }
-    }
-}
 
 pub struct SessionConfig {
     pub pid: u32,
@@ -157,7 +126,6 @@ pub fn sample(
             s.proc_major_faults = stat.majflt;
             s.proc_rss_bytes = status.vm_rss;
             s.proc_hwm_bytes = status.vm_hwm;
-            s.proc_ok = true;
         }
         _ => {
             if let Some(p) = prev {

@@ -19,7 +19,7 @@ static MARKS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn record_mark(_signal: libc::c_int) {
     // clock_gettime and atomics only: async-signal-safe.
-    let now = crate::probes::monotonic_ns();
+    let now = crate::clock::monotonic_ns();
     let i = MARKS.fetch_add(1, Ordering::SeqCst);
     if let Some(slot) = MARK_TIMES.get(i) {
         slot.store(now, Ordering::SeqCst);

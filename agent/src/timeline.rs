@@ -33,9 +33,6 @@ pub struct Sample {
     /// Ground truth: `/proc/PID/stat` minflt / majflt (cumulative since start).
     pub proc_minor_faults: u64,
     pub proc_major_faults: u64,
-    /// False when `/proc` could not be read (the target is gone): the proc_*
-    /// fields then repeat the last good reading.
-    pub proc_ok: bool,
 }
 
 /// The numbers of one window `[first.t_ns, last.t_ns]`.

@@ -93,7 +93,7 @@ impl EventFormat {
 }
 
 /// Parses a tracefs `format` file: lines like
-/// `field:pid_t next_pid;	offset:56;	size:4;	signed:1;`.
+/// `field:pid_t next_pid;` `offset:56;` `size:4;` `signed:1;`, tab-separated.
 pub fn parse_format(text: &str) -> EventFormat {
     let mut fields = Vec::new();
     for line in text.lines() {

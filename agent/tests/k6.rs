@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use common::*;
 
@@ -205,7 +205,7 @@ fn manual_marks_cut_phases() {
     let marks = out_path("marks").with_extension("txt");
     let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
     let out = out_path("marks-bmf");
-    let mut agent = Agent::spawn_env(
+    let agent = Agent::spawn_env(
         &["attach", "--pid", &server.pid.to_string(), "--out", out.to_str().unwrap()],
         &marks_env,
     );
@@ -219,11 +219,11 @@ fn manual_marks_cut_phases() {
     assert!(mark.status.success(), "{}", String::from_utf8_lossy(&mark.stderr));
     http_load(&url, &["--requests", "300", "--connections", "2"]);
     agent.signal(libc::SIGUSR1);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(50));
     http_load(&url, &["--requests", "100", "--connections", "2"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGINT);
-    let r = agent.finish();
+    let r = agent.wait(Duration::from_secs(30));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let bmf = read_bmf(&out);
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 600.0);

@@ -17,14 +17,14 @@ use common::*;
 /// SIGINT (no --duration: a complete run) and returns its BMF.
 fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> serde_json::Value {
     let out = out_path(test);
-    let mut agent =
+    let agent =
         Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
     agent.wait_attached();
     load();
     // Let the last responses' events reach the event ring's next drain.
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(libc::SIGINT);
-    let result = agent.finish();
+    let result = agent.wait(Duration::from_secs(30));
     assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
     eprintln!("{}", result.stdout);
     let bmf = read_bmf(&out);

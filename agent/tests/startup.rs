@@ -24,7 +24,7 @@ fn run_measures_startup_from_exec() {
     let Some(_serial) = privileged() else { return };
     let out = out_path("run-startup");
     let server = fixture("demo-server");
-    let mut agent = Agent::spawn(&[
+    let agent = Agent::spawn(&[
         "run",
         "--duration",
         "4",
@@ -43,7 +43,7 @@ fn run_measures_startup_from_exec() {
     let addr = ready_field(&ready, "addr").expect("addr in ready line");
     get(&addr, "/");
     get(&addr, "/health");
-    let r = agent.finish();
+    let r = agent.wait(Duration::from_secs(30));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let bmf = read_bmf(&out);
     let to_listen = bmf_value(&bmf, "startup/to_listen", "latency");
@@ -90,22 +90,13 @@ fn run_reports_a_target_that_exits_during_startup() {
     assert!(bmf_value(&bmf, "memory/peak_rss", "memory") > 0.0);
 }
 
-/// `run` refuses a command that does not exist before attaching anything.
-#[test]
-fn run_with_a_missing_command_fails_clearly() {
-    let Some(_serial) = privileged() else { return };
-    let r = run_agent(&["run", "--", "/nonexistent/server"]);
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no such executable"), "{}", r.stderr);
-}
-
 /// `attach --wait-exec NAME` follows the next process that execs NAME, from
 /// its exec.
 #[test]
 fn wait_exec_follows_the_next_matching_exec() {
     let Some(_serial) = privileged() else { return };
     let out = out_path("wait-exec");
-    let mut agent = Agent::spawn(&[
+    let agent = Agent::spawn(&[
         "attach",
         "--wait-exec",
         "demo-server",
@@ -119,12 +110,11 @@ fn wait_exec_follows_the_next_matching_exec() {
     let _other = Target::start("cpu-burner", &["--threads", "1", "--late-threads", "0"]);
     let server = Target::start("demo-server", &["--listen-delay-ms", "200"]);
     get(&server.addr(), "/");
-    let r = agent.finish();
+    let r = agent.wait(Duration::from_secs(30));
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains(&format!("pid {}", server.pid)), "{}", r.stdout);
     let bmf = read_bmf(&out);
     let to_listen = bmf_value(&bmf, "startup/to_listen", "latency");
     assert!((200.0 * MS..=260.0 * MS).contains(&to_listen), "to_listen {to_listen}");
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 1.0);
-    let _ = Duration::ZERO;
 }

@@ -1,12 +1,12 @@
-//! k6 integration: run k6 against the target after an idle window, follow it
-//! live, and cut the run into phases (idle, each scenario and stage,
-//! cooldown) with k6's client-side numbers beside the agent's.
+//! k6 integration: check the script and get its plan before attaching, run
+//! k6 against the target after an idle window, follow it live, and hand over
+//! what it did ([`K6Outcome`]) and its client-side results.
 //!
-//! Phase edges come from k6's plan (`k6 inspect --execution-requirements`)
-//! anchored at the moments k6 itself logs "Start of test run" and "Starting
-//! executor run..." for each scenario, which the agent timestamps as the
-//! lines arrive on k6's stderr (`--log-format json -v`): millisecond-exact,
-//! where k6's once-a-second `vus` metric is not.
+//! Phase edges (cut in `load.rs`) come from k6's plan (`k6 inspect
+//! --execution-requirements`) anchored at the moments k6 itself logs "Start
+//! of test run" and "Starting executor run..." for each scenario, which the
+//! agent timestamps as the lines arrive on k6's stderr (`--log-format json
+//! -v`): millisecond-exact, where k6's once-a-second `vus` metric is not.
 
 pub mod plan;
 pub mod results;
@@ -22,9 +22,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use self::results::ClientResults;
+
 use crate::{
-    phases::Phase,
-    probes::{KernelReading, monotonic_ns},
+    clock::monotonic_ns,
+    probes::KernelReading,
     session::{Control, Controller},
 };
 
@@ -79,12 +81,10 @@ fn env_args(args: &[String]) -> Vec<&String> {
 /// What k6 reported about its own progress, stamped on arrival.
 #[derive(Clone, Debug, Default)]
 pub struct Markers {
-    pub spawned_ns: Option<u64>,
     /// "Start of test run": offset 0 of the plan.
     pub test_start_ns: Option<u64>,
     /// "Starting executor run..." per scenario.
     pub scenario_start_ns: Vec<(String, u64)>,
-    pub exited_ns: Option<u64>,
 }
 
 /// Reads k6's JSON log lines: stamps the markers, shows its warnings,
@@ -135,16 +135,31 @@ pub struct K6Driver {
     k6: PathBuf,
     script: PathBuf,
     args: Vec<String>,
-    pub results_path: PathBuf,
+    results_path: PathBuf,
     idle: Duration,
     cooldown: Duration,
     state: State,
-    pub idle_start_ns: Option<u64>,
-    pub markers: Arc<Mutex<Markers>>,
-    pub exit_status: Option<ExitStatus>,
+    idle_start_ns: Option<u64>,
+    markers: Arc<Mutex<Markers>>,
+    exit_status: Option<ExitStatus>,
     /// k6 was stopped by the agent (the run ended first): its exit status
     /// says so, not how the load test went.
-    pub stopped_early: bool,
+    stopped_early: bool,
+}
+
+/// What k6 did, once the run is over.
+#[derive(Debug)]
+pub struct K6Outcome {
+    /// k6's progress, stamped as its log lines arrived.
+    pub markers: Markers,
+    /// When the idle window before k6 began; `None` if it never began (the
+    /// target never listened).
+    pub idle_start_ns: Option<u64>,
+    /// k6's exit status when it ran to its end by itself; `None` when it
+    /// never started or perf-agent stopped it because the run ended first.
+    pub status: Option<ExitStatus>,
+    /// k6's `--out json` results (its temporary file is deleted).
+    pub results: Option<ClientResults>,
 }
 
 impl K6Driver {
@@ -193,16 +208,29 @@ impl K6Driver {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.k6.display()))?;
-        self.markers.lock().unwrap_or_else(|e| e.into_inner()).spawned_ns = Some(monotonic_ns());
         let stderr = child.stderr.take().expect("piped");
         let markers = Arc::clone(&self.markers);
         std::thread::spawn(move || follow_stderr(stderr, markers));
         Ok(child)
     }
 
-    /// Stops k6 if it still runs (the run ended early): SIGINT first, so it
-    /// still prints its summary.
-    pub fn stop(&mut self) {
+    /// Ends the driver with the run: stops k6 if it still runs (the run
+    /// ended first), reads its results and deletes their temporary file.
+    pub fn finish(mut self) -> K6Outcome {
+        self.stop();
+        let results = read_client_results(&self.results_path);
+        let _ = std::fs::remove_file(&self.results_path);
+        K6Outcome {
+            markers: self.markers.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            idle_start_ns: self.idle_start_ns,
+            status: self.exit_status.filter(|_| !self.stopped_early),
+            results,
+        }
+    }
+
+    /// Stops k6 if it still runs: SIGINT first, so it still prints its
+    /// summary; SIGKILL after 5 s.
+    fn stop(&mut self) {
         if let State::Running { child } = &mut self.state {
             self.stopped_early = true;
             // SAFETY: our own child.
@@ -218,7 +246,6 @@ impl K6Driver {
                 let _ = child.kill();
                 self.exit_status = child.wait().ok();
             }
-            self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(monotonic_ns());
             self.state = State::Done;
         }
     }
@@ -244,7 +271,6 @@ impl Controller for K6Driver {
             State::Running { child } => {
                 if let Some(status) = child.try_wait()? {
                     self.exit_status = Some(status);
-                    self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(now_ns);
                     self.state =
                         State::Cooldown { until_ns: now_ns + self.cooldown.as_nanos() as u64 };
                 }
@@ -267,97 +293,20 @@ impl Drop for K6Driver {
     }
 }
 
-/// What k6's exit status means (k6's documented exit codes).
-pub fn describe_exit(status: &ExitStatus) -> String {
-    match status.code() {
-        Some(0) => "k6 finished".into(),
-        Some(99) => "k6: thresholds failed (exit 99)".into(),
-        Some(97) => "k6: script aborted by test.abort() (exit 97)".into(),
-        Some(105) => "k6: interrupted (exit 105)".into(),
-        Some(107) => "k6: script exception (exit 107)".into(),
-        Some(108) => "k6: invalid config (exit 108)".into(),
-        Some(c) => format!("k6 exited with status {c}"),
-        None => format!("k6 {status}"),
-    }
-}
-
-/// The run's phases from k6's plan and markers (monotonic ns):
-/// `idle` (from the idle start to the start of the test run), each planned
-/// stage or scenario, `load` (test start to the end of the last stage), and
-/// `cooldown` (the end of the last stage to `run_end_ns`, graceful stop and
-/// teardown included). For one scenario with back-to-back stages, idle, the
-/// stages and cooldown partition the run.
-pub fn phases_from_run(
-    plan: &[plan::Scenario],
-    markers: &Markers,
-    idle_start_ns: Option<u64>,
-    run_end_ns: u64,
-) -> (Vec<Phase>, Vec<plan::PlannedPhase>) {
-    let mut out = Vec::new();
-    let Some(t0) = markers.test_start_ns else {
-        if let Some(idle) = idle_start_ns {
-            out.push(Phase::new("idle", idle, run_end_ns));
+/// Reads a k6 `--out json` file; `None` (and a note) if there is none.
+pub fn read_client_results(path: &Path) -> Option<ClientResults> {
+    match std::fs::File::open(path) {
+        Ok(f) => Some(ClientResults::parse(BufReader::new(f))),
+        Err(e) => {
+            eprintln!("perf-agent: no k6 results at {}: {e}", path.display());
+            None
         }
-        return (out, Vec::new());
-    };
-    if let Some(idle) = idle_start_ns {
-        out.push(Phase::new("idle", idle, t0));
     }
-    let observed = |name: &str| {
-        markers.scenario_start_ns.iter().find(|(n, _)| n == name).map(|(_, t)| t.saturating_sub(t0))
-    };
-    let planned = plan::phases(plan, &observed);
-    let load_end = planned.iter().map(|p| t0 + p.end_ns).max().unwrap_or(t0);
-    for p in &planned {
-        out.push(Phase::new(p.name.clone(), t0 + p.start_ns, t0 + p.end_ns));
-    }
-    out.push(Phase::new("load", t0, load_end));
-    out.push(Phase::new("cooldown", load_end, run_end_ns));
-    let planned = planned
-        .into_iter()
-        .map(|mut p| {
-            p.start_ns += t0;
-            p.end_ns += t0;
-            p
-        })
-        .collect();
-    (out, planned)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const S: u64 = 1_000_000_000;
-
-    #[test]
-    fn phases_partition_a_single_scenario_run() {
-        let plan = plan::parse_plan(
-            r#"{"scenarios":{"default":{"executor":"ramping-vus","startVUs":0,"stages":[
-                {"duration":"1s","target":10},{"duration":"2s","target":10},{"duration":"1s","target":0}]}}}"#,
-        )
-        .unwrap();
-        let markers = Markers {
-            test_start_ns: Some(10 * S),
-            scenario_start_ns: vec![("default".into(), 10 * S + 1_000_000)],
-            ..Default::default()
-        };
-        let (phases, planned) = phases_from_run(&plan, &markers, Some(7 * S), 20 * S);
-        let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["idle", "ramp-up", "steady", "ramp-down", "load", "cooldown"]);
-        assert_eq!((phases[0].start_ns, phases[0].end_ns), (7 * S, 10 * S));
-        assert_eq!(phases[1].start_ns, 10 * S + 1_000_000, "the observed scenario start");
-        assert_eq!(phases[3].end_ns, phases[5].start_ns, "cooldown follows the last stage");
-        assert_eq!(phases[5].end_ns, 20 * S);
-        assert_eq!(plan::steady_phase(&planned).unwrap().vus, Some(10));
-    }
-
-    #[test]
-    fn without_a_start_marker_only_idle_is_known() {
-        let (phases, planned) = phases_from_run(&[], &Markers::default(), Some(S), 5 * S);
-        assert_eq!(phases, [Phase::new("idle", S, 5 * S)]);
-        assert!(planned.is_empty());
-    }
 
     #[test]
     fn env_options_keep_their_values() {
@@ -365,12 +314,5 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(env_args(&args), ["--env", "A=1", "-e", "B=2", "--env=C=3", "-eD=4"]);
-    }
-
-    #[test]
-    fn k6_exit_codes_read_well() {
-        use std::os::unix::process::ExitStatusExt as _;
-        assert!(describe_exit(&ExitStatus::from_raw(99 << 8)).contains("thresholds failed"));
-        assert_eq!(describe_exit(&ExitStatus::from_raw(0)), "k6 finished");
     }
 }

@@ -1,21 +1,38 @@
-//! Helpers for perf-agent's privileged integration tests: they run the real
-//! binary against real fixture processes and compare with `/proc`.
+//! The one harness of perf-agent's integration tests: they run the real
+//! binary against real fixture processes and compare with `/proc`
+//! (read with the agent's own parsers, `perf_agent::procfs`).
 //!
 //! Under `CI=true` a missing privilege is a failure, never a skip. Outside CI
-//! without root, tests skip with a loud message.
+//! without root, privileged tests skip with a loud message.
 #![allow(dead_code)]
 
+mod agent;
+pub mod bpf;
+mod process;
+
 use std::{
-    io::{BufRead as _, BufReader},
+    io::BufReader,
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{ChildStdout, Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
+// Each test binary uses its own subset.
+#[allow(unused_imports)]
+pub use agent::{Agent, AgentOutput, run_agent};
+#[allow(unused_imports)]
+pub use process::{Exit, KillOnDrop};
+
 /// Privileged tests measure CPU and memory of real processes: they hold this
 /// lock so that they never compete with each other for the two cores.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Running under CI (`CI=true` or `CI=1`): nothing that CI must check may
+/// be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
 
 /// `Some(guard)` when the test may run (hold the guard for the whole test);
 /// panics under CI without root.
@@ -24,7 +41,7 @@ pub fn privileged() -> Option<std::sync::MutexGuard<'static, ()>> {
     if unsafe { libc::geteuid() } == 0 {
         return Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    if in_ci() {
         panic!("CI=true but not running as root: privileged eBPF tests must run in CI");
     }
     eprintln!(
@@ -66,7 +83,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// A running fixture process, killed on drop.
 pub struct Target {
-    pub child: Child,
+    pub process: KillOnDrop,
     pub pid: u32,
     pub stdout: BufReader<ChildStdout>,
     /// The `ready ...` line.
@@ -76,16 +93,15 @@ pub struct Target {
 impl Target {
     /// Starts fixture `name` and waits for its `ready pid=...` line.
     pub fn start(name: &str, args: &[&str]) -> Target {
-        let mut child = Command::new(fixture(name))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting fixture {name}: {e}"));
-        let pid = child.id();
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut process = KillOnDrop::spawn(
+            Command::new(fixture(name)).args(args).stdout(Stdio::piped()),
+            &format!("fixture {name}"),
+        );
+        let pid = process.pid();
+        let mut stdout = BufReader::new(process.take_stdout().expect("piped stdout"));
         let line = read_line(&mut stdout);
         assert!(line.starts_with("ready"), "fixture {name} said {line:?} instead of ready");
-        Target { child, pid, stdout, ready: line }
+        Target { process, pid, stdout, ready: line }
     }
 
     /// `ip:port` from an `addr=` field of the ready line.
@@ -101,13 +117,6 @@ impl Target {
                 return line;
             }
         }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -153,119 +162,18 @@ fn read_line(r: &mut impl std::io::BufRead) -> String {
     line.trim_end().to_string()
 }
 
-/// A running `perf-agent` with piped stdout/stderr.
-pub struct Agent {
-    pub child: Child,
-    stderr: BufReader<std::process::ChildStderr>,
-    pub stderr_text: String,
-    stdout: Option<BufReader<ChildStdout>>,
-    pub stdout_text: String,
-}
-
-/// What a finished agent left.
-pub struct AgentOutput {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Agent {
-    pub fn spawn(args: &[&str]) -> Agent {
-        Agent::spawn_env(args, &[])
-    }
-
-    /// Like [`Agent::spawn`] with extra environment variables.
-    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut child = Command::new(agent_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting perf-agent");
-        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-        let stdout = child.stdout.take().map(BufReader::new);
-        Agent { child, stderr, stderr_text: String::new(), stdout, stdout_text: String::new() }
-    }
-
-    /// Reads stdout (where a launched target's output goes too) until a line
-    /// starting with `prefix`; returns it.
-    pub fn expect_stdout_line(&mut self, prefix: &str) -> String {
-        let stdout = self.stdout.as_mut().expect("stdout piped");
-        loop {
-            let mut line = String::new();
-            let n = stdout.read_line(&mut line).expect("reading agent stdout");
-            assert!(n > 0, "agent stdout closed before {prefix:?}:\n{}", self.stdout_text);
-            self.stdout_text.push_str(&line);
-            if line.starts_with(prefix) {
-                return line.trim_end().to_string();
-            }
-        }
-    }
-
-    /// Reads stderr until a line containing `needle`.
-    pub fn expect_stderr(&mut self, needle: &str) {
-        loop {
-            let mut line = String::new();
-            let n = self.stderr.read_line(&mut line).expect("reading agent stderr");
-            self.stderr_text.push_str(&line);
-            assert!(n > 0, "agent stderr closed before {needle:?}:\n{}", self.stderr_text);
-            if line.contains(needle) {
-                return;
-            }
-        }
-    }
-
-    /// Blocks until the agent says it attached; panics with its output if it
-    /// exits first.
-    pub fn wait_attached(&mut self) {
-        loop {
-            let mut line = String::new();
-            let n = self.stderr.read_line(&mut line).expect("reading agent stderr");
-            self.stderr_text.push_str(&line);
-            if n == 0 {
-                let status = self.child.wait().expect("waiting for perf-agent");
-                panic!("perf-agent exited before attaching ({status}):\n{}", self.stderr_text);
-            }
-            if line.contains("attached to PID") {
-                return;
-            }
-        }
-    }
-
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    pub fn finish(mut self) -> AgentOutput {
-        use std::io::Read as _;
-        let mut rest = String::new();
-        let _ = self.stderr.read_to_string(&mut rest);
-        let mut stdout = std::mem::take(&mut self.stdout_text);
-        if let Some(mut s) = self.stdout.take() {
-            let _ = s.read_to_string(&mut stdout);
-        }
-        let status = self.child.wait().expect("waiting for perf-agent");
-        self.stderr_text.push_str(&rest);
-        AgentOutput {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr: std::mem::take(&mut self.stderr_text),
-        }
-    }
-}
-
-/// Runs the agent to completion.
-pub fn run_agent(args: &[&str]) -> AgentOutput {
-    Agent::spawn(args).finish()
+/// The tests' scratch directory, one per user: a root run must not leave
+/// one that an unprivileged run cannot write in.
+pub fn scratch_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    let dir = std::env::temp_dir().join(format!("perf-agent-tests-{}", unsafe { libc::geteuid() }));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A fresh path for a BMF file.
 pub fn out_path(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join("perf-agent-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(format!("{test}-{}.json", std::process::id()));
+    let p = scratch_dir().join(format!("{test}-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&p);
     p
 }
@@ -298,26 +206,15 @@ pub fn validate_bmf(v: &serde_json::Value) {
     assert!(errors.is_empty(), "BMF invalid against Bencher's schema: {errors:?}\n{v:#}");
 }
 
-/// `/proc/PID/stat` utime+stime in ns.
+/// `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
 pub fn proc_cpu_ns(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    let rest = &text[text.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest.split(' ').skip(1).map(|x| x.parse().unwrap_or(0)).collect();
-    // After ')' the fields start at 3 (state), so field N is at N - 3; skip(1) drops state.
-    let (utime, stime) = (f[14 - 4], f[15 - 4]);
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    (utime + stime) * 1_000_000_000 / ticks
+    let stat = perf_agent::procfs::read_stat(pid).expect("reading /proc/PID/stat");
+    stat.cpu_time_ns(perf_agent::procfs::clock_ticks_per_sec())
 }
 
-/// A `/proc/PID/status` field in bytes (kB lines).
-pub fn proc_status_bytes(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in status"));
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+/// `/proc/PID/status` (memory fields in bytes).
+pub fn proc_status(pid: u32) -> perf_agent::procfs::ProcStatus {
+    perf_agent::procfs::read_status(pid).expect("reading /proc/PID/status")
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
