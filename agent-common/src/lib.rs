@@ -366,6 +366,12 @@ pub struct ConnState {
     pub bytes_out: u64,
     /// Outbound: the inbound connection (sock address) the call serves.
     pub parent_sk: u64,
+    /// Inbound: user address of the first bytes of the response being
+    /// sent, noted by `tcp_sendmsg_locked` before the copy and read by
+    /// `sock_send_length` after it (when the pages are surely mapped: a
+    /// read before the copy can fail on a page the target never touched,
+    /// such as a constant response in its executable). 0 once read.
+    pub response_buf: u64,
     /// Inbound: requests started on this connection; outbound: the parent's
     /// request number when the call started.
     pub seq: u32,
@@ -557,7 +563,7 @@ const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 18 * 4);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 9 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);

@@ -31,8 +31,9 @@ const ITER_UBUF: u8 = 0;
 const ITER_IOVEC: u8 = 1;
 
 /// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct
-/// sk_buff *skb, int size_goal)`. Reads the status line of a response the
-/// target starts sending on an inbound connection, once per response.
+/// sk_buff *skb, int size_goal)`. Notes where the first bytes of a response
+/// the target starts sending on an inbound connection are; `sock_send_length`
+/// reads its status line there once the bytes have been copied.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     if config::target_thread().is_none() {
@@ -40,12 +41,12 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: Sock = ctx.arg(0);
     let Some(c) = super::conn::conn(sk) else { return 0 };
-    if c.direction != direction::INBOUND || c.phase != phase::REQUEST || c.status != 0 {
+    if c.direction != direction::INBOUND || c.phase != phase::REQUEST || c.response_buf != 0 {
         return 0; // not the first bytes of a response
     }
     let msg: *const u8 = ctx.arg(1);
     if let Some(buf) = first_user_byte(msg) {
-        c.status = http::status_at(buf);
+        c.response_buf = buf;
     }
     0
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{buffers, has_upstreams, insert_failed, milestones, now, ring::emit, stats};
+use super::{buffers, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats};
 use crate::{
     access::{load_field, put, zero_words},
     config::{self, offset},
@@ -91,6 +91,7 @@ fn reset_exchange(c: &mut ConnState) {
     put(&mut c.last_response_ns, 0);
     put(&mut c.bytes_in, 0);
     put(&mut c.bytes_out, 0);
+    put(&mut c.response_buf, 0);
     put(&mut c.status, 0);
 }
 
@@ -271,9 +272,12 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
     let t = now();
     if c.direction == direction::INBOUND {
         if c.phase == phase::REQUEST {
-            // The status was read by `tcp_sendmsg_locked` before the copy.
             c.phase = phase::RESPONSE;
             c.first_response_ns = t;
+            // Where `tcp_sendmsg_locked` saw the bytes, copied by now.
+            if c.response_buf != 0 {
+                c.status = http::status_at(c.response_buf);
+            }
             if let Some(m) = milestones()
                 && m.first_response_ns == 0
             {
