@@ -15,8 +15,9 @@
 //!   socket's own storage (`CONNS`, `BPF_MAP_TYPE_SK_STORAGE`), reached from
 //!   the BTF-typed `sk` without a hash lookup.
 //! - [`buffers`]: `tcp_sendmsg_locked` (BTF tracepoint, TCP sends only, in
-//!   the sender's context): the first bytes of a response (its HTTP status
-//!   line) through `msg->msg_iter`. With `--health-path`/`--ready-path`
+//!   the sender's context, before the copy): where the first bytes of a
+//!   response are (`msg->msg_iter`); `sock_send_length` reads its HTTP
+//!   status line there after the copy. With `--health-path`/`--ready-path`
 //!   only, `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}`: where a
 //!   request's first bytes land, for its path; user space detaches them once
 //!   the milestones they serve are reached (they tax every system call of

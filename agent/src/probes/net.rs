@@ -382,3 +382,60 @@ impl Drop for Mapping {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A literal with every field: adding a field to `NetStats` breaks this
+    /// test until it is listed here, and `accumulate` must then sum it too.
+    fn distinct() -> NetStats {
+        NetStats {
+            events_dropped: 1,
+            conns_untracked: 2,
+            inserts_failed: 4,
+            inbound_conns: 8,
+            outbound_conns: 16,
+            adopted_conns: 32,
+            inbound_resets: 64,
+            outbound_resets: 128,
+            unmatched_writes: 256,
+        }
+    }
+
+    #[test]
+    fn per_cpu_counters_are_summed_field_by_field() {
+        let mut total = distinct();
+        total.accumulate(&distinct());
+        let once = distinct();
+        assert_eq!(total.events_dropped, 2 * once.events_dropped);
+        assert_eq!(total.conns_untracked, 2 * once.conns_untracked);
+        assert_eq!(total.inserts_failed, 2 * once.inserts_failed);
+        assert_eq!(total.inbound_conns, 2 * once.inbound_conns);
+        assert_eq!(total.outbound_conns, 2 * once.outbound_conns);
+        assert_eq!(total.adopted_conns, 2 * once.adopted_conns);
+        assert_eq!(total.inbound_resets, 2 * once.inbound_resets);
+        assert_eq!(total.outbound_resets, 2 * once.outbound_resets);
+        assert_eq!(total.unmatched_writes, 2 * once.unmatched_writes);
+        // Losses: events dropped, connections untracked, inserts failed.
+        assert_eq!(once.lost(), 1 + 2 + 4);
+    }
+
+    #[test]
+    fn read_hooks_wait_for_a_2xx_on_every_watched_path() {
+        let event = |status, flags| NetEvent {
+            kind: event_kind::REQUEST,
+            status,
+            flags,
+            ..Default::default()
+        };
+        let mut awaited = PathsAwaited { health: true, ready: true };
+        awaited.note(&event(503, conn_flags::PATH_HEALTH));
+        awaited.note(&event(200, 0));
+        assert!(!awaited.none(), "no 2xx on a watched path yet");
+        awaited.note(&event(204, conn_flags::PATH_HEALTH));
+        assert!(!awaited.none(), "ready still awaited");
+        awaited.note(&event(200, conn_flags::PATH_READY | conn_flags::AT_END));
+        assert!(awaited.none());
+    }
+}
