@@ -22,6 +22,7 @@ pub mod globals {
     pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
 }
 
+/// Names of the maps and programs (`names.rs`).
 pub mod names;
 
 /// The thread group being measured (map `TARGET`, one-slot `ARRAY`).
