@@ -22,6 +22,9 @@ pub mod globals {
     pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
 }
 
+/// Names of the maps and programs (`names.rs`).
+pub mod names;
+
 /// The thread group being measured (map `TARGET`, one-slot `ARRAY`).
 ///
 /// A map rather than a constant because it can be set by the kernel side
@@ -33,8 +36,7 @@ pub mod globals {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
     pub tgid: u32,
-    /// execs by the target seen since it was armed (it may exec again).
-    pub execs: u32,
+    pub _pad: u32,
     /// CLOCK_MONOTONIC ns of the exec that armed it; 0 in attach mode.
     pub exec_ns: u64,
 }
@@ -95,8 +97,8 @@ impl PathMatch {
 
 /// Byte offsets of the kernel data the programs read, found at start-up:
 /// tracepoint fields from the tracefs `format` files, struct fields from the
-/// kernel's BTF. No kernel layout is compiled in. (The hot programs are raw
-/// or BTF-typed tracepoints: their arguments come positionally from
+/// kernel's BTF. No kernel layout is compiled in. (The hot programs are
+/// BTF-typed tracepoints: their arguments come positionally from
 /// `TP_PROTO`, and only the struct fields they follow need offsets.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,9 +117,6 @@ pub struct TracepointOffsets {
     /// every TCP state change (`inet_sock_set_state`).
     pub sock_family: u32,
     pub sock_protocol: u32,
-    /// `tcp:tcp_receive_reset` / `tcp:tcp_send_reset`
-    pub receive_reset_skaddr: u32,
-    pub send_reset_skaddr: u32,
     /// `sched:sched_process_exec`
     pub exec_filename: u32,
     pub exec_pid: u32,
@@ -131,14 +130,22 @@ pub struct TracepointOffsets {
     /// `sock.__sk_common.skc_num` (BTF): the local port, host order; a
     /// socket first seen mid-life is inbound when it is a listening port.
     pub sock_num: u32,
+    /// `msghdr.msg_iter.iter_type`, `.iov_offset` and `.ubuf` (the same
+    /// place as `.__iov`), and `iovec.iov_base` (BTF): where the bytes a TCP
+    /// send is about to copy come from (`tcp:tcp_sendmsg_locked`), for the
+    /// response's status line.
+    pub msg_iter_type: u32,
+    pub msg_iter_iov_offset: u32,
+    pub msg_iter_ubuf: u32,
+    pub iovec_base: u32,
+    pub _pad: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
 /// argument (`struct syscall_trace_enter`: the 8-byte common header, `int
-/// nr` padded to 8, then `unsigned long args[6]`). The buffer hooks
-/// (`sys_enter_{write,sendto,writev,sendmsg}` for a response's status line,
-/// `sys_enter_{read,recvfrom,readv,recvmsg}` for a request's path) read it
-/// straight from their context, which the verifier allows only at an offset
+/// nr` padded to 8, then `unsigned long args[6]`). The read hooks
+/// (`sys_enter_{read,recvfrom,readv,recvmsg}`, for a request's path, only
+/// with `--health-path`/`--ready-path`) read it straight from their context, which the verifier allows only at an offset
 /// fixed in the instruction; a helper read at an offset given at load time
 /// cost ~40 ns more per call. User space checks each hooked tracepoint's
 /// format against it and refuses to run if one differs.
@@ -256,10 +263,11 @@ pub mod conn_flags {
     pub const PATH_READY: u32 = 16;
 }
 
-/// Per-connection state (map `CONNS`, key: the `struct sock *` address).
+/// Per-connection state (map `CONNS`, socket-local storage: the kernel
+/// keeps it with the `struct sock` and frees it with the socket).
 ///
-/// Keyed by socket, not fd: an fd number reused for a new connection is a new
-/// socket, and an entry is reset whenever its socket is (re)established, so
+/// Per socket, not fd: an fd number reused for a new connection is a new
+/// socket, and the state is reset whenever its socket is (re)established, so
 /// no stale state survives into another connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -270,14 +278,22 @@ pub struct ConnState {
     pub first_response_ns: u64,
     /// Last byte of the response so far.
     pub last_response_ns: u64,
-    /// Inbound: ns this request spent waiting on upstream calls made for it.
-    pub upstream_ns: u64,
+    /// The socket's kernel address: with `seq`, names the inbound request
+    /// under way in `UPSTREAM_WAIT` (and tells a socket seen through two fds
+    /// apart at the end of a run).
+    pub sk: u64,
     /// Outbound: up to when the call's time was already credited to its parent.
     pub credited_until_ns: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Outbound: the inbound connection (sock address) the call serves.
     pub parent_sk: u64,
+    /// Inbound: user address of the first bytes of the response being
+    /// sent, noted by `tcp_sendmsg_locked` before the copy and read by
+    /// `sock_send_length` after it (when the pages are surely mapped: a
+    /// read before the copy can fail on a page the target never touched,
+    /// such as a constant response in its executable). 0 once read.
+    pub response_buf: u64,
     /// Inbound: requests started on this connection; outbound: the parent's
     /// request number when the call started.
     pub seq: u32,
@@ -359,9 +375,10 @@ pub struct EventRingPos {
 /// that can nest on one CPU between its fullness check and its reservation.
 pub const EVENT_RING_MARGIN: u64 = 16;
 
-/// Which thread last read from which inbound connection (map
-/// `THREAD_INBOUND`, key: tid): an upstream call started on a thread serves
-/// the request that thread was handling.
+/// An inbound request: its connection's socket address and request number.
+/// Value of `THREAD_INBOUND` (key: tid; an upstream call started on a thread
+/// serves the request that thread was handling) and key of `UPSTREAM_WAIT`
+/// (ns the request waited on upstream calls).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParentRef {
@@ -370,29 +387,19 @@ pub struct ParentRef {
     pub _pad: u32,
 }
 
-/// The user buffer of the write syscall a thread is in (map `WRITE_BUF`,
-/// a one-slot `PERCPU_ARRAY`): the socket hook that follows on the same CPU
-/// and thread reads the response's status line from it. A plain per-CPU
-/// slot, not a hash keyed by thread: this runs on every write.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriteStash {
-    pub buf: u64,
-    /// The thread that stashed it; 0 once used.
-    pub tid: u32,
-    pub _pad: u32,
-}
-
 /// Per-CPU counters of the network probes (map `NET_STATS`): what was seen,
 /// and every way an event can be lost.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
-    pub events_submitted: u64,
     /// Event ring of this CPU full: the event is lost (and counted).
     pub events_dropped: u64,
-    /// `CONNS` full: the connection is not tracked (and counted).
+    /// A connection's socket storage could not be created (kernel memory):
+    /// the connection is not tracked (and counted).
     pub conns_untracked: u64,
+    /// An insert into a hash map failed (`LISTEN_PORTS`, `THREAD_INBOUND`,
+    /// `UPSTREAM_WAIT`, `READ_BUF` full): a port, parent or path is missed.
+    pub inserts_failed: u64,
     pub inbound_conns: u64,
     pub outbound_conns: u64,
     /// Connections first seen mid-life (opened before attach).
@@ -405,6 +412,32 @@ pub struct NetStats {
     /// Writes on an inbound connection with no request read before them
     /// (a greeting, or a response already under way at attach).
     pub unmatched_writes: u64,
+}
+
+impl NetStats {
+    const WORDS: usize = core::mem::size_of::<NetStats>() / 8;
+
+    /// Adds `other` field by field (another CPU's counters). Every field is
+    /// a `u64` (asserted below), so this walks them as words: a new field
+    /// cannot be forgotten.
+    pub fn accumulate(&mut self, other: &NetStats) {
+        // SAFETY: `NetStats` is `repr(C)`, all `u64`, no padding: exactly
+        // `WORDS` words.
+        let (into, from) = unsafe {
+            (
+                &mut *(self as *mut NetStats).cast::<[u64; NetStats::WORDS]>(),
+                &*(other as *const NetStats).cast::<[u64; NetStats::WORDS]>(),
+            )
+        };
+        for (a, b) in into.iter_mut().zip(from) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// Everything lost: events, untracked connections, failed inserts.
+    pub fn lost(&self) -> u64 {
+        self.events_dropped + self.conns_untracked + self.inserts_failed
+    }
 }
 
 /// First occurrences, for startup (map `MILESTONES`, one-slot `ARRAY`):
@@ -439,7 +472,6 @@ mod user {
     unsafe impl aya::Pod for super::EventSlot {}
     unsafe impl aya::Pod for super::EventRingPos {}
     unsafe impl aya::Pod for super::ParentRef {}
-    unsafe impl aya::Pod for super::WriteStash {}
     unsafe impl aya::Pod for super::NetStats {}
     unsafe impl aya::Pod for super::Milestones {}
     unsafe impl aya::Pod for super::Target {}
@@ -452,14 +484,15 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 15 * 4);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 8 * 8 + 6 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 18 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 9 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
-const _: () = assert!(core::mem::size_of::<WriteStash>() == 16);
+// Nine fields, all u64 (`NetStats::accumulate` relies on it).
 const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);
+const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);

@@ -1,7 +1,7 @@
 //! Configuration: `const volatile` globals user space overrides before load
 //! (`EbpfLoader::override_global`; the verifier then sees constants), and the
 //! target, which lives in a map because the exec hook may arm it itself.
-//! Names must match `agent_common::globals`.
+//! Names must match `agent_common::globals` and `agent_common::names`.
 
 use agent_common::{ExecMatch, PathMatch, Target, TracepointOffsets};
 use aya_ebpf::{macros::map, maps::Array};
@@ -16,13 +16,16 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     rss_stat_size: 0,
     sock_family: 0,
     sock_protocol: 0,
-    receive_reset_skaddr: 0,
-    send_reset_skaddr: 0,
     exec_filename: 0,
     exec_pid: 0,
     task_sum_exec_runtime: 0,
     task_prev_sum_exec_runtime: 0,
     sock_num: 0,
+    msg_iter_type: 0,
+    msg_iter_iov_offset: 0,
+    msg_iter_ubuf: 0,
+    iovec_base: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -40,7 +43,7 @@ pub(crate) static EVENT_RING_SHIFT: u32 = 0;
 #[map]
 pub(crate) static TARGET: Array<Target> = Array::with_max_entries(1, 0);
 
-/// One field offset of [`OFFSETS`], as a `usize` for `TracePointContext::read_at`.
+/// One field offset of [`OFFSETS`], as a `usize`.
 macro_rules! offset {
     ($field:ident) => {{
         // Often expanded inside an `unsafe` read_at call already.
@@ -50,35 +53,6 @@ macro_rules! offset {
     }};
 }
 pub(crate) use offset;
-
-/// Reads a `const volatile` global whole (the compiler must not fold its
-/// compile-time value).
-#[inline(always)]
-pub fn read_const<T: Copy>(v: &'static T) -> &'static T {
-    // A volatile read of a pointer to it: the loads that follow go to the
-    // map user space wrote, not to the compile-time initialiser.
-    unsafe { &*core::ptr::read_volatile(&(v as *const T)) }
-}
-
-/// Reads a `T` at `offset` bytes into a kernel object.
-#[inline(always)]
-pub fn read_field<T>(base: u64, offset: usize) -> Option<T> {
-    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((base as *const u8).add(offset) as *const T) }
-        .ok()
-}
-
-/// Loads a `T` at `offset` bytes into a kernel object reached through a
-/// BTF-typed pointer (a `tp_btf` argument): a plain load, no helper. The
-/// offset comes from [`OFFSETS`], a constant to the verifier, so `base +
-/// offset` keeps its BTF type and the load is checked against the struct's
-/// layout (a fault reads 0).
-///
-/// # Safety
-/// `base` must be such a pointer and `offset` that of a `T` field in it.
-#[inline(always)]
-pub unsafe fn load_field<T: Copy>(base: *const u8, offset: usize) -> T {
-    unsafe { core::ptr::read(base.add(offset) as *const T) }
-}
 
 /// tgid and tid of the task this program runs in.
 #[inline(always)]

@@ -21,7 +21,10 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use crate::config::{self, load_field, offset};
+use crate::{
+    access::{load_field, read_field},
+    config::{self, offset},
+};
 
 #[map]
 static CPU_ACCOUNT: PerCpuArray<CpuAccount> = PerCpuArray::with_max_entries(1, 0);
@@ -37,7 +40,7 @@ static THREAD_RUNTIME: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65_53
 /// the exec hook, whose task pointer is not BTF-typed).
 #[inline(always)]
 pub(crate) fn runtime_of(task: u64) -> Option<u64> {
-    config::read_field(task, offset!(task_sum_exec_runtime))
+    read_field(task, offset!(task_sum_exec_runtime))
 }
 
 /// Records `tid`, of the target and on this CPU now with total `runtime`, as

@@ -10,7 +10,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::config::{self, EXEC_MATCH, TARGET, offset};
+use crate::{
+    access::read_const,
+    config::{self, EXEC_MATCH, TARGET, offset},
+};
 
 /// Scratch space for the exec'd filename (too large for the BPF stack).
 #[map]
@@ -20,14 +23,10 @@ static FILENAME: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let Some(target) = TARGET.get_ptr_mut(0) else { return 0 };
     let target = unsafe { &mut *target };
-    let (tgid, _) = config::current_tgid_tid();
     if target.tgid != 0 {
-        if target.tgid == tgid {
-            target.execs += 1; // the target exec'd another program: still followed
-        }
-        return 0;
+        return 0; // armed already (a later exec by the target is still the target)
     }
-    let m = config::read_const(&EXEC_MATCH);
+    let m = read_const(&EXEC_MATCH);
     let matched = match m.kind {
         exec_match::PID => {
             let pid = unsafe { ctx.read_at::<i32>(offset!(exec_pid)) }.unwrap_or(0);
@@ -41,16 +40,15 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if matched {
+        let (tgid, tid) = config::current_tgid_tid();
         // CPU time before the exec (the launcher's) is not the target's: its
         // slice counts from the total now, as if it had just been switched in.
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         if let Some(runtime) = crate::cpu::runtime_of(task) {
-            let (_, tid) = config::current_tgid_tid();
             crate::cpu::record_running(tid, runtime);
         }
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };
-        target.execs = 1;
     }
     0
 }

@@ -14,13 +14,15 @@
 //! are aggregated in the kernel into per-CPU counters: nothing crosses to user
 //! space on those paths, so there is nothing to lose and no wake-up to pay.
 //! Requests go through a per-CPU event ring in a mapped array, drained
-//! without wake-ups (see `net::emit`).
+//! without wake-ups (see `net::ring`). [`access`] holds the helpers every
+//! family uses to read kernel memory and write map values.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the event ring's reservation (see `net::emit`).
+// `atomic_xadd`: the event ring's reservation (see `net::ring::emit`).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod access;
 mod config;
 mod cpu;
 mod exec;

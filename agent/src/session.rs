@@ -116,7 +116,7 @@ pub fn sample(
         major_faults: k.memory.major_faults,
         resets: k.net.stats.inbound_resets,
         upstream_resets: k.net.stats.outbound_resets,
-        lost_events: k.net.stats.events_dropped + k.net.stats.conns_untracked,
+        lost_events: k.net.stats.lost(),
         ..Default::default()
     };
     match (procfs::read_stat(pid), procfs::read_status(pid)) {

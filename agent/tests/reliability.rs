@@ -571,25 +571,25 @@ fn fifty_thousand_concurrent_connections_are_counted_exactly() {
     assert!(ended.max_rss < 128 << 20, "agent peak RSS {} bytes", ended.max_rss);
 }
 
-/// More connections at once than the connection table holds (65 536): the
-/// overflow is counted as dropped, printed and written, every connection
-/// the table holds is tracked, and the agent keeps running. The server
-/// sockets wait in conn-holder's accept queues (established, no descriptor
-/// needed); the client closes its end at once (an orphan in FIN_WAIT2, no
-/// descriptor either), which leaves the server end in CLOSE_WAIT: still in
-/// the table.
+/// 100 000 connections at once, more than the old connection table held
+/// (65 536): per-connection state is socket storage, bounded by kernel
+/// memory, not a map size, so every one is tracked and nothing is dropped.
+/// The server sockets wait in conn-holder's accept queues (established,
+/// no descriptor needed: this VM's hard descriptor limit is 20 000); the
+/// client closes its end at once (an orphan in FIN_WAIT2, no descriptor
+/// either), which leaves the server end in CLOSE_WAIT: still a live,
+/// tracked connection.
 #[test]
-fn connection_table_overflow_is_counted_not_silent() {
+fn hundred_thousand_concurrent_connections_are_all_tracked() {
     let Some(_serial) = privileged() else { return };
-    const N: usize = 70_000;
-    const TABLE: u64 = 65_536;
+    const N: usize = 100_000;
     let somaxconn: usize =
         fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
     let ports = (N / somaxconn + 2).to_string();
     let backlog = somaxconn.to_string();
     let (holder, ports) =
         start_conn_holder(&["--ports", &ports, "--backlog", &backlog, "--accept-max", "0"]);
-    let out = out_path("rel-overflow");
+    let out = out_path("rel-100k-concurrent");
     let pid = holder.pid.to_string();
     let agent = Agent::spawn(&[
         "attach",
@@ -621,31 +621,45 @@ fn connection_table_overflow_is_counted_not_silent() {
     }
     let took = t.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(agent.alive(), "the agent died with its table full:\n{}", agent.stderr());
+    // Ground truth: the server ends the kernel holds for conn-holder
+    // (CLOSE_WAIT, state 08 in /proc/net/tcp), counted before the agent stops.
+    let held = close_wait_sockets(&ports);
+    assert!(agent.alive(), "the agent died holding {N} connections:\n{}", agent.stderr());
     agent.signal(libc::SIGINT);
     let ended = agent.wait(Duration::from_secs(30));
     let bmf = read_bmf(&out);
     let dropped = bmf_value(&bmf, "agent/dropped_events", "count");
     let inbound = summary_number(&ended.stdout, "connections:", " inbound");
     eprintln!(
-        "{N} connections held at once (opened in {} ms): {inbound} tracked, {dropped} dropped \
-         events; agent peak RSS {:.1} MiB",
+        "{N} connections held at once (opened in {} ms, {held} in CLOSE_WAIT): {inbound} \
+         tracked, {dropped} dropped events; agent peak RSS {:.1} MiB",
         ms(took),
         ended.max_rss as f64 / (1 << 20) as f64
     );
     eprintln!("{}", ended.stdout);
     assert_eq!(ended.code, 0, "{}", ended.stderr);
-    assert_eq!(inbound, TABLE, "the table holds exactly its size");
-    // Each connection left out is one failed insert; runs the kernel skipped
-    // (recursion misses, when the handshake's softirq interrupts another of
-    // our programs) are dropped events too.
-    assert!(
-        dropped >= (N as u64 - TABLE) as f64,
-        "{dropped} dropped for {} left out",
-        N as u64 - TABLE
-    );
-    assert!(ended.stdout.contains(&format!("dropped events {dropped}")), "{}", ended.stdout);
+    assert_eq!(held, N as u64, "the kernel holds every server end");
+    assert_eq!(inbound, N as u64, "every connection tracked: no table to overflow");
+    assert_eq!(dropped, 0.0);
     assert!(ended.max_rss < 128 << 20, "agent peak RSS {} bytes", ended.max_rss);
+    drop(holder);
+}
+
+/// Sockets in CLOSE_WAIT whose local port is one of `ports`
+/// (/proc/net/tcp: `local_address` is `IP:PORT` in hex, `st` 08).
+fn close_wait_sockets(ports: &[u16]) -> u64 {
+    let table = fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local = fields.next().unwrap_or("");
+            let state = fields.nth(1).unwrap_or("");
+            let port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            state == "08" && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count() as u64
 }
 
 /// Short-lived connections (one request each, the server closing first):

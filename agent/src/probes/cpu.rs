@@ -1,15 +1,19 @@
 //! CPU probe: `sched:sched_switch` → on-CPU ns of the target's thread group.
 //! Kernel side: `agent-ebpf/src/cpu.rs`. Formula and error: `docs/metrics.md#cpu`.
 
-use agent_common::CpuAccount;
-use anyhow::Context as _;
+use agent_common::{
+    CpuAccount,
+    names::{maps, programs},
+};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::BtfTracePoint,
 };
 
-use super::take_map;
+use super::{
+    hook::{self, Hook},
+    take_map,
+};
 use crate::{btf::Btf, procfs};
 
 /// The `task_struct` fields `sched_switch` loads from `prev` and `next`,
@@ -47,23 +51,22 @@ impl CpuProbe {
         running: Option<u32>,
     ) -> anyhow::Result<CpuProbe> {
         let account: PerCpuArray<MapData, CpuAccount> =
-            take_map(ebpf, "CPU_ACCOUNT")?.try_into()?;
+            take_map(ebpf, maps::CPU_ACCOUNT)?.try_into()?;
         // Needed by the kernel side only (for threads already on a CPU at
         // attach): not kept.
         let mut thread_runtime: HashMap<MapData, u32, u64> =
-            take_map(ebpf, "THREAD_RUNTIME")?.try_into()?;
+            take_map(ebpf, maps::THREAD_RUNTIME)?.try_into()?;
         if let Some(pid) = running {
             for (tid, runtime) in procfs::thread_runtimes(pid)? {
                 thread_runtime.insert(tid, runtime, 0)?;
             }
         }
 
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut("sched_switch")
-            .context("eBPF object has no program sched_switch")?
-            .try_into()?;
-        program.load("sched_switch", kernel_btf).context("loading sched_switch")?;
-        program.attach().context("attaching to BTF tracepoint sched_switch")?;
+        hook::attach(
+            ebpf,
+            programs::SCHED_SWITCH,
+            Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf },
+        )?;
         Ok(CpuProbe { account })
     }
 

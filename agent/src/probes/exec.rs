@@ -3,15 +3,19 @@
 
 use std::path::Path;
 
-use agent_common::{Target, TracepointOffsets};
-use anyhow::Context as _;
+use agent_common::{
+    Target, TracepointOffsets,
+    names::{maps, programs},
+};
 use aya::{
     Ebpf,
     maps::{Array, MapData},
-    programs::TracePoint,
 };
 
-use super::take_map;
+use super::{
+    hook::{self, Hook},
+    take_map,
+};
 use crate::tracefs;
 
 pub fn offsets(tracefs_root: &Path, o: &mut TracepointOffsets) -> anyhow::Result<()> {
@@ -29,17 +33,15 @@ pub struct ExecProbe {
 impl ExecProbe {
     /// `running`: the tgid of a process that is already running (set now).
     pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<ExecProbe> {
-        let mut target: Array<MapData, Target> = take_map(ebpf, "TARGET")?.try_into()?;
+        let mut target: Array<MapData, Target> = take_map(ebpf, maps::TARGET)?.try_into()?;
         if let Some(pid) = running {
             target.set(0, Target { tgid: pid, ..Default::default() }, 0)?;
         }
-        let prog: &mut TracePoint = ebpf
-            .program_mut("sched_process_exec")
-            .context("eBPF object has no program sched_process_exec")?
-            .try_into()?;
-        prog.load().context("loading sched_process_exec")?;
-        prog.attach("sched", "sched_process_exec")
-            .context("attaching to tracepoint sched:sched_process_exec")?;
+        hook::attach(
+            ebpf,
+            programs::SCHED_PROCESS_EXEC,
+            Hook::TracePoint { category: "sched", name: "sched_process_exec" },
+        )?;
         Ok(ExecProbe { target })
     }
 

@@ -2,18 +2,22 @@
 //! and major page faults. Kernel side: `agent-ebpf/src/memory.rs`.
 //! Formulas and errors: `docs/metrics.md#memory`.
 
-use agent_common::{FaultCounts, RssCounters, RssStats, rss_member};
+use agent_common::{
+    FaultCounts, RssCounters, RssStats,
+    names::{maps, programs},
+    rss_member,
+};
 use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
-    programs::{
-        PerfEvent, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
+    programs::perf_event::SoftwareEvent,
 };
 
-use super::take_map;
+use super::{
+    hook::{self, Hook},
+    take_map,
+};
 use crate::{procfs, tracefs};
 
 pub fn offsets(
@@ -53,10 +57,11 @@ impl MemoryProbe {
     /// /proc. A target armed at exec starts from an empty mm instead.
     pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<MemoryProbe> {
         let mut counters: Array<MapData, RssCounters> =
-            take_map(ebpf, "RSS_COUNTERS")?.try_into()?;
-        let mut stats: PerCpuArray<MapData, RssStats> = take_map(ebpf, "RSS_STATS")?.try_into()?;
+            take_map(ebpf, maps::RSS_COUNTERS)?.try_into()?;
+        let mut stats: PerCpuArray<MapData, RssStats> =
+            take_map(ebpf, maps::RSS_STATS)?.try_into()?;
         let faults: PerCpuArray<MapData, FaultCounts> =
-            take_map(ebpf, "FAULT_COUNTS")?.try_into()?;
+            take_map(ebpf, maps::FAULT_COUNTS)?.try_into()?;
 
         // Seed from /proc: rss_stat only reports changes, so a quiet target
         // would otherwise read as 0 until its next fault.
@@ -75,34 +80,16 @@ impl MemoryProbe {
             stats.set(0, PerCpuValues::try_from(per_cpu)?, 0)?;
         }
 
-        let rss_stat: &mut TracePoint = ebpf
-            .program_mut("rss_stat")
-            .context("eBPF object has no program rss_stat")?
-            .try_into()?;
-        rss_stat.load().context("loading rss_stat")?;
-        rss_stat.attach("kmem", "rss_stat").context("attaching to tracepoint kmem:rss_stat")?;
-
-        let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
+        hook::attach(
+            ebpf,
+            programs::RSS_STAT,
+            Hook::TracePoint { category: "kmem", name: "rss_stat" },
+        )?;
         for (program, event) in [
-            ("page_fault_minor", SoftwareEvent::PageFaultsMin),
-            ("page_fault_major", SoftwareEvent::PageFaultsMaj),
+            (programs::PAGE_FAULT_MINOR, SoftwareEvent::PageFaultsMin),
+            (programs::PAGE_FAULT_MAJOR, SoftwareEvent::PageFaultsMaj),
         ] {
-            let prog: &mut PerfEvent = ebpf
-                .program_mut(program)
-                .with_context(|| format!("eBPF object has no program {program}"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {program}"))?;
-            for &cpu in &cpus {
-                prog.attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .with_context(|| {
-                    format!("attaching {program} to perf software event on CPU {cpu}")
-                })?;
-            }
+            hook::attach(ebpf, program, Hook::SoftwareEventOnEveryCpu(event))?;
         }
         Ok(MemoryProbe { counters, stats, faults })
     }

@@ -1,7 +1,8 @@
 //! Loading and attaching the eBPF programs of `agent-ebpf`, one module per
 //! probe family with the same name as its kernel side
-//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `memory.rs` ↔ [`memory`], `net.rs` ↔
-//! [`net`], `exec.rs` ↔ [`exec`]).
+//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `memory.rs` ↔ [`memory`], `net/` ↔
+//! [`net`] and [`open_sockets`], `exec.rs` ↔ [`exec`]). [`hook`] loads and
+//! attaches any of them; names come from `agent_common::names`.
 //!
 //! The object is configured before load through `const volatile` globals
 //! (field offsets read from tracefs and BTF, what exec arms the target,
@@ -10,8 +11,10 @@
 
 pub mod cpu;
 pub mod exec;
+pub mod hook;
 pub mod memory;
 pub mod net;
+mod open_sockets;
 pub mod stats;
 
 use std::path::Path;
@@ -115,8 +118,8 @@ impl Probes {
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
         let cpu = cpu::CpuProbe::attach(&mut ebpf, &kernel_btf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
-        let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
-        let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
+        let paths = (path_match.health_len > 0, path_match.ready_len > 0);
+        let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
@@ -141,16 +144,22 @@ impl Probes {
         })
     }
 
-    /// Moves finished requests and calls from the kernel into `log`.
+    /// Moves finished requests and calls from the kernel into `log`; then,
+    /// once the startup milestones the read-side syscall hooks serve are
+    /// reached, detaches those hooks (see `NetProbe::detach_read_hooks_when_done`).
     pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
-        self.net.drain(log)
+        let n = self.net.drain(log);
+        if let Err(e) = self.net.detach_read_hooks_when_done(&mut self.ebpf) {
+            eprintln!("perf-agent: warning: {e:#}");
+        }
+        n
     }
 
     /// At the end: drains, then completes exchanges still open; returns the
     /// number of requests still in flight (read, not yet answered).
     pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
         self.net.drain_last(log);
-        self.net.drain_open_exchanges(log)
+        self.net.drain_open_exchanges(self.pid, log)
     }
 
     /// Run counts, run time and recursion misses of every program.
@@ -268,8 +277,9 @@ mod tests {
     fn hot_programs_call_no_byte_loop_builtins() {
         let builtins = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
         for section in [
-            "raw_tp/sock_recv_length",
-            "raw_tp/sock_send_length",
+            "tp_btf/sock_recv_length",
+            "tp_btf/sock_send_length",
+            "tp_btf/tcp_sendmsg_locked",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
         ] {
@@ -285,8 +295,23 @@ mod tests {
         // The reader itself works: the relocations of a hot program name
         // its maps.
         assert!(
-            relocation_targets(EBPF_OBJECT, "raw_tp/sock_recv_length").iter().any(|s| s == "CONNS")
+            relocation_targets(EBPF_OBJECT, "tp_btf/sock_recv_length").iter().any(|s| s == "CONNS")
         );
+    }
+
+    /// Every map and program name user space looks up exists in the built
+    /// object, and the object has no program the names do not list.
+    #[test]
+    fn every_name_exists_in_the_object() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the eBPF object");
+        for map in agent_common::names::maps::ALL {
+            assert!(object.maps.contains_key(map), "no map {map} in the eBPF object");
+        }
+        let mut programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        programs.sort_unstable();
+        let mut named = agent_common::names::programs::ALL.to_vec();
+        named.sort_unstable();
+        assert_eq!(programs, named, "programs in the object vs agent_common::names::programs");
     }
 
     #[test]

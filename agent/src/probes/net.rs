@@ -1,22 +1,26 @@
 //! Network probe: requests and upstream calls at the socket level.
-//! Kernel side: `agent-ebpf/src/net.rs`. Definitions: `docs/metrics.md#requests`.
+//! Kernel side: `agent-ebpf/src/net/`. Definitions: `docs/metrics.md#requests`.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::ptr::NonNull;
 
 use agent_common::{
-    ConnState, EventRingPos, EventSlot, Milestones, NetEvent, NetStats, SYSCALL_ARG1_OFFSET,
-    TracepointOffsets, conn_flags, direction, event_kind, phase,
+    ConnState, EventRingPos, EventSlot, Milestones, NetEvent, NetStats, ParentRef,
+    SYSCALL_ARG1_OFFSET, TracepointOffsets, conn_flags, direction, event_kind,
+    names::{maps, programs},
+    phase,
 };
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, SkStorage},
 };
 
-use super::take_map;
+use super::{
+    hook::{self, Hook},
+    open_sockets, take_map,
+};
 use crate::{btf::Btf, event_ring::EventRing, procfs, requests::RequestLog, tracefs};
 
 /// Memory for the request event ring, all CPUs together, at most: 64 bytes
@@ -35,40 +39,37 @@ pub fn event_ring_shape() -> anyhow::Result<(u32, u32)> {
 
 /// Sizes the event ring's maps before load (they are declared with one entry).
 pub fn size_event_ring(loader: &mut EbpfLoader<'_>, (ncpus, shift): (u32, u32)) {
-    loader.map_max_entries("NET_EVENTS", ncpus << shift);
-    loader.map_max_entries("NET_EVENTS_POS", ncpus);
+    loader.map_max_entries(maps::NET_EVENTS, ncpus << shift);
+    loader.map_max_entries(maps::NET_EVENTS_POS, ncpus);
 }
 
 /// Fills the offsets of every field the network programs read.
 pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> anyhow::Result<()> {
-    // The raw socket tracepoints pass the `struct sock *`; adopting a socket
-    // opened before attach needs its family and protocol.
+    // The socket hooks pass the `struct sock *`; adopting a socket opened
+    // before attach needs its family, protocol and local port.
     o.sock_family = btf.field_offset("sock", &["__sk_common", "skc_family"])?;
     o.sock_protocol = btf.field_offset("sock", &["sk_protocol"])?;
     o.sock_num = btf.field_offset("sock", &["__sk_common", "skc_num"])?;
-    o.receive_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_receive_reset")?
-        .offset("tcp:tcp_receive_reset", "skaddr", 8)?;
-    o.send_reset_skaddr = tracefs::read_format(tracefs_root, "tcp", "tcp_send_reset")?.offset(
-        "tcp:tcp_send_reset",
-        "skaddr",
-        8,
-    )?;
-    // The buffer hooks read their syscall's second argument at a constant
+    // `tcp_sendmsg_locked` follows `msg->msg_iter` to the bytes being sent.
+    o.msg_iter_type = btf.field_offset("msghdr", &["msg_iter", "iter_type"])?;
+    o.msg_iter_iov_offset = btf.field_offset("msghdr", &["msg_iter", "iov_offset"])?;
+    o.msg_iter_ubuf = btf.field_offset("msghdr", &["msg_iter", "ubuf"])?;
+    let iov = btf.field_offset("msghdr", &["msg_iter", "__iov"])?;
+    if iov != o.msg_iter_ubuf {
+        bail!(
+            "this kernel's struct iov_iter keeps __iov (at {iov}) apart from ubuf (at {}): \
+             perf-agent reads either from one place and does not support it",
+            o.msg_iter_ubuf
+        );
+    }
+    o.iovec_base = btf.field_offset("iovec", &["iov_base"])?;
+    // The read hooks read their syscall's second argument at a constant
     // offset (see `SYSCALL_ARG1_OFFSET`): check that this kernel agrees.
-    for (name, field) in [
-        ("sys_enter_write", "buf"),
-        ("sys_enter_sendto", "buff"),
-        ("sys_enter_writev", "vec"),
-        ("sys_enter_sendmsg", "msg"),
-        ("sys_enter_read", "buf"),
-        ("sys_enter_recvfrom", "ubuf"),
-        ("sys_enter_readv", "vec"),
-        ("sys_enter_recvmsg", "msg"),
-    ] {
+    for (name, field) in READ_HOOKS {
         let event = format!("syscalls:{name}");
         let at = tracefs::read_format(tracefs_root, "syscalls", name)?.offset(&event, field, 8)?;
         if at != SYSCALL_ARG1_OFFSET {
-            anyhow::bail!(
+            bail!(
                 "{event}: field {field} is at offset {at}, not {SYSCALL_ARG1_OFFSET} like on every \
                  kernel perf-agent knows; this kernel's syscall tracepoints are not supported"
             );
@@ -77,11 +78,60 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
     Ok(())
 }
 
+/// BTF tracepoints of the network family, attached in this order (the state
+/// tracker first, so connections are classified before data flows).
+const BTF_HOOKS: [&str; 6] = [
+    programs::INET_SOCK_SET_STATE,
+    programs::SOCK_RECV_LENGTH,
+    programs::SOCK_SEND_LENGTH,
+    programs::TCP_SENDMSG_LOCKED,
+    programs::TCP_RECEIVE_RESET,
+    programs::TCP_SEND_RESET,
+];
+
+/// Read-side syscall hooks (program = tracepoint name, buffer field): they
+/// fire for every such system call of the machine, so they are attached only
+/// when a request path must be recognised, and detached once the milestones
+/// they serve are reached.
+const READ_HOOKS: [(&str, &str); 4] = [
+    (programs::SYS_ENTER_READ, "buf"),
+    (programs::SYS_ENTER_RECVFROM, "ubuf"),
+    (programs::SYS_ENTER_READV, "vec"),
+    (programs::SYS_ENTER_RECVMSG, "msg"),
+];
+
 /// Counters of the network probes, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetReading {
     pub stats: NetStats,
     pub milestones: Milestones,
+}
+
+/// The startup milestones the read hooks serve and that are still to come:
+/// the first 2xx response to a request for the health or ready path (as
+/// `startup.rs` defines them).
+#[derive(Clone, Copy, Debug, Default)]
+struct PathsAwaited {
+    health: bool,
+    ready: bool,
+}
+
+impl PathsAwaited {
+    fn note(&mut self, e: &NetEvent) {
+        if e.kind != event_kind::REQUEST || !(200..300).contains(&e.status) {
+            return;
+        }
+        if e.flags & conn_flags::PATH_HEALTH != 0 {
+            self.health = false;
+        }
+        if e.flags & conn_flags::PATH_READY != 0 {
+            self.ready = false;
+        }
+    }
+
+    fn none(&self) -> bool {
+        !self.health && !self.ready
+    }
 }
 
 pub struct NetProbe {
@@ -91,47 +141,32 @@ pub struct NetProbe {
     _event_positions: Mapping,
     stats: PerCpuArray<MapData, NetStats>,
     milestones: Array<MapData, Milestones>,
-    conns: HashMap<MapData, u64, ConnState>,
+    conns: SkStorage<MapData, ConnState>,
+    upstream_wait: HashMap<MapData, ParentRef, u64>,
+    read_buf: HashMap<MapData, u32, u64>,
     _listen_ports: HashMap<MapData, u32, u32>,
+    /// Read hooks attached and milestones they still serve.
+    paths_awaited: Option<PathsAwaited>,
 }
-
-/// Classic tracepoints: (program, category, name).
-const PROGRAMS: [(&str, &str, &str); 6] = [
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("sys_enter_write", "syscalls", "sys_enter_write"),
-    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
-    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-];
-
-/// Read-side syscall hooks: they fire on every read of the target, so they
-/// are attached only when a request path must be recognised.
-const READ_PROGRAMS: [(&str, &str, &str); 4] = [
-    ("sys_enter_read", "syscalls", "sys_enter_read"),
-    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
-    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-];
 
 impl NetProbe {
     /// `running`: a process already running (its listening ports are seeded
-    /// from /proc). `with_paths`: attach the read hooks that match request
-    /// paths (only when `--health-path`/`--ready-path` asked for it).
+    /// from /proc). `paths`: (health, ready) watched; when either is, the
+    /// read hooks that match request paths are attached.
     pub fn attach(
         ebpf: &mut Ebpf,
         kernel_btf: &aya::Btf,
         running: Option<u32>,
-        with_paths: bool,
+        paths: (bool, bool),
         (ncpus, shift): (u32, u32),
     ) -> anyhow::Result<NetProbe> {
         let slots_per_cpu = 1u64 << shift;
         let event_slots = Mapping::of_array(
-            take_map(ebpf, "NET_EVENTS")?,
+            take_map(ebpf, maps::NET_EVENTS)?,
             (u64::from(ncpus) * slots_per_cpu) as usize * size_of::<EventSlot>(),
         )?;
         let event_positions = Mapping::of_array(
-            take_map(ebpf, "NET_EVENTS_POS")?,
+            take_map(ebpf, maps::NET_EVENTS_POS)?,
             ncpus as usize * size_of::<EventRingPos>(),
         )?;
         // SAFETY: the mappings hold ncpus << shift slots and ncpus positions
@@ -144,71 +179,64 @@ impl NetProbe {
                 slots_per_cpu,
             )
         };
-        let stats: PerCpuArray<MapData, NetStats> = take_map(ebpf, "NET_STATS")?.try_into()?;
-        let milestones: Array<MapData, Milestones> = take_map(ebpf, "MILESTONES")?.try_into()?;
-        let conns: HashMap<MapData, u64, ConnState> = take_map(ebpf, "CONNS")?.try_into()?;
-        let mut listen_ports: HashMap<MapData, u32, u32> =
-            take_map(ebpf, "LISTEN_PORTS")?.try_into()?;
-        // Ports the target listened on before attach; later ones the kernel
-        // side learns itself.
-        if let Some(pid) = running {
-            let ports = match procfs::listening_ports(pid) {
-                Ok(ports) => ports,
-                Err(e) => {
-                    eprintln!(
-                        "perf-agent: warning: cannot read the sockets of PID {pid} in \
-                         /proc/{pid}/fd ({e}; another user's process needs CAP_SYS_PTRACE): \
-                         its connections will count as opened before attach"
-                    );
-                    Vec::new()
-                }
-            };
-            for port in ports {
-                listen_ports.insert(u32::from(port), 1, 0)?;
+        let listen_ports = seed_listen_ports(take_map(ebpf, maps::LISTEN_PORTS)?, running)?;
+        for program in BTF_HOOKS {
+            hook::attach(ebpf, program, Hook::BtfTracePoint { name: program, btf: kernel_btf })?;
+        }
+        let paths_awaited =
+            (paths.0 || paths.1).then_some(PathsAwaited { health: paths.0, ready: paths.1 });
+        if paths_awaited.is_some() {
+            for (program, _) in READ_HOOKS {
+                hook::attach(
+                    ebpf,
+                    program,
+                    Hook::TracePoint { category: "syscalls", name: program },
+                )?;
             }
-        }
-        // The state tracker first, so connections are classified before
-        // data flows. A BTF tracepoint: arguments and fields read in place.
-        let state: &mut BtfTracePoint = ebpf
-            .program_mut("inet_sock_set_state")
-            .context("eBPF object has no program inet_sock_set_state")?
-            .try_into()?;
-        state.load("inet_sock_set_state", kernel_btf).context("loading inet_sock_set_state")?;
-        state.attach().context("attaching to BTF tracepoint inet_sock_set_state")?;
-        // The hot ones: raw tracepoints (no trace record built per call).
-        for name in ["sock_recv_length", "sock_send_length"] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .with_context(|| format!("eBPF object has no program {name}"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {name}"))?;
-            prog.attach(name).with_context(|| format!("attaching to raw tracepoint {name}"))?;
-        }
-        let read_hooks = if with_paths { &READ_PROGRAMS[..] } else { &[] };
-        for (program, category, name) in PROGRAMS.iter().chain(read_hooks) {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("eBPF object has no program {program}"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {program}"))?;
-            prog.attach(category, name)
-                .with_context(|| format!("attaching to tracepoint {category}:{name}"))?;
         }
         Ok(NetProbe {
             events,
             _event_slots: event_slots,
             _event_positions: event_positions,
-            stats,
-            milestones,
-            conns,
+            stats: take_map(ebpf, maps::NET_STATS)?.try_into()?,
+            milestones: take_map(ebpf, maps::MILESTONES)?.try_into()?,
+            conns: take_map(ebpf, maps::CONNS)?.try_into()?,
+            upstream_wait: take_map(ebpf, maps::UPSTREAM_WAIT)?.try_into()?,
+            read_buf: take_map(ebpf, maps::READ_BUF)?.try_into()?,
             _listen_ports: listen_ports,
+            paths_awaited,
         })
     }
 
     /// Moves every event waiting in the event ring into `log`; returns how
     /// many.
     pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
-        self.events.drain(false, |event| log.push(event))
+        let paths = &mut self.paths_awaited;
+        self.events.drain(false, |event| {
+            if let Some(p) = paths.as_mut() {
+                p.note(event);
+            }
+            log.push(event)
+        })
+    }
+
+    /// Once every milestone the read hooks serve has been reached, detaches
+    /// them (they tax every read system call of the machine) and forgets
+    /// the buffers they recorded, so no later request is matched against a
+    /// stale one. Returns true when it detached them now.
+    pub fn detach_read_hooks_when_done(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<bool> {
+        if !self.paths_awaited.is_some_and(|p| p.none()) {
+            return Ok(false);
+        }
+        self.paths_awaited = None;
+        for (program, _) in READ_HOOKS {
+            hook::detach_tracepoint(ebpf, program)?;
+        }
+        let tids: Vec<u32> = self.read_buf.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            let _ = self.read_buf.remove(&tid); // gone already: fine
+        }
+        Ok(true)
     }
 
     /// The last drain of a run: an event whose program is still writing it
@@ -229,16 +257,7 @@ impl NetProbe {
     pub fn read(&self) -> anyhow::Result<NetReading> {
         let mut r = NetReading::default();
         for s in self.stats.get(&0, 0)?.iter() {
-            let t = &mut r.stats;
-            t.events_submitted += s.events_submitted;
-            t.events_dropped += s.events_dropped;
-            t.conns_untracked += s.conns_untracked;
-            t.inbound_conns += s.inbound_conns;
-            t.outbound_conns += s.outbound_conns;
-            t.adopted_conns += s.adopted_conns;
-            t.inbound_resets += s.inbound_resets;
-            t.outbound_resets += s.outbound_resets;
-            t.unmatched_writes += s.unmatched_writes;
+            r.stats.accumulate(s);
         }
         // Reserved but never committed: lost like a full ring's.
         r.stats.events_dropped += self.events.lost;
@@ -249,33 +268,70 @@ impl NetProbe {
     /// At the end of a run: responses already written on connections still
     /// open are complete as far as the target is concerned; report them
     /// (flagged `AT_END`). Requests still being read are in flight: counted.
-    pub fn drain_open_exchanges(&self, log: &mut RequestLog) -> u64 {
+    /// The connections are the target's open sockets (`pid`'s descriptors),
+    /// each read from its socket storage.
+    pub fn drain_open_exchanges(&self, pid: u32, log: &mut RequestLog) -> u64 {
+        let conns = match open_sockets::states(pid, &self.conns) {
+            Ok(conns) => conns,
+            Err(e) => {
+                eprintln!(
+                    "perf-agent: warning: exchanges still open at the end are not reported: {e:#}"
+                );
+                return 0;
+            }
+        };
         let mut in_flight = 0;
-        for entry in self.conns.iter() {
-            let Ok((_, c)) = entry else { continue };
+        for c in conns {
             match c.phase {
-                phase::RESPONSE => log.push(&NetEvent {
-                    start_ns: c.start_ns,
-                    first_response_ns: c.first_response_ns,
-                    end_ns: c.last_response_ns,
-                    upstream_ns: c.upstream_ns,
-                    bytes_in: c.bytes_in.min(u32::MAX.into()) as u32,
-                    bytes_out: c.bytes_out.min(u32::MAX.into()) as u32,
-                    kind: if c.direction == direction::INBOUND {
-                        event_kind::REQUEST
-                    } else {
-                        event_kind::UPSTREAM_CALL
-                    },
-                    status: c.status,
-                    flags: c.flags | conn_flags::AT_END,
-                    seq: c.seq,
-                }),
+                phase::RESPONSE => log.push(&self.open_exchange(&c)),
                 phase::REQUEST => in_flight += 1,
                 _ => {}
             }
         }
         in_flight
     }
+
+    /// The event `c`'s exchange would give if it ended now.
+    fn open_exchange(&self, c: &ConnState) -> NetEvent {
+        let inbound = c.direction == direction::INBOUND;
+        let upstream_ns = if inbound {
+            let key = ParentRef { sk: c.sk, seq: c.seq, _pad: 0 };
+            self.upstream_wait.get(&key, 0).unwrap_or(0)
+        } else {
+            0
+        };
+        NetEvent {
+            start_ns: c.start_ns,
+            first_response_ns: c.first_response_ns,
+            end_ns: c.last_response_ns,
+            upstream_ns,
+            bytes_in: c.bytes_in.min(u32::MAX.into()) as u32,
+            bytes_out: c.bytes_out.min(u32::MAX.into()) as u32,
+            kind: if inbound { event_kind::REQUEST } else { event_kind::UPSTREAM_CALL },
+            status: c.status,
+            flags: c.flags | conn_flags::AT_END,
+            seq: c.seq,
+        }
+    }
+}
+
+/// Ports the target listened on before attach (in attach mode); later ones
+/// the kernel side learns itself.
+fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<HashMap<MapData, u32, u32>> {
+    let mut listen_ports: HashMap<MapData, u32, u32> = map.try_into()?;
+    let Some(pid) = running else { return Ok(listen_ports) };
+    let ports = procfs::listening_ports(pid).unwrap_or_else(|e| {
+        eprintln!(
+            "perf-agent: warning: cannot read the sockets of PID {pid} in /proc/{pid}/fd ({e}; \
+             another user's process needs CAP_SYS_PTRACE): its connections will count as \
+             opened before attach"
+        );
+        Vec::new()
+    });
+    for port in ports {
+        listen_ports.insert(u32::from(port), 1, 0)?;
+    }
+    Ok(listen_ports)
 }
 
 /// A shared memory mapping of an mmapable BPF array map (`BPF_F_MMAPABLE`),
@@ -324,5 +380,62 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in `of_array`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A literal with every field: adding a field to `NetStats` breaks this
+    /// test until it is listed here, and `accumulate` must then sum it too.
+    fn distinct() -> NetStats {
+        NetStats {
+            events_dropped: 1,
+            conns_untracked: 2,
+            inserts_failed: 4,
+            inbound_conns: 8,
+            outbound_conns: 16,
+            adopted_conns: 32,
+            inbound_resets: 64,
+            outbound_resets: 128,
+            unmatched_writes: 256,
+        }
+    }
+
+    #[test]
+    fn per_cpu_counters_are_summed_field_by_field() {
+        let mut total = distinct();
+        total.accumulate(&distinct());
+        let once = distinct();
+        assert_eq!(total.events_dropped, 2 * once.events_dropped);
+        assert_eq!(total.conns_untracked, 2 * once.conns_untracked);
+        assert_eq!(total.inserts_failed, 2 * once.inserts_failed);
+        assert_eq!(total.inbound_conns, 2 * once.inbound_conns);
+        assert_eq!(total.outbound_conns, 2 * once.outbound_conns);
+        assert_eq!(total.adopted_conns, 2 * once.adopted_conns);
+        assert_eq!(total.inbound_resets, 2 * once.inbound_resets);
+        assert_eq!(total.outbound_resets, 2 * once.outbound_resets);
+        assert_eq!(total.unmatched_writes, 2 * once.unmatched_writes);
+        // Losses: events dropped, connections untracked, inserts failed.
+        assert_eq!(once.lost(), 1 + 2 + 4);
+    }
+
+    #[test]
+    fn read_hooks_wait_for_a_2xx_on_every_watched_path() {
+        let event = |status, flags| NetEvent {
+            kind: event_kind::REQUEST,
+            status,
+            flags,
+            ..Default::default()
+        };
+        let mut awaited = PathsAwaited { health: true, ready: true };
+        awaited.note(&event(503, conn_flags::PATH_HEALTH));
+        awaited.note(&event(200, 0));
+        assert!(!awaited.none(), "no 2xx on a watched path yet");
+        awaited.note(&event(204, conn_flags::PATH_HEALTH));
+        assert!(!awaited.none(), "ready still awaited");
+        awaited.note(&event(200, conn_flags::PATH_READY | conn_flags::AT_END));
+        assert!(awaited.none());
     }
 }

@@ -6,9 +6,10 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use anyhow::Context as _;
-use aya::{Ebpf, programs::RawTracePoint};
+use aya::Ebpf;
 use aya_obj::generated::bpf_prog_info;
+
+use super::hook::{self, Hook};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProgramStats {
@@ -55,7 +56,7 @@ fn prog_info(fd: i32) -> std::io::Result<bpf_prog_info> {
 
 /// The empty program of `agent-ebpf/src/stats.rs`: its run time per run is
 /// what the statistics themselves add to every program's.
-pub const FLOOR_PROGRAM: &str = "stats_floor";
+pub const FLOOR_PROGRAM: &str = agent_common::names::programs::STATS_FLOOR;
 
 const BPF_STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -68,12 +69,7 @@ pub fn attach_floor_if_measuring(ebpf: &mut Ebpf) -> anyhow::Result<bool> {
     if !on {
         return Ok(false);
     }
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(FLOOR_PROGRAM)
-        .with_context(|| format!("eBPF object has no program {FLOOR_PROGRAM}"))?
-        .try_into()?;
-    prog.load().with_context(|| format!("loading {FLOOR_PROGRAM}"))?;
-    prog.attach("sched_switch").with_context(|| format!("attaching {FLOOR_PROGRAM}"))?;
+    hook::attach(ebpf, FLOOR_PROGRAM, Hook::RawTracePoint { name: "sched_switch" })?;
     Ok(true)
 }
 

@@ -136,3 +136,14 @@ impl Drop for BpfStatsOn {
         let _ = fs::write(BPF_STATS, &self.0);
     }
 }
+
+/// The kernel's names (first 15 bytes) of the programs process `pid` holds,
+/// by program or link descriptor; programs gone meanwhile are left out.
+pub fn program_names_held_by(pid: u32) -> BTreeSet<String> {
+    bpf_objects(pid)
+        .progs
+        .into_iter()
+        .filter_map(|id| fd_by_id(BPF_PROG_GET_FD_BY_ID, id).ok())
+        .map(|fd| HeldProgram(fd).counters().name)
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! Names of the maps and programs of the eBPF object, for user space to find
+//! them by. The kernel side's `#[map]` statics and program functions carry
+//! these names (Rust cannot name an item from a constant), and a unit test
+//! of `agent/src/probes` checks that each one exists in the built object.
+
+/// Maps.
+pub mod maps {
+    pub const TARGET: &str = "TARGET";
+    pub const CPU_ACCOUNT: &str = "CPU_ACCOUNT";
+    pub const THREAD_RUNTIME: &str = "THREAD_RUNTIME";
+    pub const RSS_COUNTERS: &str = "RSS_COUNTERS";
+    pub const RSS_STATS: &str = "RSS_STATS";
+    pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
+    pub const CONNS: &str = "CONNS";
+    pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const UPSTREAM_WAIT: &str = "UPSTREAM_WAIT";
+    pub const READ_BUF: &str = "READ_BUF";
+    pub const NET_EVENTS: &str = "NET_EVENTS";
+    pub const NET_EVENTS_POS: &str = "NET_EVENTS_POS";
+    pub const NET_STATS: &str = "NET_STATS";
+    pub const MILESTONES: &str = "MILESTONES";
+    /// Every map user space looks up by name.
+    pub const ALL: [&str; 14] = [
+        TARGET,
+        CPU_ACCOUNT,
+        THREAD_RUNTIME,
+        RSS_COUNTERS,
+        RSS_STATS,
+        FAULT_COUNTS,
+        CONNS,
+        LISTEN_PORTS,
+        UPSTREAM_WAIT,
+        READ_BUF,
+        NET_EVENTS,
+        NET_EVENTS_POS,
+        NET_STATS,
+        MILESTONES,
+    ];
+}
+
+/// Programs. Each is named after the hook it attaches to, so the name is
+/// also the tracepoint's (in the category its user-space twin gives).
+pub mod programs {
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    pub const RSS_STAT: &str = "rss_stat";
+    pub const PAGE_FAULT_MINOR: &str = "page_fault_minor";
+    pub const PAGE_FAULT_MAJOR: &str = "page_fault_major";
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
+    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
+    pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
+    pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const SYS_ENTER_READ: &str = "sys_enter_read";
+    pub const SYS_ENTER_RECVFROM: &str = "sys_enter_recvfrom";
+    pub const SYS_ENTER_READV: &str = "sys_enter_readv";
+    pub const SYS_ENTER_RECVMSG: &str = "sys_enter_recvmsg";
+    pub const STATS_FLOOR: &str = "stats_floor";
+    /// Every program of the object.
+    pub const ALL: [&str; 16] = [
+        SCHED_PROCESS_EXEC,
+        SCHED_SWITCH,
+        RSS_STAT,
+        PAGE_FAULT_MINOR,
+        PAGE_FAULT_MAJOR,
+        INET_SOCK_SET_STATE,
+        SOCK_RECV_LENGTH,
+        SOCK_SEND_LENGTH,
+        TCP_SENDMSG_LOCKED,
+        TCP_RECEIVE_RESET,
+        TCP_SEND_RESET,
+        SYS_ENTER_READ,
+        SYS_ENTER_RECVFROM,
+        SYS_ENTER_READV,
+        SYS_ENTER_RECVMSG,
+        STATS_FLOOR,
+    ];
+}
