@@ -16,7 +16,6 @@ pub mod percentile;
 pub mod phases;
 pub mod preflight;
 pub mod probes;
-pub mod procfs;
 pub mod progress;
 pub mod report;
 pub mod requests;
@@ -26,3 +25,6 @@ pub mod startup;
 pub mod timeline;
 pub mod tracefs;
 pub mod units;
+
+/// The `/proc` readers (a crate of their own, shared with the bench).
+pub use agent_procfs as procfs;

@@ -173,12 +173,12 @@ impl RunningAgent {
         let apid = self.child.id();
         let agent_cpu = procfs::cpu_ns(apid)? - self.agent_cpu_before;
         let wall = self.attached_at.elapsed().as_nanos() as f64;
-        let mut peak_rss = procfs::status_bytes(apid, "VmHWM:").unwrap_or(f64::NAN);
+        let mut peak_rss = procfs::status_bytes(apid, procfs::Status::VmHwm).unwrap_or(f64::NAN);
         // SAFETY: kill(2) on our own unreaped child's pid.
         unsafe { libc::kill(apid as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(hwm) = procfs::status_bytes(apid, "VmHWM:") {
+            if let Some(hwm) = procfs::status_bytes(apid, procfs::Status::VmHwm) {
                 peak_rss = hwm; // the high-water mark only grows: the last reading is the peak
             }
             if let Some(s) = self.child.child().try_wait()? {
@@ -209,7 +209,8 @@ impl RunningAgent {
             cpu_percent: agent_cpu / wall * 100.0,
             peak_rss,
             target_proc_cpu_ns,
-            target_vm_rss: procfs::status_bytes(self.target, "VmRSS:").unwrap_or(f64::NAN),
+            target_vm_rss: procfs::status_bytes(self.target, procfs::Status::VmRss)
+                .unwrap_or(f64::NAN),
         })
     }
 }

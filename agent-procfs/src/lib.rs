@@ -265,6 +265,35 @@ pub fn listening_ports(pid: u32) -> io::Result<Vec<u16>> {
     Ok(ports)
 }
 
+/// CPU time the machine has been busy since boot, all CPUs, in clock ticks:
+/// the `cpu` line of `/proc/stat` without idle, iowait and steal (time the
+/// hypervisor gave to other guests is not this machine's work).
+pub fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some([0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum())
+}
+
+/// [`parse_machine_busy_ticks`] of this machine, in nanoseconds.
+pub fn machine_busy_ns() -> io::Result<u64> {
+    let ticks = parse_machine_busy_ticks(&fs::read_to_string("/proc/stat")?)
+        .ok_or_else(|| invalid(ParseError { file: "/proc/stat", what: "no `cpu ` line".into() }))?;
+    Ok(ticks * (1_000_000_000 / clock_ticks_per_sec()))
+}
+
+/// How many `bpf_link` descriptors process `pid` holds: one per program
+/// attached through a link.
+pub fn bpf_link_count(pid: u32) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in fs::read_dir(proc_path(pid, "fd"))? {
+        if fs::read_link(entry?.path()).is_ok_and(|t| t.to_string_lossy().contains("bpf_link")) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +370,12 @@ mod tests {
     fn status_garbage_number_is_an_error() {
         assert!(parse_status("VmRSS:\tlots kB\n").is_err());
         assert!(parse_status("VmRSS:\t12 MB\n").is_err());
+    }
+
+    #[test]
+    fn machine_busy_leaves_out_idle_iowait_and_steal() {
+        let s = "cpu  10 1 20 1000 50 3 4 70 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n";
+        assert_eq!(parse_machine_busy_ticks(s), Some(38));
+        assert_eq!(parse_machine_busy_ticks("intr 1 2\n"), None);
     }
 }
