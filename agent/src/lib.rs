@@ -5,6 +5,7 @@
 pub mod bmf;
 pub mod btf;
 pub mod event_ring;
+pub mod histogram;
 pub mod k6;
 pub mod launch;
 pub mod marks;
@@ -16,6 +17,7 @@ pub mod probes;
 pub mod procfs;
 pub mod progress;
 pub mod report;
+pub mod request_segments;
 pub mod requests;
 pub mod session;
 pub mod signals;

@@ -222,6 +222,7 @@ fn finish(
         start_ns: target.exec_ns,
         duration: opts.duration,
         interval: opts.interval,
+        idle_after_startup: opts.idle,
     };
     let mut driver = match (&opts.load, &k6_ready) {
         (LoadOptions::K6 { script, args, cooldown }, Some(ready)) => Some(K6Driver::new(
@@ -231,6 +232,7 @@ fn finish(
             opts.idle,
             *cooldown,
             target.exec_ns.is_some(),
+            ready.plan.clone(),
         )),
         _ => None,
     };

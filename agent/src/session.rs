@@ -60,12 +60,18 @@ pub struct SessionConfig {
     pub start_ns: Option<u64>,
     pub duration: Option<Duration>,
     pub interval: Duration,
+    /// The idle phase's length after startup (its end is a phase edge).
+    pub idle_after_startup: Duration,
 }
 
 /// Something that steers a run from the sampling loop (the k6 driver).
 pub trait Controller {
     /// Called after every sample, with the latest kernel reading.
     fn tick(&mut self, now_ns: u64, kernel: &KernelReading) -> anyhow::Result<Control>;
+    /// The phase edges known so far (the request log keeps them exact).
+    fn cuts(&self, _now_ns: u64) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +185,7 @@ pub fn run(
     mut controller: Option<&mut dyn Controller>,
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
-    let mut log = RequestLog::default();
+    let mut log = RequestLog::with_idle_after_startup(config.idle_after_startup.as_nanos() as u64);
     let mut mark_reader = MarkReader::new();
     let mut marks = Vec::new();
     let mut signal_marks = 0;
@@ -222,12 +228,20 @@ pub fn run(
             let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
-            progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
+            progress.update(&samples[0], &s, &prev, log.count());
             next_tick += config.interval.as_nanos() as u64;
             collect_marks(&mut marks);
-            if let Some(c) = controller.as_deref_mut()
-                && c.tick(s.t_ns, &k)? == Control::Finish
-            {
+            let control = match controller.as_deref_mut() {
+                Some(c) => c.tick(s.t_ns, &k)?,
+                None => Control::Continue,
+            };
+            // Phase edges first, then fold what is two ticks old: every
+            // edge is known by then, so windows between edges stay exact.
+            let edges = controller.as_deref().map_or_else(Vec::new, |c| c.cuts(s.t_ns));
+            let listen = Some(k.net.milestones.first_listen_ns).filter(|t| *t != 0);
+            marks.iter().map(|m| m.1).chain(edges).chain(listen).for_each(|t| log.cut(t));
+            log.fold(s.t_ns.saturating_sub(2 * config.interval.as_nanos() as u64));
+            if control == Control::Finish {
                 break EndReason::LoadFinished;
             }
         }

@@ -116,6 +116,8 @@ pub struct K6Driver {
     cooldown: Duration,
     state: State,
     pub idle_start_ns: Option<u64>,
+    /// k6's plan: its phase edges are cut points of the request log.
+    plan: Vec<plan::Scenario>,
     pub markers: Arc<Mutex<Markers>>,
     pub exit_status: Option<ExitStatus>,
     /// k6 was stopped by the agent (the run ended first): its exit status
@@ -133,6 +135,7 @@ impl K6Driver {
         idle: Duration,
         cooldown: Duration,
         wait_for_listen: bool,
+        plan: Vec<plan::Scenario>,
     ) -> K6Driver {
         let results_path =
             std::env::temp_dir().join(format!("perf-agent-k6-{}.json", std::process::id()));
@@ -151,6 +154,7 @@ impl K6Driver {
             cooldown,
             state,
             idle_start_ns,
+            plan,
             markers: Arc::default(),
             exit_status: None,
             stopped_early: false,
@@ -234,6 +238,14 @@ impl Controller for K6Driver {
             State::Done => return Ok(Control::Finish),
         }
         Ok(Control::Continue)
+    }
+
+    /// Every phase edge known now (the phases' own computation, so the
+    /// edges are the ones the report will use), but the open end `now_ns`.
+    fn cuts(&self, now_ns: u64) -> Vec<u64> {
+        let markers = self.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (phases, _) = phases_from_run(&self.plan, &markers, self.idle_start_ns, now_ns);
+        phases.iter().flat_map(|p| [p.start_ns, p.end_ns]).filter(|t| *t != now_ns).collect()
     }
 }
 
