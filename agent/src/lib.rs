@@ -10,6 +10,7 @@ pub mod k6;
 pub mod launch;
 pub mod marks;
 pub mod measure;
+pub mod output;
 pub mod percentile;
 pub mod phases;
 pub mod preflight;
@@ -39,4 +40,7 @@ pub mod exit {
     /// The target exited during startup (before listening); what was
     /// measured is written.
     pub const STARTUP_FAILED: u8 = 5;
+    /// The results could not be written where asked (`--out`,
+    /// `--phases-json`): they are in a fallback file named on stderr.
+    pub const RESULTS_ELSEWHERE: u8 = 6;
 }

@@ -11,10 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bmf, exit,
+    exit,
     k6::{self, K6Driver, results::ClientResults},
     launch::{self, GatedChild},
-    marks,
+    marks, output,
     phases::{self, Phase},
     preflight,
     probes::{PathOptions, Probes, TargetSpec, clock_ns},
@@ -60,8 +60,8 @@ struct K6Ready {
 
 /// Checks shared by every mode; returns the tracefs root.
 fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
-    for out in [&opts.out, &opts.phases_json].into_iter().flatten() {
-        bmf::check_writable(out)?;
+    for (flag, path) in [("--out", &opts.out), ("--phases-json", &opts.phases_json)] {
+        path.as_deref().map_or(Ok(()), |p| output::check_writable(flag, p))?;
     }
     if let LoadOptions::K6Results { file } = &opts.load
         && file.is_dir()
@@ -312,12 +312,23 @@ fn finish(
         k6_status: load.k6_status.as_ref().map(k6::describe_exit),
     };
     print!("{}", report::summary(&r));
-    if let Some(path) = &opts.phases_json {
-        write_phases_json(path, &r.phases, offset)?;
-    }
+    // Never lose a measurement: what cannot go where asked goes to a
+    // fallback file, and the exit status says so (checked first).
+    let mut elsewhere = false;
     if let Some(out) = &opts.out {
-        report::bmf(&r).write(out)?;
-        eprintln!("perf-agent: wrote {}", out.display());
+        let json = report::bmf(&r).to_json() + "\n";
+        match output::write_results(out, &json, &output::fallback_dirs())? {
+            output::Written::AtPath => eprintln!("perf-agent: wrote {}", out.display()),
+            output::Written::Fallback(_) => elsewhere = true,
+        }
+    }
+    if let Some(path) = &opts.phases_json {
+        let json = phases_json(&r.phases, offset);
+        elsewhere |= output::write_results(path, &json, &output::fallback_dirs())?
+            != output::Written::AtPath;
+    }
+    if elsewhere {
+        return Ok(exit::RESULTS_ELSEWHERE);
     }
     if exited_in_startup {
         eprintln!(
@@ -410,11 +421,7 @@ fn plan_phases(
 }
 
 /// `--phases-json`: each phase's name and edges as Unix ns.
-fn write_phases_json(
-    path: &std::path::Path,
-    phases: &[phases::PhaseReport],
-    offset: i128,
-) -> anyhow::Result<()> {
+fn phases_json(phases: &[phases::PhaseReport], offset: i128) -> String {
     let phases: Vec<serde_json::Value> = phases
         .iter()
         .map(|p| {
@@ -427,8 +434,7 @@ fn write_phases_json(
         })
         .collect();
     let doc = serde_json::json!({ "phases": phases });
-    std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("writing {}", path.display()))
+    serde_json::to_string_pretty(&doc).expect("JSON values serialise")
 }
 
 /// What the load generator contributed to a run.

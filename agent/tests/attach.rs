@@ -147,6 +147,10 @@ fn bad_input_gets_a_clear_error() {
         (&["attach", "--pid", "0"], "not a process"),
         (&["attach", "--pid", "1", "--force", "--out", "/tmp"], "is a directory"),
         (&["attach", "--pid", "1", "--force", "--out", "/nonexistent/x.json"], "cannot write"),
+        // procfs: /proc/version opens for writing as root, but the temporary
+        // file the results go through cannot be created beside it.
+        (&["attach", "--pid", "1", "--force", "--out", "/proc/version"], "temporary file"),
+        (&["attach", "--pid", "1", "--force", "--phases-json", "/proc/version"], "temporary file"),
     ];
     for (args, expected) in cases {
         let r = run_agent(args);
@@ -162,6 +166,58 @@ fn bad_input_gets_a_clear_error() {
         assert_eq!(r.code, 2, "usage errors exit 2: {args:?}: {}", r.stderr);
         assert!(r.stderr.contains(expected), "{args:?}: {}", r.stderr);
     }
+}
+
+/// The destination vanishes during the run: the results are written to a
+/// fallback file in $TMPDIR, its path printed, exit status 6.
+#[test]
+fn results_survive_a_destination_that_became_unwritable() {
+    let Some(_serial) = privileged() else { return };
+    let target = Target::start("demo-server", &[]);
+    let base = out_path("vanishing").with_extension("d");
+    let (dest, fallback) = (base.join("dest"), base.join("fallback"));
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&fallback).unwrap();
+    let (out, phases) = (dest.join("bench.json"), dest.join("phases.json"));
+    let mut agent = Agent::spawn_env(
+        &[
+            "attach",
+            "--pid",
+            &target.pid.to_string(),
+            "--duration",
+            "1.5",
+            "--out",
+            out.to_str().unwrap(),
+            "--phases-json",
+            phases.to_str().unwrap(),
+        ],
+        &[("TMPDIR", fallback.to_str().unwrap())],
+    );
+    agent.wait_attached();
+    http_load(&format!("http://{}/", target.addr()), &["--requests", "300"]);
+    std::fs::remove_dir_all(&dest).unwrap();
+    let r = agent.finish();
+    assert_eq!(r.code, 6, "{}\n{}", r.stdout, r.stderr);
+    let written: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&fallback).unwrap().map(|e| e.unwrap().path()).collect();
+    let find = |suffix: &str| {
+        written
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no fallback *{suffix} in {written:?}:\n{}", r.stderr))
+            .clone()
+    };
+    let (bmf_file, phases_file) = (find("-bench.json"), find("-phases.json"));
+    assert!(
+        r.stderr.contains(&format!("the results are in {} instead", bmf_file.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(bmf_value(&read_bmf(&bmf_file), "requests/count", "count"), 300.0);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&phases_file).unwrap()).unwrap();
+    assert!(doc["phases"].is_array(), "{doc}");
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// Without CAP_BPF / CAP_PERFMON the agent says which capability is missing.
