@@ -223,6 +223,7 @@ fn finish(
         duration: opts.duration,
         interval: opts.interval,
         idle_after_startup: opts.idle,
+        proc_at_start: target.child.as_ref().and_then(|c| c.stat_at_exec.clone()),
     };
     let mut driver = match (&opts.load, &k6_ready) {
         (LoadOptions::K6 { script, args, cooldown }, Some(ready)) => Some(K6Driver::new(

@@ -62,6 +62,9 @@ pub struct SessionConfig {
     pub interval: Duration,
     /// The idle phase's length after startup (its end is a phase edge).
     pub idle_after_startup: Duration,
+    /// `/proc/PID/stat` at `start_ns` (launch mode: read at the exec stop),
+    /// so the ground truth starts where the kernel counters do.
+    pub proc_at_start: Option<procfs::ProcStat>,
 }
 
 /// Something that steers a run from the sampling loop (the k6 driver).
@@ -199,7 +202,15 @@ pub fn run(
     let (first, _) = sample(probes, config.pid, ticks, None)?;
     let mut samples = match config.start_ns {
         // Everything the kernel counts starts at zero at the exec.
-        Some(t_ns) => vec![Sample { t_ns, ..Default::default() }, first],
+        Some(t_ns) => {
+            let mut zero = Sample { t_ns, ..Default::default() };
+            if let Some(st) = &config.proc_at_start {
+                zero.proc_cpu_ns = st.cpu_time_ns(ticks);
+                zero.proc_minor_faults = st.minflt;
+                zero.proc_major_faults = st.majflt;
+            }
+            vec![zero, first]
+        }
         None => vec![first],
     };
     let mut progress = Progress::new();
