@@ -313,6 +313,13 @@ fn finish(
         k6_status: load.k6_status.as_ref().map(k6::describe_exit),
     };
     print!("{}", report::summary(&r));
+    if result.log.late_cuts() > 0 {
+        eprintln!(
+            "perf-agent: note: {} phase edges were known only after their requests had been \
+             folded: requests at those edges are placed within one segment (see docs/metrics.md)",
+            result.log.late_cuts()
+        );
+    }
     // Never lose a measurement: what cannot go where asked goes to a
     // fallback file, and the exit status says so (checked first).
     let mut elsewhere = false;
