@@ -7,9 +7,8 @@
 //! custom one that users create once with the units given by
 //! [`Measure::units`] (`docs/metrics.md` lists the commands).
 
-use std::{collections::BTreeMap, fs, io::Write as _, path::Path};
+use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 /// The measures perf-agent emits, with their Bencher slugs and units.
@@ -130,19 +129,6 @@ impl BmfReport {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("BMF serialises")
     }
-
-    /// Writes the file atomically (temp file + rename) so CI never reads a
-    /// half-written report.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(self.to_json().as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        Ok(())
-    }
 }
 
 /// The `bencher measure create` commands for the custom measures, so their
@@ -157,26 +143,6 @@ pub fn measure_setup_commands(project: &str) -> String {
         ));
     }
     out
-}
-
-/// Fails early, before anything is attached, when `path` cannot be written:
-/// a directory, a missing parent, no permission.
-pub fn check_writable(path: &Path) -> anyhow::Result<()> {
-    if path.is_dir() {
-        anyhow::bail!("--out {}: is a directory; give a file path", path.display());
-    }
-    let existed = path.exists();
-    fs::OpenOptions::new().append(true).create(true).open(path).with_context(|| {
-        format!(
-            "--out {}: cannot write there (check the directory exists and is writable)",
-            path.display()
-        )
-    })?;
-    if !existed {
-        // Leave no empty file behind if we fail before writing results.
-        let _ = fs::remove_file(path);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -217,17 +183,5 @@ mod tests {
         assert!(s.contains("--slug cpu-percent") && s.contains("--slug memory"));
         assert!(!s.contains("--slug latency"), "built in: must not be created");
         assert_eq!(s.lines().count(), 4);
-    }
-
-    #[test]
-    fn check_writable_rejects_directories_and_missing_parents() {
-        let dir = std::env::temp_dir();
-        let e = check_writable(&dir).unwrap_err().to_string();
-        assert!(e.contains("is a directory"), "{e}");
-        let e = check_writable(Path::new("/nonexistent-dir/x.json")).unwrap_err();
-        assert!(e.to_string().contains("cannot write"), "{e}");
-        let ok = dir.join(format!("perf-agent-bmf-{}.json", std::process::id()));
-        check_writable(&ok).unwrap();
-        assert!(!ok.exists(), "the check leaves no file behind");
     }
 }

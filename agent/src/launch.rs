@@ -2,6 +2,13 @@
 //! its exec. The child is forked and waits on a pipe (the gate) until the
 //! agent has attached; only then does it exec. Nothing is injected: the
 //! program runs unmodified, with the agent's stdin, stdout and stderr.
+//!
+//! The ground truth must start where the probes do, at the exec: the
+//! child's `/proc` counters already hold what it did since the fork and
+//! during the exec itself. So the agent seizes it with ptrace
+//! (`PTRACE_O_TRACEEXEC`) before opening the gate, reads `/proc/PID/stat`
+//! at the exec stop (after the kernel's exec hook fired, before the program
+//! runs one instruction), and detaches.
 
 use std::{
     ffi::CString,
@@ -12,6 +19,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::procfs::{self, ProcStat};
+
 /// A forked child waiting at the gate.
 pub struct GatedChild {
     pub pid: u32,
@@ -19,6 +28,10 @@ pub struct GatedChild {
     gate: Option<std::fs::File>,
     /// Set once waited for: the PID is no longer ours to signal.
     reaped: std::cell::Cell<bool>,
+    /// A wait status collected while waiting for the exec (it failed).
+    early_status: std::cell::Cell<Option<i32>>,
+    /// `/proc/PID/stat` at the exec, when ptrace could stop it there.
+    pub stat_at_exec: Option<ProcStat>,
 }
 
 /// Resolves `name` like execvp would, so "command not found" is reported
@@ -96,16 +109,74 @@ impl GatedChild {
         unsafe { libc::close(read_end) };
         // SAFETY: write_end is a fresh fd we own.
         let gate = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(write_end) };
-        Ok(GatedChild { pid: pid as u32, program, gate: Some(gate), reaped: Default::default() })
+        Ok(GatedChild {
+            pid: pid as u32,
+            program,
+            gate: Some(gate),
+            reaped: Default::default(),
+            early_status: Default::default(),
+            stat_at_exec: None,
+        })
     }
 
-    /// Lets the child exec.
+    /// Lets the child exec, and reads its `/proc/PID/stat` at the exec
+    /// ([`GatedChild::stat_at_exec`]; left `None`, with a warning, where
+    /// ptrace is not allowed).
     pub fn release(&mut self) -> anyhow::Result<()> {
         use std::io::Write as _;
-        if let Some(mut gate) = self.gate.take() {
-            gate.write_all(&[1]).context("releasing the child")?;
+        let Some(mut gate) = self.gate.take() else { return Ok(()) };
+        let pid = self.pid as libc::pid_t;
+        // SAFETY: plain syscall on our own child.
+        let seized = unsafe {
+            libc::ptrace(libc::PTRACE_SEIZE, pid, 0, libc::PTRACE_O_TRACEEXEC as libc::c_long)
+        } == 0;
+        if !seized {
+            eprintln!(
+                "perf-agent: warning: cannot ptrace the child ({}): its /proc numbers include \
+                 what it did between fork and exec",
+                std::io::Error::last_os_error()
+            );
+        }
+        gate.write_all(&[1]).context("releasing the child")?;
+        drop(gate);
+        if seized {
+            self.stat_at_exec = self.stop_at_exec()?;
         }
         Ok(())
+    }
+
+    /// Waits for the exec stop, reads `/proc/PID/stat` there, detaches.
+    /// Signals arriving meanwhile are passed on; `None` if the child exited
+    /// instead (its exec failed).
+    fn stop_at_exec(&self) -> anyhow::Result<Option<ProcStat>> {
+        let pid = self.pid as libc::pid_t;
+        loop {
+            let mut status = 0;
+            // SAFETY: valid out-pointer; our own (traced) child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } != pid {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e).context("waiting for the child's exec");
+            }
+            if !libc::WIFSTOPPED(status) {
+                self.early_status.set(Some(status));
+                return Ok(None);
+            }
+            let exec_stop = status >> 8 == (libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8));
+            if exec_stop {
+                let stat = procfs::read_stat(self.pid).ok();
+                // SAFETY: detaching our stopped tracee resumes it.
+                unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+                return Ok(stat);
+            }
+            // Another stop (a signal before the exec): deliver it, go on.
+            let sig = libc::WSTOPSIG(status);
+            let pass = if sig == libc::SIGTRAP { 0 } else { sig };
+            // SAFETY: resuming our stopped tracee.
+            unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, pass as libc::c_long) };
+        }
     }
 
     /// Sends `signal` to the child (never to a reaped, maybe reused, PID).
@@ -118,6 +189,10 @@ impl GatedChild {
 
     /// Reaps the child if it has exited: `Some(wait status)`.
     pub fn try_reap(&self) -> Option<i32> {
+        if let Some(status) = self.early_status.get() {
+            self.reaped.set(true);
+            return Some(status);
+        }
         let mut status = 0;
         // SAFETY: valid out-pointer; our own child.
         let rc = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
@@ -145,6 +220,10 @@ impl GatedChild {
 
     /// Waits for the child to exit; returns its wait status.
     pub fn wait(&self) -> i32 {
+        if let Some(status) = self.early_status.get() {
+            self.reaped.set(true);
+            return status;
+        }
         let mut status = 0;
         // SAFETY: valid out-pointer; our own child.
         unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
@@ -201,6 +280,31 @@ mod tests {
         assert!(libc::WIFEXITED(status));
         assert!(marker.exists());
         let _ = std::fs::remove_file(&marker);
+    }
+
+    /// The baseline is read at the exec stop: after the exec (the new
+    /// program's name), before the program runs.
+    #[test]
+    fn stat_at_exec_is_read_before_the_program_runs() {
+        let mut child = GatedChild::spawn(&["true".into()]).unwrap();
+        child.release().unwrap();
+        let stat = child.stat_at_exec.clone().expect("ptrace allowed for our own child");
+        assert_eq!(stat.comm, "true", "read after the exec");
+        assert!(libc::WIFEXITED(child.wait()));
+    }
+
+    #[test]
+    fn a_failed_exec_is_reaped_once() {
+        let dir = std::env::temp_dir().join(format!("perf-agent-noexec-{}", std::process::id()));
+        std::fs::write(&dir, "not a program").unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut child = GatedChild::spawn(&[dir.to_string_lossy().into_owned()]).unwrap();
+        child.release().unwrap();
+        assert!(child.stat_at_exec.is_none());
+        let status = child.try_reap().expect("exited");
+        assert_eq!(libc::WEXITSTATUS(status), 127);
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    k6::{K6Outcome, Markers, plan, results::ClientResults},
+    k6::{K6Outcome, Markers, plan, results::ClientResults, run_phases},
     phases::Phase,
     startup::Startup,
 };
@@ -52,6 +52,9 @@ pub struct LoadReport {
     pub client: Option<ClientResults>,
     /// k6's exit status when it ran to its end by itself.
     pub k6_status: Option<std::process::ExitStatus>,
+    /// What k6 did that its plan did not say
+    /// ([`run_phases::plan_disagreements`]), for stderr.
+    pub warnings: Vec<String>,
 }
 
 /// The run's phases: startup and idle when followed from exec, then the
@@ -76,6 +79,7 @@ pub fn plan_phases(inputs: PhaseInputs) -> (Vec<Phase>, LoadReport) {
         };
         let (k6_phases, planned) = phases_from_run(plan, &outcome.markers, idle_start, last_ns);
         phases.extend(k6_phases);
+        report.warnings = run_phases::plan_disagreements(plan, &outcome.markers, last_ns);
         report.canonical = match plan::steady_phase(&planned) {
             Some(steady) => Some((steady.name.clone(), steady.vus)),
             None => outcome.markers.test_start_ns.map(|_| ("load".into(), None)),
@@ -98,10 +102,11 @@ pub fn plan_phases(inputs: PhaseInputs) -> (Vec<Phase>, LoadReport) {
 
 /// The phases of a k6 run from its plan and markers (monotonic ns): `idle`
 /// (from the idle start to the start of the test run), each planned stage or
-/// scenario, `load` (test start to the end of the last stage), and
-/// `cooldown` (the end of the last stage to `run_end_ns`, graceful stop and
-/// teardown included). For one scenario with back-to-back stages, idle, the
-/// stages and cooldown partition the run.
+/// scenario, cut at k6's actual end ([`run_phases::planned_phases`]), `load`
+/// (test start to the end of the last stage), and `cooldown` (the end of the
+/// last stage to `run_end_ns`, graceful stop and teardown included). For one
+/// scenario with back-to-back stages, idle, the stages and cooldown partition
+/// the run.
 pub fn phases_from_run(
     plan: &[plan::Scenario],
     markers: &Markers,
@@ -110,32 +115,15 @@ pub fn phases_from_run(
 ) -> (Vec<Phase>, Vec<plan::PlannedPhase>) {
     let mut out = Vec::new();
     let Some(t0) = markers.test_start_ns else {
-        if let Some(idle) = idle_start_ns {
-            out.push(Phase::new("idle", idle, run_end_ns));
-        }
+        out.extend(idle_start_ns.map(|idle| Phase::new("idle", idle, run_end_ns)));
         return (out, Vec::new());
     };
-    if let Some(idle) = idle_start_ns {
-        out.push(Phase::new("idle", idle, t0));
-    }
-    let observed = |name: &str| {
-        markers.scenario_start_ns.iter().find(|(n, _)| n == name).map(|(_, t)| t.saturating_sub(t0))
-    };
-    let planned = plan::phases(plan, &observed);
-    let load_end = planned.iter().map(|p| t0 + p.end_ns).max().unwrap_or(t0);
-    for p in &planned {
-        out.push(Phase::new(p.name.clone(), t0 + p.start_ns, t0 + p.end_ns));
-    }
+    out.extend(idle_start_ns.map(|idle| Phase::new("idle", idle, t0)));
+    let planned = run_phases::planned_phases(plan, markers, run_end_ns);
+    let load_end = planned.iter().map(|p| p.end_ns).max().unwrap_or(t0);
+    out.extend(planned.iter().map(|p| Phase::new(p.name.clone(), p.start_ns, p.end_ns)));
     out.push(Phase::new("load", t0, load_end));
     out.push(Phase::new("cooldown", load_end, run_end_ns));
-    let planned = planned
-        .into_iter()
-        .map(|mut p| {
-            p.start_ns += t0;
-            p.end_ns += t0;
-            p
-        })
-        .collect();
     (out, planned)
 }
 
@@ -185,6 +173,7 @@ mod tests {
     use crate::k6::results::ClientRequest;
 
     const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
 
     fn inputs<'a>(load: &'a LoadOptions, marks: &'a [(String, u64)]) -> PhaseInputs<'a> {
         PhaseInputs {
@@ -204,24 +193,42 @@ mod tests {
         phases.iter().map(|p| p.name.as_str()).collect()
     }
 
-    #[test]
-    fn k6_phases_partition_a_single_scenario_run() {
-        let plan = plan::parse_plan(
+    fn ramp_plan() -> Vec<plan::Scenario> {
+        plan::parse_plan(
             r#"{"scenarios":{"default":{"executor":"ramping-vus","startVUs":0,"stages":[
                 {"duration":"1s","target":10},{"duration":"2s","target":10},{"duration":"1s","target":0}]}}}"#,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn k6_phases_partition_a_single_scenario_run() {
         let markers = Markers {
             test_start_ns: Some(10 * S),
-            scenario_start_ns: vec![("default".into(), 10 * S + 1_000_000)],
+            scenario_start_ns: vec![("default".into(), 10 * S + MS)],
+            scenario_duration_ns: vec![("default".into(), 4 * S)],
+            scenario_end_ns: vec![("default".into(), 14 * S + 30 * MS)],
+            exited_ns: Some(15 * S),
         };
+        let plan = ramp_plan();
         let (phases, planned) = phases_from_run(&plan, &markers, Some(7 * S), 20 * S);
         assert_eq!(names(&phases), ["idle", "ramp-up", "steady", "ramp-down", "load", "cooldown"]);
         assert_eq!((phases[0].start_ns, phases[0].end_ns), (7 * S, 10 * S));
-        assert_eq!(phases[1].start_ns, 10 * S + 1_000_000, "the observed scenario start");
+        assert_eq!(phases[1].start_ns, 10 * S + MS, "the observed scenario start");
+        assert_eq!(phases[3].end_ns, 14 * S + MS, "the plan's end: k6 ended after it");
         assert_eq!(phases[3].end_ns, phases[5].start_ns, "cooldown follows the last stage");
         assert_eq!(phases[5].end_ns, 20 * S);
         assert_eq!(plan::steady_phase(&planned).unwrap().vus, Some(10));
+        assert!(run_phases::plan_disagreements(&plan, &markers, 20 * S).is_empty());
+        // The driver cuts the request log at exactly these edges.
+        let mut cuts = run_phases::cut_points(&plan, &markers, Some(7 * S), 20 * S);
+        let mut edges: Vec<u64> = phases.iter().flat_map(|p| [p.start_ns, p.end_ns]).collect();
+        edges.retain(|t| *t != 20 * S);
+        for v in [&mut cuts, &mut edges] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        assert_eq!(cuts, edges);
     }
 
     #[test]
@@ -229,6 +236,51 @@ mod tests {
         let (phases, planned) = phases_from_run(&[], &Markers::default(), Some(S), 5 * S);
         assert_eq!(phases, [Phase::new("idle", S, 5 * S)]);
         assert!(planned.is_empty());
+    }
+
+    /// The plan says 10 s, k6 ran 6 s (a plan made without what k6 got):
+    /// the scenario is cut at k6's end, the cooldown is kept, a warning says so.
+    #[test]
+    fn a_plan_longer_than_the_run_is_cut_at_k6s_end() {
+        let plan = plan::parse_plan(
+            r#"{"scenarios":{"default":{"executor":"constant-vus","vus":1,"duration":"10s"}}}"#,
+        )
+        .unwrap();
+        let markers = Markers {
+            test_start_ns: Some(10 * S),
+            scenario_start_ns: vec![("default".into(), 10 * S)],
+            scenario_duration_ns: vec![("default".into(), 6 * S)],
+            scenario_end_ns: vec![("default".into(), 16 * S)],
+            exited_ns: Some(16 * S + 200 * MS),
+        };
+        let (phases, _) = phases_from_run(&plan, &markers, Some(7 * S), 18 * S);
+        assert_eq!(names(&phases), ["idle", "default", "load", "cooldown"]);
+        assert_eq!(phases[1].end_ns, 16 * S);
+        assert_eq!(phases[2].end_ns, 16 * S);
+        assert_eq!((phases[3].start_ns, phases[3].end_ns), (16 * S, 18 * S));
+        let warnings = run_phases::plan_disagreements(&plan, &markers, 18 * S);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("for 6.000 s, its plan (k6 inspect) said 10.000 s"));
+        assert!(warnings[1].contains("ended scenario \"default\" after 6.000 s"));
+    }
+
+    /// Without k6's end-of-executor line, its exit cuts the phases, when k6
+    /// exited before the run ended; stages after it are left out. k6 stopped
+    /// by the agent after the run ended cuts nothing (the phases are
+    /// truncated by the run's end instead), nothing to warn about.
+    #[test]
+    fn k6s_exit_cuts_only_when_it_came_before_the_run_s_end() {
+        let markers =
+            Markers { test_start_ns: Some(10 * S), exited_ns: Some(12 * S), ..Default::default() };
+        let (phases, planned) = phases_from_run(&ramp_plan(), &markers, None, 15 * S);
+        assert_eq!(names(&phases), ["ramp-up", "steady", "load", "cooldown"]);
+        assert_eq!(phases[1].end_ns, 12 * S);
+        assert_eq!(phases[3].start_ns, 12 * S);
+        assert_eq!(planned.len(), 2);
+        let stopped = Markers { exited_ns: Some(12 * S + MS), ..markers };
+        let (phases, _) = phases_from_run(&ramp_plan(), &stopped, None, 12 * S);
+        assert_eq!(phases.iter().find(|p| p.name == "load").unwrap().end_ns, 14 * S);
+        assert!(run_phases::plan_disagreements(&ramp_plan(), &stopped, 12 * S).is_empty());
     }
 
     #[test]
@@ -240,7 +292,7 @@ mod tests {
         )
         .unwrap();
         let outcome = K6Outcome {
-            markers: Markers { test_start_ns: Some(10 * S), scenario_start_ns: vec![] },
+            markers: Markers { test_start_ns: Some(10 * S), ..Default::default() },
             idle_start_ns: Some(4 * S),
             status: Some(std::process::ExitStatus::from_raw(99 << 8)),
             results: Some(ClientResults { http_reqs: 7, ..Default::default() }),

@@ -19,6 +19,9 @@ pub mod exit {
     /// The target exited during startup (before listening); what was
     /// measured is written.
     pub const STARTUP_FAILED: u8 = 5;
+    /// The results could not be written where asked (`--out`,
+    /// `--phases-json`): they are in a fallback file named on stderr.
+    pub const RESULTS_ELSEWHERE: u8 = 6;
 }
 
 /// Why the sampling loop ended.
@@ -84,6 +87,9 @@ pub struct Outcome {
     /// k6's exit status when it ran to its end by itself (not stopped by
     /// perf-agent because the run ended first).
     pub k6_status: Option<ExitStatus>,
+    /// A result file could not be written where asked and went to a
+    /// fallback file instead.
+    pub results_elsewhere: bool,
 }
 
 /// The exit status, and what perf-agent says about it.
@@ -116,9 +122,15 @@ impl Outcome {
         self.end.is_partial() && !self.finished_cleanly()
     }
 
-    /// In this order: the target exited during startup (5), k6's own
-    /// non-zero status, then target exited (3), interrupted (4), complete (0).
+    /// In this order: results not where asked (6, so CI that reads them
+    /// there never mistakes a missing file for a run), the target exited
+    /// during startup (5), k6's own non-zero status, then target exited (3),
+    /// interrupted (4), complete (0).
     pub fn verdict(&self) -> Verdict {
+        if self.results_elsewhere {
+            // The fallback file was named on stderr when it was written.
+            return Verdict { code: exit::RESULTS_ELSEWHERE, message: None };
+        }
         if self.exited_in_startup() {
             let status = self.child_status.map(launch::describe_status);
             let message = format!(
@@ -161,6 +173,7 @@ mod tests {
             never_listened_after: None,
             with_k6: false,
             k6_status: None,
+            results_elsewhere: false,
         }
     }
 
@@ -237,6 +250,24 @@ mod tests {
         let v = o.verdict();
         assert_eq!(v.code, exit::INTERRUPTED);
         assert_eq!(v.message.as_deref(), Some("k6 did not run to the end"));
+    }
+
+    /// Results in a fallback file beat every other status, even a startup
+    /// failure and k6's own.
+    #[test]
+    fn results_elsewhere_is_checked_first() {
+        let failed = Outcome {
+            child_status: Some(exited_with(3)),
+            never_listened_after: Some("exec"),
+            with_k6: true,
+            k6_status: Some(ExitStatus::from_raw(exited_with(99))),
+            ..ended(EndReason::TargetExited)
+        };
+        assert_eq!(failed.verdict().code, exit::STARTUP_FAILED);
+        let elsewhere = Outcome { results_elsewhere: true, ..failed };
+        assert_eq!(elsewhere.verdict(), Verdict { code: exit::RESULTS_ELSEWHERE, message: None });
+        let complete = Outcome { results_elsewhere: true, ..ended(EndReason::DurationElapsed) };
+        assert_eq!(complete.verdict().code, exit::RESULTS_ELSEWHERE);
     }
 
     #[test]

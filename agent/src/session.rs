@@ -29,12 +29,21 @@ pub struct SessionConfig {
     pub start_ns: Option<u64>,
     pub duration: Option<Duration>,
     pub interval: Duration,
+    /// The idle phase's length after startup (its end is a phase edge).
+    pub idle_after_startup: Duration,
+    /// `/proc/PID/stat` at `start_ns` (launch mode: read at the exec stop),
+    /// so the ground truth starts where the kernel counters do.
+    pub proc_at_start: Option<procfs::ProcStat>,
 }
 
 /// Something that steers a run from the sampling loop (the k6 driver).
 pub trait Controller {
     /// Called after every sample, with the latest kernel reading.
     fn tick(&mut self, now_ns: u64, kernel: &KernelReading) -> anyhow::Result<Control>;
+    /// The phase edges known so far (the request log keeps them exact).
+    fn cuts(&self, _now_ns: u64) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +149,31 @@ pub fn sample(
     Ok((s, k))
 }
 
+/// The sample at the exec: everything the kernel counts starts at zero
+/// there, and so does `/proc` when it was read at the exec stop.
+fn exec_sample(t_ns: u64, proc_at_exec: Option<&procfs::ProcStat>, ticks: u64) -> Sample {
+    let mut zero = Sample { t_ns, ..Default::default() };
+    if let Some(st) = proc_at_exec {
+        zero.proc_cpu_ns = st.cpu_time_ns(ticks);
+        zero.proc_minor_faults = st.minflt;
+        zero.proc_major_faults = st.majflt;
+    }
+    zero
+}
+
+/// Registers the phase edges known at `now_ns`, then folds what is two
+/// ticks old: every edge is known by then, so windows between edges stay
+/// exact.
+fn cut_and_fold(
+    log: &mut RequestLog,
+    cuts: impl Iterator<Item = u64>,
+    now_ns: u64,
+    interval: Duration,
+) {
+    cuts.for_each(|t| log.cut(t));
+    log.fold(now_ns.saturating_sub(2 * interval.as_nanos() as u64));
+}
+
 pub fn run(
     probes: &mut Probes,
     pidfd: &OwnedFd,
@@ -147,7 +181,7 @@ pub fn run(
     mut controller: Option<&mut dyn Controller>,
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
-    let mut log = RequestLog::default();
+    let mut log = RequestLog::with_idle_after_startup(config.idle_after_startup.as_nanos() as u64);
     let mut mark_reader = MarkReader::new();
     let mut marks = Vec::new();
     let mut signal_marks = 0;
@@ -160,8 +194,7 @@ pub fn run(
     };
     let (first, _) = sample(probes, config.pid, ticks, None)?;
     let mut samples = match config.start_ns {
-        // Everything the kernel counts starts at zero at the exec.
-        Some(t_ns) => vec![Sample { t_ns, ..Default::default() }, first],
+        Some(t_ns) => vec![exec_sample(t_ns, config.proc_at_start.as_ref(), ticks), first],
         None => vec![first],
     };
     let mut progress = Progress::new();
@@ -190,12 +223,18 @@ pub fn run(
             let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
-            progress.update(&samples[0], &s, &prev, log.requests.len() as u64);
+            progress.update(&samples[0], &s, &prev, log.count());
             next_tick += config.interval.as_nanos() as u64;
             collect_marks(&mut marks);
-            if let Some(c) = controller.as_deref_mut()
-                && c.tick(s.t_ns, &k)? == Control::Finish
-            {
+            let control = match controller.as_deref_mut() {
+                Some(c) => c.tick(s.t_ns, &k)?,
+                None => Control::Continue,
+            };
+            let edges = controller.as_deref().map_or_else(Vec::new, |c| c.cuts(s.t_ns));
+            let listen = Some(k.net.milestones.first_listen_ns).filter(|t| *t != 0);
+            let cuts = marks.iter().map(|m| m.1).chain(edges).chain(listen);
+            cut_and_fold(&mut log, cuts, s.t_ns, config.interval);
+            if control == Control::Finish {
                 break EndReason::LoadFinished;
             }
         }

@@ -2,8 +2,7 @@
 //! socket in LISTEN, the first accepted connection, the first response byte,
 //! and the first healthy / ready response. Pure.
 
-use crate::requests::RequestLog;
-use agent_common::conn_flags;
+use crate::requests::{FirstResponse, RequestLog};
 
 /// Absolute CLOCK_MONOTONIC times (ns); `None` when not reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,20 +36,11 @@ impl Startup {
         log: &RequestLog,
         watched: Watched,
     ) -> Startup {
-        let ok = |status: u16| (200..300).contains(&status);
-        let first_end = |pred: &dyn Fn(&crate::requests::Request) -> bool| {
-            log.requests.iter().filter(|r| pred(r)).map(|r| r.end_ns).min()
-        };
-        let healthy_ns = if watched.health_path {
-            first_end(&|r| r.flags as u32 & conn_flags::PATH_HEALTH != 0 && ok(r.status))
-        } else {
-            first_end(&|_| true)
-        };
-        let ready_ns = if watched.ready_path {
-            first_end(&|r| r.flags as u32 & conn_flags::PATH_READY != 0 && ok(r.status))
-        } else {
-            first_end(&|r| ok(r.status))
-        };
+        let first = |kind| log.first_response_end(kind);
+        let healthy_ns =
+            first(if watched.health_path { FirstResponse::HealthOk } else { FirstResponse::Any });
+        let ready_ns =
+            first(if watched.ready_path { FirstResponse::ReadyOk } else { FirstResponse::Ok });
         Startup {
             exec_ns,
             listen_ns: nonzero(milestones.first_listen_ns),
@@ -94,7 +84,7 @@ impl Startup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::{Milestones, NetEvent, event_kind};
+    use agent_common::{Milestones, NetEvent, conn_flags, event_kind};
 
     const MS: u64 = 1_000_000;
 

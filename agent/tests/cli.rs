@@ -54,6 +54,10 @@ fn bad_input_fails_before_attaching_with_a_clear_error() {
         (&["attach", "--pid", "0"], "not a process"),
         (&["attach", "--pid", "1", "--force", "--out", "/tmp"], "is a directory"),
         (&["attach", "--pid", "1", "--force", "--out", "/nonexistent/x.json"], "cannot write"),
+        // procfs: /proc/version opens for writing as root, but the temporary
+        // file the results go through cannot be created beside it.
+        (&["attach", "--pid", "1", "--force", "--out", "/proc/version"], "temporary file"),
+        (&["attach", "--pid", "1", "--force", "--phases-json", "/proc/version"], "temporary file"),
         (&["run", "--", "/nonexistent/server"], "no such executable"),
         (&["run", "--", "no-such-command-perf-agent"], "command not found"),
         (&["attach", "--wait-exec", ""], "1 to 255 bytes"),

@@ -241,3 +241,106 @@ fn manual_marks_cut_phases() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
+
+/// Runs the agent with `--k6 script` (idle and cooldown 0.5 s) against a
+/// fresh demo server, with `env` in its environment and `k6_args` for k6;
+/// returns its output, the BMF and the phases as name → (start, end,
+/// truncated).
+fn run_k6_plan_case(
+    name: &str,
+    script_text: &str,
+    env: &[(&str, &str)],
+    k6_args: &[&str],
+) -> (AgentOutput, serde_json::Value, HashMap<String, (i128, i128, bool)>) {
+    let server = Target::start("demo-server", &[]);
+    let script = out_path(name).with_extension("js");
+    std::fs::write(&script, script_text).unwrap();
+    let out = out_path(&format!("{name}-bmf"));
+    let phases_json = out_path(&format!("{name}-phases"));
+    let target_env = format!("--env=TARGET_URL=http://{}/", server.addr());
+    let pid = server.pid.to_string();
+    let mut args = vec![
+        "attach",
+        "--pid",
+        &pid,
+        "--k6",
+        script.to_str().unwrap(),
+        "--idle",
+        "0.5",
+        "--cooldown",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+        "--phases-json",
+        phases_json.to_str().unwrap(),
+        "--",
+        &target_env,
+    ];
+    args.extend_from_slice(k6_args);
+    let r = Agent::spawn_env(&args, env).wait(Duration::from_secs(60));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let bmf = read_bmf(&out);
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&phases_json).unwrap()).unwrap();
+    let phases = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let n = |k: &str| p[k].as_i64().unwrap() as i128;
+            let truncated = p["truncated"].as_bool().unwrap();
+            (
+                p["name"].as_str().unwrap().to_string(),
+                (n("start_unix_ns"), n("end_unix_ns"), truncated),
+            )
+        })
+        .collect();
+    (r, bmf, phases)
+}
+
+/// The plan is the plan k6 ran: a 2 s scenario (not the script's 10 s
+/// fallback) with its cooldown, no warning, and idle + scenario + cooldown
+/// add up to k6's requests.
+fn assert_two_second_plan(
+    r: &AgentOutput,
+    bmf: &serde_json::Value,
+    phases: &HashMap<String, (i128, i128, bool)>,
+) {
+    assert!(!r.stderr.contains("warning"), "the plan disagreed with k6:\n{}", r.stderr);
+    let (start, end, truncated) = phases["default"];
+    let len_ms = (end - start) / 1_000_000;
+    assert!((1990..=2010).contains(&len_ms), "scenario phase {len_ms} ms, k6 ran 2 s");
+    assert!(!truncated);
+    let (c_start, c_end, c_truncated) = phases["cooldown"];
+    assert_eq!(c_start, end, "cooldown follows the scenario");
+    assert!(c_end - c_start >= 400_000_000, "cooldown {} ms", (c_end - c_start) / 1_000_000);
+    assert!(!c_truncated);
+    let http_reqs = bmf_value(bmf, "client/http_reqs", "count");
+    assert!(http_reqs > 10.0, "k6 made {http_reqs} requests");
+    let count = |p: &str| bmf_value(bmf, &format!("requests/count@{p}"), "count");
+    assert_eq!(count("idle") + count("default") + count("cooldown"), http_reqs);
+}
+
+const DURATION_FROM_ENV: &str = "import http from 'k6/http';\n\
+    export const options = { vus: 1, duration: __ENV.DURATION || '10s' };\n\
+    export default function () { http.get(__ENV.TARGET_URL); }\n";
+
+/// `k6 run` passes the process environment to `__ENV`: so must the plan.
+#[test]
+fn k6_plan_takes_a_duration_from_the_process_environment() {
+    let Some(_serial) = privileged() else { return };
+    let (r, bmf, phases) =
+        run_k6_plan_case("plan-env", DURATION_FROM_ENV, &[("DURATION", "2s")], &[]);
+    assert_two_second_plan(&r, &bmf, &phases);
+}
+
+/// `--duration` on k6's command line overrides the script's 10 s.
+#[test]
+fn k6_plan_takes_a_cli_duration_over_the_scripts() {
+    let Some(_serial) = privileged() else { return };
+    let script = "import http from 'k6/http';\n\
+        export const options = { vus: 1, duration: '10s' };\n\
+        export default function () { http.get(__ENV.TARGET_URL); }\n";
+    let (r, bmf, phases) = run_k6_plan_case("plan-cli", script, &[], &["--duration", "2s"]);
+    assert_two_second_plan(&r, &bmf, &phases);
+}

@@ -60,6 +60,27 @@ fn run_measures_startup_from_exec() {
     assert!(bmf_value(&bmf, "memory/idle_rss", "memory") > 0.0);
     bmf_value(&bmf, "cpu/idle_percent", "cpu-percent");
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 2.0);
+    assert_faults_equal_proc(&r.stdout);
+}
+
+/// Launch mode: the ground truth starts at the exec too (read at the exec
+/// stop), so the agent's fault counts equal `/proc`'s exactly, minor and
+/// major, in the summary's ground-truth table.
+fn assert_faults_equal_proc(summary: &str) {
+    let row = |name: &str| -> Vec<String> {
+        let line = summary
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in:\n{summary}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    // memory/page_faults  AGENT  TRUTH min+majflt  [diff]
+    let total = row("memory/page_faults");
+    assert!(total[1].parse::<u64>().unwrap() > 10, "{summary}");
+    assert_eq!(total[1], total[2], "agent vs /proc page faults:\n{summary}");
+    // "  minor / major"  A / B  C / D
+    let split = row("  minor / major");
+    assert_eq!(split[3..6], split[6..9], "minor / major:\n{summary}");
 }
 
 /// A target that exits with status 3 before listening: the agent says so,

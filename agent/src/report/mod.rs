@@ -50,6 +50,9 @@ pub struct RunReport<'a> {
     pub client_total: Option<(u64, u64)>,
     /// How k6 ended.
     pub k6_status: Option<String>,
+    /// What the numbers are to be read with (k6 disagreeing with its plan,
+    /// phase edges known late), each printed on stderr as `perf-agent: …`.
+    pub notes: Vec<String>,
 }
 
 /// Every event lost between the kernel and the numbers: runs the kernel
@@ -94,6 +97,7 @@ fn test_report(end: EndReason) -> RunReport<'static> {
         canonical: None,
         client_total: None,
         k6_status: None,
+        notes: vec![],
     }
 }
 

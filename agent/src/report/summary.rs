@@ -9,6 +9,7 @@ use crate::{
     percentile::Percentiles,
     phases::PhaseReport,
     probes::stats::FLOOR_PROGRAM,
+    procfs,
     units::{human_bytes, human_ns, relative_diff},
 };
 
@@ -72,13 +73,17 @@ fn ground_truth_table(out: &mut String, r: &RunReport) {
         "cpu/percent",
         format!("{:.2} %", w.cpu_percent),
         format!("{:.2} % stat", w.proc_cpu_percent),
-        relative_diff(w.cpu_percent, w.proc_cpu_percent),
+        diff_beyond(
+            w.cpu_percent,
+            w.proc_cpu_percent,
+            proc_cpu_resolution_ns() * 100.0 / w.duration_ns.max(1) as f64,
+        ),
     );
     row(
         "cpu/time",
         human_ns(w.cpu_ns as f64),
         format!("{} utime+stime", human_ns(w.proc_cpu_ns as f64)),
-        relative_diff(w.cpu_ns as f64, w.proc_cpu_ns as f64),
+        diff_beyond(w.cpu_ns as f64, w.proc_cpu_ns as f64, proc_cpu_resolution_ns()),
     );
     row(
         "memory/rss",
@@ -104,7 +109,33 @@ fn ground_truth_table(out: &mut String, r: &RunReport) {
         format!("{} / {}", w.proc_minor_faults, w.proc_major_faults),
         String::new(),
     );
+    if out.contains(WITHIN_RESOLUTION) {
+        let _ = writeln!(
+            out,
+            "  ({WITHIN_RESOLUTION}: within /proc's resolution: utime and stime each count \
+             whole {:.0} ms clock ticks, so a window's CPU time is off by up to {:.0} ms)",
+            proc_cpu_resolution_ns() / 2e6,
+            proc_cpu_resolution_ns() / 1e6
+        );
+    }
 }
+
+/// What a window's `/proc` CPU time can be off by: utime and stime each
+/// count whole clock ticks (truncated), at both ends of the window.
+fn proc_cpu_resolution_ns() -> f64 {
+    2e9 / procfs::clock_ticks_per_sec() as f64
+}
+
+/// [`relative_diff`], unless agent and truth differ by no more than the
+/// ground truth's own `resolution`: then "within res".
+fn diff_beyond(agent: f64, truth: f64, resolution: f64) -> String {
+    if (agent - truth).abs() <= resolution {
+        return WITHIN_RESOLUTION.into();
+    }
+    relative_diff(agent, truth)
+}
+
+const WITHIN_RESOLUTION: &str = "within res";
 
 fn percentiles_row(p: &Percentiles) -> String {
     format!("p50 {}  p95 {}  p99 {}", human_ns(p.p50), human_ns(p.p95), human_ns(p.p99))
@@ -298,6 +329,23 @@ mod tests {
         let s = render(&r);
         assert!(s.contains("+25.00 %"), "{s}");
         assert!(s.contains("complete"), "{s}");
+        assert!(!s.contains(WITHIN_RESOLUTION), "{s}");
+    }
+
+    /// A startup run: 59 ms against /proc's 50 ms is no error, /proc counts
+    /// whole 10 ms ticks; 100 ms against 50 ms is.
+    #[test]
+    fn cpu_differences_within_procs_ticks_are_not_errors() {
+        let mut r = test_report(EndReason::Stopped(libc::SIGTERM));
+        (r.window.cpu_ns, r.window.proc_cpu_ns) = (59_000_000, 50_000_000);
+        (r.window.cpu_percent, r.window.proc_cpu_percent) = (2.95, 2.5);
+        let s = render(&r);
+        let cpu_row = s.lines().find(|l| l.starts_with("cpu/time")).unwrap();
+        assert!(cpu_row.ends_with(WITHIN_RESOLUTION), "{s}");
+        assert!(s.contains("within /proc's") && !s.contains("+18.00 %"), "{s}");
+        r.window.cpu_ns = 100_000_000;
+        let s = render(&r);
+        assert!(s.lines().any(|l| l.starts_with("cpu/time") && l.ends_with("+100.00 %")), "{s}");
     }
 
     #[test]

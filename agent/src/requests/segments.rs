@@ -1,0 +1,225 @@
+//! Time segments of folded requests: per segment, exact counts and sparse
+//! histograms of latency, time to first byte, proxy overhead and upstream
+//! call time. Segments end at registered cuts (phase edges) and at whole
+//! seconds; when there are too many (long runs), neighbours not separated
+//! by a cut are merged, so memory stays bounded whatever the run's length
+//! and rate. Pure.
+
+use std::collections::BTreeSet;
+
+use super::{Request, UpstreamCall};
+use crate::histogram::SparseHistogram;
+
+/// Regular segment length: an edge that was never registered (e.g. from
+/// a `--k6-results` file, known only after the run) is placed within this
+/// (until long runs merge segments).
+pub const SEGMENT_NS: u64 = 1_000_000_000;
+/// Above this many histogram buckets in all (6 bytes each: 6 MiB) or this
+/// many segments, neighbours not separated by a cut are merged.
+const MAX_ENTRIES: usize = 1 << 20;
+const MAX_SEGMENTS: usize = 4096;
+
+/// Exact counts of a segment or window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub count: u64,
+    pub status_known: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub with_upstream: u64,
+    pub upstream_calls: u64,
+    pub max_latency_ns: u64,
+}
+
+impl Counts {
+    pub fn add_request(&mut self, r: &Request) {
+        self.count += 1;
+        self.status_known += u64::from(r.status != 0);
+        self.status_4xx += u64::from((400..500).contains(&r.status));
+        self.status_5xx += u64::from(r.status >= 500);
+        self.with_upstream += u64::from(r.upstream_ns > 0);
+        self.max_latency_ns = self.max_latency_ns.max(r.latency_ns());
+    }
+
+    pub fn merge(&mut self, o: &Counts) {
+        self.count += o.count;
+        self.status_known += o.status_known;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.with_upstream += o.with_upstream;
+        self.upstream_calls += o.upstream_calls;
+        self.max_latency_ns = self.max_latency_ns.max(o.max_latency_ns);
+    }
+}
+
+/// The requests and calls that ended in `(lo, hi]`.
+#[derive(Clone, Debug, Default)]
+pub struct Segment {
+    pub lo: u64,
+    pub hi: u64,
+    /// The earliest and latest end time in it.
+    pub first_end: u64,
+    pub last_end: u64,
+    pub counts: Counts,
+    pub latency: SparseHistogram,
+    pub ttfb: SparseHistogram,
+    pub overhead: SparseHistogram,
+    pub upstream: SparseHistogram,
+}
+
+impl Segment {
+    fn of(lo: u64, hi: u64, reqs: &[&Request], calls: &[&UpstreamCall]) -> Segment {
+        let mut counts = Counts::default();
+        reqs.iter().for_each(|r| counts.add_request(r));
+        counts.upstream_calls = calls.len() as u64;
+        let ends = reqs.iter().map(|r| r.end_ns).chain(calls.iter().map(|c| c.end_ns));
+        let (first_end, last_end) = ends.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
+        Segment {
+            lo,
+            hi,
+            first_end,
+            last_end,
+            counts,
+            latency: SparseHistogram::from_values(reqs.iter().map(|r| r.latency_ns())),
+            ttfb: SparseHistogram::from_values(reqs.iter().map(|r| r.ttfb_ns())),
+            overhead: SparseHistogram::from_values(
+                reqs.iter().filter(|r| r.upstream_ns > 0).map(|r| r.overhead_ns()),
+            ),
+            upstream: SparseHistogram::from_values(calls.iter().map(|c| c.end_ns - c.start_ns)),
+        }
+    }
+
+    fn absorb(&mut self, o: &Segment) {
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
+        self.first_end = self.first_end.min(o.first_end);
+        self.last_end = self.last_end.max(o.last_end);
+        self.counts.merge(&o.counts);
+        self.latency = self.latency.merge(&o.latency);
+        self.ttfb = self.ttfb.merge(&o.ttfb);
+        self.overhead = self.overhead.merge(&o.overhead);
+        self.upstream = self.upstream.merge(&o.upstream);
+    }
+
+    fn entries(&self) -> usize {
+        self.latency.entries()
+            + self.ttfb.entries()
+            + self.overhead.entries()
+            + self.upstream.entries()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Segments {
+    /// Sorted by time, disjoint.
+    list: Vec<Segment>,
+    cuts: BTreeSet<u64>,
+    /// Everything that ended by this is folded.
+    folded_until: u64,
+    pub late_cuts: u64,
+}
+
+impl Segments {
+    /// A new edge: the segment still open across it (all its requests
+    /// ended before it) now ends there. An edge in what is already folded
+    /// splits nothing and is counted late.
+    pub fn cut(&mut self, t: u64) {
+        if !self.cuts.insert(t) {
+            return;
+        }
+        if t < self.folded_until {
+            self.late_cuts += 1;
+        } else if let Some(s) = self.list.iter_mut().find(|s| s.lo < t && t < s.hi) {
+            s.hi = t;
+        }
+    }
+
+    /// Whether a fold up to `horizon` has anything new to fold.
+    pub fn fold_point(&self, horizon: u64) -> Option<u64> {
+        Some(horizon).filter(|&u| u > self.folded_until)
+    }
+
+    /// The segment boundaries around `t`: `(lo, hi]` holds it.
+    fn bounds(&self, t: u64) -> (u64, u64) {
+        if let Some(s) = self.list.iter().find(|s| s.lo < t && t <= s.hi) {
+            return (s.lo, s.hi);
+        }
+        let lo_regular = t.saturating_sub(1) / SEGMENT_NS * SEGMENT_NS;
+        let lo = self.cuts.range(..t).next_back().map_or(lo_regular, |&c| c.max(lo_regular));
+        let hi_regular = t.div_ceil(SEGMENT_NS) * SEGMENT_NS;
+        let hi = self.cuts.range(t..).next().map_or(hi_regular, |&c| c.min(hi_regular));
+        (lo, hi)
+    }
+
+    /// Folds requests and calls (all ended by `until`) into their segments.
+    pub fn fold(&mut self, reqs: &[Request], calls: &[UpstreamCall], until: u64) {
+        let mut reqs: Vec<&Request> = reqs.iter().collect();
+        let mut calls: Vec<&UpstreamCall> = calls.iter().collect();
+        reqs.sort_unstable_by_key(|r| r.end_ns);
+        calls.sort_unstable_by_key(|c| c.end_ns);
+        let (mut i, mut j) = (0, 0);
+        while i < reqs.len() || j < calls.len() {
+            let t = match (reqs.get(i), calls.get(j)) {
+                (Some(r), Some(c)) => r.end_ns.min(c.end_ns),
+                (Some(r), None) => r.end_ns,
+                (None, Some(c)) => c.end_ns,
+                (None, None) => unreachable!(),
+            };
+            let (lo, hi) = self.bounds(t);
+            let i_end = i + reqs[i..].partition_point(|r| r.end_ns <= hi);
+            let j_end = j + calls[j..].partition_point(|c| c.end_ns <= hi);
+            self.insert(Segment::of(lo, hi, &reqs[i..i_end], &calls[j..j_end]));
+            (i, j) = (i_end, j_end);
+        }
+        self.folded_until = self.folded_until.max(until);
+        self.coarsen();
+    }
+
+    fn insert(&mut self, seg: Segment) {
+        match self.list.iter_mut().find(|s| s.lo < seg.hi && seg.lo < s.hi) {
+            Some(s) => s.absorb(&seg),
+            None => {
+                let at = self.list.partition_point(|s| s.hi <= seg.lo);
+                self.list.insert(at, seg);
+            }
+        }
+    }
+
+    /// Merges neighbours not separated by a cut while over the limits.
+    fn coarsen(&mut self) {
+        let over = |l: &[Segment]| {
+            l.len() > MAX_SEGMENTS || l.iter().map(Segment::entries).sum::<usize>() > MAX_ENTRIES
+        };
+        while over(&self.list) {
+            let mut merged = Vec::with_capacity(self.list.len() / 2 + 1);
+            let mut any = false;
+            let mut it = std::mem::take(&mut self.list).into_iter().peekable();
+            while let Some(mut a) = it.next() {
+                let joinable =
+                    it.peek().is_some_and(|b| self.cuts.range(a.hi..=b.lo).next().is_none());
+                if joinable {
+                    a.absorb(&it.next().expect("peeked"));
+                    any = true;
+                }
+                merged.push(a);
+            }
+            self.list = merged;
+            if !any {
+                break;
+            }
+        }
+    }
+
+    /// The segments whose requests count in `(start, end]`: those whose
+    /// requests' middle end time is in it (all of a segment's requests are,
+    /// when the window's edges are cuts).
+    pub fn within(&self, start: u64, end: u64) -> Vec<&Segment> {
+        self.list
+            .iter()
+            .filter(|s| {
+                let mid = s.first_end + (s.last_end - s.first_end) / 2;
+                mid > start && mid <= end
+            })
+            .collect()
+    }
+}
