@@ -20,13 +20,15 @@ pub enum Status {
 }
 
 /// A memory figure of `/proc/PID/status`, in bytes; `None` once the
-/// process is gone.
+/// process is gone or a zombie (whose status has no `Vm*` lines: the parser
+/// leaves them 0, which a live process never shows).
 pub fn status_bytes(pid: u32, which: Status) -> Option<f64> {
     let s = agent_procfs::read_status(pid).ok()?;
-    Some(match which {
+    let bytes = match which {
         Status::VmRss => s.vm_rss,
         Status::VmHwm => s.vm_hwm,
-    } as f64)
+    };
+    (bytes > 0).then_some(bytes as f64)
 }
 
 /// CPU time the machine has been busy since boot (all CPUs, without idle,
