@@ -582,6 +582,20 @@ fn start_conn_holder(args: &[&str]) -> (Target, Vec<u16>) {
 /// 50 000 connections open at once, one request each: every connection
 /// tracked, every request counted exactly, nothing dropped, agent memory
 /// bounded.
+/// The agent on `pid`, sampling every `interval_ms`, writing its BMF file
+/// to `out`.
+fn attach_with_interval(pid: &str, interval_ms: &str, out: &Path) -> Agent {
+    Agent::spawn(&[
+        "attach",
+        "--pid",
+        pid,
+        "--interval",
+        interval_ms,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn fifty_thousand_concurrent_connections_are_counted_exactly() {
     let Some(_serial) = privileged() else { return };
@@ -592,15 +606,7 @@ fn fifty_thousand_concurrent_connections_are_counted_exactly() {
     let (holder, ports) = start_conn_holder(&["--ports", "4", "--backlog", "4096"]);
     let out = out_path("rel-50k");
     let pid = holder.pid.to_string();
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--interval",
-        "200",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let agent = attach_with_interval(&pid, "200", &out);
     agent.wait_attached();
     let t = Instant::now();
     let conns = open_and_request(&ports, n);
@@ -643,15 +649,7 @@ fn hundred_thousand_concurrent_connections_are_all_tracked() {
         start_conn_holder(&["--ports", &ports, "--backlog", &backlog, "--accept-max", "0"]);
     let out = out_path("rel-100k-concurrent");
     let pid = holder.pid.to_string();
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--interval",
-        "200",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let agent = attach_with_interval(&pid, "200", &out);
     agent.wait_attached();
     let t = Instant::now();
     let threads: Vec<_> = (0..4)
@@ -775,15 +773,7 @@ fn full_event_ring_drops_are_counted_and_the_agent_keeps_running() {
     let url = format!("http://{}/", target.addr());
     let out = out_path("rel-event-ring");
     let pid = target.pid.to_string();
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--interval",
-        "60000",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let agent = attach_with_interval(&pid, "60000", &out);
     agent.wait_attached();
     let load = http_load(&url, &["--requests", &N.to_string(), "--connections", "4"]);
     assert!(agent.alive(), "the agent died with its event ring full:\n{}", agent.stderr());
