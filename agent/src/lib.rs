@@ -5,6 +5,7 @@
 pub mod bmf;
 pub mod btf;
 pub mod clock;
+pub mod compare;
 pub mod event_ring;
 pub mod k6;
 pub mod launch;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use perf_agent::{
     bmf,
+    compare::{self, CompareOptions},
     load::LoadOptions,
     measure::{self, MeasureOptions},
     outcome::exit,
@@ -38,6 +39,10 @@ enum Command {
         /// Phase name: 1 to 64 of [A-Za-z0-9-_./].
         name: String,
     },
+    /// Judge NEW against BASE, metric by metric: pass, warn or fail by
+    /// REQ-OBS-001's thresholds (or --thresholds), with Welch's t-test when
+    /// each side has 3 runs or more. Exit status 0 pass, 10 warn, 11 fail.
+    Compare(CompareArgs),
     /// Print the `bencher measure create` commands for perf-agent's custom
     /// measures (memory, cpu-percent, cpu-time, count), with their units.
     Measures {
@@ -84,6 +89,63 @@ struct RunArgs {
     /// The command to start, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// `compare BASE NEW`, or `compare BASE... -- NEW...`.
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// BASE then NEW: a BMF file or a directory of them (one run per file)
+    /// each. With `--`, all of these are BASE.
+    #[arg(required = true, value_name = "BASE")]
+    base: Vec<PathBuf>,
+    /// After `--`: NEW's BMF files or directories.
+    #[arg(last = true, value_name = "NEW")]
+    new: Vec<PathBuf>,
+    /// Thresholds file (TOML or JSON): per category and per metric-id glob.
+    #[arg(long, value_name = "FILE")]
+    thresholds: Option<PathBuf>,
+    /// Also write the comparison as Markdown (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Also write the release-notes table: metric, NEW's value, change
+    /// against BASE.
+    #[arg(long, value_name = "FILE")]
+    release_notes: Option<PathBuf>,
+    /// Name of BASE in the tables (default: its file or directory name).
+    #[arg(long, value_name = "NAME")]
+    base_label: Option<String>,
+    /// Name of NEW in the tables.
+    #[arg(long, value_name = "NAME")]
+    new_label: Option<String>,
+}
+
+impl CompareArgs {
+    /// Splits the positional arguments into the two sides.
+    fn options(self) -> Result<CompareOptions, String> {
+        let (base, new) = if self.new.is_empty() {
+            match <[PathBuf; 2]>::try_from(self.base) {
+                Ok([base, new]) => (vec![base], vec![new]),
+                Err(given) => {
+                    return Err(format!(
+                        "compare takes BASE NEW (got {} paths); for several runs a side use \
+                         `compare BASE1 BASE2 ... -- NEW1 NEW2 ...` or a directory each",
+                        given.len()
+                    ));
+                }
+            }
+        } else {
+            (self.base, self.new)
+        };
+        Ok(CompareOptions {
+            base,
+            new,
+            thresholds: self.thresholds,
+            markdown: self.markdown,
+            release_notes: self.release_notes,
+            base_label: self.base_label,
+            new_label: self.new_label,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -189,6 +251,13 @@ fn main() -> ExitCode {
                 exit::OK
             })
         }
+        Command::Compare(args) => match args.options() {
+            Ok(opts) => compare::run(&opts),
+            Err(e) => {
+                eprintln!("perf-agent: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)
@@ -213,6 +282,22 @@ mod tests {
         for bad in ["0", "-3", "nan", "inf", "abc", "1e12"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn compare_sides_from_positional_arguments() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["perf-agent", "compare"], args].concat()).unwrap();
+            let Command::Compare(args) = cli.command else { panic!("not compare") };
+            args.options()
+        };
+        let o = parse(&["a.json", "b.json"]).unwrap();
+        assert_eq!((o.base, o.new), (vec![PathBuf::from("a.json")], vec![PathBuf::from("b.json")]));
+        let o = parse(&["a1", "a2", "a3", "--", "b1", "b2"]).unwrap();
+        assert_eq!((o.base.len(), o.new.len()), (3, 2));
+        let e = parse(&["a1", "a2", "a3"]).unwrap_err();
+        assert!(e.contains("got 3 paths") && e.contains("--"), "{e}");
+        assert!(parse(&["only-one.json"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub mod exit {
     /// The target exited during startup (before listening); what was
     /// measured is written.
     pub const STARTUP_FAILED: u8 = 5;
+    /// `compare`: at least one metric regressed past its warning threshold
+    /// (significantly, with enough runs), none past its failing one.
+    pub const COMPARE_WARN: u8 = 10;
+    /// `compare`: at least one metric regressed past its failing threshold.
+    pub const COMPARE_FAIL: u8 = 11;
 }
 
 /// Why the sampling loop ended.
