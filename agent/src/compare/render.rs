@@ -178,15 +178,16 @@ pub fn markdown(cmp: &Comparison, labels: &Labels) -> String {
     out
 }
 
-/// The release-notes table: every whole-run metric of NEW (no `@phase`),
-/// its value and its change against BASE (the previous release).
+/// The release-notes table: every whole-run metric of NEW (no `@phase`, no
+/// `agent/*`), its value and its change against BASE (the previous release).
 pub fn release_notes(cmp: &Comparison, labels: &Labels) -> String {
     let mut rows: Vec<(MetricKey, String, String)> = cmp
         .rows
         .iter()
         .map(|r| (r.key.clone(), side_value(&r.key, r.new.mean), pct(r.change_pct)))
         .chain(cmp.only_new.iter().map(|k| (k.clone(), String::new(), "new".into())))
-        .filter(|(k, ..)| !k.id.contains('@'))
+        // Whole-run numbers only; `agent/*` is the agent's own bookkeeping.
+        .filter(|(k, ..)| !k.id.contains('@') && !k.id.starts_with("agent/"))
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::new();
@@ -221,6 +222,7 @@ mod tests {
                 (k("memory/peak_rss", "memory"), 2_621_440.0),
                 (k("throughput/rps_10vu", "throughput"), 7000.0),
                 (k("old/metric", "count"), 3.0),
+                (k("agent/window", "latency"), 3e9),
             ]),
         );
         let mut new = RunSet::default();
@@ -232,6 +234,7 @@ mod tests {
                 (k("memory/peak_rss", "memory"), 2_700_000.0),
                 (k("throughput/rps_10vu", "throughput"), 6950.0),
                 (k("new/metric", "count"), 1.0),
+                (k("agent/window", "latency"), 3e9),
             ]),
         );
         Comparison::judge(&base, &new, &Thresholds::default())
@@ -257,7 +260,7 @@ mod tests {
         assert!(t.contains("Only in v1.1 (not judged):\n  new/metric (count)"), "{t}");
         assert!(
             t.trim_end()
-                .ends_with("FAIL: v1.1 against v1.0 — 2 failed, 0 warned, 2 passed, 0 not judged"),
+                .ends_with("FAIL: v1.1 against v1.0 — 2 failed, 0 warned, 2 passed, 1 not judged"),
             "{t}"
         );
     }
@@ -273,7 +276,7 @@ mod tests {
             "{m}"
         );
         assert!(!regressions.contains("memory/peak_rss"), "a pass is not a regression");
-        assert!(m.contains("All 4 metrics"));
+        assert!(m.contains("All 5 metrics"));
     }
 
     #[test]
@@ -284,6 +287,7 @@ mod tests {
         assert!(r.contains("| `memory/peak_rss` | 2.57 MiB | +3.0 % |"), "{r}");
         assert!(r.contains("| `new/metric` | (new metric) | new |"), "{r}");
         assert!(!r.contains("@steady") && !r.contains("old/metric"), "{r}");
+        assert!(!r.contains("agent/window"), "{r}");
     }
 
     #[test]
