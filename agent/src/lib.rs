@@ -4,6 +4,7 @@
 
 pub mod bmf;
 pub mod btf;
+pub mod cgroup;
 pub mod clock;
 pub mod compare;
 pub mod event_ring;

@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use perf_agent::{
-    bmf,
+    bmf, cgroup,
     compare::{self, CompareOptions},
     load::LoadOptions,
     measure::{self, MeasureOptions},
@@ -44,7 +44,7 @@ enum Command {
     /// each side has 3 runs or more. Exit status 0 pass, 10 warn, 11 fail.
     Compare(CompareArgs),
     /// Print the `bencher measure create` commands for perf-agent's custom
-    /// measures (memory, cpu-percent, cpu-time, count), with their units.
+    /// measures (memory, cpu-percent, cpu-time, count, percent), with their units.
     Measures {
         /// Bencher project slug.
         #[arg(long, default_value = "PROJECT")]
@@ -86,6 +86,14 @@ struct AttachArgs {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Run CMD in a cgroup of its own limited to this many CPUs' worth of
+    /// time, as `docker run --cpus` (0.5: 50 ms per 100 ms period).
+    #[arg(long, value_name = "CPUS", value_parser = cgroup_arg(cgroup::limits::parse_cpus))]
+    cpus: Option<String>,
+    /// Run CMD in a cgroup of its own limited to this much memory and no
+    /// swap, as `docker run --memory` (128m, 1g, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = cgroup_arg(cgroup::limits::parse_memory))]
+    memory: Option<String>,
     /// The command to start, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -219,6 +227,13 @@ impl CommonArgs {
     }
 }
 
+/// Validates with `check`, keeps the text (the limits are built from it).
+fn cgroup_arg<T>(
+    check: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| check(s).map(|_| s.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
@@ -244,7 +259,11 @@ fn main() -> ExitCode {
                 (None, None) => unreachable!("clap requires one of --pid, --wait-exec"),
             }
         }
-        Command::Run(args) => measure::run(&args.command, &args.common.options(Vec::new(), None)),
+        Command::Run(args) => {
+            let limits = cgroup::Limits::parse(args.cpus.as_deref(), args.memory.as_deref())
+                .expect("validated by clap");
+            measure::run(&args.command, &args.common.options(Vec::new(), None), &limits)
+        }
         Command::Mark { name } => {
             perf_agent::marks::append_mark(&name, perf_agent::clock::monotonic_ns()).map(|path| {
                 eprintln!("perf-agent: phase {name} starts now ({})", path.display());

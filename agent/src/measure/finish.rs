@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 use super::{K6Ready, MeasureOptions};
 use crate::{
-    clock,
+    cgroup, clock,
     k6::{self, K6Driver, K6Outcome, results::ClientResults},
     launch::{self, GatedChild},
     load::{self, LoadOptions, PhaseInputs},
@@ -38,6 +38,7 @@ pub(super) fn finish(
     child: Option<GatedChild>,
     opts: &MeasureOptions,
     k6_ready: Option<K6Ready>,
+    sandbox: Option<&cgroup::Sandbox>,
 ) -> anyhow::Result<u8> {
     let binary_size =
         procfs::exe(target.pid).ok().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
@@ -54,6 +55,8 @@ pub(super) fn finish(
     drop(probes); // detach before anything else: the target runs unobserved from here
     let k6_outcome = driver.map(K6Driver::finish); // stops k6 if the run ended first
     let child_status = child.as_ref().map(|child| end_child(child, result.end));
+    // `run --cpus/--memory`: the cgroup's counters, once the target is gone.
+    let cgroup_stats = sandbox.map(|s| (s, s.stats()));
     let k6_results = match &opts.load {
         LoadOptions::K6Results { file } => k6::read_client_results(file),
         _ => None,
@@ -73,12 +76,22 @@ pub(super) fn finish(
     };
     let (r, outcome) = build_report(run)?;
     print!("{}", report::summary::render(&r));
+    if let Some((s, stats)) = &cgroup_stats {
+        print!("{}", s.summary(stats));
+    }
     if let Some(path) = &opts.phases_json {
         write_phases_json(path, &r.phases, epoch_offset_ns)?;
     }
     if let Some(out) = &opts.out {
-        report::metrics::document(&r).write(out)?;
+        let mut doc = report::metrics::document(&r);
+        if let Some((_, stats)) = &cgroup_stats {
+            cgroup::add_metrics(&mut doc, stats, r.window.mean_rss_bytes);
+        }
+        doc.write(out)?;
         eprintln!("perf-agent: wrote {}", out.display());
+    }
+    if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
+        eprintln!("perf-agent: {message}");
     }
     let verdict = outcome.verdict();
     if let Some(message) = verdict.message {
