@@ -48,6 +48,11 @@ impl Measure {
         }
     }
 
+    /// The measure whose slug this is.
+    pub fn from_slug(slug: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.slug() == slug)
+    }
+
     pub fn units(self) -> &'static str {
         match self {
             Measure::Latency | Measure::CpuTime => "nanoseconds (ns)",
@@ -213,6 +218,14 @@ mod tests {
             let s = m.slug();
             assert!(s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
         }
+    }
+
+    #[test]
+    fn slugs_name_their_measure() {
+        for m in Measure::ALL {
+            assert_eq!(Measure::from_slug(m.slug()), Some(m));
+        }
+        assert_eq!(Measure::from_slug("ratio"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod preflight;
 pub mod probes;
 pub mod procfs;
 pub mod progress;
+pub mod repeat;
 pub mod report;
 pub mod requests;
 pub mod session;

@@ -94,6 +94,11 @@ struct RunArgs {
     /// swap, as `docker run --memory` (128m, 1g, bytes).
     #[arg(long, value_name = "SIZE", value_parser = cgroup_arg(cgroup::limits::parse_memory))]
     memory: Option<String>,
+    /// Start CMD and measure it (startup, idle, load) N times; --out gets
+    /// the median of the runs (min and max as lower/upper values), each run
+    /// goes to <out>.runs/run-<i>.json.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// The command to start, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -262,7 +267,16 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let limits = cgroup::Limits::parse(args.cpus.as_deref(), args.memory.as_deref())
                 .expect("validated by clap");
-            measure::run(&args.command, &args.common.options(Vec::new(), None), &limits)
+            if args.repeat > 1 && args.common.out.is_none() {
+                eprintln!("perf-agent: error: --repeat needs --out FILE (the medians go there)");
+                return ExitCode::from(2);
+            }
+            let opts = args.common.options(Vec::new(), None);
+            if args.repeat > 1 {
+                perf_agent::repeat::run_repeated(&args.command, &opts, &limits, args.repeat)
+            } else {
+                measure::run(&args.command, &opts, &limits)
+            }
         }
         Command::Mark { name } => {
             perf_agent::marks::append_mark(&name, perf_agent::clock::monotonic_ns()).map(|path| {

@@ -120,6 +120,9 @@ fn bad_input_is_named() {
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
     }
+    let out = run_agent(&["run", "--repeat", "2", "--", "true"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--repeat needs --out FILE"), "{}", out.stderr);
     fs::remove_dir_all(&d).unwrap();
 }
 
@@ -188,5 +191,52 @@ fn a_slower_version_fails_on_latency_end_to_end() {
     fs::write(&th, "[categories]\nmemory = {}\nthroughput = {}\n[[metric]]\nid = \"latency/p50\"\nwarn = 10\nfail = 25\n[[metric]]\nid = \"*\"\n").unwrap();
     let out = compare(&[&base, &rerun, "--thresholds", th.to_str().unwrap()]);
     assert_eq!(out.code, 0, "a rerun of the same version must pass:\n{}", out.stdout);
+    fs::remove_dir_all(&d).unwrap();
+}
+
+/// `run --repeat 3`: the server is started and measured three times in one
+/// invocation (a listen delay of 100 ms is each run's ground truth); the
+/// runs land in `<out>.runs/` for `compare`, and `--out` holds their median
+/// with min and max as the lower and upper values.
+#[test]
+fn repeated_runs_give_medians_and_per_run_files() {
+    let Some(_serial) = privileged() else { return };
+    let d = dir("repeat");
+    let out = d.join("bench.json");
+    let server = fixture("demo-server");
+    let result = run_agent(&[
+        "run",
+        "--repeat",
+        "3",
+        "--duration",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        server.to_str().unwrap(),
+        "--listen-delay-ms",
+        "100",
+    ]);
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    assert_eq!(result.stdout.matches("ready pid=").count(), 3, "three fresh targets");
+    let mut listen: Vec<f64> = (1..=3)
+        .map(|i| {
+            let run = read_bmf(&d.join(format!("bench.runs/run-{i}.json")));
+            bmf_value(&run, "startup/to_listen", "latency")
+        })
+        .collect();
+    for v in &listen {
+        assert!((100e6..=160e6).contains(v), "to_listen {v} ns");
+    }
+    listen.sort_by(f64::total_cmp);
+    let merged = read_bmf(&out);
+    let m = &merged["startup/to_listen"]["latency"];
+    assert_eq!(m["value"].as_f64(), Some(listen[1]), "the median");
+    assert_eq!(m["lower_value"].as_f64(), Some(listen[0]));
+    assert_eq!(m["upper_value"].as_f64(), Some(listen[2]));
+    let runs = d.join("bench.runs");
+    let cmp = compare(&[runs.to_str().unwrap(), runs.to_str().unwrap()]);
+    assert_eq!(cmp.code, 0, "{}", cmp.stdout);
+    assert!(cmp.stdout.contains("bench.runs (3 runs)"), "{}", cmp.stdout);
     fs::remove_dir_all(&d).unwrap();
 }
