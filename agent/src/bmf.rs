@@ -28,6 +28,8 @@ pub enum Measure {
     CpuTime,
     /// Custom: a count of things (faults, requests, errors, dropped events).
     Count,
+    /// Custom: a share in percent (`cgroup/cpu_throttled_percent`).
+    Percent,
 }
 
 impl Measure {
@@ -41,7 +43,13 @@ impl Measure {
             Measure::CpuPercent => "cpu-percent",
             Measure::CpuTime => "cpu-time",
             Measure::Count => "count",
+            Measure::Percent => "percent",
         }
+    }
+
+    /// The measure whose slug this is.
+    pub fn from_slug(slug: &str) -> Option<Measure> {
+        Measure::ALL.into_iter().find(|m| m.slug() == slug)
     }
 
     pub fn units(self) -> &'static str {
@@ -51,6 +59,7 @@ impl Measure {
             Measure::FileSize | Measure::Memory => "bytes (B)",
             Measure::CpuPercent => "percent of one core (%)",
             Measure::Count => "count",
+            Measure::Percent => "percent (%)",
         }
     }
 
@@ -59,7 +68,7 @@ impl Measure {
         matches!(self, Measure::Latency | Measure::Throughput | Measure::FileSize)
     }
 
-    pub const ALL: [Measure; 7] = [
+    pub const ALL: [Measure; 8] = [
         Measure::Latency,
         Measure::Throughput,
         Measure::FileSize,
@@ -67,6 +76,7 @@ impl Measure {
         Measure::CpuPercent,
         Measure::CpuTime,
         Measure::Count,
+        Measure::Percent,
     ];
 }
 
@@ -121,7 +131,6 @@ impl BmfReport {
         self.benchmarks.retain(|name, _| !pred(name));
     }
 
-    #[cfg(test)]
     pub fn get(&self, benchmark: &str, measure: Measure) -> Option<f64> {
         self.benchmarks.get(benchmark)?.get(measure.slug()).map(|m| m.value)
     }
@@ -178,10 +187,18 @@ mod tests {
     }
 
     #[test]
+    fn slugs_name_their_measure() {
+        for m in Measure::ALL {
+            assert_eq!(Measure::from_slug(m.slug()), Some(m));
+        }
+        assert_eq!(Measure::from_slug("ratio"), None);
+    }
+
+    #[test]
     fn setup_commands_cover_only_custom_measures() {
         let s = measure_setup_commands("my-project");
         assert!(s.contains("--slug cpu-percent") && s.contains("--slug memory"));
         assert!(!s.contains("--slug latency"), "built in: must not be created");
-        assert_eq!(s.lines().count(), 4);
+        assert_eq!(s.lines().count(), 5);
     }
 }

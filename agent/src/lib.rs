@@ -4,7 +4,9 @@
 
 pub mod bmf;
 pub mod btf;
+pub mod cgroup;
 pub mod clock;
+pub mod compare;
 pub mod event_ring;
 pub mod histogram;
 pub mod k6;
@@ -19,6 +21,7 @@ pub mod phases;
 pub mod preflight;
 pub mod probes;
 pub mod progress;
+pub mod repeat;
 pub mod report;
 pub mod requests;
 pub mod session;

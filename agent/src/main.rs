@@ -10,7 +10,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 
 use perf_agent::{
-    bmf,
+    bmf, cgroup,
+    compare::{self, CompareOptions},
     load::LoadOptions,
     measure::{self, MeasureOptions},
     outcome::exit,
@@ -38,8 +39,12 @@ enum Command {
         /// Phase name: 1 to 64 of [A-Za-z0-9-_./].
         name: String,
     },
+    /// Judge NEW against BASE, metric by metric: pass, warn or fail by
+    /// REQ-OBS-001's thresholds (or --thresholds), with Welch's t-test when
+    /// each side has 3 runs or more. Exit status 0 pass, 10 warn, 11 fail.
+    Compare(CompareArgs),
     /// Print the `bencher measure create` commands for perf-agent's custom
-    /// measures (memory, cpu-percent, cpu-time, count), with their units.
+    /// measures (memory, cpu-percent, cpu-time, count, percent), with their units.
     Measures {
         /// Bencher project slug.
         #[arg(long, default_value = "PROJECT")]
@@ -81,9 +86,79 @@ struct AttachArgs {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Run CMD in a cgroup of its own limited to this many CPUs' worth of
+    /// time, as `docker run --cpus` (0.5: 50 ms per 100 ms period).
+    #[arg(long, value_name = "CPUS", value_parser = cgroup_arg(cgroup::limits::parse_cpus))]
+    cpus: Option<String>,
+    /// Run CMD in a cgroup of its own limited to this much memory and no
+    /// swap, as `docker run --memory` (128m, 1g, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = cgroup_arg(cgroup::limits::parse_memory))]
+    memory: Option<String>,
+    /// Start CMD and measure it (startup, idle, load) N times; --out gets
+    /// the median of the runs (min and max as lower/upper values), each run
+    /// goes to <out>.runs/run-<i>.json.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// The command to start, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// `compare BASE NEW`, or `compare BASE... -- NEW...`.
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// BASE then NEW: a BMF file or a directory of them (one run per file)
+    /// each. With `--`, all of these are BASE.
+    #[arg(required = true, value_name = "BASE")]
+    base: Vec<PathBuf>,
+    /// After `--`: NEW's BMF files or directories.
+    #[arg(last = true, value_name = "NEW")]
+    new: Vec<PathBuf>,
+    /// Thresholds file (TOML or JSON): per category and per metric-id glob.
+    #[arg(long, value_name = "FILE")]
+    thresholds: Option<PathBuf>,
+    /// Also write the comparison as Markdown (e.g. "$GITHUB_STEP_SUMMARY").
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// Also write the release-notes table: metric, NEW's value, change
+    /// against BASE.
+    #[arg(long, value_name = "FILE")]
+    release_notes: Option<PathBuf>,
+    /// Name of BASE in the tables (default: its file or directory name).
+    #[arg(long, value_name = "NAME")]
+    base_label: Option<String>,
+    /// Name of NEW in the tables.
+    #[arg(long, value_name = "NAME")]
+    new_label: Option<String>,
+}
+
+impl CompareArgs {
+    /// Splits the positional arguments into the two sides.
+    fn options(self) -> Result<CompareOptions, String> {
+        let (base, new) = if self.new.is_empty() {
+            match <[PathBuf; 2]>::try_from(self.base) {
+                Ok([base, new]) => (vec![base], vec![new]),
+                Err(given) => {
+                    return Err(format!(
+                        "compare takes BASE NEW (got {} paths); for several runs a side use \
+                         `compare BASE1 BASE2 ... -- NEW1 NEW2 ...` or a directory each",
+                        given.len()
+                    ));
+                }
+            }
+        } else {
+            (self.base, self.new)
+        };
+        Ok(CompareOptions {
+            base,
+            new,
+            thresholds: self.thresholds,
+            markdown: self.markdown,
+            release_notes: self.release_notes,
+            base_label: self.base_label,
+            new_label: self.new_label,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -157,6 +232,13 @@ impl CommonArgs {
     }
 }
 
+/// Validates with `check`, keeps the text (the limits are built from it).
+fn cgroup_arg<T>(
+    check: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s| check(s).map(|_| s.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
@@ -182,13 +264,33 @@ fn main() -> ExitCode {
                 (None, None) => unreachable!("clap requires one of --pid, --wait-exec"),
             }
         }
-        Command::Run(args) => measure::run(&args.command, &args.common.options(Vec::new(), None)),
+        Command::Run(args) => {
+            let limits = cgroup::Limits::parse(args.cpus.as_deref(), args.memory.as_deref())
+                .expect("validated by clap");
+            if args.repeat > 1 && args.common.out.is_none() {
+                eprintln!("perf-agent: error: --repeat needs --out FILE (the medians go there)");
+                return ExitCode::from(2);
+            }
+            let opts = args.common.options(Vec::new(), None);
+            if args.repeat > 1 {
+                perf_agent::repeat::run_repeated(&args.command, &opts, &limits, args.repeat)
+            } else {
+                measure::run(&args.command, &opts, &limits)
+            }
+        }
         Command::Mark { name } => {
             perf_agent::marks::append_mark(&name, perf_agent::clock::monotonic_ns()).map(|path| {
                 eprintln!("perf-agent: phase {name} starts now ({})", path.display());
                 exit::OK
             })
         }
+        Command::Compare(args) => match args.options() {
+            Ok(opts) => compare::run(&opts),
+            Err(e) => {
+                eprintln!("perf-agent: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)
@@ -213,6 +315,22 @@ mod tests {
         for bad in ["0", "-3", "nan", "inf", "abc", "1e12"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn compare_sides_from_positional_arguments() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["perf-agent", "compare"], args].concat()).unwrap();
+            let Command::Compare(args) = cli.command else { panic!("not compare") };
+            args.options()
+        };
+        let o = parse(&["a.json", "b.json"]).unwrap();
+        assert_eq!((o.base, o.new), (vec![PathBuf::from("a.json")], vec![PathBuf::from("b.json")]));
+        let o = parse(&["a1", "a2", "a3", "--", "b1", "b2"]).unwrap();
+        assert_eq!((o.base.len(), o.new.len()), (3, 2));
+        let e = parse(&["a1", "a2", "a3"]).unwrap_err();
+        assert!(e.contains("got 3 paths") && e.contains("--"), "{e}");
+        assert!(parse(&["only-one.json"]).is_err());
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub mod exit {
     /// The results could not be written where asked (`--out`,
     /// `--phases-json`): they are in a fallback file named on stderr.
     pub const RESULTS_ELSEWHERE: u8 = 6;
+    /// `compare`: at least one metric regressed past its warning threshold
+    /// (significantly, with enough runs), none past its failing one.
+    pub const COMPARE_WARN: u8 = 10;
+    /// `compare`: at least one metric regressed past its failing threshold.
+    pub const COMPARE_FAIL: u8 = 11;
 }
 
 /// Why the sampling loop ended.

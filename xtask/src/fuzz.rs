@@ -6,7 +6,7 @@ use std::{env, fs, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{in_ci, run, workspace_root};
+use crate::{ebpf_toolchain::Pin, in_ci, run, workspace_root};
 
 /// A short fuzz run of every target: `PERF_AGENT_FUZZ_SECS` seconds each
 /// (default 10; five targets today, plus the build), from the committed seeds in
@@ -18,8 +18,11 @@ pub fn fuzz() -> Result<()> {
         println!("note: PERF_AGENT_FUZZ=0: fuzz run skipped");
         return Ok(());
     }
+    // cargo-fuzz needs a nightly: the one pinned for the eBPF build.
+    let pin = Pin::read(workspace_root()).map_err(anyhow::Error::msg)?;
+    let nightly = format!("+{}", pin.require_installed().map_err(anyhow::Error::msg)?);
     let has_fuzz = Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
+        .args([nightly.as_str(), "fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_fuzz {
@@ -39,7 +42,7 @@ pub fn fuzz() -> Result<()> {
         println!("fuzzing {target} for {secs} s");
         let mut cmd = Command::new("cargo");
         cmd.current_dir(root.join("fuzz"))
-            .args(["+nightly", "fuzz", "run", "-O", target])
+            .args([nightly.as_str(), "fuzz", "run", "-O", target])
             .arg(&scratch)
             .arg(root.join("fuzz/corpus").join(target))
             .args(["--", &format!("-max_total_time={secs}"), "-timeout=10", "-rss_limit_mb=2048"])

@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod ebpf_toolchain;
 mod fuzz;
 mod gates;
 mod net;

@@ -1,9 +1,10 @@
 //! `cargo xtask setup`: installs the toolchain pieces cargo can't fetch itself.
 //!
-//! - a nightly toolchain with `rust-src`: `agent/build.rs` (aya-build) builds
-//!   agent-ebpf with `-Z build-std=core` for `bpfel-unknown-none`;
-//! - `bpf-linker`, built against nightly's own LLVM so its bitcode reader
-//!   matches what that rustc emits (a mismatch fails the eBPF link);
+//! - the nightly pinned in `ebpf-toolchain.toml`, with `rust-src`:
+//!   `agent/build.rs` (aya-build) builds agent-ebpf with it, `-Z
+//!   build-std=core` for `bpfel-unknown-none` ([`crate::ebpf_toolchain`]);
+//! - `bpf-linker`, built against that nightly's own LLVM so its bitcode
+//!   reader matches what that rustc emits (a mismatch fails the eBPF link);
 //! - `k6`, the load generator of the demo and the request tests.
 //!
 //! Everything is checked first and installed only when missing, so running it
@@ -20,11 +21,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{in_ci, is_root, output, run, stdout_of};
-
-/// The LLVM major version that bpf-linker's `llvm-NN` feature is built for.
-/// Must match the LLVM of the nightly rustc (`rustc +nightly -vV`).
-const LLVM_MAJOR: u32 = 22;
+use crate::ebpf_toolchain::{PIN_FILE, Pin, llvm_major, rustup_run};
+use crate::{in_ci, is_root, output, run, stdout_of, workspace_root};
 
 /// Installs `bpf-linker` under this `cargo install --root` instead of the
 /// default `~/.cargo`, and looks for it only there (for testing the install).
@@ -43,8 +41,9 @@ pub fn setup(options: Options) -> Result<()> {
              (privileged tests will skip, `cargo xtask demo` will fail)"
         );
     }
-    nightly()?;
-    bpf_linker()?;
+    let pin = Pin::read(workspace_root()).map_err(anyhow::Error::msg)?;
+    let toolchain = ebpf_toolchain(&pin)?;
+    bpf_linker(&pin, &toolchain)?;
     k6()?;
     if options.bench_tools {
         bench_tools()?;
@@ -79,32 +78,53 @@ fn rustup() -> Command {
     Command::new("rustup")
 }
 
-/// A nightly toolchain with `rust-src`.
-fn nightly() -> Result<()> {
-    let toolchains = stdout_of(rustup().args(["toolchain", "list"])).context(
+/// The pinned nightly with `rust-src`, installed when missing; returns the
+/// rustup toolchain name that provides it (the pin, or a plain `nightly` of
+/// the pinned date).
+fn ebpf_toolchain(pin: &Pin) -> Result<String> {
+    stdout_of(rustup().arg("--version")).context(
         "rustup is needed to manage the nightly toolchain the eBPF build uses: \
          install it from https://rustup.rs",
     )?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        println!("installing the nightly toolchain (rustup toolchain install nightly)");
-        run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("installing the nightly toolchain failed")?;
-    }
+    let channel = pin.channel.as_str();
+    let toolchain = match pin.installed_toolchain() {
+        Some(t) => t,
+        None => {
+            println!(
+                "installing the eBPF toolchain pinned in {PIN_FILE} \
+                 (rustup toolchain install {channel})"
+            );
+            run(rustup().args(["toolchain", "install", channel, "--profile", "minimal"]))
+                .with_context(|| format!("installing {channel} (pinned in {PIN_FILE}) failed"))?;
+            channel.to_string()
+        }
+    };
     let components =
-        stdout_of(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+        stdout_of(rustup().args(["component", "list", "--toolchain", &toolchain, "--installed"]))?;
     if !components.lines().any(|l| l.trim().starts_with("rust-src")) {
         println!(
-            "installing rust-src for nightly (rustup component add rust-src --toolchain nightly)"
+            "installing rust-src for {toolchain} (rustup component add rust-src --toolchain {toolchain})"
         );
-        run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("installing rust-src for nightly failed")?;
+        run(rustup().args(["component", "add", "rust-src", "--toolchain", &toolchain]))
+            .with_context(|| format!("installing rust-src for {toolchain} failed"))?;
     }
-    Ok(())
+    match llvm_major(&toolchain) {
+        Some(llvm) if llvm == pin.llvm => Ok(toolchain),
+        found => bail!(
+            "{PIN_FILE} pins {channel} with llvm = {}, but its rustc uses LLVM {}.\n\
+             Fix: set `llvm = {}` in {PIN_FILE} if bpf-linker has that feature, or pin a \
+             nightly whose LLVM is {}",
+            pin.llvm,
+            found.map_or("(unknown)".into(), |v| v.to_string()),
+            found.map_or("NN".into(), |v| v.to_string()),
+            pin.llvm
+        ),
+    }
 }
 
-/// `bpf-linker`, present and loadable by nightly; built against nightly's LLVM
-/// when missing or broken (e.g. after a nightly update changed the LLVM).
-fn bpf_linker() -> Result<()> {
+/// `bpf-linker`, present and loadable by the pinned nightly; built against
+/// its LLVM when missing or broken (e.g. after the pin moved to a new LLVM).
+fn bpf_linker(pin: &Pin, toolchain: &str) -> Result<()> {
     let root = env::var_os(BPF_LINKER_ROOT_ENV).map(PathBuf::from);
     let found = match &root {
         Some(root) => Some(root.join("bin/bpf-linker")).filter(|p| p.is_file()),
@@ -116,15 +136,15 @@ fn bpf_linker() -> Result<()> {
             prepend_path(path.parent().expect("a file has a parent"));
             // It links to nightly's libLLVM.so, which rustup puts on
             // LD_LIBRARY_PATH for what nightly rustc runs: check it the same way.
-            let runs = rustup()
-                .args(["run", "nightly", "bpf-linker", "--version"])
+            let runs = rustup_run(toolchain, "bpf-linker")
+                .arg("--version")
                 .output()
                 .is_ok_and(|o| o.status.success());
             if runs {
                 return Ok(());
             }
             println!(
-                "reinstalling bpf-linker: {} does not run with nightly's LLVM \
+                "reinstalling bpf-linker: {} does not run with {toolchain}'s LLVM \
                  (built for an older nightly?)",
                 path.display()
             );
@@ -132,35 +152,37 @@ fn bpf_linker() -> Result<()> {
         }
         None => false,
     };
-    install_bpf_linker(root.as_deref(), reinstall)
+    install_bpf_linker(pin, toolchain, root.as_deref(), reinstall)
 }
 
 /// `cargo install bpf-linker` linked to nightly's own `libLLVM` (via a
 /// temporary `LLVM_PREFIX` holding just a `lib/libLLVM.so` symlink), so no
 /// system LLVM is needed and the versions can't drift apart.
-fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
-    let sysroot = stdout_of(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+fn install_bpf_linker(pin: &Pin, toolchain: &str, root: Option<&Path>, force: bool) -> Result<()> {
+    let llvm_major = pin.llvm;
+    let sysroot = stdout_of(rustup_run(toolchain, "rustc").args(["--print", "sysroot"]))?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");
     let llvm_libs: Vec<String> = fs::read_dir(&lib_dir)
         .with_context(|| format!("cannot list nightly's {}", lib_dir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| name.starts_with("libLLVM"))
         .collect();
-    let wanted = [format!("libLLVM.so.{LLVM_MAJOR}"), format!("libLLVM-{LLVM_MAJOR}")];
+    let wanted = [format!("libLLVM.so.{llvm_major}"), format!("libLLVM-{llvm_major}")];
     let Some(llvm_lib) =
         llvm_libs.iter().find(|name| wanted.iter().any(|w| name.starts_with(w.as_str())))
     else {
-        let version = stdout_of(rustup().args(["run", "nightly", "rustc", "-vV"]))
+        let version = stdout_of(rustup_run(toolchain, "rustc").arg("-vV"))
             .ok()
             .and_then(|v| {
                 v.lines().find_map(|l| l.strip_prefix("LLVM version: ").map(String::from))
             })
             .unwrap_or_else(|| "unknown".into());
         bail!(
-            "cannot build bpf-linker: it is pinned to LLVM {LLVM_MAJOR} (feature llvm-{LLVM_MAJOR}), \
-             but nightly's rustc uses LLVM {version} (found {:?} in {}).\n\
-             Fix: change LLVM_MAJOR in xtask/src/setup.rs to a version bpf-linker supports, \
-             or install a nightly with LLVM {LLVM_MAJOR} (rustup toolchain install nightly-YYYY-MM-DD)",
+            "cannot build bpf-linker: {PIN_FILE} pins {} with llvm = {llvm_major} (feature \
+             llvm-{llvm_major}), but its rustc uses LLVM {version} (found {:?} in {}).\n\
+             Fix: in {PIN_FILE}, set `llvm` to a version bpf-linker supports or pin a nightly \
+             with LLVM {llvm_major}",
+            pin.channel,
             llvm_libs,
             lib_dir.display()
         );
@@ -180,7 +202,7 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
     );
     let mut cmd = crate::cargo();
     cmd.args(["install", "bpf-linker", "--no-default-features", "--features"])
-        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .arg(format!("llvm-{llvm_major}"))
         .env("LLVM_PREFIX", &prefix);
     if force {
         cmd.arg("--force");
@@ -197,7 +219,7 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
 
     let bin_dir = root.map_or_else(|| cargo_home().join("bin"), |r| r.join("bin"));
     prepend_path(&bin_dir);
-    let version = stdout_of(rustup().args(["run", "nightly", "bpf-linker", "--version"]))
+    let version = stdout_of(rustup_run(toolchain, "bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run")?;
     println!("installed {} in {}", version.trim(), bin_dir.display());
     Ok(())

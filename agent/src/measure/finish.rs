@@ -7,7 +7,8 @@ use anyhow::bail;
 
 use super::{K6Ready, MeasureOptions};
 use crate::{
-    clock,
+    bmf::BmfReport,
+    cgroup, clock,
     k6::{self, K6Driver, K6Outcome, results::ClientResults},
     launch::{self, GatedChild},
     load::{self, LoadOptions, PhaseInputs},
@@ -39,6 +40,7 @@ pub(super) fn finish(
     child: Option<GatedChild>,
     opts: &MeasureOptions,
     k6_ready: Option<K6Ready>,
+    sandbox: Option<&cgroup::Sandbox>,
 ) -> anyhow::Result<u8> {
     let binary_size =
         procfs::exe(target.pid).ok().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
@@ -57,6 +59,8 @@ pub(super) fn finish(
     drop(probes); // detach before anything else: the target runs unobserved from here
     let k6_outcome = driver.map(K6Driver::finish); // stops k6 if the run ended first
     let child_status = child.as_ref().map(|child| end_child(child, result.end));
+    // `run --cpus/--memory`: the cgroup's counters, once the target is gone.
+    let cgroup_stats = sandbox.map(|s| (s, s.stats()));
     let k6_results = match &opts.load {
         LoadOptions::K6Results { file } => k6::read_client_results(file),
         _ => None,
@@ -79,7 +83,18 @@ pub(super) fn finish(
         eprintln!("perf-agent: {note}");
     }
     print!("{}", report::summary::render(&r));
-    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns)?;
+    if let Some((s, stats)) = &cgroup_stats {
+        print!("{}", s.summary(stats));
+    }
+    let cgroup_metrics = |doc: &mut BmfReport| {
+        if let Some((_, stats)) = &cgroup_stats {
+            cgroup::add_metrics(doc, stats, r.window.mean_rss_bytes);
+        }
+    };
+    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns, cgroup_metrics)?;
+    if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
+        eprintln!("perf-agent: {message}");
+    }
     let verdict = outcome.verdict();
     if let Some(message) = verdict.message {
         eprintln!("perf-agent: {message}");
@@ -216,10 +231,13 @@ fn write_results(
     opts: &MeasureOptions,
     r: &RunReport,
     epoch_offset_ns: i128,
+    add_metrics: impl FnOnce(&mut BmfReport),
 ) -> anyhow::Result<bool> {
     let mut elsewhere = false;
     if let Some(out) = &opts.out {
-        let json = report::metrics::document(r).to_json() + "\n";
+        let mut doc = report::metrics::document(r);
+        add_metrics(&mut doc);
+        let json = doc.to_json() + "\n";
         match output::write_results(out, &json, &output::fallback_dirs())? {
             output::Written::AtPath => eprintln!("perf-agent: wrote {}", out.display()),
             output::Written::Fallback(_) => elsewhere = true,

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 
 use self::finish::{Measured, finish};
 use crate::{
-    k6,
+    cgroup, k6,
     launch::{self, GatedChild},
     load::LoadOptions,
     outcome::exit,
@@ -76,7 +76,7 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
     };
     announce(pid, &stat.comm, opts);
     let target = Measured { pid, comm: stat.comm, exec_ns: None };
-    finish(probes, &pidfd, target, None, opts, k6)
+    finish(probes, &pidfd, target, None, opts, k6, None)
 }
 
 /// `perf-agent attach --wait-exec NAME`.
@@ -98,16 +98,23 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
     };
     announce(pid, &comm, opts);
     let target = Measured { pid, comm, exec_ns: Some(target.exec_ns) };
-    finish(probes, &pidfd, target, None, opts, k6)
+    finish(probes, &pidfd, target, None, opts, k6, None)
 }
 
-/// `perf-agent run -- CMD ARGS...`.
-pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
+/// `perf-agent run [--cpus C] [--memory M] -- CMD ARGS...`.
+pub fn run(argv: &[String], opts: &MeasureOptions, limits: &cgroup::Limits) -> anyhow::Result<u8> {
     launch::resolve(&argv[0])?;
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
+    // The target's own cgroup (removed when dropped, after the report).
+    let sandbox =
+        (!limits.is_empty()).then(|| cgroup::Sandbox::create(limits.clone())).transpose()?;
     // Fork before attaching: no thread may exist at fork time.
     let mut child = GatedChild::spawn(argv)?;
+    if let Some(Err(e)) = sandbox.as_ref().map(|s| s.add(child.pid)) {
+        child.stop(libc::SIGKILL, Duration::ZERO);
+        return Err(e.context("moving the command into its cgroup"));
+    }
     let spec = TargetSpec::ExecOfPid { pid: child.pid };
     let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root) {
         Ok(p) => p,
@@ -130,7 +137,7 @@ pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
         child.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     announce(pid, &comm, opts);
     let target = Measured { pid, comm, exec_ns: Some(target.exec_ns) };
-    finish(probes, &pidfd, target, Some(child), opts, k6)
+    finish(probes, &pidfd, target, Some(child), opts, k6, sandbox.as_ref())
 }
 
 /// With `--k6`: k6 is installed and the script loads (checked by `k6
