@@ -114,7 +114,11 @@ fn bad_input_is_named() {
         (vec![g, "/nonexistent/x.json"], 1, "NEW: /nonexistent/x.json does not exist"),
         (vec![g, other.to_str().unwrap()], 1, "no metric in common"),
         (vec![g, g, "--thresholds", th.to_str().unwrap()], 1, "warn (30 %) is above fail"),
-        (vec![g, g, "--markdown", "/nonexistent/s.md"], 1, "its directory does not exist"),
+        (
+            vec![g, g, "--markdown", "/nonexistent/s.md"],
+            1,
+            "--markdown /nonexistent/s.md: cannot write there",
+        ),
     ] {
         let out = compare(&args);
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
