@@ -4,7 +4,11 @@
 //! Parsers are pure (text in, struct out) so they are unit-tested without a
 //! process; the `read_*` wrappers only add the file read.
 
-use std::{fmt, fs, io, path::PathBuf};
+use std::{
+    fmt, fs,
+    io::{self, BufRead as _},
+    path::PathBuf,
+};
 
 /// `PF_KTHREAD` in `/proc/PID/stat` field 9 (`flags`): the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -212,17 +216,18 @@ pub const TCP_LISTEN: u8 = 10;
 /// Parses `/proc/net/tcp`-format text. Bad lines are skipped: the file is
 /// the kernel's, but a process can vanish while it is read.
 pub fn parse_net_tcp(text: &str) -> Vec<TcpSocket> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_ascii_whitespace().collect();
-            let local = f.get(1)?;
-            let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
-            let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
-            let inode = f.get(9)?.parse().ok()?;
-            Some(TcpSocket { local_port: port, state, inode })
-        })
-        .collect()
+    text.lines().skip(1).filter_map(parse_net_tcp_line).collect()
+}
+
+/// One socket line of `/proc/net/tcp` or `tcp6` (`None` for the header and
+/// for bad lines).
+pub fn parse_net_tcp_line(line: &str) -> Option<TcpSocket> {
+    let f: Vec<&str> = line.split_ascii_whitespace().collect();
+    let local = f.get(1)?;
+    let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+    let state = u8::from_str_radix(f.get(3)?, 16).ok()?;
+    let inode = f.get(9)?.parse().ok()?;
+    Some(TcpSocket { local_port: port, state, inode })
 }
 
 /// Inodes of the sockets `pid` has open (`/proc/PID/fd/* -> socket:[N]`).
@@ -252,10 +257,14 @@ pub fn listening_ports(pid: u32) -> io::Result<Vec<u16>> {
     let inodes = socket_inodes(pid)?;
     let mut ports = Vec::new();
     for file in ["net/tcp", "net/tcp6"] {
-        let Ok(text) = fs::read_to_string(proc_path(pid, file)) else {
+        // Line by line: the table is the whole network namespace's, which
+        // can hold hundreds of thousands of sockets (TIME_WAIT, orphans) and
+        // tens of MiB of text; read whole, it set the agent's peak memory.
+        let Ok(f) = fs::File::open(proc_path(pid, file)) else {
             continue;
         };
-        for s in parse_net_tcp(&text) {
+        for line in io::BufReader::new(f).lines() {
+            let Some(s) = parse_net_tcp_line(&line?) else { continue };
             if s.state == TCP_LISTEN && inodes.contains(&s.inode) && !ports.contains(&s.local_port)
             {
                 ports.push(s.local_port);
