@@ -6,6 +6,9 @@
 //! `bool`, and nothing that has a different layout on the two sides.
 #![no_std]
 
+// CPU profiling (issue 15): its own module, see profile.rs.
+pub mod profile;
+
 /// Names of the `const volatile` globals user space sets before load.
 ///
 /// They live here so the two sides cannot disagree on a spelling.

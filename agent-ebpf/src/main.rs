@@ -7,6 +7,7 @@
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
 //!   minor and major page faults.
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
+//! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
 //! - [`stats`]: an empty program, attached only while the kernel's run-time
 //!   statistics are on: the statistics' own cost per run.
 //!
@@ -26,6 +27,8 @@ mod cpu;
 mod exec;
 mod memory;
 mod net;
+// CPU profiling (issue 15), attached only with --profile-dir.
+mod profile;
 mod stats;
 
 #[cfg(not(test))]

@@ -29,6 +29,8 @@ pub enum Measure {
     CpuTime,
     /// Custom: a count of things (faults, requests, errors, dropped events).
     Count,
+    /// Custom: a share of a whole, in percent (`profile/truncated_percent`).
+    Percent,
 }
 
 impl Measure {
@@ -42,6 +44,7 @@ impl Measure {
             Measure::CpuPercent => "cpu-percent",
             Measure::CpuTime => "cpu-time",
             Measure::Count => "count",
+            Measure::Percent => "percent",
         }
     }
 
@@ -52,6 +55,7 @@ impl Measure {
             Measure::FileSize | Measure::Memory => "bytes (B)",
             Measure::CpuPercent => "percent of one core (%)",
             Measure::Count => "count",
+            Measure::Percent => "percent (%)",
         }
     }
 
@@ -60,7 +64,7 @@ impl Measure {
         matches!(self, Measure::Latency | Measure::Throughput | Measure::FileSize)
     }
 
-    pub const ALL: [Measure; 7] = [
+    pub const ALL: [Measure; 8] = [
         Measure::Latency,
         Measure::Throughput,
         Measure::FileSize,
@@ -68,6 +72,7 @@ impl Measure {
         Measure::CpuPercent,
         Measure::CpuTime,
         Measure::Count,
+        Measure::Percent,
     ];
 }
 
@@ -216,7 +221,8 @@ mod tests {
         let s = measure_setup_commands("my-project");
         assert!(s.contains("--slug cpu-percent") && s.contains("--slug memory"));
         assert!(!s.contains("--slug latency"), "built in: must not be created");
-        assert_eq!(s.lines().count(), 4);
+        assert_eq!(s.lines().count(), 5);
+        assert!(s.contains("--slug percent"));
     }
 
     #[test]

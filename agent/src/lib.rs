@@ -14,6 +14,7 @@ pub mod phases;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;
+pub mod profile;
 pub mod progress;
 pub mod report;
 pub mod requests;

@@ -127,6 +127,13 @@ struct CommonArgs {
         allow_negative_numbers = true
     )]
     cooldown: Duration,
+    /// Write CPU profiles here (created if missing): per phase and for the
+    /// whole run (`run`), `<phase>.cpu.folded` and `<phase>.cpu.svg`.
+    #[arg(long, value_name = "DIR")]
+    profile_dir: Option<PathBuf>,
+    /// Profiling samples per second per CPU (with --profile-dir).
+    #[arg(long, value_name = "HZ", default_value_t = perf_agent::profile::DEFAULT_HZ, requires = "profile_dir")]
+    profile_hz: u32,
 }
 
 impl CommonArgs {
@@ -151,6 +158,9 @@ impl CommonArgs {
             paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
             idle: self.idle.unwrap_or(Duration::from_secs(default_idle)),
             load,
+            profile: self
+                .profile_dir
+                .map(|dir| perf_agent::profile::ProfileOptions { dir, hz: self.profile_hz }),
         }
     }
 }

@@ -38,6 +38,14 @@ pub struct MeasureOptions {
     /// before k6 starts.
     pub idle: Duration,
     pub load: LoadOptions,
+    /// `--profile-dir`: CPU profiles per phase.
+    pub profile: Option<crate::profile::ProfileOptions>,
+}
+
+impl MeasureOptions {
+    fn profile_hz(&self) -> Option<u32> {
+        self.profile.as_ref().map(|p| p.hz)
+    }
 }
 
 /// The load whose phases the run is cut into.
@@ -63,6 +71,9 @@ fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
     for out in [&opts.out, &opts.phases_json].into_iter().flatten() {
         bmf::check_writable(out)?;
     }
+    if let Some(p) = &opts.profile {
+        p.check()?;
+    }
     if let LoadOptions::K6Results { file } = &opts.load
         && file.is_dir()
     {
@@ -81,7 +92,12 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let pidfd = session::open_pidfd(pid, stat.starttime_ticks)?;
-    let probes = match Probes::attach(&TargetSpec::Running { pid }, &opts.paths, &tracefs_root) {
+    let probes = match Probes::attach(
+        &TargetSpec::Running { pid },
+        &opts.paths,
+        &tracefs_root,
+        opts.profile_hz(),
+    ) {
         Ok(p) => p,
         // Seeding reads /proc/PID: a target that exits meanwhile makes that
         // fail with a bare ENOENT. Say what happened instead.
@@ -100,7 +116,7 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let spec = TargetSpec::ExecMatching { name: name.to_string() };
-    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root)?;
+    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_hz())?;
     eprintln!("perf-agent: waiting for the next exec of {name} (Ctrl-C to give up)");
     let Some(target) = wait_armed(&mut probes, None)? else {
         eprintln!("perf-agent: no exec of {name} seen; nothing measured");
@@ -125,7 +141,7 @@ pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
     // Fork before attaching: no thread may exist at fork time.
     let mut child = GatedChild::spawn(argv)?;
     let spec = TargetSpec::ExecOfPid { pid: child.pid };
-    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root) {
+    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_hz()) {
         Ok(p) => p,
         Err(e) => {
             child.stop(libc::SIGKILL, Duration::ZERO);
@@ -235,9 +251,11 @@ fn finish(
         _ => None,
     };
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
+    let profiler = probes.take_profile_probe().map(crate::profile::Profiler::start).transpose()?;
     let result = session::run(&mut probes, pidfd, &config, controller)?;
     let programs = probes.program_stats();
     drop(probes); // detach before anything else: the target runs unobserved from here
+    let profile = profiler.map(crate::profile::Profiler::finish).transpose()?;
     if let Some(d) = driver.as_mut() {
         d.stop(); // the run ended before k6 did
     }
@@ -310,11 +328,22 @@ fn finish(
         k6_status: load.k6_status.as_ref().map(k6::describe_exit),
     };
     print!("{}", report::summary(&r));
+    let profile = match (profile, &opts.profile) {
+        (Some(p), Some(o)) => Some(write_profiles(&p, &o.dir, &r, last_t)?),
+        _ => None,
+    };
+    if let Some(p) = &profile {
+        print!("{}", p.summary(r.canonical.as_ref().map(|c| c.0.as_str())));
+    }
     if let Some(path) = &opts.phases_json {
         write_phases_json(path, &r.phases, offset)?;
     }
     if let Some(out) = &opts.out {
-        report::bmf(&r).write(out)?;
+        let mut doc = report::bmf(&r);
+        if let Some(p) = &profile {
+            p.add_bmf(&mut doc);
+        }
+        doc.write(out)?;
         eprintln!("perf-agent: wrote {}", out.display());
     }
     if exited_in_startup {
@@ -402,6 +431,27 @@ fn plan_phases(
         load.canonical = Some(("steady".into(), None));
     }
     (phase_list, load)
+}
+
+/// `--profile-dir`: the whole run and each phase.
+fn write_profiles(
+    profile: &crate::profile::Profile,
+    dir: &std::path::Path,
+    r: &RunReport,
+    last_t: u64,
+) -> anyhow::Result<crate::profile::ProfileReport> {
+    let spans: Vec<crate::profile::PhaseSpan> = r
+        .phases
+        .iter()
+        .map(|p| crate::profile::PhaseSpan {
+            name: &p.phase.name,
+            start_ns: p.phase.start_ns,
+            end_ns: p.phase.end_ns.min(last_t + 1),
+        })
+        .collect();
+    let report = profile.write(dir, &spans)?;
+    eprintln!("perf-agent: wrote profiles to {}", dir.display());
+    Ok(report)
 }
 
 /// `--phases-json`: each phase's name and edges as Unix ns.

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod exec;
 pub mod memory;
 pub mod net;
+pub mod profile;
 pub mod stats;
 
 use std::path::Path;
@@ -60,16 +61,20 @@ pub struct Probes {
     cpu: cpu::CpuProbe,
     memory: memory::MemoryProbe,
     net: net::NetProbe,
+    /// The cpu-clock sampler, with `--profile-dir` (taken by the profiler).
+    profile: Option<profile::ProfileProbe>,
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
 }
 
 impl Probes {
-    /// Loads, seeds and attaches every probe.
+    /// Loads, seeds and attaches every probe; the cpu-clock sampler too at
+    /// `profile_hz` samples per second per CPU when given.
     pub fn attach(
         spec: &TargetSpec,
         paths: &PathOptions,
         tracefs_root: &Path,
+        profile_hz: Option<u32>,
     ) -> anyhow::Result<Probes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -94,6 +99,7 @@ impl Probes {
             kernel_btf = aya::Btf::from_sys_fs()
                 .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
             net::size_event_ring(&mut loader, ring_shape);
+            profile::size_ring(&mut loader, profile_hz)?;
             loader
                 .btf(Some(&kernel_btf))
                 .override_global(globals::OFFSETS, &offsets, true)
@@ -118,9 +124,11 @@ impl Probes {
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
         drop(kernel_btf);
+        let profile =
+            profile_hz.map(|hz| profile::ProfileProbe::attach(&mut ebpf, hz)).transpose()?;
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
-        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
+        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })
     }
 
     /// The target, once armed (at once for a running process).
@@ -151,6 +159,11 @@ impl Probes {
     pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
         self.net.drain_last(log);
         self.net.drain_open_exchanges(log)
+    }
+
+    /// The cpu-clock sampler's ring and counters, once (`--profile-dir`).
+    pub fn take_profile_probe(&mut self) -> Option<profile::ProfileProbe> {
+        self.profile.take()
     }
 
     /// Run counts, run time and recursion misses of every program.
