@@ -1,0 +1,376 @@
+//! CPU profiles (`--profile-dir`) of fixtures with a known profile: release
+//! Rust and C built without frame pointers (and C with them), checked
+//! against the fixtures' fixed work ratios and against `perf record
+//! --call-graph dwarf`; deep recursion counted as truncated; a hot function
+//! in a shared library named. Every output is read back: folded lines parse
+//! and sum to BMF's `profile/samples`, the SVG is well-formed XML naming the
+//! hot functions.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
+
+/// A fresh, empty profile directory.
+fn profile_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join("perf-agent-tests")
+        .join(format!("profile-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Folded stacks read back: each line `frames COUNT`, frames outermost first.
+struct Folded {
+    stacks: Vec<(Vec<String>, u64)>,
+}
+
+impl Folded {
+    fn read(path: &Path) -> Folded {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let stacks = text
+            .lines()
+            .map(|line| {
+                let (stack, count) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+                let count: u64 = count.parse().unwrap_or_else(|_| panic!("count in {line:?}"));
+                assert!(count > 0 && !stack.is_empty(), "{line:?}");
+                (stack.split(';').map(str::to_string).collect(), count)
+            })
+            .collect();
+        Folded { stacks }
+    }
+
+    fn total(&self) -> u64 {
+        self.stacks.iter().map(|s| s.1).sum()
+    }
+
+    /// Samples per leaf function.
+    fn self_counts(&self) -> HashMap<&str, u64> {
+        let mut m = HashMap::new();
+        for (frames, n) in &self.stacks {
+            *m.entry(frames.last().unwrap().as_str()).or_default() += n;
+        }
+        m
+    }
+
+    /// Samples whose stack holds a frame satisfying `f`.
+    fn with_frame(&self, f: impl Fn(&str) -> bool) -> u64 {
+        self.stacks.iter().filter(|(fr, _)| fr.iter().any(|x| f(x))).map(|s| s.1).sum()
+    }
+
+    /// The five leaf functions with most samples, user-space only.
+    fn top_five(&self) -> Vec<String> {
+        let mut v: Vec<(u64, String)> =
+            self.leaf_user_counts().into_iter().map(|(k, n)| (n, k)).collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        v.into_iter().take(5).map(|(_, k)| k).collect()
+    }
+
+    /// Samples per innermost user-space frame (kernel frames `_[k]` skipped).
+    fn leaf_user_counts(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for (frames, n) in &self.stacks {
+            if let Some(f) = frames.iter().rev().find(|f| !f.ends_with("_[k]")) {
+                *m.entry(f.clone()).or_default() += n;
+            }
+        }
+        m
+    }
+}
+
+/// The SVG parses as XML to its end and names each of `functions`.
+fn check_svg(path: &Path, functions: &[&str]) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut elements = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(_) | quick_xml::events::Event::Empty(_)) => {
+                elements += 1
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{} is not well-formed XML: {e}", path.display()),
+        }
+    }
+    assert!(elements > 10 && text.contains("<svg"), "{}: {elements} elements", path.display());
+    for f in functions {
+        assert!(text.contains(f), "{} does not name {f}", path.display());
+    }
+}
+
+/// Runs `perf-agent run --profile-dir DIR --duration SECS -- CMD...`;
+/// returns the BMF and the agent's stdout.
+fn profile_run(dir: &Path, secs: &str, cmd: &[&str]) -> (serde_json::Value, String) {
+    let out = out_path(&format!("profile-{}", dir.file_name().unwrap().to_string_lossy()));
+    let mut args = vec![
+        "run",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--duration",
+        secs,
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+    ];
+    args.extend_from_slice(cmd);
+    let r = Agent::spawn(&args).finish();
+    assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
+    (read_bmf(&out), r.stdout)
+}
+
+/// The 3:1 fixture: leaf shares within ±3 points of 75/25, ≥ 95 % of the
+/// samples unwound to `main`; folded total = BMF samples.
+fn check_three_to_one(dir: &Path, bmf: &serde_json::Value, is_main: fn(&str) -> bool, leaf: &str) {
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    let total = folded.total();
+    assert_eq!(total as f64, bmf_value(bmf, "profile/samples", "count"), "folded vs BMF");
+    assert!(total >= 300, "only {total} samples in 4 s at 99 Hz");
+    let leaves = folded.self_counts();
+    let (a, b) = (leaves.get(&*format!("{leaf}a")), leaves.get(&*format!("{leaf}b")));
+    let (a, b) = (*a.unwrap_or(&0) as f64, *b.unwrap_or(&0) as f64);
+    let share_a = a * 100.0 / (a + b);
+    assert!(
+        (share_a - 75.0).abs() <= 3.0,
+        "leaf_a {share_a:.1} % of the two leaves, expected 75 ± 3 ({a} vs {b}); leaves {leaves:?}"
+    );
+    let rooted = folded.with_frame(is_main);
+    assert!(
+        rooted as f64 >= 0.95 * total as f64,
+        "{rooted} of {total} samples unwound to main; stacks:\n{:#?}",
+        folded.stacks
+    );
+    assert!(bmf_value(bmf, "profile/truncated_percent", "percent") <= 5.0);
+    check_svg(&dir.join("run.cpu.svg"), &[&format!("{leaf}a"), &format!("{leaf}b")]);
+}
+
+#[test]
+fn rust_release_without_frame_pointers_three_to_one() {
+    let Some(_serial) = privileged() else { return };
+    let dir = profile_dir("rust");
+    let target = fixture("profile-target");
+    let (bmf, stdout) = profile_run(&dir, "4", &[target.to_str().unwrap(), "--weights", "3,1"]);
+    check_three_to_one(&dir, &bmf, |f| f == "profile_target::main", "profile_target::leaf_");
+    assert!(
+        stdout.contains("profile_target::leaf_a"),
+        "summary lists the top functions:\n{stdout}"
+    );
+}
+
+/// `cc` builds `sources` into `dir/name` with `flags` (libraries last).
+fn cc(dir: &Path, name: &str, sources: &[&str], flags: &[&str], libs: &[&str]) -> PathBuf {
+    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c");
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(flags)
+        .args(sources.iter().map(|s| c_dir.join(s)))
+        .arg("-o")
+        .arg(&out)
+        .args(libs)
+        .status()
+        .unwrap_or_else(|e| panic!("running cc (install a C compiler, e.g. gcc): {e}"));
+    assert!(status.success(), "cc {flags:?} {sources:?} failed");
+    out
+}
+
+fn c_three_to_one(test: &str, frame_pointer_flag: &str) {
+    let Some(_serial) = privileged() else { return };
+    let build = profile_dir(&format!("{test}-build"));
+    let bin =
+        cc(&build, "profile_target", &["profile_target.c"], &["-O2", frame_pointer_flag], &[]);
+    let dir = profile_dir(test);
+    let (bmf, _) = profile_run(&dir, "4", &[bin.to_str().unwrap(), "3,1"]);
+    check_three_to_one(&dir, &bmf, |f| f == "main", "leaf_");
+}
+
+#[test]
+fn c_without_frame_pointers_three_to_one() {
+    c_three_to_one("c-nofp", "-fomit-frame-pointer");
+}
+
+#[test]
+fn c_with_frame_pointers_three_to_one() {
+    c_three_to_one("c-fp", "-fno-omit-frame-pointer");
+}
+
+/// `perf report`'s self share per symbol, from a `perf record` file.
+fn perf_self_shares(data: &Path) -> Vec<(String, f64)> {
+    let out = Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--sort", "symbol", "-g", "none", "-q", "-i"])
+        .arg(data)
+        .output()
+        .expect("perf report");
+    assert!(out.status.success(), "perf report: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "    51.23%  [.] profile_target::leaf_a"
+            let (pct, rest) = l.trim().split_once('%')?;
+            let (kind, name) = rest.trim().split_once(' ')?;
+            if kind != "[.]" {
+                return None;
+            }
+            // The symbol, then padding and period columns ("  -  -").
+            let name = name.trim().split("  ").next()?;
+            Some((name.to_string(), pct.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The same process profiled at the same time by perf-agent and by
+/// `perf record -F 99 --call-graph dwarf`: the same top five functions.
+#[test]
+fn top_five_match_perf_record_dwarf() {
+    let Some(_serial) = privileged() else { return };
+    if Command::new("perf").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "perf missing: `cargo xtask setup` installs linux-perf"
+        );
+        eprintln!(
+            "*** SKIPPED: perf (linux-perf) is not installed; `cargo xtask setup` installs it ***"
+        );
+        return;
+    }
+    let target = common::Target::start("profile-target", &["--weights", "16,8,4,2,1"]);
+    let pid = target.pid.to_string();
+    let dir = profile_dir("perf-ref");
+    let out = out_path("profile-perf-ref");
+    let mut agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--duration",
+        "6",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_attached();
+    let data = dir.with_extension("perf.data");
+    let perf = Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "99", "--call-graph", "dwarf", "-q", "-o"])
+        .arg(&data)
+        .args(["-p", &pid, "--", "sleep", "5"])
+        .output()
+        .expect("perf record");
+    assert!(perf.status.success(), "perf record: {}", String::from_utf8_lossy(&perf.stderr));
+    let r = agent.finish();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    let ours = folded.top_five();
+    let theirs: Vec<String> = perf_self_shares(&data).into_iter().take(5).map(|s| s.0).collect();
+    assert_eq!(ours, theirs, "perf-agent's top five vs perf record --call-graph dwarf");
+    let expected: Vec<String> =
+        "abcde".chars().map(|c| format!("profile_target::leaf_{c}")).collect();
+    assert_eq!(ours, expected);
+    let _ = std::fs::remove_file(data);
+}
+
+/// 300 frames of 512 bytes: far more than the 32 KiB copied per sample.
+/// The cut stacks are counted in `profile/truncated_percent`, marked
+/// `[truncated]` at their root, and shown in the summary.
+#[test]
+fn deep_recursion_is_counted_as_truncated() {
+    let Some(_serial) = privileged() else { return };
+    let dir = profile_dir("recursion");
+    let target = fixture("profile-target");
+    let (bmf, stdout) =
+        profile_run(&dir, "3", &[target.to_str().unwrap(), "--recurse", "300", "--weights", "1"]);
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    let total = folded.total();
+    assert_eq!(total as f64, bmf_value(&bmf, "profile/samples", "count"));
+    let truncated = folded.with_frame(|f| f == "[truncated]");
+    let pct = bmf_value(&bmf, "profile/truncated_percent", "percent");
+    assert!((pct - truncated as f64 * 100.0 / total as f64).abs() < 1e-6, "{pct} vs folded");
+    assert!(pct >= 90.0, "{pct} % truncated at 300 × 512 bytes of stack");
+    // Cut stacks keep their innermost frames: the leaf and many recursions.
+    let deep = folded
+        .stacks
+        .iter()
+        .filter(|(f, _)| f[0] == "[truncated]")
+        .all(|(f, _)| f.iter().filter(|x| x.contains("recurse")).count() >= 20);
+    assert!(deep, "truncated stacks keep their inner frames");
+    assert!(stdout.contains("% truncated"), "summary shows truncation:\n{stdout}");
+}
+
+/// A hot function in a shared library is attributed to it by name, and the
+/// stack unwinds through the library to the program's `main`.
+#[test]
+fn hot_function_in_a_shared_library_is_named() {
+    let Some(_serial) = privileged() else { return };
+    let build = profile_dir("shlib-build");
+    cc(&build, "libhot_library.so", &["hot_library.c"], &["-O2", "-shared", "-fPIC"], &[]);
+    let lib_dir = format!("-L{}", build.display());
+    let rpath = format!("-Wl,-rpath,{}", build.display());
+    let bin = cc(
+        &build,
+        "hot_library_main",
+        &["hot_library_main.c"],
+        &["-O2"],
+        &[&lib_dir, &rpath, "-lhot_library"],
+    );
+    let dir = profile_dir("shlib");
+    let (bmf, _) = profile_run(&dir, "3", &[bin.to_str().unwrap()]);
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    let total = folded.total();
+    assert_eq!(total as f64, bmf_value(&bmf, "profile/samples", "count"));
+    let hot = folded.leaf_user_counts().get("hot_in_library").copied().unwrap_or(0);
+    assert!(
+        hot as f64 >= 0.9 * total as f64,
+        "hot_in_library {hot} of {total}: {:#?}",
+        folded.stacks
+    );
+    let through = folded.with_frame(|f| f == "call_library") as f64;
+    assert!(through >= 0.9 * total as f64, "unwound through the library into the program");
+    check_svg(&dir.join("run.cpu.svg"), &["hot_in_library"]);
+}
+
+/// A phase cut by `perf-agent mark` gets its own files, its name made
+/// file-safe (`main/steady` → `main%2Fsteady`), its samples a part of the run's.
+#[test]
+fn phases_get_their_own_profiles() {
+    let Some(_serial) = privileged() else { return };
+    let target = common::Target::start("profile-target", &["--weights", "3,1"]);
+    let dir = profile_dir("phases");
+    let out = out_path("profile-phases");
+    let marks = out_path("profile-marks").with_extension("txt");
+    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
+    let mut agent = Agent::spawn_env(
+        &[
+            "attach",
+            "--pid",
+            &target.pid.to_string(),
+            "--duration",
+            "3",
+            "--profile-dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &marks_env,
+    );
+    agent.wait_attached();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mark = Command::new(agent_bin()).args(["mark", "main/steady"]).envs(marks_env).output();
+    assert!(mark.unwrap().status.success());
+    let r = agent.finish();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let bmf = read_bmf(&out);
+    let run = Folded::read(&dir.join("run.cpu.folded")).total();
+    let phase = Folded::read(&dir.join("main%2Fsteady.cpu.folded")).total();
+    assert_eq!(phase as f64, bmf_value(&bmf, "profile/samples@main/steady", "count"));
+    // About two of the three seconds (phase edges fall on 100 ms buckets).
+    let share = phase as f64 / run as f64;
+    assert!((0.5..0.85).contains(&share), "phase {phase} of run {run}");
+    check_svg(&dir.join("main%2Fsteady.cpu.svg"), &["leaf_a"]);
+}
