@@ -11,6 +11,12 @@ pub mod names {
     pub const STATS: &str = "PROFILE_STATS";
     /// The `perf_event` program attached to cpu-clock on every CPU.
     pub const PROGRAM: &str = "profile_cpu_clock";
+    /// `tp_btf` programs for off-CPU stacks and run-queue waits.
+    pub const SCHED_SWITCH: &str = "profile_sched_switch";
+    pub const SCHED_WAKEUP: &str = "profile_sched_wakeup";
+    pub const SCHED_WAKEUP_NEW: &str = "profile_sched_wakeup_new";
+    /// `const volatile u32`: 1 to send a stack when a target thread blocks.
+    pub const OFF_CPU: &str = "PROFILE_OFF_CPU";
 }
 
 /// Bytes in one page of the copied user stack.
@@ -27,6 +33,11 @@ pub const KERNEL_FRAMES: usize = 128;
 pub mod sample_flags {
     /// The task's user registers could not be read: no user stack.
     pub const NO_USER_REGS: u32 = 1;
+    /// Taken when the thread blocked (`sched_switch`, not running), not by
+    /// the cpu-clock: its weight is the time until it runs again, sent
+    /// later in an [`OffCpuEnd`](super::OffCpuEnd) with the same `tid` and
+    /// `time_ns`.
+    pub const OFF_CPU: u32 = 2;
 }
 
 /// One sample of a target thread: its user registers, its kernel stack
@@ -65,14 +76,68 @@ pub struct ProfileSample {
     pub user_stack: [u8; STACK_PAGE * STACK_PAGES],
 }
 
-/// Per-CPU counters of the profiling program (map `PROFILE_STATS`).
+/// Bits of [`SchedRecord::kind`].
+pub mod sched_kind {
+    /// A blocked target thread ran again: `time_ns` it blocked (the key of
+    /// its [`ProfileSample`](super::ProfileSample) if one was sent),
+    /// `duration_ns` until it ran.
+    pub const OFF_CPU_END: u32 = 1;
+    /// A target thread waited on a run queue from its wake-up (or its
+    /// preemption) at `time_ns` for `duration_ns` until it ran.
+    pub const RUNQ_WAIT: u32 = 2;
+}
+
+/// Small ring-buffer records of the `sched_switch` program, told apart
+/// from a [`ProfileSample`] by their size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedRecord {
+    pub time_ns: u64,
+    pub duration_ns: u64,
+    pub tid: u32,
+    /// [`sched_kind`].
+    pub kind: u32,
+}
+
+/// When a target thread blocked (map `OFF_CPU_START`, by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuStart {
+    pub time_ns: u64,
+}
+
+/// Stacks sent at blocks, at most [`OFF_CPU_STACKS_PER_SEC`] per CPU and
+/// second (map `OFF_CPU_BUDGET`, per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuBudget {
+    /// Start of the current one-second window, ns.
+    pub window_ns: u64,
+    pub used: u64,
+}
+
+/// Most stacks sent per CPU and second when target threads block (each is
+/// a 33 KiB copy); past it a block's time is still counted, under an
+/// "unsampled" stack.
+pub const OFF_CPU_STACKS_PER_SEC: u64 = 500;
+
+/// Per-CPU counters of the profiling programs (map `PROFILE_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProfileStats {
     /// Samples of the target sent to user space.
     pub sent: u64,
-    /// Samples of the target lost because the ring buffer was full.
+    /// Samples, block stacks or sched records lost: the ring buffer was full.
     pub ring_full: u64,
+    /// Stacks sent when a target thread blocked.
+    pub off_cpu_stacks: u64,
+    /// Blocks whose stack was not sent (over the budget).
+    pub off_cpu_unsampled: u64,
+    /// Run-queue waits sent.
+    pub runq_waits: u64,
+    /// Run-queue waits replaced before their end was seen (a switch-in with
+    /// no `sched_switch` event): lost.
+    pub runq_unended: u64,
 }
 
 /// Smallest ring buffer, used when profiling is off (the map exists in the
@@ -83,9 +148,14 @@ pub const RING_BYTES_OFF: u32 = 4096;
 mod user {
     // SAFETY: #[repr(C)], integers only, no padding (asserted below).
     unsafe impl aya::Pod for super::ProfileStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SchedRecord {}
 }
 
-const _: () = assert!(core::mem::size_of::<ProfileStats>() == 16);
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 6 * 8);
+const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 8);
+const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 16);
 const _: () = assert!(
     core::mem::size_of::<ProfileSample>()
         == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8 + STACK_PAGE * STACK_PAGES

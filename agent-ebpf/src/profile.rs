@@ -6,8 +6,10 @@
 //! binaries built without frame pointers unwind too. Attached only when
 //! profiling is on. User-space twin: `agent/src/probes/profile.rs`.
 
+use core::ffi::c_void;
+
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, sample_flags,
+    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags,
 };
 use aya_ebpf::{
     EbpfContext as _,
@@ -38,30 +40,40 @@ const PT_REGS_IP: usize = 16 * 8;
 const PT_REGS_SP: usize = 19 * 8;
 
 /// Makes the ring buffer not wake its reader: user space polls it.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[perf_event]
 pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
-    let Some((tgid, tid)) = config::target_thread().map(|tid| (config::target_tgid(), tid)) else {
-        return 0;
-    };
+    let Some(tid) = config::target_thread() else { return 0 };
     let Some(stats) = PROFILE_STATS.get_ptr_mut(0) else { return 0 };
     // SAFETY: a per-CPU slot of this CPU; programs do not nest on one CPU.
     let stats = unsafe { &mut *stats };
-    let Some(mut entry) = PROFILE_SAMPLES.reserve::<ProfileSample>(0) else {
+    if send_stack(ctx.as_ptr(), config::target_tgid(), tid, 0, unsafe { bpf_ktime_get_ns() }) {
+        stats.sent += 1;
+    } else {
         stats.ring_full += 1;
-        return 0;
+    }
+    0
+}
+
+/// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
+/// target): its user registers, its kernel stack at `ctx`, its user stack.
+/// False when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time_ns: u64) -> bool {
+    let Some(mut entry) = PROFILE_SAMPLES.reserve::<ProfileSample>(0) else {
+        return false;
     };
     let s = entry.as_mut_ptr();
     let execs = TARGET.get(0).map_or(0, |t| t.execs);
     // SAFETY: `s` points at a reserved record of the right size; fields are
     // written in place (the record is far larger than the BPF stack).
     unsafe {
-        (*s).time_ns = bpf_ktime_get_ns();
+        (*s).time_ns = time_ns;
         (*s).tgid = tgid;
         (*s).tid = tid;
         (*s).execs = execs;
-        (*s).flags = 0;
+        (*s).flags = flags;
         // The user registers: saved at the top of the task's kernel stack,
         // whether the timer hit user mode or the kernel on its behalf.
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
@@ -69,7 +81,7 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
         let (ip, sp, bp) = match (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP)) {
             (Some(ip), Some(sp), Some(bp)) => (ip, sp, bp),
             _ => {
-                (*s).flags = sample_flags::NO_USER_REGS;
+                (*s).flags = flags | sample_flags::NO_USER_REGS;
                 (0, 0, 0)
             }
         };
@@ -78,7 +90,7 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
         (*s).bp = bp;
         // Kernel stack of the interrupted context (empty in user mode).
         (*s).kernel_bytes = bpf_get_stack(
-            ctx.as_ptr(),
+            ctx,
             (*s).kernel_stack.as_mut_ptr().cast(),
             (KERNEL_FRAMES * 8) as u32,
             0,
@@ -101,7 +113,19 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
         }
         (*s).user_pages = pages;
     }
-    stats.sent += 1;
     entry.submit(BPF_RB_NO_WAKEUP);
-    0
+    true
+}
+
+/// Sends a small record; false when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn send_sched(record: SchedRecord) -> bool {
+    PROFILE_SAMPLES.output::<SchedRecord>(&record, BPF_RB_NO_WAKEUP).is_ok()
+}
+
+/// This CPU's counters.
+#[inline(always)]
+pub(crate) fn stats() -> Option<&'static mut ProfileStats> {
+    // SAFETY: a per-CPU slot of this CPU; programs do not nest on one CPU.
+    PROFILE_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

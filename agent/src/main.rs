@@ -128,12 +128,17 @@ struct CommonArgs {
     )]
     cooldown: Duration,
     /// Write CPU profiles here (created if missing): per phase and for the
-    /// whole run (`run`), `<phase>.cpu.folded` and `<phase>.cpu.svg`.
+    /// whole run (`run`), `<phase>.cpu.folded` and `.svg`, and off-CPU
+    /// ones (`<phase>.offcpu.*`, weighted in ns blocked).
     #[arg(long, value_name = "DIR")]
     profile_dir: Option<PathBuf>,
     /// Profiling samples per second per CPU (with --profile-dir).
     #[arg(long, value_name = "HZ", default_value_t = perf_agent::profile::DEFAULT_HZ, requires = "profile_dir")]
     profile_hz: u32,
+    /// With --profile-dir: no off-CPU profiles (stacks where threads block,
+    /// weighted by the time blocked); run-queue waits are still measured.
+    #[arg(long, requires = "profile_dir")]
+    no_off_cpu: bool,
 }
 
 impl CommonArgs {
@@ -158,9 +163,11 @@ impl CommonArgs {
             paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
             idle: self.idle.unwrap_or(Duration::from_secs(default_idle)),
             load,
-            profile: self
-                .profile_dir
-                .map(|dir| perf_agent::profile::ProfileOptions { dir, hz: self.profile_hz }),
+            profile: self.profile_dir.map(|dir| perf_agent::profile::ProfileOptions {
+                dir,
+                hz: self.profile_hz,
+                off_cpu: !self.no_off_cpu,
+            }),
         }
     }
 }

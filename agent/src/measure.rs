@@ -43,8 +43,10 @@ pub struct MeasureOptions {
 }
 
 impl MeasureOptions {
-    fn profile_hz(&self) -> Option<u32> {
-        self.profile.as_ref().map(|p| p.hz)
+    fn profile_config(&self) -> Option<crate::probes::profile::ProfileConfig> {
+        self.profile
+            .as_ref()
+            .map(|p| crate::probes::profile::ProfileConfig { hz: p.hz, off_cpu: p.off_cpu })
     }
 }
 
@@ -96,7 +98,7 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
         &TargetSpec::Running { pid },
         &opts.paths,
         &tracefs_root,
-        opts.profile_hz(),
+        opts.profile_config(),
     ) {
         Ok(p) => p,
         // Seeding reads /proc/PID: a target that exits meanwhile makes that
@@ -116,7 +118,7 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let spec = TargetSpec::ExecMatching { name: name.to_string() };
-    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_hz())?;
+    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())?;
     eprintln!("perf-agent: waiting for the next exec of {name} (Ctrl-C to give up)");
     let Some(target) = wait_armed(&mut probes, None)? else {
         eprintln!("perf-agent: no exec of {name} seen; nothing measured");
@@ -141,7 +143,8 @@ pub fn run(argv: &[String], opts: &MeasureOptions) -> anyhow::Result<u8> {
     // Fork before attaching: no thread may exist at fork time.
     let mut child = GatedChild::spawn(argv)?;
     let spec = TargetSpec::ExecOfPid { pid: child.pid };
-    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_hz()) {
+    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())
+    {
         Ok(p) => p,
         Err(e) => {
             child.stop(libc::SIGKILL, Duration::ZERO);
@@ -251,9 +254,16 @@ fn finish(
         _ => None,
     };
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
-    let profiler = probes.take_profile_probe().map(crate::profile::Profiler::start).transpose()?;
+    let profiler = probes
+        .take_profile_probe()
+        .map(|p| crate::profile::Profiler::start(p, target.pid))
+        .transpose()?;
     let result = session::run(&mut probes, pidfd, &config, controller)?;
     let programs = probes.program_stats();
+    let mut profiler = profiler;
+    if let Some(p) = profiler.as_mut() {
+        p.end_window();
+    }
     drop(probes); // detach before anything else: the target runs unobserved from here
     let profile = profiler.map(crate::profile::Profiler::finish).transpose()?;
     if let Some(d) = driver.as_mut() {
@@ -329,7 +339,7 @@ fn finish(
     };
     print!("{}", report::summary(&r));
     let profile = match (profile, &opts.profile) {
-        (Some(p), Some(o)) => Some(write_profiles(&p, &o.dir, &r, last_t)?),
+        (Some(p), Some(o)) => Some(write_profiles(&p, o, &r, last_t)?),
         _ => None,
     };
     if let Some(p) = &profile {
@@ -436,7 +446,7 @@ fn plan_phases(
 /// `--profile-dir`: the whole run and each phase.
 fn write_profiles(
     profile: &crate::profile::Profile,
-    dir: &std::path::Path,
+    opts: &crate::profile::ProfileOptions,
     r: &RunReport,
     last_t: u64,
 ) -> anyhow::Result<crate::profile::ProfileReport> {
@@ -449,8 +459,8 @@ fn write_profiles(
             end_ns: p.phase.end_ns.min(last_t + 1),
         })
         .collect();
-    let report = profile.write(dir, &spans)?;
-    eprintln!("perf-agent: wrote profiles to {}", dir.display());
+    let report = profile.write(&opts.dir, &spans, opts.off_cpu)?;
+    eprintln!("perf-agent: wrote profiles to {}", opts.dir.display());
     Ok(report)
 }
 

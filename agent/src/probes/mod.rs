@@ -68,13 +68,13 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads, seeds and attaches every probe; the cpu-clock sampler too at
-    /// `profile_hz` samples per second per CPU when given.
+    /// Loads, seeds and attaches every probe; the profiling programs too
+    /// when `profile` is given (`--profile-dir`).
     pub fn attach(
         spec: &TargetSpec,
         paths: &PathOptions,
         tracefs_root: &Path,
-        profile_hz: Option<u32>,
+        profile: Option<profile::ProfileConfig>,
     ) -> anyhow::Result<Probes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -99,7 +99,7 @@ impl Probes {
             kernel_btf = aya::Btf::from_sys_fs()
                 .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
             net::size_event_ring(&mut loader, ring_shape);
-            profile::size_ring(&mut loader, profile_hz)?;
+            profile::configure(&mut loader, profile)?;
             loader
                 .btf(Some(&kernel_btf))
                 .override_global(globals::OFFSETS, &offsets, true)
@@ -123,9 +123,10 @@ impl Probes {
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let with_paths = path_match.health_len > 0 || path_match.ready_len > 0;
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, with_paths, ring_shape)?;
+        let profile = profile
+            .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
+            .transpose()?;
         drop(kernel_btf);
-        let profile =
-            profile_hz.map(|hz| profile::ProfileProbe::attach(&mut ebpf, hz)).transpose()?;
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })

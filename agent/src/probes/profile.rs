@@ -3,36 +3,53 @@
 //! `--profile-hz`. Kernel side: `agent-ebpf/src/profile.rs`. What the
 //! samples become is `crate::profile`.
 
-use agent_common::profile::{ProfileSample, ProfileStats, RING_BYTES_OFF, names};
+use agent_common::profile::{
+    OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, names,
+};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent,
+        BtfTracePoint, PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
 
 use super::take_map;
 
-/// Ring buffer bytes for `hz` samples per second per CPU: room for a quarter
-/// of a second of samples on every CPU (user space drains it every 20 ms),
-/// at least 32 records, a power of two (the kernel's rule for ring buffers).
-pub fn ring_bytes(hz: u32, cpus: usize) -> u32 {
+/// What to sample: cpu-clock at `hz` per CPU; stacks of blocked threads
+/// too when `off_cpu` (run-queue waits always).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileConfig {
+    pub hz: u32,
+    pub off_cpu: bool,
+}
+
+/// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
+/// CPU (user space drains it every 10 ms), at least 32 records, a power of
+/// two (the kernel's rule for ring buffers).
+pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
-    let records = ((hz as usize * cpus).div_ceil(4)).max(32);
+    let per_sec =
+        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+    let records = (per_sec * cpus).div_ceil(20).max(32);
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
 
-/// Sizes the ring before load: small when profiling is off (the map is in
-/// the object either way).
-pub fn size_ring(loader: &mut EbpfLoader<'_>, hz: Option<u32>) -> anyhow::Result<()> {
-    let bytes = match hz {
-        Some(hz) => ring_bytes(hz, aya::util::nr_cpus().map_err(|(_, e)| e)?),
+/// Sizes the ring and sets the off-CPU switch before load: a page when
+/// profiling is off (the map is in the object either way).
+pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> anyhow::Result<()> {
+    let bytes = match config {
+        Some(c) => ring_bytes(c, aya::util::nr_cpus().map_err(|(_, e)| e)?),
         None => RING_BYTES_OFF,
     };
     loader.map_max_entries(names::SAMPLES, bytes);
+    // The loader keeps a reference until load: statics.
+    static ON: u32 = 1;
+    static OFF: u32 = 0;
+    let off_cpu = if config.is_some_and(|c| c.off_cpu) { &ON } else { &OFF };
+    loader.override_global(names::OFF_CPU, off_cpu, true);
     Ok(())
 }
 
@@ -47,10 +64,19 @@ pub struct ProfileProbe {
 pub struct ProfileCounters {
     pub sent: u64,
     pub ring_full: u64,
+    pub off_cpu_stacks: u64,
+    pub off_cpu_unsampled: u64,
+    pub runq_waits: u64,
+    pub runq_unended: u64,
 }
 
 impl ProfileProbe {
-    pub fn attach(ebpf: &mut Ebpf, hz: u32) -> anyhow::Result<ProfileProbe> {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        kernel_btf: &aya::Btf,
+        config: ProfileConfig,
+    ) -> anyhow::Result<ProfileProbe> {
+        let hz = config.hz;
         let ring: RingBuf<MapData> = take_map(ebpf, names::SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> = take_map(ebpf, names::STATS)?.try_into()?;
         let prog: &mut PerfEvent = ebpf
@@ -73,6 +99,18 @@ impl ProfileProbe {
                 )
             })?;
         }
+        for (program, tracepoint) in [
+            (names::SCHED_SWITCH, "sched_switch"),
+            (names::SCHED_WAKEUP, "sched_wakeup"),
+            (names::SCHED_WAKEUP_NEW, "sched_wakeup_new"),
+        ] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("eBPF object has no program {program}"))?
+                .try_into()?;
+            prog.load(tracepoint, kernel_btf).with_context(|| format!("loading {program}"))?;
+            prog.attach().with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))?;
+        }
         Ok(ProfileProbe { ring, stats })
     }
 }
@@ -85,6 +123,10 @@ pub fn read_counters(
     for s in stats.get(&0, 0)?.iter() {
         c.sent += s.sent;
         c.ring_full += s.ring_full;
+        c.off_cpu_stacks += s.off_cpu_stacks;
+        c.off_cpu_unsampled += s.off_cpu_unsampled;
+        c.runq_waits += s.runq_waits;
+        c.runq_unended += s.runq_unended;
     }
     Ok(c)
 }
@@ -94,12 +136,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ring_is_a_power_of_two_holding_a_quarter_second() {
+    fn ring_is_a_power_of_two_holding_50_ms() {
         let record = std::mem::size_of::<ProfileSample>() + 8;
-        for (hz, cpus) in [(99, 2), (99, 64), (999, 2), (1, 1)] {
-            let b = ring_bytes(hz, cpus) as usize;
+        for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
+            let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            assert!(b / record >= ((hz as usize * cpus) / 4).max(32), "{hz} Hz × {cpus}: {b}");
+            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+            assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }
 }

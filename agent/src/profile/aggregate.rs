@@ -13,7 +13,7 @@ pub const MAX_BUCKETS: usize = 1024;
 /// Starting bucket width.
 pub const FIRST_WIDTH_NS: u64 = 100_000_000;
 
-/// Counts of interned stacks per time bucket.
+/// Counts (or weights) of interned stacks per time bucket.
 pub struct StackCounts {
     stacks: Vec<Box<[Frame]>>,
     ids: HashMap<Box<[Frame]>, u32>,
@@ -40,6 +40,11 @@ impl StackCounts {
 
     /// Counts one sample of `stack` (outermost frame first) at `time_ns`.
     pub fn add(&mut self, time_ns: u64, stack: &[Frame]) {
+        self.add_weighted(time_ns, stack, 1);
+    }
+
+    /// Adds `weight` (samples, or ns blocked) to `stack` at `time_ns`.
+    pub fn add_weighted(&mut self, time_ns: u64, stack: &[Frame], weight: u64) {
         let id = match self.ids.get(stack) {
             Some(&id) => id,
             None => {
@@ -49,7 +54,7 @@ impl StackCounts {
                 id
             }
         };
-        *self.buckets.entry(time_ns / self.width_ns).or_default().entry(id).or_default() += 1;
+        *self.buckets.entry(time_ns / self.width_ns).or_default().entry(id).or_default() += weight;
         if self.buckets.len() > MAX_BUCKETS {
             self.halve();
         }

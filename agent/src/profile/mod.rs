@@ -5,13 +5,20 @@
 //! symbolized ([`symbols`]) and written as folded stacks and flame graphs
 //! ([`output`]).
 //!
-//! A thread of its own drains the ring buffer every 20 ms (the kernel side
-//! does not wake it), so the sampling loop of `session.rs` is untouched.
+//! With off-CPU on (the default), stacks are also taken when a target
+//! thread blocks and weighted by the time until it runs again, and every
+//! run-queue wait is timed (`agent-ebpf/src/offcpu.rs`, [`runq`]).
+//!
+//! A thread of its own drains the ring buffer every 10 ms ([`collect`]; the
+//! kernel side does not wake it), so the sampling loop of `session.rs` is
+//! untouched.
 
 pub mod aggregate;
+pub mod collect;
 pub mod elf;
 pub mod maps;
 pub mod output;
+pub mod runq;
 pub mod symbols;
 pub mod unwind;
 
@@ -24,27 +31,30 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use agent_common::profile::{KERNEL_FRAMES, ProfileSample, STACK_PAGE, STACK_PAGES, sample_flags};
 use anyhow::{Context as _, bail};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray};
 
 use crate::{
     bmf::{BmfReport, Measure},
     probes::profile::{ProfileCounters, ProfileProbe, read_counters},
 };
 use aggregate::StackCounts;
+use collect::Collected;
 use output::{Folded, FunctionShare};
+use runq::RunqSummary;
 use symbols::Symbolizer;
-use unwind::{Frame, StackWalker, UserRegsAndStack};
+use unwind::Frame;
 
 /// `--profile-dir`, `--profile-hz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileOptions {
     pub dir: PathBuf,
     pub hz: u32,
+    /// Off-CPU profiles too (default; `--no-off-cpu` turns them off).
+    pub off_cpu: bool,
 }
 
 /// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
@@ -77,100 +87,68 @@ impl ProfileOptions {
     }
 }
 
-/// How often the thread drains the ring buffer.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
-
-/// What the draining thread gathered.
-#[derive(Default)]
-pub struct Collected {
-    pub walker: StackWalker,
-    pub counts: StackCounts,
-    pub samples: u64,
-    pub truncated: u64,
-    /// Records shorter than a sample (never expected).
-    pub malformed: u64,
-    /// Time spent unwinding and counting, ns.
-    pub unwind_ns: u64,
-}
-
-impl Collected {
-    /// Unwinds one sample and counts its stack.
-    pub fn add(&mut self, s: &ProfileSample, frames: &mut Vec<Frame>) {
-        let started = Instant::now();
-        frames.clear();
-        if s.flags & sample_flags::NO_USER_REGS == 0 {
-            let copied = (s.user_pages as usize).min(STACK_PAGES) * STACK_PAGE;
-            let user = UserRegsAndStack {
-                ip: s.ip,
-                sp: s.sp,
-                bp: s.bp,
-                stack_base: s.stack_base,
-                stack: &s.user_stack[..copied],
-            };
-            self.walker.user_frames(s.tgid, s.execs, &user, frames);
-        } else {
-            frames.push(Frame::Truncated);
-        }
-        let kernel = (s.kernel_bytes.max(0) as usize / 8).min(KERNEL_FRAMES);
-        unwind::kernel_frames(&s.kernel_stack[..kernel], frames);
-        if frames.first() == Some(&Frame::Truncated) {
-            self.truncated += 1;
-        }
-        self.samples += 1;
-        self.counts.add(s.time_ns, frames);
-        self.unwind_ns += started.elapsed().as_nanos() as u64;
-    }
-}
-
 /// The running profiler: a thread draining the sampler's ring buffer.
 pub struct Profiler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Collected>,
     stats: PerCpuArray<MapData, agent_common::profile::ProfileStats>,
+    pid: u32,
+    /// The ground truth's window: CLOCK_MONOTONIC at its edges (shared
+    /// with the thread, which clips run-queue waits to it; end 0 while
+    /// open), and `/proc`'s run-queue delay then.
+    window: Arc<collect::Window>,
+    run_delay_at_start: Option<u64>,
+    run_delay_at_end: Option<u64>,
 }
 
 impl Profiler {
-    pub fn start(probe: ProfileProbe) -> anyhow::Result<Profiler> {
+    /// Starts draining; `pid`'s run-queue delay in `/proc` is read now, as
+    /// the ground truth's start.
+    pub fn start(probe: ProfileProbe, pid: u32) -> anyhow::Result<Profiler> {
         let stop = Arc::new(AtomicBool::new(false));
         let ProfileProbe { ring, stats } = probe;
         let flag = stop.clone();
+        let run_delay_at_start = collect::proc_run_delay_ns(pid);
+        let window = Arc::new(collect::Window::starting(crate::probes::monotonic_ns()));
+        let w = window.clone();
         let thread = std::thread::Builder::new()
             .name("perf-agent-profile".into())
-            .spawn(move || drain_until_stopped(ring, &flag))
+            .spawn(move || collect::drain_until_stopped(ring, &flag, &w))
             .context("starting the profiling thread")?;
-        Ok(Profiler { stop, thread, stats })
+        Ok(Profiler {
+            stop,
+            thread,
+            stats,
+            pid,
+            window,
+            run_delay_at_start,
+            run_delay_at_end: None,
+        })
     }
 
-    /// After the programs are detached: drains what is left, stops.
-    pub fn finish(self) -> anyhow::Result<Profile> {
+    /// Closes the ground truth's window; call it just before detaching
+    /// (detaching takes time that the programs no longer see).
+    pub fn end_window(&mut self) {
+        self.run_delay_at_end = collect::proc_run_delay_ns(self.pid);
+        self.window.end(crate::probes::monotonic_ns());
+    }
+
+    /// After the programs are detached: drains what is left, stops; blocks
+    /// still going on count until now.
+    pub fn finish(mut self) -> anyhow::Result<Profile> {
+        if self.run_delay_at_end.is_none() {
+            self.end_window();
+        }
         let counters = read_counters(&self.stats)?;
+        let proc_run_delay_ns = match (self.run_delay_at_start, self.run_delay_at_end) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         self.stop.store(true, Ordering::Relaxed);
-        let collected =
+        let mut collected =
             self.thread.join().map_err(|_| anyhow::anyhow!("the profiling thread panicked"))?;
-        Ok(Profile { collected, counters })
-    }
-}
-
-fn drain_until_stopped(mut ring: RingBuf<MapData>, stop: &AtomicBool) -> Collected {
-    let mut c = Collected::default();
-    let mut frames = Vec::with_capacity(256);
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        while let Some(item) = ring.next() {
-            let aligned = item.as_ptr().align_offset(std::mem::align_of::<ProfileSample>()) == 0;
-            if item.len() < std::mem::size_of::<ProfileSample>() || !aligned {
-                c.malformed += 1;
-                continue;
-            }
-            // SAFETY: a whole, aligned record written by the kernel side as
-            // a `ProfileSample` (plain integers: any bytes are valid).
-            let s = unsafe { &*(item.as_ptr() as *const ProfileSample) };
-            c.add(s, &mut frames);
-        }
-        if stopping {
-            return c;
-        }
-        std::thread::sleep(DRAIN_EVERY);
+        collected.close(crate::probes::monotonic_ns());
+        Ok(Profile { collected, counters, proc_run_delay_ns })
     }
 }
 
@@ -178,6 +156,9 @@ fn drain_until_stopped(mut ring: RingBuf<MapData>, stop: &AtomicBool) -> Collect
 pub struct Profile {
     pub collected: Collected,
     pub counters: ProfileCounters,
+    /// Growth of the target's run-queue delay in `/proc` over the run (live
+    /// threads only), ground truth for the run-queue waits.
+    pub proc_run_delay_ns: Option<u64>,
 }
 
 /// One phase's profile, as written.
@@ -187,6 +168,10 @@ pub struct PhaseProfile {
     pub samples: u64,
     pub truncated: u64,
     pub top: Vec<FunctionShare>,
+    /// ns the target's threads spent blocked (with `--no-off-cpu`: 0).
+    pub off_cpu_ns: u64,
+    pub off_cpu_top: Vec<FunctionShare>,
+    pub runq: Option<RunqSummary>,
 }
 
 impl PhaseProfile {
@@ -202,7 +187,13 @@ pub struct ProfileReport {
     /// The whole run, named `run`.
     pub run: PhaseProfile,
     pub phases: Vec<PhaseProfile>,
-    pub ring_full: u64,
+    pub counters: ProfileCounters,
+    pub off_cpu: bool,
+    /// Σ run-queue waits seen inside the ground truth's window (from the
+    /// profiler's start to just before detaching), and the `/proc` ground
+    /// truth over it.
+    pub runq_total_ns: u64,
+    pub proc_run_delay_ns: Option<u64>,
     pub symbolize_ms: f64,
     pub unwind_us_per_sample: f64,
 }
@@ -215,41 +206,73 @@ pub struct PhaseSpan<'a> {
 }
 
 impl Profile {
-    /// Writes `run.cpu.*` and `<phase>.cpu.*` into `dir`.
-    pub fn write(&self, dir: &Path, phases: &[PhaseSpan]) -> anyhow::Result<ProfileReport> {
+    /// Writes `run.*` and `<phase>.*` (`cpu`, and `offcpu` when `off_cpu`)
+    /// into `dir`.
+    pub fn write(
+        &self,
+        dir: &Path,
+        phases: &[PhaseSpan],
+        off_cpu: bool,
+    ) -> anyhow::Result<ProfileReport> {
         let started = Instant::now();
         let c = &self.collected;
         let mut sym = Symbolizer::new(&c.walker.modules, c.walker.vdso.as_deref());
-        let run = write_window(dir, "run", None, c, &mut sym)?;
+        let mut window = |name: &str, range: Option<(u64, u64)>| -> anyhow::Result<PhaseProfile> {
+            let on = fold(&c.on_cpu, range, &mut sym);
+            output::write_phase(dir, name, "cpu", &on.folded)?;
+            let mut p = PhaseProfile {
+                name: name.to_string(),
+                samples: on.total,
+                truncated: on.truncated,
+                top: output::top_functions(&on.folded),
+                runq: c.runq.window(range),
+                ..Default::default()
+            };
+            if off_cpu {
+                let mut off = fold(&c.off_cpu, range, &mut sym);
+                off.folded = trim_tracing_frames(off.folded);
+                output::write_phase(dir, name, "offcpu", &off.folded)?;
+                p.off_cpu_ns = off.total;
+                p.off_cpu_top = output::top_functions(&off.folded);
+            }
+            Ok(p)
+        };
+        let run = window("run", None)?;
         let mut out = Vec::new();
         for p in phases {
-            out.push(write_window(dir, p.name, Some((p.start_ns, p.end_ns)), c, &mut sym)?);
+            out.push(window(p.name, Some((p.start_ns, p.end_ns)))?);
         }
         Ok(ProfileReport {
             dir: dir.to_path_buf(),
             run,
             phases: out,
-            ring_full: self.counters.ring_full,
+            counters: self.counters,
+            off_cpu,
+            runq_total_ns: c.runq_in_window_ns,
+            proc_run_delay_ns: self.proc_run_delay_ns,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
-            unwind_us_per_sample: c.unwind_ns as f64 / 1e3 / c.samples.max(1) as f64,
+            unwind_us_per_sample: c.unwind_ns as f64
+                / 1e3
+                / (c.samples + self.counters.off_cpu_stacks).max(1) as f64,
         })
     }
 }
 
-fn write_window(
-    dir: &Path,
-    name: &str,
-    range: Option<(u64, u64)>,
-    c: &Collected,
-    sym: &mut Symbolizer,
-) -> anyhow::Result<PhaseProfile> {
-    let mut folded: Folded = HashMap::new();
-    let (mut samples, mut truncated) = (0, 0);
-    for (id, n) in c.counts.window(range) {
-        let stack = c.counts.stack(id);
-        samples += n;
+/// A window of stack counts, symbolized and folded.
+struct FoldedWindow {
+    folded: Folded,
+    total: u64,
+    /// Weight of the stacks cut short.
+    truncated: u64,
+}
+
+fn fold(counts: &StackCounts, range: Option<(u64, u64)>, sym: &mut Symbolizer) -> FoldedWindow {
+    let mut w = FoldedWindow { folded: HashMap::new(), total: 0, truncated: 0 };
+    for (id, n) in counts.window(range) {
+        let stack = counts.stack(id);
+        w.total += n;
         if stack.first() == Some(&Frame::Truncated) {
-            truncated += n;
+            w.truncated += n;
         }
         let mut line = String::new();
         for &f in stack {
@@ -260,20 +283,29 @@ fn write_window(
                 line.push_str(name);
             }
         }
-        *folded.entry(line).or_default() += n;
+        *w.folded.entry(line).or_default() += n;
     }
-    output::write_phase(dir, name, "cpu", &folded)?;
-    Ok(PhaseProfile {
-        name: name.to_string(),
-        samples,
-        truncated,
-        top: output::top_functions(&folded),
-    })
+    w
+}
+
+/// Off-CPU stacks are taken inside the `sched_switch` tracepoint: their
+/// innermost kernel frames are the tracing machinery (`__traceiter_*`,
+/// `bpf_trace_run*`, the program itself). The stack ends at `__schedule`.
+fn trim_tracing_frames(folded: Folded) -> Folded {
+    let mut out = Folded::new();
+    for (line, n) in folded {
+        let line = match line.rfind(";__schedule_[k];") {
+            Some(i) => line[..i + ";__schedule_[k]".len()].to_string(),
+            None => line,
+        };
+        *out.entry(line).or_default() += n;
+    }
+    out
 }
 
 impl ProfileReport {
-    /// `profile/samples` and `profile/truncated_percent`, whole run and
-    /// `@<phase>`.
+    /// `profile/samples`, `profile/truncated_percent`,
+    /// `sched/runq_wait_p50|p99`: whole run and `@<phase>`.
     pub fn add_bmf(&self, bmf: &mut BmfReport) {
         let mut add = |suffix: String, p: &PhaseProfile| {
             bmf.add(format!("profile/samples{suffix}"), Measure::Count, p.samples as f64);
@@ -282,6 +314,10 @@ impl ProfileReport {
                 Measure::Percent,
                 p.truncated_percent(),
             );
+            if let Some(r) = p.runq {
+                bmf.add(format!("sched/runq_wait_p50{suffix}"), Measure::Latency, r.p50_ns);
+                bmf.add(format!("sched/runq_wait_p99{suffix}"), Measure::Latency, r.p99_ns);
+            }
         };
         add(String::new(), &self.run);
         for p in &self.phases {
@@ -289,33 +325,85 @@ impl ProfileReport {
         }
     }
 
-    /// The summary's profile section: samples and truncation per phase, and
-    /// the top functions of `canonical` (else of the whole run).
+    /// The summary's profile section: per phase samples, truncation,
+    /// off-CPU time and run-queue waits; the top functions of `canonical`
+    /// (else of the whole run).
     pub fn summary(&self, canonical: Option<&str>) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "\nCPU profile ({}):", self.dir.display());
+        let _ = writeln!(out, "\nprofiles ({}):", self.dir.display());
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>8} {:>11} {:>11} {:>12} {:>12}",
+            "phase", "samples", "truncated", "off-CPU", "runq p50", "runq p99"
+        );
         for p in std::iter::once(&self.run).chain(&self.phases) {
+            let (p50, p99) = p.runq.map_or(("-".into(), "-".into()), |r| {
+                (crate::report::human_ns(r.p50_ns), crate::report::human_ns(r.p99_ns))
+            });
             let _ = writeln!(
                 out,
-                "  {:<16} {:>7} samples, {:>5.1} % truncated",
+                "  {:<16} {:>8} {:>9.1} % {:>11} {:>12} {:>12}",
                 p.name,
                 p.samples,
-                p.truncated_percent()
+                p.truncated_percent(),
+                if self.off_cpu {
+                    crate::report::human_ns(p.off_cpu_ns as f64)
+                } else {
+                    "-".into()
+                },
+                p50,
+                p99
             );
         }
-        if self.ring_full > 0 {
-            let _ = writeln!(out, "  {} samples lost: ring buffer full", self.ring_full);
+        let truth = self
+            .proc_run_delay_ns
+            .map_or("not readable".into(), |t| crate::report::human_ns(t as f64));
+        let _ = writeln!(
+            out,
+            "  run-queue wait total {} (/proc schedstat run_delay {truth})",
+            crate::report::human_ns(self.runq_total_ns as f64)
+        );
+        let c = &self.counters;
+        if c.runq_unended > 0 {
+            let _ = writeln!(
+                out,
+                "  {} run-queue waits lost (their end, a switch-in, had no sched_switch event)",
+                c.runq_unended
+            );
+        }
+        if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
+            let _ = writeln!(
+                out,
+                "  lost: {} records (ring buffer full); {} blocks without a stack (over {} stacks/s per CPU)",
+                c.ring_full,
+                c.off_cpu_unsampled,
+                agent_common::profile::OFF_CPU_STACKS_PER_SEC
+            );
         }
         let top =
             canonical.and_then(|c| self.phases.iter().find(|p| p.name == c)).unwrap_or(&self.run);
-        let _ = writeln!(out, "  top functions of {} (self %, total %):", top.name);
+        let _ = writeln!(out, "  on-CPU top functions of {} (self %, total %):", top.name);
         for f in top.top.iter().take(10) {
             let _ =
                 writeln!(out, "    {:>5.1} {:>5.1}  {}", f.self_percent, f.total_percent, f.name);
         }
+        if self.off_cpu {
+            let _ = writeln!(
+                out,
+                "  off-CPU top functions of {} (self %, total % of time blocked):",
+                top.name
+            );
+            for f in top.off_cpu_top.iter().take(5) {
+                let _ = writeln!(
+                    out,
+                    "    {:>5.1} {:>5.1}  {}",
+                    f.self_percent, f.total_percent, f.name
+                );
+            }
+        }
         let _ = writeln!(
             out,
-            "  unwinding {:.1} µs per sample; symbolizing and writing {:.0} ms",
+            "  unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
             self.unwind_us_per_sample, self.symbolize_ms
         );
         out

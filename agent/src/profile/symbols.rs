@@ -47,6 +47,7 @@ impl<'m> Symbolizer<'m> {
     fn resolve(&mut self, frame: Frame) -> Vec<String> {
         match frame {
             Frame::Truncated => vec!["[truncated]".into()],
+            Frame::Unsampled => vec!["[stack not sampled]".into()],
             Frame::Unmapped(a) => vec![format!("[unknown]+0x{a:x}")],
             Frame::Kernel(a) => vec![match lookup(&self.kallsyms, a) {
                 Some(name) => format!("{name}_[k]"),

@@ -34,6 +34,9 @@ pub enum Frame {
     Unmapped(u64),
     /// A kernel address.
     Kernel(u64),
+    /// The whole stack of a block whose stack was not sent (over the
+    /// off-CPU budget, or the ring was full): its time is still counted.
+    Unsampled,
 }
 
 /// Every file that appeared in a stack, by path; indices are stable. Each

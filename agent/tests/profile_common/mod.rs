@@ -1,0 +1,97 @@
+//! Reading profiles back, for `tests/profile.rs` and
+//! `tests/profile_offcpu.rs`: folded stacks parsed, SVG parsed as XML.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// A fresh, empty profile directory.
+pub fn profile_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join("perf-agent-tests")
+        .join(format!("profile-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Folded stacks read back: each line `frames COUNT`, frames outermost first.
+pub struct Folded {
+    pub stacks: Vec<(Vec<String>, u64)>,
+}
+
+impl Folded {
+    pub fn read(path: &Path) -> Folded {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let stacks = text
+            .lines()
+            .map(|line| {
+                let (stack, count) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+                let count: u64 = count.parse().unwrap_or_else(|_| panic!("count in {line:?}"));
+                assert!(count > 0 && !stack.is_empty(), "{line:?}");
+                (stack.split(';').map(str::to_string).collect(), count)
+            })
+            .collect();
+        Folded { stacks }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.stacks.iter().map(|s| s.1).sum()
+    }
+
+    /// Samples per leaf function.
+    pub fn self_counts(&self) -> HashMap<&str, u64> {
+        let mut m = HashMap::new();
+        for (frames, n) in &self.stacks {
+            *m.entry(frames.last().unwrap().as_str()).or_default() += n;
+        }
+        m
+    }
+
+    /// Samples whose stack holds a frame satisfying `f`.
+    pub fn with_frame(&self, f: impl Fn(&str) -> bool) -> u64 {
+        self.stacks.iter().filter(|(fr, _)| fr.iter().any(|x| f(x))).map(|s| s.1).sum()
+    }
+
+    /// The five leaf functions with most samples, user-space only.
+    pub fn top_five(&self) -> Vec<String> {
+        let mut v: Vec<(u64, String)> =
+            self.leaf_user_counts().into_iter().map(|(k, n)| (n, k)).collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        v.into_iter().take(5).map(|(_, k)| k).collect()
+    }
+
+    /// Samples per innermost user-space frame (kernel frames `_[k]` skipped).
+    pub fn leaf_user_counts(&self) -> HashMap<String, u64> {
+        let mut m = HashMap::new();
+        for (frames, n) in &self.stacks {
+            if let Some(f) = frames.iter().rev().find(|f| !f.ends_with("_[k]")) {
+                *m.entry(f.clone()).or_default() += n;
+            }
+        }
+        m
+    }
+}
+
+/// The SVG parses as XML to its end and names each of `functions`.
+pub fn check_svg(path: &Path, functions: &[&str]) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut elements = 0;
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(quick_xml::events::Event::Start(_) | quick_xml::events::Event::Empty(_)) => {
+                elements += 1
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{} is not well-formed XML: {e}", path.display()),
+        }
+    }
+    assert!(elements > 10 && text.contains("<svg"), "{}: {elements} elements", path.display());
+    for f in functions {
+        assert!(text.contains(f), "{} does not name {f}", path.display());
+    }
+}
