@@ -128,8 +128,8 @@ struct CommonArgs {
     )]
     cooldown: Duration,
     /// Write CPU profiles here (created if missing): per phase and for the
-    /// whole run (`run`), `<phase>.cpu.folded` and `.svg`, and off-CPU
-    /// ones (`<phase>.offcpu.*`, weighted in ns blocked).
+    /// whole run (`run`), `<phase>.cpu.folded`, `.svg` and `.pb.gz` (pprof),
+    /// and off-CPU ones (`<phase>.offcpu.*`, weighted in ns blocked).
     #[arg(long, value_name = "DIR")]
     profile_dir: Option<PathBuf>,
     /// Profiling samples per second per CPU (with --profile-dir).

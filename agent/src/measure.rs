@@ -459,7 +459,7 @@ fn write_profiles(
             end_ns: p.phase.end_ns.min(last_t + 1),
         })
         .collect();
-    let report = profile.write(&opts.dir, &spans, opts.off_cpu)?;
+    let report = profile.write(opts, &spans)?;
     eprintln!("perf-agent: wrote profiles to {}", opts.dir.display());
     Ok(report)
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
-use profile_common::{Folded, check_svg, profile_dir};
+use profile_common::{Folded, Pprof, check_svg, profile_dir};
 
 /// Runs `perf-agent run --profile-dir DIR --profile-hz HZ --duration SECS
 /// -- CMD...`; returns the BMF and the agent's stdout.
@@ -45,7 +45,13 @@ fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::V
 /// [`RATIO_HZ`] for 4 s on one busy thread: ~2000 samples, so ±3 points is
 /// three standard deviations of the sampling noise (at 99 Hz it would be
 /// one and a half).
-fn check_three_to_one(dir: &Path, bmf: &serde_json::Value, is_main: fn(&str) -> bool, leaf: &str) {
+fn check_three_to_one(
+    dir: &Path,
+    bmf: &serde_json::Value,
+    is_main: fn(&str) -> bool,
+    leaf: &str,
+    binary: &str,
+) {
     let folded = Folded::read(&dir.join("run.cpu.folded"));
     let total = folded.total();
     assert_eq!(total as f64, bmf_value(bmf, "profile/samples", "count"), "folded vs BMF");
@@ -66,6 +72,15 @@ fn check_three_to_one(dir: &Path, bmf: &serde_json::Value, is_main: fn(&str) -> 
     );
     assert!(bmf_value(bmf, "profile/truncated_percent", "percent") <= 5.0);
     check_svg(&dir.join("run.cpu.svg"), &[&format!("{leaf}a"), &format!("{leaf}b")]);
+    // The pprof decodes; its totals and leaves match the folded file's.
+    let pprof = Pprof::read(&dir.join("run.cpu.pb.gz"));
+    assert_eq!(pprof.total(0), total, "pprof samples vs folded");
+    assert_eq!(pprof.leaf_total(&format!("{leaf}a"), 0) as f64, a);
+    // Second value: CPU ns, the sampling period per sample.
+    let period: u64 = 1_000_000_000 / RATIO_HZ.parse::<u64>().unwrap();
+    assert_eq!(pprof.total(1), total * period, "cpu ns = samples × period");
+    let id = pprof.build_id_of(binary).unwrap_or_else(|| panic!("no mapping of {binary}"));
+    assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "build id {id:?}");
 }
 
 /// Sampling rate of the share tests.
@@ -78,7 +93,13 @@ fn rust_release_without_frame_pointers_three_to_one() {
     let target = fixture("profile-target");
     let (bmf, stdout) =
         profile_run(&dir, RATIO_HZ, "4", &[target.to_str().unwrap(), "--weights", "3,1"]);
-    check_three_to_one(&dir, &bmf, |f| f == "profile_target::main", "profile_target::leaf_");
+    check_three_to_one(
+        &dir,
+        &bmf,
+        |f| f == "profile_target::main",
+        "profile_target::leaf_",
+        "/profile-target",
+    );
     assert!(
         stdout.contains("profile_target::leaf_a"),
         "summary lists the top functions:\n{stdout}"
@@ -109,7 +130,7 @@ fn c_three_to_one(test: &str, frame_pointer_flag: &str) {
         cc(&build, "profile_target", &["profile_target.c"], &["-O2", frame_pointer_flag], &[]);
     let dir = profile_dir(test);
     let (bmf, _) = profile_run(&dir, RATIO_HZ, "4", &[bin.to_str().unwrap(), "3,1"]);
-    check_three_to_one(&dir, &bmf, |f| f == "main", "leaf_");
+    check_three_to_one(&dir, &bmf, |f| f == "main", "leaf_", "/profile_target");
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 mod profile_common;
 
 use common::{Agent, bmf_value, fixture, out_path, privileged, read_bmf};
-use profile_common::{Folded, check_svg, profile_dir};
+use profile_common::{Folded, Pprof, check_svg, profile_dir};
 
 /// `key=value` of a line.
 fn field(line: &str, key: &str) -> u64 {
@@ -64,6 +64,8 @@ fn off_cpu_time_per_function_matches_the_fixture() {
         &dir.join("run.offcpu.svg"),
         &["offcpu_target::sleep_ten_ms", "offcpu_target::wait_for_lock"],
     );
+    let pprof = Pprof::read(&dir.join("run.offcpu.pb.gz"));
+    assert_eq!(pprof.total(0), folded.total(), "pprof ns off CPU vs folded");
     // The on-CPU profile of the same run: the holder's and waiter's burn.
     let on = Folded::read(&dir.join("run.cpu.folded"));
     assert_eq!(on.total() as f64, bmf_value(&read_bmf(&out), "profile/samples", "count"));

@@ -18,6 +18,7 @@ pub mod collect;
 pub mod elf;
 pub mod maps;
 pub mod output;
+pub mod pprof;
 pub mod runq;
 pub mod symbols;
 pub mod unwind;
@@ -25,7 +26,7 @@ pub mod unwind;
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -206,20 +207,38 @@ pub struct PhaseSpan<'a> {
 }
 
 impl Profile {
-    /// Writes `run.*` and `<phase>.*` (`cpu`, and `offcpu` when `off_cpu`)
-    /// into `dir`.
+    /// Writes `run.*` and `<phase>.*` (`cpu`, and `offcpu` when
+    /// `opts.off_cpu`) into `opts.dir`: folded, SVG and pprof.
     pub fn write(
         &self,
-        dir: &Path,
+        opts: &ProfileOptions,
         phases: &[PhaseSpan],
-        off_cpu: bool,
     ) -> anyhow::Result<ProfileReport> {
         let started = Instant::now();
         let c = &self.collected;
-        let mut sym = Symbolizer::new(&c.walker.modules, c.walker.vdso.as_deref());
+        let (modules, vdso) = (&c.walker.modules, c.walker.vdso.as_deref());
+        let mut sym = Symbolizer::new(modules, vdso);
+        let cpu = pprof::Kind {
+            values: &[("samples", "count"), ("cpu", "nanoseconds")],
+            value_of: |n, period| vec![n, n * period],
+            period_ns: 1_000_000_000 / u64::from(opts.hz.max(1)),
+        };
+        let off = pprof::Kind {
+            values: &[("off_cpu", "nanoseconds")],
+            value_of: |ns, _| vec![ns],
+            period_ns: 0,
+        };
+        let dir = &opts.dir;
         let mut window = |name: &str, range: Option<(u64, u64)>| -> anyhow::Result<PhaseProfile> {
-            let on = fold(&c.on_cpu, range, &mut sym);
+            let stem = output::file_safe(name);
+            let stacks = stacks_in(&c.on_cpu, range);
+            let on = fold(&stacks, &mut sym);
             output::write_phase(dir, name, "cpu", &on.folded)?;
+            pprof::write(
+                dir,
+                &format!("{stem}.cpu"),
+                &pprof::encode(&stacks, &cpu, modules, vdso, &mut sym)?,
+            )?;
             let mut p = PhaseProfile {
                 name: name.to_string(),
                 samples: on.total,
@@ -228,12 +247,15 @@ impl Profile {
                 runq: c.runq.window(range),
                 ..Default::default()
             };
-            if off_cpu {
-                let mut off = fold(&c.off_cpu, range, &mut sym);
-                off.folded = trim_tracing_frames(off.folded);
-                output::write_phase(dir, name, "offcpu", &off.folded)?;
-                p.off_cpu_ns = off.total;
-                p.off_cpu_top = output::top_functions(&off.folded);
+            if opts.off_cpu {
+                let stacks = stacks_in(&c.off_cpu, range);
+                let mut folded = fold(&stacks, &mut sym);
+                folded.folded = trim_tracing_frames(folded.folded);
+                output::write_phase(dir, name, "offcpu", &folded.folded)?;
+                let data = pprof::encode(&stacks, &off, modules, vdso, &mut sym)?;
+                pprof::write(dir, &format!("{stem}.offcpu"), &data)?;
+                p.off_cpu_ns = folded.total;
+                p.off_cpu_top = output::top_functions(&folded.folded);
             }
             Ok(p)
         };
@@ -247,7 +269,7 @@ impl Profile {
             run,
             phases: out,
             counters: self.counters,
-            off_cpu,
+            off_cpu: opts.off_cpu,
             runq_total_ns: c.runq_in_window_ns,
             proc_run_delay_ns: self.proc_run_delay_ns,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -258,6 +280,14 @@ impl Profile {
     }
 }
 
+/// The stacks of a window with their weights, heaviest first.
+fn stacks_in(counts: &StackCounts, range: Option<(u64, u64)>) -> Vec<(&[Frame], u64)> {
+    let mut v: Vec<(&[Frame], u64)> =
+        counts.window(range).into_iter().map(|(id, n)| (counts.stack(id), n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    v
+}
+
 /// A window of stack counts, symbolized and folded.
 struct FoldedWindow {
     folded: Folded,
@@ -266,10 +296,9 @@ struct FoldedWindow {
     truncated: u64,
 }
 
-fn fold(counts: &StackCounts, range: Option<(u64, u64)>, sym: &mut Symbolizer) -> FoldedWindow {
+fn fold(stacks: &[(&[Frame], u64)], sym: &mut Symbolizer) -> FoldedWindow {
     let mut w = FoldedWindow { folded: HashMap::new(), total: 0, truncated: 0 };
-    for (id, n) in counts.window(range) {
-        let stack = counts.stack(id);
+    for &(stack, n) in stacks {
         w.total += n;
         if stack.first() == Some(&Frame::Truncated) {
             w.truncated += n;
