@@ -36,6 +36,19 @@ enum Command {
         /// Phase name: 1 to 64 of [A-Za-z0-9-_./].
         name: String,
     },
+    /// Compare two profiles: two --profile-dir directories (each profile
+    /// they have in common) or two .folded/.pb.gz files. Writes a
+    /// differential flame graph and a table of the functions whose share
+    /// grew or shrank most per profile into --out, and prints the tables.
+    Diff {
+        /// The earlier profile (directory or file).
+        base: PathBuf,
+        /// The later profile (directory or file).
+        new: PathBuf,
+        /// Directory for `<phase>.<kind>.diff.svg` and `.diff.txt`.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print the `bencher measure create` commands for perf-agent's custom
     /// measures (memory, cpu-percent, cpu-time, count), with their units.
     Measures {
@@ -201,6 +214,12 @@ fn main() -> ExitCode {
         Command::Mark { name } => {
             perf_agent::marks::append_mark(&name, perf_agent::probes::monotonic_ns()).map(|path| {
                 eprintln!("perf-agent: phase {name} starts now ({})", path.display());
+                exit::OK
+            })
+        }
+        Command::Diff { base, new, out } => {
+            perf_agent::profile::diff::diff(&base, &new, &out).map(|report| {
+                print!("{report}");
                 exit::OK
             })
         }

@@ -321,3 +321,37 @@ fn phases_get_their_own_profiles() {
     assert!((0.5..0.85).contains(&share), "phase {phase} of run {run}");
     check_svg(&dir.join("main%2Fsteady.cpu.svg"), &["leaf_a"]);
 }
+
+/// `perf-agent diff`: two runs of the fixture, the second spending twice as
+/// long in `leaf_c`: it tops the growth table, from the directories and
+/// from the two pprof files alike; the differential flame graph names it.
+#[test]
+fn diff_puts_the_doubled_function_on_top() {
+    let Some(_serial) = privileged() else { return };
+    let target = fixture("profile-target");
+    let (base, new) = (profile_dir("diff-base"), profile_dir("diff-new"));
+    profile_run(&base, RATIO_HZ, "3", &[target.to_str().unwrap(), "--weights", "2,2,2"]);
+    profile_run(&new, RATIO_HZ, "3", &[target.to_str().unwrap(), "--weights", "2,2,4"]);
+    let out = profile_dir("diff-out");
+    for (a, b) in
+        [(base.clone(), new.clone()), (base.join("run.cpu.pb.gz"), new.join("run.cpu.pb.gz"))]
+    {
+        let r = Command::new(agent_bin())
+            .arg("diff")
+            .args([&a, &b])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("perf-agent diff");
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "{stdout}{}", String::from_utf8_lossy(&r.stderr));
+        let table = stdout.split("run.cpu:").nth(1).expect("a table for run.cpu");
+        let first = table.lines().nth(3).expect("a first growth row");
+        assert!(first.ends_with("profile_target::leaf_c"), "{table}");
+        // 33 % → 50 % of the samples.
+        let change: f64 = first.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!((10.0..25.0).contains(&change), "{first}");
+    }
+    check_svg(&out.join("run.cpu.diff.svg"), &["profile_target::leaf_c"]);
+    assert!(std::fs::read_to_string(out.join("run.cpu.diff.txt")).unwrap().contains("leaf_c"));
+}

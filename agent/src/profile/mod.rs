@@ -15,6 +15,7 @@
 
 pub mod aggregate;
 pub mod collect;
+pub mod diff;
 pub mod elf;
 pub mod maps;
 pub mod output;

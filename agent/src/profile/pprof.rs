@@ -214,6 +214,118 @@ pub fn write(dir: &Path, stem: &str, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Reads a protocol buffer message: (field, varint, bytes) per field.
+fn decode_fields(b: &[u8]) -> anyhow::Result<Vec<(u64, u64, &[u8])>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let varint = |i: &mut usize| -> anyhow::Result<u64> {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = *b.get(*i).context("truncated varint")?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
+            if byte < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    };
+    while i < b.len() {
+        let key = varint(&mut i)?;
+        match key & 7 {
+            0 => out.push((key >> 3, varint(&mut i)?, &b[0..0])),
+            2 => {
+                let len = varint(&mut i)? as usize;
+                let end =
+                    i.checked_add(len).filter(|&e| e <= b.len()).context("truncated field")?;
+                out.push((key >> 3, 0, &b[i..end]));
+                i = end;
+            }
+            1 => i += 8,
+            5 => i += 4,
+            w => anyhow::bail!("wire type {w}"),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_packed(b: &[u8]) -> anyhow::Result<Vec<u64>> {
+    // A packed field is a run of varints: decode it as fields of a message
+    // with a fake key before each would be wrong; walk it directly.
+    let mut out = Vec::new();
+    let (mut v, mut shift) = (0u64, 0);
+    for &byte in b {
+        v |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
+        if byte < 0x80 {
+            out.push(v);
+            (v, shift) = (0, 0);
+        } else {
+            shift += 7;
+        }
+    }
+    Ok(out)
+}
+
+/// A gzipped (or plain) pprof profile as folded stacks, weighted by its
+/// first sample value.
+pub fn decode_folded(data: &[u8]) -> anyhow::Result<super::output::Folded> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    if data.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(data).read_to_end(&mut raw)?;
+    } else {
+        raw = data.to_vec();
+    }
+    let top = decode_fields(&raw)?;
+    let field = |f: &[(u64, u64, &[u8])], n: u64| f.iter().find(|x| x.0 == n).map_or(0, |x| x.1);
+    let mut strings = Vec::new();
+    let (mut functions, mut locations) = (HashMap::new(), HashMap::new());
+    for &(n, _, bytes) in &top {
+        match n {
+            6 => strings.push(String::from_utf8_lossy(bytes).into_owned()),
+            5 => {
+                let f = decode_fields(bytes)?;
+                functions.insert(field(&f, 1), field(&f, 2));
+            }
+            4 => {
+                let f = decode_fields(bytes)?;
+                let mut lines = Vec::new();
+                for &(k, _, line) in &f {
+                    if k == 4 {
+                        lines.push(field(&decode_fields(line)?, 1));
+                    }
+                }
+                locations.insert(field(&f, 1), (lines, field(&f, 3)));
+            }
+            _ => {}
+        }
+    }
+    let name = |id: u64| {
+        strings.get(*functions.get(&id).unwrap_or(&0) as usize).cloned().unwrap_or_default()
+    };
+    let mut folded = super::output::Folded::new();
+    for &(n, _, bytes) in &top {
+        if n != 2 {
+            continue;
+        }
+        let f = decode_fields(bytes)?;
+        let locs = f.iter().find(|x| x.0 == 1).map_or(Ok(vec![]), |x| decode_packed(x.2))?;
+        let values = f.iter().find(|x| x.0 == 2).map_or(Ok(vec![]), |x| decode_packed(x.2))?;
+        let mut frames = Vec::new();
+        for id in locs.iter().rev() {
+            match locations.get(id) {
+                Some((lines, _)) if !lines.is_empty() => {
+                    frames.extend(lines.iter().rev().map(|&f| name(f)));
+                }
+                Some((_, addr)) => frames.push(format!("0x{addr:x}")),
+                None => frames.push("[unknown]".into()),
+            }
+        }
+        *folded.entry(frames.join(";")).or_default() += values.first().copied().unwrap_or(0);
+    }
+    Ok(folded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +342,6 @@ mod tests {
         let mut p = Pb::default();
         p.packed(4, &[3, 270, 86942]);
         assert_eq!(p.0, [0x22, 0x06, 0x03, 0x8E, 0x02, 0x9E, 0xA7, 0x05]);
+        assert_eq!(decode_packed(&p.0[2..]).unwrap(), [3, 270, 86942]);
     }
 }
