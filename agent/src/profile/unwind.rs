@@ -299,7 +299,9 @@ mod tests {
         let names: Vec<String> = frames.iter().flat_map(|&f| sym.names(f).to_vec()).collect();
         assert_ne!(frames[0], Frame::Truncated, "{names:#?}");
         assert!(names.iter().any(|n| n.ends_with("unwind_here")), "{names:#?}");
-        assert!(names.iter().any(|n| n.contains("unwinds_this_thread_to_its_start")), "{names:#?}");
-        assert!(names.iter().any(|n| n.contains("thread")), "{names:#?}");
+        // Through the test harness (this test function itself may be
+        // inlined into it) to the thread's start.
+        assert!(names.iter().any(|n| n.starts_with("test::run_test")), "{names:#?}");
+        assert!(names.iter().any(|n| n.contains("thread_start")), "{names:#?}");
     }
 }
