@@ -138,6 +138,8 @@ pub struct ProfileStats {
     /// Run-queue waits replaced before their end was seen (a switch-in with
     /// no `sched_switch` event): lost.
     pub runq_unended: u64,
+    /// User stack bytes copied into samples sent (cpu-clock and blocks).
+    pub stack_bytes: u64,
 }
 
 /// Smallest ring buffer, used when profiling is off (the map exists in the
@@ -152,7 +154,7 @@ mod user {
     unsafe impl aya::Pod for super::SchedRecord {}
 }
 
-const _: () = assert!(core::mem::size_of::<ProfileStats>() == 6 * 8);
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 7 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 16);

@@ -112,6 +112,9 @@ pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time
             }
         }
         (*s).user_pages = pages;
+        if let Some(stats) = stats() {
+            stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
+        }
     }
     entry.submit(BPF_RB_NO_WAKEUP);
     true

@@ -68,6 +68,7 @@ pub struct ProfileCounters {
     pub off_cpu_unsampled: u64,
     pub runq_waits: u64,
     pub runq_unended: u64,
+    pub stack_bytes: u64,
 }
 
 impl ProfileProbe {
@@ -88,15 +89,14 @@ impl ProfileProbe {
             prog.attach(
                 PerfEventConfig::Software(SoftwareEvent::CpuClock),
                 PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(hz as u64),
+                // cpu-clock counts nanoseconds: a fixed period gives exactly
+                // `hz` samples per second of CPU (the kernel's frequency mode
+                // adjusts the period as it goes and overshoots by ~10 %).
+                SamplePolicy::Period(1_000_000_000 / u64::from(hz.max(1))),
                 false,
             )
             .with_context(|| {
-                format!(
-                    "attaching {} to cpu-clock at {hz} Hz on CPU {cpu} (the kernel caps the \
-                     rate at kernel.perf_event_max_sample_rate)",
-                    names::PROGRAM
-                )
+                format!("attaching {} to cpu-clock at {hz} Hz on CPU {cpu}", names::PROGRAM)
             })?;
         }
         for (program, tracepoint) in [
@@ -127,6 +127,7 @@ pub fn read_counters(
         c.off_cpu_unsampled += s.off_cpu_unsampled;
         c.runq_waits += s.runq_waits;
         c.runq_unended += s.runq_unended;
+        c.stack_bytes += s.stack_bytes;
     }
     Ok(c)
 }

@@ -38,6 +38,11 @@ impl Window {
         self.end_ns.store(end_ns, Ordering::Relaxed);
     }
 
+    /// Its length once ended, ns.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.load(Ordering::Relaxed).saturating_sub(self.start_ns)
+    }
+
     /// The part of `[start, start + duration)` inside the window.
     fn overlap(&self, start: u64, duration: u64) -> u64 {
         let end = match self.end_ns.load(Ordering::Relaxed) {

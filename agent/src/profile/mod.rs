@@ -150,7 +150,8 @@ impl Profiler {
         let mut collected =
             self.thread.join().map_err(|_| anyhow::anyhow!("the profiling thread panicked"))?;
         collected.close(crate::probes::monotonic_ns());
-        Ok(Profile { collected, counters, proc_run_delay_ns })
+        let window_ns = self.window.duration_ns();
+        Ok(Profile { collected, counters, proc_run_delay_ns, window_ns })
     }
 }
 
@@ -161,6 +162,8 @@ pub struct Profile {
     /// Growth of the target's run-queue delay in `/proc` over the run (live
     /// threads only), ground truth for the run-queue waits.
     pub proc_run_delay_ns: Option<u64>,
+    /// The profiler's window, ns.
+    pub window_ns: u64,
 }
 
 /// One phase's profile, as written.
@@ -198,6 +201,8 @@ pub struct ProfileReport {
     pub proc_run_delay_ns: Option<u64>,
     pub symbolize_ms: f64,
     pub unwind_us_per_sample: f64,
+    /// The profiler's window (start to just before detaching), ns.
+    pub window_ns: u64,
 }
 
 /// A phase to cut out: name and `[start, end)` on CLOCK_MONOTONIC.
@@ -274,6 +279,7 @@ impl Profile {
             runq_total_ns: c.runq_in_window_ns,
             proc_run_delay_ns: self.proc_run_delay_ns,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
+            window_ns: self.window_ns,
             unwind_us_per_sample: c.unwind_ns as f64
                 / 1e3
                 / (c.samples + self.counters.off_cpu_stacks).max(1) as f64,
@@ -431,10 +437,16 @@ impl ProfileReport {
                 );
             }
         }
+        let stacks = c.sent + c.off_cpu_stacks;
         let _ = writeln!(
             out,
-            "  unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
-            self.unwind_us_per_sample, self.symbolize_ms
+            "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
+             unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
+            c.sent as f64 / (self.window_ns.max(1) as f64 / 1e9),
+            c.stack_bytes as f64 / stacks.max(1) as f64,
+            stacks,
+            self.unwind_us_per_sample,
+            self.symbolize_ms
         );
         out
     }
