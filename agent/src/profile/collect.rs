@@ -74,6 +74,8 @@ pub struct Collected {
     pub runq: RunqWaits,
     /// Σ run-queue waits inside the ground truth's [`Window`], ns.
     pub runq_in_window_ns: u64,
+    /// cpu-clock samples taken inside it (the sampling rate's numerator).
+    pub samples_in_window: u64,
     /// Records of no known size (never expected).
     pub malformed: u64,
     /// Time spent unwinding and counting, ns.
@@ -101,6 +103,9 @@ impl Collected {
         // SAFETY: a whole, aligned record written by the kernel side as a
         // `ProfileSample` (plain integers: any bytes are valid).
         let s = unsafe { &*(bytes.as_ptr() as *const ProfileSample) };
+        if s.flags & sample_flags::OFF_CPU == 0 && window.overlap(s.time_ns, 1) == 1 {
+            self.samples_in_window += 1;
+        }
         self.sample(s, frames);
     }
 

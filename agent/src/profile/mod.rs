@@ -201,8 +201,10 @@ pub struct ProfileReport {
     pub proc_run_delay_ns: Option<u64>,
     pub symbolize_ms: f64,
     pub unwind_us_per_sample: f64,
-    /// The profiler's window (start to just before detaching), ns.
+    /// The profiler's window (start to just before detaching), ns, and
+    /// the cpu-clock samples taken in it.
     pub window_ns: u64,
+    pub samples_in_window: u64,
 }
 
 /// A phase to cut out: name and `[start, end)` on CLOCK_MONOTONIC.
@@ -280,6 +282,7 @@ impl Profile {
             proc_run_delay_ns: self.proc_run_delay_ns,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
             window_ns: self.window_ns,
+            samples_in_window: c.samples_in_window,
             unwind_us_per_sample: c.unwind_ns as f64
                 / 1e3
                 / (c.samples + self.counters.off_cpu_stacks).max(1) as f64,
@@ -442,7 +445,7 @@ impl ProfileReport {
             out,
             "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
              unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
-            c.sent as f64 / (self.window_ns.max(1) as f64 / 1e9),
+            self.samples_in_window as f64 / (self.window_ns.max(1) as f64 / 1e9),
             c.stack_bytes as f64 / stacks.max(1) as f64,
             stacks,
             self.unwind_us_per_sample,
