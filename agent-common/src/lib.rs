@@ -6,6 +6,9 @@
 //! `bool`, and nothing that has a different layout on the two sides.
 #![no_std]
 
+// CPU profiling (issue 15): its own module, see profile.rs.
+pub mod profile;
+
 /// Names of the `const volatile` globals user space sets before load.
 ///
 /// They live here so the two sides cannot disagree on a spelling.
@@ -20,6 +23,9 @@ pub mod globals {
     /// `u32`: log2 of the slots per CPU in the request event ring
     /// ([`EventSlot`](super::EventSlot)).
     pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
+    /// `u32`: 1 to send a stack when a target thread blocks (off-CPU
+    /// profiles, `--profile-dir` without `--no-off-cpu`).
+    pub const PROFILE_OFF_CPU: &str = "PROFILE_OFF_CPU";
 }
 
 /// Names of the maps and programs (`names.rs`).
@@ -36,7 +42,10 @@ pub mod names;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
     pub tgid: u32,
-    pub _pad: u32,
+    /// execs by the target seen since it was armed (it may exec again): the
+    /// profiler's unwinder reloads the target's address space when it
+    /// changes (`agent/src/profile/unwind.rs`).
+    pub execs: u32,
     /// CLOCK_MONOTONIC ns of the exec that armed it; 0 in attach mode.
     pub exec_ns: u64,
 }

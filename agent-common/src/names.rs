@@ -19,8 +19,12 @@ pub mod maps {
     pub const NET_EVENTS_POS: &str = "NET_EVENTS_POS";
     pub const NET_STATS: &str = "NET_STATS";
     pub const MILESTONES: &str = "MILESTONES";
+    /// `RINGBUF` of profile samples and scheduler records (`--profile-dir`).
+    pub const PROFILE_SAMPLES: &str = "PROFILE_SAMPLES";
+    /// One-slot `PERCPU_ARRAY` of the profiling programs' counters.
+    pub const PROFILE_STATS: &str = "PROFILE_STATS";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         TARGET,
         CPU_ACCOUNT,
         THREAD_RUNTIME,
@@ -35,11 +39,15 @@ pub mod maps {
         NET_EVENTS_POS,
         NET_STATS,
         MILESTONES,
+        PROFILE_SAMPLES,
+        PROFILE_STATS,
     ];
 }
 
 /// Programs. Each is named after the hook it attaches to, so the name is
-/// also the tracepoint's (in the category its user-space twin gives).
+/// also the tracepoint's (in the category its user-space twin gives); the
+/// profiling ones (`--profile-dir`) are the hook's name prefixed `profile_`
+/// (`sched_switch` has two programs).
 pub mod programs {
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_SWITCH: &str = "sched_switch";
@@ -57,8 +65,14 @@ pub mod programs {
     pub const SYS_ENTER_READV: &str = "sys_enter_readv";
     pub const SYS_ENTER_RECVMSG: &str = "sys_enter_recvmsg";
     pub const STATS_FLOOR: &str = "stats_floor";
+    /// The `perf_event` program on cpu-clock of every CPU.
+    pub const PROFILE_CPU_CLOCK: &str = "profile_cpu_clock";
+    /// `tp_btf` programs for off-CPU stacks and run-queue waits.
+    pub const PROFILE_SCHED_SWITCH: &str = "profile_sched_switch";
+    pub const PROFILE_SCHED_WAKEUP: &str = "profile_sched_wakeup";
+    pub const PROFILE_SCHED_WAKEUP_NEW: &str = "profile_sched_wakeup_new";
     /// Every program of the object.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 20] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
@@ -75,5 +89,9 @@ pub mod programs {
         SYS_ENTER_READV,
         SYS_ENTER_RECVMSG,
         STATS_FLOOR,
+        PROFILE_CPU_CLOCK,
+        PROFILE_SCHED_SWITCH,
+        PROFILE_SCHED_WAKEUP,
+        PROFILE_SCHED_WAKEUP_NEW,
     ];
 }

@@ -24,7 +24,12 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let Some(target) = TARGET.get_ptr_mut(0) else { return 0 };
     let target = unsafe { &mut *target };
     if target.tgid != 0 {
-        return 0; // armed already (a later exec by the target is still the target)
+        // Armed already: a later exec by the target is still the target,
+        // with a new address space (counted for the profiler's unwinder).
+        if target.tgid == config::current_tgid_tid().0 {
+            target.execs += 1;
+        }
+        return 0;
     }
     let m = read_const(&EXEC_MATCH);
     let matched = match m.kind {
@@ -49,6 +54,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         }
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };
+        target.execs = 1;
     }
     0
 }

@@ -7,6 +7,8 @@
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
 //!   minor and major page faults.
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
+//! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
+//! - [`offcpu`]: sched_switch/sched_wakeup → off-CPU stacks, run-queue waits.
 //! - [`stats`]: an empty program, attached only while the kernel's run-time
 //!   statistics are on: the statistics' own cost per run.
 //!
@@ -28,6 +30,9 @@ mod cpu;
 mod exec;
 mod memory;
 mod net;
+// CPU profiling (issue 15), attached only with --profile-dir.
+mod offcpu;
+mod profile;
 mod stats;
 
 #[cfg(not(test))]

@@ -28,7 +28,8 @@ pub enum Measure {
     CpuTime,
     /// Custom: a count of things (faults, requests, errors, dropped events).
     Count,
-    /// Custom: a share in percent (`cgroup/cpu_throttled_percent`).
+    /// Custom: a share of a whole, in percent (`cgroup/cpu_throttled_percent`,
+    /// `profile/truncated_percent`).
     Percent,
 }
 
@@ -200,5 +201,6 @@ mod tests {
         assert!(s.contains("--slug cpu-percent") && s.contains("--slug memory"));
         assert!(!s.contains("--slug latency"), "built in: must not be created");
         assert_eq!(s.lines().count(), 5);
+        assert!(s.contains("--slug percent"));
     }
 }

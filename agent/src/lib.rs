@@ -20,6 +20,7 @@ pub mod percentile;
 pub mod phases;
 pub mod preflight;
 pub mod probes;
+pub mod profile;
 pub mod progress;
 pub mod repeat;
 pub mod report;

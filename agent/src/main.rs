@@ -43,6 +43,19 @@ enum Command {
     /// REQ-OBS-001's thresholds (or --thresholds), with Welch's t-test when
     /// each side has 3 runs or more. Exit status 0 pass, 10 warn, 11 fail.
     Compare(CompareArgs),
+    /// Compare two profiles: two --profile-dir directories (each profile
+    /// they have in common) or two .folded/.pb.gz files. Writes a
+    /// differential flame graph and a table of the functions whose share
+    /// grew or shrank most per profile into --out, and prints the tables.
+    Diff {
+        /// The earlier profile (directory or file).
+        base: PathBuf,
+        /// The later profile (directory or file).
+        new: PathBuf,
+        /// Directory for `<phase>.<kind>.diff.svg` and `.diff.txt`.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Print the `bencher measure create` commands for perf-agent's custom
     /// measures (memory, cpu-percent, cpu-time, count, percent), with their units.
     Measures {
@@ -204,6 +217,18 @@ struct CommonArgs {
         allow_negative_numbers = true
     )]
     cooldown: Duration,
+    /// Write CPU profiles here (created if missing): per phase and for the
+    /// whole run (`run`), `<phase>.cpu.folded`, `.svg` and `.pb.gz` (pprof),
+    /// and off-CPU ones (`<phase>.offcpu.*`, weighted in ns blocked).
+    #[arg(long, value_name = "DIR")]
+    profile_dir: Option<PathBuf>,
+    /// Profiling samples per second per CPU (with --profile-dir).
+    #[arg(long, value_name = "HZ", default_value_t = perf_agent::profile::DEFAULT_HZ, requires = "profile_dir")]
+    profile_hz: u32,
+    /// With --profile-dir: no off-CPU profiles (stacks where threads block,
+    /// weighted by the time blocked); run-queue waits are still measured.
+    #[arg(long, requires = "profile_dir")]
+    no_off_cpu: bool,
 }
 
 impl CommonArgs {
@@ -228,6 +253,11 @@ impl CommonArgs {
             paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
             idle: self.idle.unwrap_or(Duration::from_secs(default_idle)),
             load,
+            profile: self.profile_dir.map(|dir| perf_agent::profile::ProfileOptions {
+                dir,
+                hz: self.profile_hz,
+                off_cpu: !self.no_off_cpu,
+            }),
         }
     }
 }
@@ -291,6 +321,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Diff { base, new, out } => {
+            perf_agent::profile::diff::diff(&base, &new, &out).map(|report| {
+                print!("{report}");
+                exit::OK
+            })
+        }
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)

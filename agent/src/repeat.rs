@@ -49,6 +49,11 @@ pub fn run_repeated(
         let run_opts = MeasureOptions {
             out: Some(file.clone()),
             phases_json: opts.phases_json.as_deref().map(|p| numbered(p, i)),
+            // Each run's profiles in a directory of their own.
+            profile: opts.profile.as_ref().map(|p| crate::profile::ProfileOptions {
+                dir: p.dir.join(format!("run-{i}")),
+                ..p.clone()
+            }),
             ..opts.clone()
         };
         let c = measure::run(argv, &run_opts, limits)?;

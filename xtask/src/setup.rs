@@ -49,8 +49,9 @@ pub fn setup(options: Options) -> Result<()> {
         bench_tools()?;
     } else if in_ci() {
         // The reliability tests check with bpftool that nothing stays
-        // attached; under CI they must not skip that.
-        apt_tools(&["bpftool"])?;
+        // attached, the profile tests compare with perf: under CI they must
+        // not skip that.
+        apt_tools(&["bpftool", "perf"])?;
     }
     cargo_fuzz()?;
     Ok(())
@@ -306,9 +307,9 @@ fn pip_script_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// bpftool and wrk, for benchmarks only (Debian/Ubuntu package names).
+/// bpftool, wrk and perf, for benchmarks (and the tests that need them).
 fn bench_tools() -> Result<()> {
-    apt_tools(&["bpftool", "wrk"])
+    apt_tools(&["bpftool", "wrk", "perf"])
 }
 
 /// Installs the missing ones of `tools` with apt-get.
@@ -328,6 +329,9 @@ fn apt_tools(tools: &[&'static str]) -> Result<()> {
             missing.join(" ")
         );
     }
+    // Debian's package for a tool, where the names differ.
+    let missing: Vec<&str> =
+        missing.iter().map(|&t| if t == "perf" { "linux-perf" } else { t }).collect();
     println!("installing {} (apt-get install -y)", missing.join(", "));
     output(Command::new("apt-get").args(["update", "-qq"])).context("`apt-get update` failed")?;
     output(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))

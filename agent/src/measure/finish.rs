@@ -5,7 +5,7 @@ use std::{os::fd::OwnedFd, time::Duration};
 
 use anyhow::bail;
 
-use super::{K6Ready, MeasureOptions};
+use super::{K6Ready, MeasureOptions, profiling};
 use crate::{
     bmf::BmfReport,
     cgroup, clock,
@@ -54,9 +54,15 @@ pub(super) fn finish(
     };
     let mut driver = k6_driver(opts, k6_ready.as_ref(), target.exec_ns.is_some());
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
+    let mut profiler = profiling::start(&mut probes, target.pid)?;
     let result = session::run(&mut probes, pidfd, &config, controller)?;
     let programs = probes.program_stats();
+    if let Some(p) = profiler.as_mut() {
+        p.end_window();
+    }
     drop(probes); // detach before anything else: the target runs unobserved from here
+    let profile = profiler.map(crate::profile::Profiler::finish).transpose()?;
+    let last_t = result.samples.last().map_or(0, |s| s.t_ns);
     let k6_outcome = driver.map(K6Driver::finish); // stops k6 if the run ended first
     let child_status = child.as_ref().map(|child| end_child(child, result.end));
     // `run --cpus/--memory`: the cgroup's counters, once the target is gone.
@@ -86,12 +92,14 @@ pub(super) fn finish(
     if let Some((s, stats)) = &cgroup_stats {
         print!("{}", s.summary(stats));
     }
-    let cgroup_metrics = |doc: &mut BmfReport| {
+    let profile = profiling::write(profile, opts, &r, last_t)?;
+    let extra_metrics = |doc: &mut BmfReport| {
         if let Some((_, stats)) = &cgroup_stats {
             cgroup::add_metrics(doc, stats, r.window.mean_rss_bytes);
         }
+        profiling::add_metrics(profile.as_ref(), doc);
     };
-    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns, cgroup_metrics)?;
+    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns, extra_metrics)?;
     if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
         eprintln!("perf-agent: {message}");
     }
@@ -289,6 +297,7 @@ mod tests {
             paths: PathOptions::default(),
             idle: Duration::from_secs(2),
             load,
+            profile: None,
         }
     }
 

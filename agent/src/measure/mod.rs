@@ -3,6 +3,7 @@
 //! that bad input can cause is raised before anything is attached.
 
 mod finish;
+mod profiling;
 
 use std::{
     path::PathBuf,
@@ -34,6 +35,8 @@ pub struct MeasureOptions {
     /// before k6 starts.
     pub idle: Duration,
     pub load: LoadOptions,
+    /// `--profile-dir`: CPU profiles per phase.
+    pub profile: Option<crate::profile::ProfileOptions>,
 }
 
 /// A checked k6 set-up, made before anything is attached.
@@ -46,6 +49,9 @@ struct K6Ready {
 fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
     for (flag, path) in [("--out", &opts.out), ("--phases-json", &opts.phases_json)] {
         path.as_deref().map_or(Ok(()), |p| output::check_writable(flag, p))?;
+    }
+    if let Some(p) = &opts.profile {
+        p.check()?;
     }
     if let LoadOptions::K6Results { file } = &opts.load
         && file.is_dir()
@@ -65,7 +71,8 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let pidfd = session::open_pidfd(pid, stat.starttime_ticks)?;
-    let probes = match Probes::attach(&TargetSpec::Running { pid }, &opts.paths, &tracefs_root) {
+    let spec = TargetSpec::Running { pid };
+    let probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config()) {
         Ok(p) => p,
         // Seeding reads /proc/PID: a target that exits meanwhile makes that
         // fail with a bare ENOENT. Say what happened instead.
@@ -84,7 +91,7 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let spec = TargetSpec::ExecMatching { name: name.to_string() };
-    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root)?;
+    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())?;
     eprintln!("perf-agent: waiting for the next exec of {name} (Ctrl-C to give up)");
     let Some(target) = wait_armed(&mut probes, None)? else {
         eprintln!("perf-agent: no exec of {name} seen; nothing measured");
@@ -116,7 +123,8 @@ pub fn run(argv: &[String], opts: &MeasureOptions, limits: &cgroup::Limits) -> a
         return Err(e.context("moving the command into its cgroup"));
     }
     let spec = TargetSpec::ExecOfPid { pid: child.pid };
-    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root) {
+    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())
+    {
         Ok(p) => p,
         Err(e) => {
             child.stop(libc::SIGKILL, Duration::ZERO);

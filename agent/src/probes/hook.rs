@@ -23,6 +23,9 @@ pub enum Hook<'a> {
     /// A perf software event on every online CPU, all processes, every
     /// occurrence (sample period 1).
     SoftwareEventOnEveryCpu(SoftwareEvent),
+    /// A perf software event on every online CPU, all processes, once every
+    /// `period` occurrences (for cpu-clock: nanoseconds).
+    SampledSoftwareEventOnEveryCpu { event: SoftwareEvent, period: u64 },
 }
 
 /// Loads `program` and attaches it to `hook`; the links belong to the
@@ -51,20 +54,35 @@ pub fn attach(ebpf: &mut Ebpf, program: &str, hook: Hook<'_>) -> anyhow::Result<
                 .with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
         }
         Hook::SoftwareEventOnEveryCpu(event) => {
-            let p: &mut PerfEvent = prog.try_into()?;
-            p.load().with_context(loading)?;
-            for cpu in aya::util::online_cpus().map_err(|(_, e)| e)? {
-                p.attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .with_context(|| {
-                    format!("attaching {program} to perf software event on CPU {cpu}")
-                })?;
-            }
+            attach_software_event(prog, program, event, 1)?;
         }
+        Hook::SampledSoftwareEventOnEveryCpu { event, period } => {
+            attach_software_event(prog, program, event, period)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the `perf_event` program and attaches it to `event` on every
+/// online CPU, one sample every `period` occurrences.
+fn attach_software_event(
+    prog: &mut aya::programs::Program,
+    program: &str,
+    event: SoftwareEvent,
+    period: u64,
+) -> anyhow::Result<()> {
+    let p: &mut PerfEvent = prog.try_into()?;
+    p.load().with_context(|| format!("loading {program}"))?;
+    for cpu in aya::util::online_cpus().map_err(|(_, e)| e)? {
+        p.attach(
+            PerfEventConfig::Software(event),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(period),
+            false,
+        )
+        .with_context(|| {
+            format!("attaching {program} to perf software event {event:?} on CPU {cpu} (period {period})")
+        })?;
     }
     Ok(())
 }

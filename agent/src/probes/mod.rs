@@ -15,6 +15,7 @@ pub mod hook;
 pub mod memory;
 pub mod net;
 mod open_sockets;
+pub mod profile;
 pub mod stats;
 
 use std::path::Path;
@@ -63,16 +64,20 @@ pub struct Probes {
     cpu: cpu::CpuProbe,
     memory: memory::MemoryProbe,
     net: net::NetProbe,
+    /// The cpu-clock sampler, with `--profile-dir` (taken by the profiler).
+    profile: Option<profile::ProfileProbe>,
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
 }
 
 impl Probes {
-    /// Loads, seeds and attaches every probe.
+    /// Loads, seeds and attaches every probe; the profiling programs too
+    /// when `profile` is given (`--profile-dir`).
     pub fn attach(
         spec: &TargetSpec,
         paths: &PathOptions,
         tracefs_root: &Path,
+        profile: Option<profile::ProfileConfig>,
     ) -> anyhow::Result<Probes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -97,6 +102,7 @@ impl Probes {
             kernel_btf = aya::Btf::from_sys_fs()
                 .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
             net::size_event_ring(&mut loader, ring_shape);
+            profile::configure(&mut loader, profile)?;
             loader
                 .btf(Some(&kernel_btf))
                 .override_global(globals::OFFSETS, &offsets, true)
@@ -120,10 +126,13 @@ impl Probes {
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
+        let profile = profile
+            .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
+            .transpose()?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
-        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, ebpf })
+        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })
     }
 
     /// The target, once armed (at once for a running process).
@@ -160,6 +169,11 @@ impl Probes {
     pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
         self.net.drain_last(log);
         self.net.drain_open_exchanges(self.pid, log)
+    }
+
+    /// The cpu-clock sampler's ring and counters, once (`--profile-dir`).
+    pub fn take_profile_probe(&mut self) -> Option<profile::ProfileProbe> {
+        self.profile.take()
     }
 
     /// Run counts, run time and recursion misses of every program.

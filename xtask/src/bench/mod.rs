@@ -15,6 +15,7 @@
 //!   ([`demo_server`], [`costs`]);
 //! - `nginx`: throughput at saturation against nginx ([`nginx`]);
 //! - `node-tax`: how much unrelated processes slow down ([`node_tax`]);
+//! - `profile`: what `--profile-dir` adds ([`profile`]);
 //! - `micro`: the Criterion micro-benchmarks ([`micro`]).
 //!
 //! Nothing here fails the command for missing a goal: goals are printed with
@@ -28,6 +29,7 @@ mod load;
 mod micro;
 mod nginx;
 mod node_tax;
+mod profile;
 mod report;
 mod results;
 mod runs;
@@ -51,19 +53,27 @@ pub enum Scenario {
     Nginx,
     /// Unrelated syscall- and socket-bound processes with and without the agent (~1½ min).
     NodeTax,
+    /// What --profile-dir adds: CPU on a busy target, throughput on demo-server (~1½ min).
+    Profile,
     /// The Criterion micro-benchmarks (no root needed; ~1 min once built).
     Micro,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] =
-        [Scenario::DemoServer, Scenario::Nginx, Scenario::NodeTax, Scenario::Micro];
+    pub const ALL: [Scenario; 5] = [
+        Scenario::DemoServer,
+        Scenario::Nginx,
+        Scenario::NodeTax,
+        Scenario::Profile,
+        Scenario::Micro,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Scenario::DemoServer => "demo-server",
             Scenario::Nginx => "nginx",
             Scenario::NodeTax => "node-tax",
+            Scenario::Profile => "profile",
             Scenario::Micro => "micro",
         }
     }
@@ -192,6 +202,7 @@ fn run_scenarios(options: &Options, results: &mut Results) -> Result<()> {
                 nginx::run_scenario(&mut env, rounds, &out_dir, results, &mut followed)?
             }
             Scenario::NodeTax => node_tax::run_scenario(&mut env, rounds, results)?,
+            Scenario::Profile => profile::run_scenario(&mut env, rounds, results)?,
             Scenario::Micro => micro::run_scenario(results)?,
         }
     }
@@ -210,7 +221,10 @@ mod tests {
         use Scenario::*;
         assert_eq!(Options::scenarios(&[], &[]).unwrap(), Scenario::ALL);
         assert_eq!(Options::scenarios(&[Micro, NodeTax], &[]).unwrap(), [NodeTax, Micro]);
-        assert_eq!(Options::scenarios(&[], &[Nginx, Micro]).unwrap(), [DemoServer, NodeTax]);
+        assert_eq!(
+            Options::scenarios(&[], &[Nginx, Micro]).unwrap(),
+            [DemoServer, NodeTax, Profile]
+        );
         let e = Options::scenarios(&[Micro], &[Micro]).unwrap_err().to_string();
         assert!(e.contains("no scenario") && e.contains("node-tax"), "{e}");
     }

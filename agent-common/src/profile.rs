@@ -1,0 +1,148 @@
+//! CPU profiling (`--profile-dir`): what the `perf_event` program on
+//! cpu-clock sends user space for each sample of the target, and its
+//! counters. Kernel side: `agent-ebpf/src/profile.rs`; user space:
+//! `agent/src/probes/profile.rs` and `agent/src/profile/`.
+
+/// Bytes in one page of the copied user stack.
+pub const STACK_PAGE: usize = 4096;
+/// Pages of user stack copied per sample, from the page holding the user
+/// stack pointer upwards (towards the callers): 32 KiB, of which at least
+/// 28 KiB are above the stack pointer.
+pub const STACK_PAGES: usize = 8;
+/// Kernel return addresses kept per sample (the kernel's
+/// `perf_event_max_stack` is 127 by default).
+pub const KERNEL_FRAMES: usize = 128;
+
+/// Bits of [`ProfileSample::flags`].
+pub mod sample_flags {
+    /// The task's user registers could not be read: no user stack.
+    pub const NO_USER_REGS: u32 = 1;
+    /// Taken when the thread blocked (`sched_switch`, not running), not by
+    /// the cpu-clock: its weight is the time until it runs again, sent
+    /// later in an [`OffCpuEnd`](super::OffCpuEnd) with the same `tid` and
+    /// `time_ns`.
+    pub const OFF_CPU: u32 = 2;
+}
+
+/// One sample of a target thread: its user registers, its kernel stack
+/// (return addresses from `bpf_get_stack`) and a copy of its user stack,
+/// which user space unwinds with the binaries' `.eh_frame` (no frame
+/// pointers needed). Written straight into the ring buffer, never on the
+/// BPF stack (it is 33 KiB).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProfileSample {
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`).
+    pub time_ns: u64,
+    /// User-mode instruction pointer, stack pointer and frame pointer (the
+    /// registers saved at the task's last entry into the kernel, or at the
+    /// timer interrupt when it ran in user mode).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// User address of `user_stack[0]`: `sp` rounded down to a page.
+    pub stack_base: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `Target::execs` when sampled: user space reloads the address space's
+    /// mappings when it changes.
+    pub execs: u32,
+    /// Whole pages of `user_stack` that were copied (a read stops at the
+    /// first unmapped page, the top of the stack).
+    pub user_pages: u32,
+    /// Bytes of `kernel_stack` filled (8 per frame), negative on error.
+    pub kernel_bytes: i32,
+    /// [`sample_flags`].
+    pub flags: u32,
+    /// Kernel return addresses, innermost first.
+    pub kernel_stack: [u64; KERNEL_FRAMES],
+    /// User stack bytes from `stack_base` upwards.
+    pub user_stack: [u8; STACK_PAGE * STACK_PAGES],
+}
+
+/// Bits of [`SchedRecord::kind`].
+pub mod sched_kind {
+    /// A blocked target thread ran again: `time_ns` it blocked (the key of
+    /// its [`ProfileSample`](super::ProfileSample) if one was sent),
+    /// `duration_ns` until it ran.
+    pub const OFF_CPU_END: u32 = 1;
+    /// A target thread waited on a run queue from its wake-up (or its
+    /// preemption) at `time_ns` for `duration_ns` until it ran.
+    pub const RUNQ_WAIT: u32 = 2;
+}
+
+/// Small ring-buffer records of the `sched_switch` program, told apart
+/// from a [`ProfileSample`] by their size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedRecord {
+    pub time_ns: u64,
+    pub duration_ns: u64,
+    pub tid: u32,
+    /// [`sched_kind`].
+    pub kind: u32,
+}
+
+/// When a target thread blocked (map `OFF_CPU_START`, by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuStart {
+    pub time_ns: u64,
+}
+
+/// Stacks sent at blocks, at most [`OFF_CPU_STACKS_PER_SEC`] per CPU and
+/// second (map `OFF_CPU_BUDGET`, per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuBudget {
+    /// Start of the current one-second window, ns.
+    pub window_ns: u64,
+    pub used: u64,
+}
+
+/// Most stacks sent per CPU and second when target threads block (each is
+/// a 33 KiB copy); past it a block's time is still counted, under an
+/// "unsampled" stack.
+pub const OFF_CPU_STACKS_PER_SEC: u64 = 500;
+
+/// Per-CPU counters of the profiling programs (map `PROFILE_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileStats {
+    /// Samples of the target sent to user space.
+    pub sent: u64,
+    /// Samples, block stacks or sched records lost: the ring buffer was full.
+    pub ring_full: u64,
+    /// Stacks sent when a target thread blocked.
+    pub off_cpu_stacks: u64,
+    /// Blocks whose stack was not sent (over the budget).
+    pub off_cpu_unsampled: u64,
+    /// Run-queue waits sent.
+    pub runq_waits: u64,
+    /// Run-queue waits replaced before their end was seen (a switch-in with
+    /// no `sched_switch` event): lost.
+    pub runq_unended: u64,
+    /// User stack bytes copied into samples sent (cpu-clock and blocks).
+    pub stack_bytes: u64,
+}
+
+/// Smallest ring buffer, used when profiling is off (the map exists in the
+/// object either way; a power of two of pages).
+pub const RING_BYTES_OFF: u32 = 4096;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: #[repr(C)], integers only, no padding (asserted below).
+    unsafe impl aya::Pod for super::ProfileStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SchedRecord {}
+}
+
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 8);
+const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<ProfileSample>()
+        == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8 + STACK_PAGE * STACK_PAGES
+);

@@ -1,0 +1,134 @@
+//! CPU profiling (`--profile-dir`): a `perf_event` program on the cpu-clock
+//! software event of every CPU, at `--profile-hz`. For a sample that lands
+//! in the target it sends user space the thread's user registers, its
+//! kernel stack and a copy of the top of its user stack; user space unwinds
+//! the copy with the binaries' `.eh_frame` (`agent/src/profile/`), so
+//! binaries built without frame pointers unwind too. Attached only when
+//! profiling is on. User-space twin: `agent/src/probes/profile.rs`.
+
+use core::ffi::c_void;
+
+use agent_common::profile::{
+    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags,
+};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_task_pt_regs,
+        },
+    },
+    macros::{map, perf_event},
+    maps::{PerCpuArray, RingBuf},
+    programs::PerfEventContext,
+};
+
+use crate::config::{self, TARGET};
+
+/// Resized by user space before load (`RING_BYTES_OFF` when profiling is off).
+#[map]
+static PROFILE_SAMPLES: RingBuf = RingBuf::with_byte_size(agent_common::profile::RING_BYTES_OFF, 0);
+
+#[map]
+static PROFILE_STATS: PerCpuArray<ProfileStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// x86_64 `struct pt_regs` offsets (the architecture's layout, fixed by its
+/// entry code): `bp`, `ip`, `sp`.
+const PT_REGS_BP: usize = 4 * 8;
+const PT_REGS_IP: usize = 16 * 8;
+const PT_REGS_SP: usize = 19 * 8;
+
+/// Makes the ring buffer not wake its reader: user space polls it.
+pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
+
+#[perf_event]
+pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
+    let Some(tid) = config::target_thread() else { return 0 };
+    let Some(stats) = PROFILE_STATS.get_ptr_mut(0) else { return 0 };
+    // SAFETY: a per-CPU slot of this CPU; programs do not nest on one CPU.
+    let stats = unsafe { &mut *stats };
+    if send_stack(ctx.as_ptr(), config::target_tgid(), tid, 0, unsafe { bpf_ktime_get_ns() }) {
+        stats.sent += 1;
+    } else {
+        stats.ring_full += 1;
+    }
+    0
+}
+
+/// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
+/// target): its user registers, its kernel stack at `ctx`, its user stack.
+/// False when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time_ns: u64) -> bool {
+    let Some(mut entry) = PROFILE_SAMPLES.reserve::<ProfileSample>(0) else {
+        return false;
+    };
+    let s = entry.as_mut_ptr();
+    let execs = TARGET.get(0).map_or(0, |t| t.execs);
+    // SAFETY: `s` points at a reserved record of the right size; fields are
+    // written in place (the record is far larger than the BPF stack).
+    unsafe {
+        (*s).time_ns = time_ns;
+        (*s).tgid = tgid;
+        (*s).tid = tid;
+        (*s).execs = execs;
+        (*s).flags = flags;
+        // The user registers: saved at the top of the task's kernel stack,
+        // whether the timer hit user mode or the kernel on its behalf.
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let read = |off: usize| bpf_probe_read_kernel(regs.add(off) as *const u64).ok();
+        let (ip, sp, bp) = match (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP)) {
+            (Some(ip), Some(sp), Some(bp)) => (ip, sp, bp),
+            _ => {
+                (*s).flags = flags | sample_flags::NO_USER_REGS;
+                (0, 0, 0)
+            }
+        };
+        (*s).ip = ip;
+        (*s).sp = sp;
+        (*s).bp = bp;
+        // Kernel stack of the interrupted context (empty in user mode).
+        (*s).kernel_bytes = bpf_get_stack(
+            ctx,
+            (*s).kernel_stack.as_mut_ptr().cast(),
+            (KERNEL_FRAMES * 8) as u32,
+            0,
+        ) as i32;
+        // The user stack, page by page from the stack pointer's page up,
+        // until a page cannot be read (the top of the stack).
+        let base = sp & !(STACK_PAGE as u64 - 1);
+        (*s).stack_base = base;
+        let dst = (*s).user_stack.as_mut_ptr();
+        let mut pages = 0u32;
+        if sp != 0 {
+            for i in 0..STACK_PAGES {
+                let src = (base + (i * STACK_PAGE) as u64) as *const _;
+                if bpf_probe_read_user(dst.add(i * STACK_PAGE).cast(), STACK_PAGE as u32, src) != 0
+                {
+                    break;
+                }
+                pages += 1;
+            }
+        }
+        (*s).user_pages = pages;
+        if let Some(stats) = stats() {
+            stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
+        }
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+    true
+}
+
+/// Sends a small record; false when the ring buffer is full.
+#[inline(always)]
+pub(crate) fn send_sched(record: SchedRecord) -> bool {
+    PROFILE_SAMPLES.output::<SchedRecord>(&record, BPF_RB_NO_WAKEUP).is_ok()
+}
+
+/// This CPU's counters.
+#[inline(always)]
+pub(crate) fn stats() -> Option<&'static mut ProfileStats> {
+    // SAFETY: a per-CPU slot of this CPU; programs do not nest on one CPU.
+    PROFILE_STATS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

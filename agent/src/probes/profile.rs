@@ -1,0 +1,134 @@
+//! Profiling probe (`--profile-dir`): the `perf_event` program on the
+//! cpu-clock software event of every online CPU, sampling at
+//! `--profile-hz`. Kernel side: `agent-ebpf/src/profile.rs`. What the
+//! samples become is `crate::profile`.
+
+use agent_common::{
+    globals,
+    names::{maps, programs},
+    profile::{OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF},
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::perf_event::SoftwareEvent,
+};
+
+use super::{
+    hook::{self, Hook},
+    take_map,
+};
+
+/// What to sample: cpu-clock at `hz` per CPU; stacks of blocked threads
+/// too when `off_cpu` (run-queue waits always).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProfileConfig {
+    pub hz: u32,
+    pub off_cpu: bool,
+}
+
+/// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
+/// CPU (user space drains it every 10 ms), at least 32 records, a power of
+/// two (the kernel's rule for ring buffers).
+pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
+    let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
+    let per_sec =
+        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+    let records = (per_sec * cpus).div_ceil(20).max(32);
+    (records * record).next_power_of_two().min(1 << 30) as u32
+}
+
+/// Sizes the ring and sets the off-CPU switch before load: a page when
+/// profiling is off (the map is in the object either way).
+pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> anyhow::Result<()> {
+    let bytes = match config {
+        Some(c) => ring_bytes(c, aya::util::nr_cpus().map_err(|(_, e)| e)?),
+        None => RING_BYTES_OFF,
+    };
+    loader.map_max_entries(maps::PROFILE_SAMPLES, bytes);
+    // The loader keeps a reference until load: statics.
+    static ON: u32 = 1;
+    static OFF: u32 = 0;
+    let off_cpu = if config.is_some_and(|c| c.off_cpu) { &ON } else { &OFF };
+    loader.override_global(globals::PROFILE_OFF_CPU, off_cpu, true);
+    Ok(())
+}
+
+/// The attached sampler: its ring buffer and counters.
+pub struct ProfileProbe {
+    pub ring: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, ProfileStats>,
+}
+
+/// Counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileCounters {
+    pub sent: u64,
+    pub ring_full: u64,
+    pub off_cpu_stacks: u64,
+    pub off_cpu_unsampled: u64,
+    pub runq_waits: u64,
+    pub runq_unended: u64,
+    pub stack_bytes: u64,
+}
+
+impl ProfileProbe {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        kernel_btf: &aya::Btf,
+        config: ProfileConfig,
+    ) -> anyhow::Result<ProfileProbe> {
+        let hz = config.hz;
+        let ring: RingBuf<MapData> = take_map(ebpf, maps::PROFILE_SAMPLES)?.try_into()?;
+        let stats: PerCpuArray<MapData, ProfileStats> =
+            take_map(ebpf, maps::PROFILE_STATS)?.try_into()?;
+        // cpu-clock counts nanoseconds: a fixed period gives exactly `hz`
+        // samples per second of CPU (the kernel's frequency mode adjusts the
+        // period as it goes and overshoots by ~10 %).
+        let period = 1_000_000_000 / u64::from(hz.max(1));
+        let event = SoftwareEvent::CpuClock;
+        let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
+        hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
+        for (program, name) in [
+            (programs::PROFILE_SCHED_SWITCH, "sched_switch"),
+            (programs::PROFILE_SCHED_WAKEUP, "sched_wakeup"),
+            (programs::PROFILE_SCHED_WAKEUP_NEW, "sched_wakeup_new"),
+        ] {
+            hook::attach(ebpf, program, Hook::BtfTracePoint { name, btf: kernel_btf })?;
+        }
+        Ok(ProfileProbe { ring, stats })
+    }
+}
+
+/// Reads the program's counters.
+pub fn read_counters(
+    stats: &PerCpuArray<MapData, ProfileStats>,
+) -> anyhow::Result<ProfileCounters> {
+    let mut c = ProfileCounters::default();
+    for s in stats.get(&0, 0)?.iter() {
+        c.sent += s.sent;
+        c.ring_full += s.ring_full;
+        c.off_cpu_stacks += s.off_cpu_stacks;
+        c.off_cpu_unsampled += s.off_cpu_unsampled;
+        c.runq_waits += s.runq_waits;
+        c.runq_unended += s.runq_unended;
+        c.stack_bytes += s.stack_bytes;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_a_power_of_two_holding_50_ms() {
+        let record = std::mem::size_of::<ProfileSample>() + 8;
+        for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
+            let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
+            assert!(b.is_power_of_two(), "{b}");
+            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+            assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The thread draining the profiling ring buffer, and what it gathers:
+//! on-CPU stacks counted, off-CPU stacks weighted by the time blocked,
+//! run-queue waits.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use agent_common::profile::{
+    KERNEL_FRAMES, ProfileSample, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags, sched_kind,
+};
+use aya::maps::{MapData, RingBuf};
+
+use super::{
+    aggregate::StackCounts,
+    runq::RunqWaits,
+    unwind::{self, Frame, StackWalker, UserRegsAndStack},
+};
+
+/// How often the thread drains the ring buffer (sized for 50 ms).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// The window of the `/proc` ground truth, CLOCK_MONOTONIC ns.
+pub struct Window {
+    start_ns: u64,
+    /// 0 while open.
+    end_ns: AtomicU64,
+}
+
+impl Window {
+    pub fn starting(start_ns: u64) -> Window {
+        Window { start_ns, end_ns: AtomicU64::new(0) }
+    }
+
+    pub fn end(&self, end_ns: u64) {
+        self.end_ns.store(end_ns, Ordering::Relaxed);
+    }
+
+    /// Its length once ended, ns.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.load(Ordering::Relaxed).saturating_sub(self.start_ns)
+    }
+
+    /// The part of `[start, start + duration)` inside the window.
+    fn overlap(&self, start: u64, duration: u64) -> u64 {
+        let end = match self.end_ns.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            e => e,
+        };
+        (start + duration).min(end).saturating_sub(start.max(self.start_ns))
+    }
+}
+
+/// A block: (tid, CLOCK_MONOTONIC ns when it began).
+type BlockKey = (u32, u64);
+
+/// A block's tgid and stack, until its end arrives.
+type PendingBlock = (u32, Box<[Frame]>);
+
+/// What the draining thread gathered.
+#[derive(Default)]
+pub struct Collected {
+    pub walker: StackWalker,
+    /// cpu-clock samples per stack.
+    pub on_cpu: StackCounts,
+    pub samples: u64,
+    pub truncated: u64,
+    /// ns blocked per stack (at the time the block began).
+    pub off_cpu: StackCounts,
+    /// Blocks whose end has not been seen yet.
+    pending: HashMap<BlockKey, PendingBlock>,
+    pub runq: RunqWaits,
+    /// Σ run-queue waits inside the ground truth's [`Window`], ns.
+    pub runq_in_window_ns: u64,
+    /// cpu-clock samples taken inside it (the sampling rate's numerator).
+    pub samples_in_window: u64,
+    /// Records of no known size (never expected).
+    pub malformed: u64,
+    /// Time spent unwinding and counting, ns.
+    pub unwind_ns: u64,
+}
+
+impl Collected {
+    /// Handles one ring-buffer record.
+    pub fn record(&mut self, bytes: &[u8], frames: &mut Vec<Frame>, window: &Window) {
+        if bytes.len() == std::mem::size_of::<SchedRecord>() {
+            // SAFETY: a record of exactly this plain-integer type's size
+            // (read unaligned: no alignment is assumed).
+            let r = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SchedRecord) };
+            if r.kind == sched_kind::RUNQ_WAIT {
+                self.runq_in_window_ns += window.overlap(r.time_ns, r.duration_ns);
+            }
+            self.sched(r);
+            return;
+        }
+        let aligned = bytes.as_ptr().align_offset(std::mem::align_of::<ProfileSample>()) == 0;
+        if bytes.len() < std::mem::size_of::<ProfileSample>() || !aligned {
+            self.malformed += 1;
+            return;
+        }
+        // SAFETY: a whole, aligned record written by the kernel side as a
+        // `ProfileSample` (plain integers: any bytes are valid).
+        let s = unsafe { &*(bytes.as_ptr() as *const ProfileSample) };
+        if s.flags & sample_flags::OFF_CPU == 0 && window.overlap(s.time_ns, 1) == 1 {
+            self.samples_in_window += 1;
+        }
+        self.sample(s, frames);
+    }
+
+    fn sched(&mut self, r: SchedRecord) {
+        match r.kind {
+            sched_kind::OFF_CPU_END => {
+                let stack = self.pending.remove(&(r.tid, r.time_ns)).map(|p| p.1);
+                let stack = stack.as_deref().unwrap_or(&[Frame::Unsampled]);
+                self.off_cpu.add_weighted(r.time_ns, stack, r.duration_ns);
+            }
+            sched_kind::RUNQ_WAIT => self.runq.add(r.time_ns, r.duration_ns),
+            _ => self.malformed += 1,
+        }
+    }
+
+    /// Unwinds one sample: an on-CPU one is counted, an off-CPU one waits
+    /// for its end.
+    pub fn sample(&mut self, s: &ProfileSample, frames: &mut Vec<Frame>) {
+        let started = Instant::now();
+        frames.clear();
+        if s.flags & sample_flags::NO_USER_REGS == 0 {
+            let copied = (s.user_pages as usize).min(STACK_PAGES) * STACK_PAGE;
+            let user = UserRegsAndStack {
+                ip: s.ip,
+                sp: s.sp,
+                bp: s.bp,
+                stack_base: s.stack_base,
+                stack: &s.user_stack[..copied],
+            };
+            self.walker.user_frames(s.tgid, s.execs, &user, frames);
+        } else {
+            frames.push(Frame::Truncated);
+        }
+        let kernel = (s.kernel_bytes.max(0) as usize / 8).min(KERNEL_FRAMES);
+        unwind::kernel_frames(&s.kernel_stack[..kernel], frames);
+        if s.flags & sample_flags::OFF_CPU != 0 {
+            self.pending.insert((s.tid, s.time_ns), (s.tgid, frames.as_slice().into()));
+        } else {
+            if frames.first() == Some(&Frame::Truncated) {
+                self.truncated += 1;
+            }
+            self.samples += 1;
+            self.on_cpu.add(s.time_ns, frames);
+        }
+        self.unwind_ns += started.elapsed().as_nanos() as u64;
+    }
+
+    /// Blocks still going on at `end_ns` count until then, if their thread
+    /// still lives: a thread that exited blocked on its way out (and its
+    /// process may be gone) does not.
+    pub fn close(&mut self, end_ns: u64) {
+        for ((tid, start), (tgid, stack)) in std::mem::take(&mut self.pending) {
+            if std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() {
+                self.off_cpu.add_weighted(start, &stack, end_ns.saturating_sub(start));
+            }
+        }
+    }
+}
+
+/// The thread's body: drains every [`DRAIN_EVERY`] until `stop`, then once
+/// more.
+pub fn drain_until_stopped(
+    mut ring: RingBuf<MapData>,
+    stop: &AtomicBool,
+    window: &Window,
+) -> Collected {
+    let mut c = Collected::default();
+    let mut frames = Vec::with_capacity(256);
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        while let Some(item) = ring.next() {
+            c.record(&item, &mut frames, window);
+        }
+        if stopping {
+            return c;
+        }
+        std::thread::sleep(DRAIN_EVERY);
+    }
+}
+
+/// Σ run-queue delay of a thread group's live threads, ns: the second field
+/// of each `/proc/PID/task/TID/schedstat` (the kernel's own accounting of
+/// time spent runnable but not running).
+pub fn proc_run_delay_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}

@@ -1,0 +1,452 @@
+//! CPU profiles (`--profile-dir DIR`): samples of the target's stacks from
+//! the cpu-clock `perf_event` program (`probes/profile.rs`), unwound in user
+//! space as they arrive ([`unwind`]), counted per distinct stack and time
+//! bucket ([`aggregate`]), and at the end cut into the run's phases,
+//! symbolized ([`symbols`]) and written as folded stacks and flame graphs
+//! ([`output`]).
+//!
+//! With off-CPU on (the default), stacks are also taken when a target
+//! thread blocks and weighted by the time until it runs again, and every
+//! run-queue wait is timed (`agent-ebpf/src/offcpu.rs`, [`runq`]).
+//!
+//! A thread of its own drains the ring buffer every 10 ms ([`collect`]; the
+//! kernel side does not wake it), so the sampling loop of `session.rs` is
+//! untouched.
+
+pub mod aggregate;
+pub mod collect;
+pub mod diff;
+pub mod elf;
+pub mod maps;
+pub mod output;
+pub mod pprof;
+pub mod runq;
+pub mod symbols;
+pub mod unwind;
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, PerCpuArray};
+
+use crate::{
+    bmf::{BmfReport, Measure},
+    probes::profile::{ProfileCounters, ProfileProbe, read_counters},
+};
+use aggregate::StackCounts;
+use collect::Collected;
+use output::{Folded, FunctionShare};
+use runq::RunqSummary;
+use symbols::Symbolizer;
+use unwind::Frame;
+
+/// `--profile-dir`, `--profile-hz`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileOptions {
+    pub dir: PathBuf,
+    pub hz: u32,
+    /// Off-CPU profiles too (default; `--no-off-cpu` turns them off).
+    pub off_cpu: bool,
+}
+
+/// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
+/// 100 Hz timers in the target.
+pub const DEFAULT_HZ: u32 = 99;
+/// Highest `--profile-hz` accepted.
+pub const MAX_HZ: u32 = 10_000;
+
+impl ProfileOptions {
+    /// Checks the options before anything is attached: the rate, and that
+    /// the directory exists (or can be made) and is writable.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.hz == 0 || self.hz > MAX_HZ {
+            bail!("--profile-hz {}: give 1 to {MAX_HZ} samples per second per CPU", self.hz);
+        }
+        let d = &self.dir;
+        if d.exists() && !d.is_dir() {
+            bail!(
+                "--profile-dir {}: is not a directory; give a directory for the profiles",
+                d.display()
+            );
+        }
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--profile-dir {}: cannot create it", d.display()))?;
+        let probe = d.join(".perf-agent-write-check");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("--profile-dir {}: not writable", d.display()))?;
+        let _ = std::fs::remove_file(probe);
+        Ok(())
+    }
+}
+
+/// The running profiler: a thread draining the sampler's ring buffer.
+pub struct Profiler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Collected>,
+    stats: PerCpuArray<MapData, agent_common::profile::ProfileStats>,
+    pid: u32,
+    /// The ground truth's window: CLOCK_MONOTONIC at its edges (shared
+    /// with the thread, which clips run-queue waits to it; end 0 while
+    /// open), and `/proc`'s run-queue delay then.
+    window: Arc<collect::Window>,
+    run_delay_at_start: Option<u64>,
+    run_delay_at_end: Option<u64>,
+}
+
+impl Profiler {
+    /// Starts draining; `pid`'s run-queue delay in `/proc` is read now, as
+    /// the ground truth's start.
+    pub fn start(probe: ProfileProbe, pid: u32) -> anyhow::Result<Profiler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ProfileProbe { ring, stats } = probe;
+        let flag = stop.clone();
+        let run_delay_at_start = collect::proc_run_delay_ns(pid);
+        let window = Arc::new(collect::Window::starting(crate::clock::monotonic_ns()));
+        let w = window.clone();
+        let thread = std::thread::Builder::new()
+            .name("perf-agent-profile".into())
+            .spawn(move || collect::drain_until_stopped(ring, &flag, &w))
+            .context("starting the profiling thread")?;
+        Ok(Profiler {
+            stop,
+            thread,
+            stats,
+            pid,
+            window,
+            run_delay_at_start,
+            run_delay_at_end: None,
+        })
+    }
+
+    /// Closes the ground truth's window; call it just before detaching
+    /// (detaching takes time that the programs no longer see).
+    pub fn end_window(&mut self) {
+        self.run_delay_at_end = collect::proc_run_delay_ns(self.pid);
+        self.window.end(crate::clock::monotonic_ns());
+    }
+
+    /// After the programs are detached: drains what is left, stops; blocks
+    /// still going on count until now.
+    pub fn finish(mut self) -> anyhow::Result<Profile> {
+        if self.run_delay_at_end.is_none() {
+            self.end_window();
+        }
+        let counters = read_counters(&self.stats)?;
+        let proc_run_delay_ns = match (self.run_delay_at_start, self.run_delay_at_end) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        let mut collected =
+            self.thread.join().map_err(|_| anyhow::anyhow!("the profiling thread panicked"))?;
+        collected.close(crate::clock::monotonic_ns());
+        let window_ns = self.window.duration_ns();
+        Ok(Profile { collected, counters, proc_run_delay_ns, window_ns })
+    }
+}
+
+/// A finished profile, not yet cut into phases.
+pub struct Profile {
+    pub collected: Collected,
+    pub counters: ProfileCounters,
+    /// Growth of the target's run-queue delay in `/proc` over the run (live
+    /// threads only), ground truth for the run-queue waits.
+    pub proc_run_delay_ns: Option<u64>,
+    /// The profiler's window, ns.
+    pub window_ns: u64,
+}
+
+/// One phase's profile, as written.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseProfile {
+    pub name: String,
+    pub samples: u64,
+    pub truncated: u64,
+    pub top: Vec<FunctionShare>,
+    /// ns the target's threads spent blocked (with `--no-off-cpu`: 0).
+    pub off_cpu_ns: u64,
+    pub off_cpu_top: Vec<FunctionShare>,
+    pub runq: Option<RunqSummary>,
+}
+
+impl PhaseProfile {
+    pub fn truncated_percent(&self) -> f64 {
+        if self.samples == 0 { 0.0 } else { self.truncated as f64 * 100.0 / self.samples as f64 }
+    }
+}
+
+/// What was written, for the summary and BMF.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileReport {
+    pub dir: PathBuf,
+    /// The whole run, named `run`.
+    pub run: PhaseProfile,
+    pub phases: Vec<PhaseProfile>,
+    pub counters: ProfileCounters,
+    pub off_cpu: bool,
+    /// Σ run-queue waits seen inside the ground truth's window (from the
+    /// profiler's start to just before detaching), and the `/proc` ground
+    /// truth over it.
+    pub runq_total_ns: u64,
+    pub proc_run_delay_ns: Option<u64>,
+    pub symbolize_ms: f64,
+    pub unwind_us_per_sample: f64,
+    /// The profiler's window (start to just before detaching), ns, and
+    /// the cpu-clock samples taken in it.
+    pub window_ns: u64,
+    pub samples_in_window: u64,
+}
+
+/// A phase to cut out: name and `[start, end)` on CLOCK_MONOTONIC.
+pub struct PhaseSpan<'a> {
+    pub name: &'a str,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl Profile {
+    /// Writes `run.*` and `<phase>.*` (`cpu`, and `offcpu` when
+    /// `opts.off_cpu`) into `opts.dir`: folded, SVG and pprof.
+    pub fn write(
+        &self,
+        opts: &ProfileOptions,
+        phases: &[PhaseSpan],
+    ) -> anyhow::Result<ProfileReport> {
+        let started = Instant::now();
+        let c = &self.collected;
+        let (modules, vdso) = (&c.walker.modules, c.walker.vdso.as_deref());
+        let mut sym = Symbolizer::new(modules, vdso);
+        let cpu = pprof::Kind {
+            values: &[("samples", "count"), ("cpu", "nanoseconds")],
+            value_of: |n, period| vec![n, n * period],
+            period_ns: 1_000_000_000 / u64::from(opts.hz.max(1)),
+        };
+        let off = pprof::Kind {
+            values: &[("off_cpu", "nanoseconds")],
+            value_of: |ns, _| vec![ns],
+            period_ns: 0,
+        };
+        let dir = &opts.dir;
+        let mut window = |name: &str, range: Option<(u64, u64)>| -> anyhow::Result<PhaseProfile> {
+            let stem = output::file_safe(name);
+            let stacks = stacks_in(&c.on_cpu, range);
+            let on = fold(&stacks, &mut sym);
+            output::write_phase(dir, name, "cpu", &on.folded)?;
+            pprof::write(
+                dir,
+                &format!("{stem}.cpu"),
+                &pprof::encode(&stacks, &cpu, modules, vdso, &mut sym)?,
+            )?;
+            let mut p = PhaseProfile {
+                name: name.to_string(),
+                samples: on.total,
+                truncated: on.truncated,
+                top: output::top_functions(&on.folded),
+                runq: c.runq.window(range),
+                ..Default::default()
+            };
+            if opts.off_cpu {
+                let stacks = stacks_in(&c.off_cpu, range);
+                let mut folded = fold(&stacks, &mut sym);
+                folded.folded = trim_tracing_frames(folded.folded);
+                output::write_phase(dir, name, "offcpu", &folded.folded)?;
+                let data = pprof::encode(&stacks, &off, modules, vdso, &mut sym)?;
+                pprof::write(dir, &format!("{stem}.offcpu"), &data)?;
+                p.off_cpu_ns = folded.total;
+                p.off_cpu_top = output::top_functions(&folded.folded);
+            }
+            Ok(p)
+        };
+        let run = window("run", None)?;
+        let mut out = Vec::new();
+        for p in phases {
+            out.push(window(p.name, Some((p.start_ns, p.end_ns)))?);
+        }
+        Ok(ProfileReport {
+            dir: dir.to_path_buf(),
+            run,
+            phases: out,
+            counters: self.counters,
+            off_cpu: opts.off_cpu,
+            runq_total_ns: c.runq_in_window_ns,
+            proc_run_delay_ns: self.proc_run_delay_ns,
+            symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
+            window_ns: self.window_ns,
+            samples_in_window: c.samples_in_window,
+            unwind_us_per_sample: c.unwind_ns as f64
+                / 1e3
+                / (c.samples + self.counters.off_cpu_stacks).max(1) as f64,
+        })
+    }
+}
+
+/// The stacks of a window with their weights, heaviest first.
+fn stacks_in(counts: &StackCounts, range: Option<(u64, u64)>) -> Vec<(&[Frame], u64)> {
+    let mut v: Vec<(&[Frame], u64)> =
+        counts.window(range).into_iter().map(|(id, n)| (counts.stack(id), n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    v
+}
+
+/// A window of stack counts, symbolized and folded.
+struct FoldedWindow {
+    folded: Folded,
+    total: u64,
+    /// Weight of the stacks cut short.
+    truncated: u64,
+}
+
+fn fold(stacks: &[(&[Frame], u64)], sym: &mut Symbolizer) -> FoldedWindow {
+    let mut w = FoldedWindow { folded: HashMap::new(), total: 0, truncated: 0 };
+    for &(stack, n) in stacks {
+        w.total += n;
+        if stack.first() == Some(&Frame::Truncated) {
+            w.truncated += n;
+        }
+        let mut line = String::new();
+        for &f in stack {
+            for name in sym.names(f) {
+                if !line.is_empty() {
+                    line.push(';');
+                }
+                line.push_str(name);
+            }
+        }
+        *w.folded.entry(line).or_default() += n;
+    }
+    w
+}
+
+/// Off-CPU stacks are taken inside the `sched_switch` tracepoint: their
+/// innermost kernel frames are the tracing machinery (`__traceiter_*`,
+/// `bpf_trace_run*`, the program itself). The stack ends at `__schedule`.
+fn trim_tracing_frames(folded: Folded) -> Folded {
+    let mut out = Folded::new();
+    for (line, n) in folded {
+        let line = match line.rfind(";__schedule_[k];") {
+            Some(i) => line[..i + ";__schedule_[k]".len()].to_string(),
+            None => line,
+        };
+        *out.entry(line).or_default() += n;
+    }
+    out
+}
+
+impl ProfileReport {
+    /// `profile/samples`, `profile/truncated_percent`,
+    /// `sched/runq_wait_p50|p99`: whole run and `@<phase>`.
+    pub fn add_bmf(&self, bmf: &mut BmfReport) {
+        let mut add = |suffix: String, p: &PhaseProfile| {
+            bmf.add(format!("profile/samples{suffix}"), Measure::Count, p.samples as f64);
+            bmf.add(
+                format!("profile/truncated_percent{suffix}"),
+                Measure::Percent,
+                p.truncated_percent(),
+            );
+            if let Some(r) = p.runq {
+                bmf.add(format!("sched/runq_wait_p50{suffix}"), Measure::Latency, r.p50_ns);
+                bmf.add(format!("sched/runq_wait_p99{suffix}"), Measure::Latency, r.p99_ns);
+            }
+        };
+        add(String::new(), &self.run);
+        for p in &self.phases {
+            add(format!("@{}", p.name), p);
+        }
+    }
+
+    /// The summary's profile section: per phase samples, truncation,
+    /// off-CPU time and run-queue waits; the top functions of `canonical`
+    /// (else of the whole run).
+    pub fn summary(&self, canonical: Option<&str>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "\nprofiles ({}):", self.dir.display());
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>8} {:>11} {:>11} {:>12} {:>12}",
+            "phase", "samples", "truncated", "off-CPU", "runq p50", "runq p99"
+        );
+        for p in std::iter::once(&self.run).chain(&self.phases) {
+            let (p50, p99) = p.runq.map_or(("-".into(), "-".into()), |r| {
+                (crate::units::human_ns(r.p50_ns), crate::units::human_ns(r.p99_ns))
+            });
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>8} {:>9.1} % {:>11} {:>12} {:>12}",
+                p.name,
+                p.samples,
+                p.truncated_percent(),
+                if self.off_cpu { crate::units::human_ns(p.off_cpu_ns as f64) } else { "-".into() },
+                p50,
+                p99
+            );
+        }
+        let truth = self
+            .proc_run_delay_ns
+            .map_or("not readable".into(), |t| crate::units::human_ns(t as f64));
+        let _ = writeln!(
+            out,
+            "  run-queue wait total {} (/proc schedstat run_delay {truth})",
+            crate::units::human_ns(self.runq_total_ns as f64)
+        );
+        let c = &self.counters;
+        if c.runq_unended > 0 {
+            let _ = writeln!(
+                out,
+                "  {} run-queue waits lost (their end, a switch-in, had no sched_switch event)",
+                c.runq_unended
+            );
+        }
+        if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
+            let _ = writeln!(
+                out,
+                "  lost: {} records (ring buffer full); {} blocks without a stack (over {} stacks/s per CPU)",
+                c.ring_full,
+                c.off_cpu_unsampled,
+                agent_common::profile::OFF_CPU_STACKS_PER_SEC
+            );
+        }
+        let top =
+            canonical.and_then(|c| self.phases.iter().find(|p| p.name == c)).unwrap_or(&self.run);
+        let _ = writeln!(out, "  on-CPU top functions of {} (self %, total %):", top.name);
+        for f in top.top.iter().take(10) {
+            let _ =
+                writeln!(out, "    {:>5.1} {:>5.1}  {}", f.self_percent, f.total_percent, f.name);
+        }
+        if self.off_cpu {
+            let _ = writeln!(
+                out,
+                "  off-CPU top functions of {} (self %, total % of time blocked):",
+                top.name
+            );
+            for f in top.off_cpu_top.iter().take(5) {
+                let _ = writeln!(
+                    out,
+                    "    {:>5.1} {:>5.1}  {}",
+                    f.self_percent, f.total_percent, f.name
+                );
+            }
+        }
+        let stacks = c.sent + c.off_cpu_stacks;
+        let _ = writeln!(
+            out,
+            "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
+             unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
+            self.samples_in_window as f64 / (self.window_ns.max(1) as f64 / 1e9),
+            c.stack_bytes as f64 / stacks.max(1) as f64,
+            stacks,
+            self.unwind_us_per_sample,
+            self.symbolize_ms
+        );
+        out
+    }
+}

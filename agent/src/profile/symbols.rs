@@ -1,0 +1,172 @@
+//! Names for frames, after sampling: ELF symbol tables and DWARF (inlined
+//! functions become frames of their own), Rust and C++ demangled; the
+//! kernel's from `/proc/kallsyms`. A frame with no symbol keeps its place as
+//! `module+0xADDRESS` (the address as the file states it).
+
+use std::{collections::HashMap, os::fd::AsRawFd as _};
+
+use object::{Object as _, ObjectSymbol as _};
+
+use super::unwind::{Frame, Modules};
+
+/// One module's symbol source.
+enum Source {
+    Dwarf(Box<addr2line::Loader>),
+    /// The vdso: its dynamic symbols (no DWARF).
+    Symbols(Vec<(u64, String)>),
+    Missing,
+}
+
+/// Symbolizes frames of one run, caching per frame.
+pub struct Symbolizer<'m> {
+    modules: &'m Modules,
+    vdso: Option<&'m [u8]>,
+    sources: HashMap<u32, Source>,
+    kallsyms: Vec<(u64, String)>,
+    cache: HashMap<Frame, Vec<String>>,
+}
+
+impl<'m> Symbolizer<'m> {
+    pub fn new(modules: &'m Modules, vdso: Option<&'m [u8]>) -> Symbolizer<'m> {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms")
+            .map(|t| parse_kallsyms(&t))
+            .unwrap_or_default();
+        Symbolizer { modules, vdso, sources: HashMap::new(), kallsyms, cache: HashMap::new() }
+    }
+
+    /// The names of a frame, outermost first (several when functions were
+    /// inlined into it).
+    pub fn names(&mut self, frame: Frame) -> &[String] {
+        if !self.cache.contains_key(&frame) {
+            let names = self.resolve(frame);
+            self.cache.insert(frame, names);
+        }
+        &self.cache[&frame]
+    }
+
+    fn resolve(&mut self, frame: Frame) -> Vec<String> {
+        match frame {
+            Frame::Truncated => vec!["[truncated]".into()],
+            Frame::Unsampled => vec!["[stack not sampled]".into()],
+            Frame::Unmapped(a) => vec![format!("[unknown]+0x{a:x}")],
+            Frame::Kernel(a) => vec![match lookup(&self.kallsyms, a) {
+                Some(name) => format!("{name}_[k]"),
+                None => format!("[kernel]+0x{a:x}_[k]"),
+            }],
+            Frame::User { module, svma } => {
+                let path = &self.modules.paths[module as usize];
+                let base = path.rsplit('/').next().unwrap_or(path).to_string();
+                let source = self.source(module);
+                let mut names = match source {
+                    Source::Dwarf(loader) => dwarf_names(loader, svma),
+                    Source::Symbols(syms) => lookup(syms, svma).map(demangle).into_iter().collect(),
+                    Source::Missing => Vec::new(),
+                };
+                if names.is_empty() {
+                    names.push(format!("{base}+0x{svma:x}"));
+                }
+                names
+            }
+        }
+    }
+
+    fn source(&mut self, module: u32) -> &Source {
+        self.sources.entry(module).or_insert_with(|| {
+            if self.modules.paths[module as usize] == "[vdso]" {
+                return self.vdso.map_or(Source::Missing, |v| Source::Symbols(elf_symbols(v)));
+            }
+            let Some(file) = &self.modules.files[module as usize] else { return Source::Missing };
+            // The file as we opened it while the target ran.
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            addr2line::Loader::new(path).map_or(Source::Missing, |l| Source::Dwarf(Box::new(l)))
+        })
+    }
+}
+
+/// DWARF frames at `svma` (inlined ones included), outermost first; the
+/// symbol table's name when there is no DWARF.
+fn dwarf_names(loader: &addr2line::Loader, svma: u64) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(mut frames) = loader.find_frames(svma) {
+        while let Ok(Some(f)) = frames.next() {
+            if let Some(Ok(name)) = f.function.as_ref().map(|n| n.demangle()) {
+                names.push(clean(&name));
+            }
+        }
+    }
+    if names.is_empty()
+        && let Some(sym) = loader.find_symbol(svma)
+    {
+        names.push(demangle(sym));
+    }
+    names.reverse();
+    names
+}
+
+fn demangle(name: &str) -> String {
+    clean(&addr2line::demangle_auto(name.into(), None))
+}
+
+/// A name fit for a folded line: no `;` (the frame separator), no newline.
+fn clean(name: &str) -> String {
+    name.replace(';', ":").replace(['\n', '\r'], " ")
+}
+
+/// Defined function symbols of an ELF image, sorted by address.
+fn elf_symbols(data: &[u8]) -> Vec<(u64, String)> {
+    let Ok(file) = object::File::parse(data) else { return Vec::new() };
+    let mut syms: Vec<(u64, String)> = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| Some((s.address(), s.name().ok()?.to_string())))
+        .collect();
+    syms.sort();
+    syms.dedup_by_key(|s| s.0);
+    syms
+}
+
+/// `/proc/kallsyms` text symbols, sorted by address.
+fn parse_kallsyms(text: &str) -> Vec<(u64, String)> {
+    let mut syms: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then(|| (addr, name.to_string()))
+        })
+        .collect();
+    syms.sort();
+    syms
+}
+
+/// The symbol at or before `addr` in a sorted table.
+fn lookup(syms: &[(u64, String)], addr: u64) -> Option<&str> {
+    let i = syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+    Some(&syms[i].1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_lookup_takes_the_symbol_below() {
+        let syms = parse_kallsyms(
+            "ffffffff81000000 T _stext\nffffffff81000100 t do_thing\n0000000000000000 A x\n\
+             ffffffff81000200 D data\nffffffff81000300 T other [mod]\n",
+        );
+        assert_eq!(syms.len(), 3);
+        assert_eq!(lookup(&syms, 0xffffffff81000150), Some("do_thing"));
+        assert_eq!(lookup(&syms, 0xffffffff80000000), None);
+    }
+
+    #[test]
+    fn names_are_demangled_and_fit_a_folded_line() {
+        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE"), "core::fmt::write");
+        assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(clean("a;b\nc"), "a:b c");
+    }
+}

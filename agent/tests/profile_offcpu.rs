@@ -1,0 +1,127 @@
+//! Off-CPU profiles and run-queue waits (`--profile-dir`, default
+//! off-CPU on): the time each blocking function of a fixture spends off CPU
+//! against the fixture's own accounting; run-queue waits against the
+//! kernel's `run_delay` in /proc.
+
+mod common;
+mod profile_common;
+
+use common::{Agent, bmf_value, fixture, out_path, privileged, read_bmf};
+use profile_common::{Folded, Pprof, check_svg, profile_dir};
+
+/// How long one profiled run may take to end.
+const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `key=value` of a line.
+fn field(line: &str, key: &str) -> u64 {
+    common::ready_field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// Off-CPU: each blocking function's time within 10 % of the fixture's own
+/// accounting (a thread sleeping 10 ms at a time, one waiting on a mutex
+/// another holds most of the time).
+#[test]
+fn off_cpu_time_per_function_matches_the_fixture() {
+    let Some(_serial) = privileged() else { return };
+    let dir = profile_dir("offcpu");
+    let out = out_path("profile-offcpu");
+    let target = fixture("offcpu-target");
+    // No --duration: the run ends when the fixture exits by itself, after
+    // printing its accounting.
+    let r = Agent::spawn(&[
+        "run",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        target.to_str().unwrap(),
+        "--seconds",
+        "3",
+    ])
+    .wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let acct = r.stdout.lines().find(|l| l.starts_with("offcpu ")).expect("fixture's accounting");
+    let folded = Folded::read(&dir.join("run.offcpu.folded"));
+    for (function, key) in [
+        ("offcpu_target::sleep_ten_ms", "sleep_ns"),
+        ("offcpu_target::wait_for_lock", "lock_wait_ns"),
+    ] {
+        let agent = folded.with_frame(|f| f == function) as f64;
+        let truth = field(acct, key) as f64;
+        assert!(
+            (agent - truth).abs() <= 0.10 * truth,
+            "{function}: {agent:.0} ns off CPU, fixture says {truth:.0} ({acct})"
+        );
+    }
+    // Weighted in ns: the stacks' leaves are where the kernel switched out.
+    assert!(
+        folded
+            .stacks
+            .iter()
+            .all(|(f, _)| f.last().unwrap() == "__schedule_[k]" || f[0] == "[stack not sampled]")
+    );
+    check_svg(
+        &dir.join("run.offcpu.svg"),
+        &["offcpu_target::sleep_ten_ms", "offcpu_target::wait_for_lock"],
+    );
+    let pprof = Pprof::read(&dir.join("run.offcpu.pb.gz"));
+    assert_eq!(pprof.total(0), folded.total(), "pprof ns off CPU vs folded");
+    // The on-CPU profile of the same run: the holder's and waiter's burn.
+    let on = Folded::read(&dir.join("run.cpu.folded"));
+    assert_eq!(on.total() as f64, bmf_value(&read_bmf(&out), "profile/samples", "count"));
+}
+
+/// `human_ns` text back to ns.
+fn parse_human_ns(s: &str) -> f64 {
+    let (v, unit) = s.trim().split_once(' ').unwrap_or_else(|| panic!("{s:?}"));
+    let v: f64 = v.parse().unwrap_or_else(|_| panic!("{s:?}"));
+    v * match unit {
+        "s" => 1e9,
+        "ms" => 1e6,
+        "µs" => 1e3,
+        _ => panic!("unit in {s:?}"),
+    }
+}
+
+/// Run-queue waits (three busy threads on two cores wait a lot) add up to
+/// the kernel's own `run_delay` in /proc/PID/task/*/schedstat within 10 %;
+/// their p50 and p99 are in BMF. `--no-off-cpu` writes no off-CPU files.
+#[test]
+fn runq_waits_add_up_to_proc_schedstat() {
+    let Some(_serial) = privileged() else { return };
+    let target = common::Target::start("cpu-burner", &["--threads", "3", "--late-threads", "0"]);
+    let dir = profile_dir("runq");
+    let out = out_path("profile-runq");
+    let r = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &target.pid.to_string(),
+        "--duration",
+        "3",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--no-off-cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let line = r.stdout.lines().find(|l| l.contains("run-queue wait total")).expect("summary line");
+    let agent = parse_human_ns(
+        line.split("run-queue wait total").nth(1).unwrap().split('(').next().unwrap(),
+    );
+    let truth =
+        parse_human_ns(line.split("run_delay").nth(1).unwrap().trim().trim_end_matches(')'));
+    assert!(truth > 1e8, "three threads on two cores waited only {truth} ns: {line}");
+    assert!((agent - truth).abs() <= 0.10 * truth, "{line}");
+    let bmf = read_bmf(&out);
+    let (p50, p99) = (
+        bmf_value(&bmf, "sched/runq_wait_p50", "latency"),
+        bmf_value(&bmf, "sched/runq_wait_p99", "latency"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 1e9, "p50 {p50} p99 {p99}");
+    assert!(!dir.join("run.offcpu.folded").exists(), "--no-off-cpu");
+}

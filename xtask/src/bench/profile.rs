@@ -1,0 +1,303 @@
+//! The `profile` scenario: what `--profile-dir` costs on top of the agent
+//! without it (issue 15's goals), from interleaved runs of the agent with
+//! and without profiling:
+//!
+//! - on a CPU-bound two-thread target (`cpu-burner --threads 2`): the
+//!   agent's own CPU and the profiling programs' BPF time (with
+//!   `kernel.bpf_stats_enabled` on, from the agent's BMF rows
+//!   `agent/prog_ns/profile_*` × `agent/prog_runs/profile_*`, less the
+//!   statistics' own cost per run measured by the floor program in the same
+//!   run), % of one core (goal: ≤ 1 together), samples per second, user-stack bytes copied per
+//!   sample, unwinding time per stack and the time to symbolize and write
+//!   the profiles (from the agent's summary);
+//! - on demo-server at saturation: throughput with profiling ÷ without
+//!   (goal: ≥ 0.99).
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+
+use super::agent_run::{AgentRun, FLOOR_PROGRAM, RunningAgent};
+use super::check_interrupted;
+use super::demo_server::{DemoServer, SATURATION_SECS};
+use super::load::{Load, LoadSpec, http_load};
+use super::results::{Goal, Results};
+use super::runs::{Env, agent_first, each};
+use crate::process::KillOnDrop;
+
+/// How long the agent follows the CPU-bound target per run.
+const FOLLOW_SECS: u64 = 4;
+const GOAL_EXTRA_CPU_PERCENT: f64 = 1.0;
+const GOAL_THROUGHPUT_RATIO: f64 = 0.99;
+
+/// What the agent's summary says about its profiling (its "cost:" line).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct SummaryCost {
+    samples_per_sec: f64,
+    stack_bytes: f64,
+    unwind_us: f64,
+    symbolize_ms: f64,
+}
+
+/// Parses `cost: 202.0 samples/s, 12308 B of user stack copied per stack
+/// (1011 stacks); unwinding 4.7 µs per stack; symbolizing and writing 96 ms`.
+fn parse_cost(summary: &str) -> Option<SummaryCost> {
+    let line = summary.lines().find(|l| l.trim_start().starts_with("cost:"))?;
+    let number_before = |marker: &str| -> Option<f64> {
+        let head = &line[..line.find(marker)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    Some(SummaryCost {
+        samples_per_sec: number_before(" samples/s")?,
+        stack_bytes: number_before(" B of user stack")?,
+        unwind_us: number_before(" µs per stack")?,
+        symbolize_ms: number_before(" ms")?,
+    })
+}
+
+/// The profiling programs' BPF time over the run, ns, from the agent's
+/// per-program BMF rows (`AgentRun::programs`), without the statistics' own
+/// cost per run (the floor program's average in the same run): what they
+/// cost with the statistics off. `None` without the rows.
+fn profile_bpf_ns(run: &AgentRun) -> Option<f64> {
+    let (floor, _) = run.programs.get(FLOOR_PROGRAM)?;
+    let profiling: Vec<_> =
+        run.programs.iter().filter(|(name, _)| name.starts_with("profile_")).collect();
+    if profiling.is_empty() {
+        return None;
+    }
+    Some(profiling.iter().map(|(_, (ns, runs))| (ns - floor).max(0.0) * runs).sum())
+}
+
+/// One agent run following `pid` for `secs` (or during `load`), with
+/// `extra` arguments; the run and its stdout.
+fn follow(
+    env: &mut Env,
+    pid: u32,
+    extra: &[&str],
+    load: &mut dyn FnMut(&Env) -> Result<Option<Load>>,
+) -> Result<(AgentRun, Option<Load>, String)> {
+    let agent = RunningAgent::start(env, pid, extra)?;
+    let stdout_path = env.logs.join(format!("agent-{}.stdout", env.agent_runs));
+    let load = load(env)?;
+    let run = agent.stop()?;
+    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
+    Ok((run, load, stdout))
+}
+
+pub fn run_scenario(env: &mut Env, rounds: usize, results: &mut Results) -> Result<()> {
+    let dir = env.logs.join("profiles");
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let profiling = ["--profile-dir", dir_arg.as_str()];
+    cpu_bound(env, rounds, results, &profiling)?;
+    check_interrupted()?;
+    throughput(env, rounds, results, &profiling)
+}
+
+fn cpu_bound(
+    env: &mut Env,
+    rounds: usize,
+    results: &mut Results,
+    profiling: &[&str],
+) -> Result<()> {
+    let bin = env.demo_server.with_file_name("cpu-burner");
+    let mut child = KillOnDrop::new(
+        Command::new(&bin)
+            .args(["--threads", "2", "--late-threads", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?,
+    );
+    let mut line = String::new();
+    BufReader::new(child.child().stdout.take().expect("piped")).read_line(&mut line)?;
+    let pid = child.id();
+    println!(
+        "\n== profiling cost: cpu-burner (2 busy threads), {FOLLOW_SECS} s per run ({rounds} rounds)"
+    );
+    let mut wait = |_: &Env| -> Result<Option<Load>> {
+        thread::sleep(Duration::from_secs(FOLLOW_SECS));
+        Ok(None)
+    };
+    // Every agent run of this part with the statistics on (both sides: the
+    // agent-CPU comparison stays like for like); restored below.
+    let bpf_stats_before = std::mem::replace(&mut env.bpf_stats, true);
+    let pairs = cpu_bound_rounds(env, rounds, pid, profiling, &mut wait);
+    env.bpf_stats = bpf_stats_before;
+    let pairs = pairs?;
+    drop(child);
+    record_cpu_bound(results, &pairs);
+    Ok(())
+}
+
+/// One round: the agent without and with profiling, its summary's cost
+/// line, the profiling programs' BPF time as % of one core.
+type CpuBoundRound = (AgentRun, AgentRun, SummaryCost, f64);
+
+fn cpu_bound_rounds(
+    env: &mut Env,
+    rounds: usize,
+    pid: u32,
+    profiling: &[&str],
+    wait: &mut dyn FnMut(&Env) -> Result<Option<Load>>,
+) -> Result<Vec<CpuBoundRound>> {
+    let mut pairs = Vec::new();
+    for round in 0..rounds {
+        check_interrupted()?;
+        let (mut off, mut on) = (None, None);
+        let order = if agent_first(round) { [true, false] } else { [false, true] };
+        for profile in order {
+            if profile {
+                on = Some(follow(env, pid, profiling, wait)?);
+            } else {
+                off = Some(follow(env, pid, &[], wait)?.0);
+            }
+        }
+        let (off, (on, _, summary)) = (off.expect("ran"), on.expect("ran"));
+        let cost = parse_cost(&summary)
+            .ok_or_else(|| anyhow!("the agent's summary has no profiling `cost:` line"))?;
+        let bpf_ns = profile_bpf_ns(&on).ok_or_else(|| {
+            anyhow!(
+                "the agent's BMF has no `agent/prog_ns/profile_*` or `agent/prog_ns/{FLOOR_PROGRAM}` \
+                 rows although kernel.bpf_stats_enabled was 1"
+            )
+        })?;
+        let bpf_percent = bpf_ns / on.metric("agent/window", "latency") * 100.0;
+        println!(
+            "  round {}: agent CPU {:.2} % → {:.2} %, profiling BPF {:.3} %, {:.0} samples/s, \
+             {:.0} B/stack, unwind {:.1} µs, symbolize {:.0} ms",
+            round + 1,
+            off.cpu_percent,
+            on.cpu_percent,
+            bpf_percent,
+            cost.samples_per_sec,
+            cost.stack_bytes,
+            cost.unwind_us,
+            cost.symbolize_ms
+        );
+        pairs.push((off, on, cost, bpf_percent));
+    }
+    Ok(pairs)
+}
+
+/// The agent's CPU, without and with profiling; the profiling BPF time.
+fn record_cpu_bound(results: &mut Results, pairs: &[CpuBoundRound]) {
+    let extra = each(pairs, |(off, on, _, bpf)| on.cpu_percent - off.cpu_percent + bpf);
+    results.add_spread("profile/extra_cpu_percent", "cpu-percent", &extra).goal =
+        Goal::AtMost(GOAL_EXTRA_CPU_PERCENT);
+    results.add_spread("profile/bpf_cpu_percent", "cpu-percent", &each(pairs, |p| p.3));
+    results.add_spread(
+        "profile/agent_peak_rss_growth",
+        "memory",
+        &each(pairs, |(off, on, _, _)| on.peak_rss - off.peak_rss),
+    );
+    results.add_spread(
+        "profile/samples_per_second",
+        "count",
+        &each(pairs, |p| p.2.samples_per_sec),
+    );
+    results.add_spread(
+        "profile/stack_bytes_per_sample",
+        "count",
+        &each(pairs, |p| p.2.stack_bytes),
+    );
+    results.add_spread(
+        "profile/unwind_ns_per_stack",
+        "latency",
+        &each(pairs, |p| p.2.unwind_us * 1e3),
+    );
+    results.add_spread(
+        "profile/symbolize_and_write",
+        "latency",
+        &each(pairs, |p| p.2.symbolize_ms * 1e6),
+    );
+}
+
+fn throughput(
+    env: &mut Env,
+    rounds: usize,
+    results: &mut Results,
+    profiling: &[&str],
+) -> Result<()> {
+    let server = DemoServer::start(&env.demo_server)?;
+    let (pid, url) = (server.pid(), server.url());
+    let probe = http_load(env, &LoadSpec::new(&url, 100_000).on(pid))?;
+    let requests = ((probe.rps() * SATURATION_SECS) as u64).clamp(50_000, 2_000_000);
+    println!(
+        "\n== throughput at saturation with profiling ÷ without (the agent on in both): \
+         demo-server ({rounds} rounds, {requests} requests)"
+    );
+    let mut saturate = |env: &Env| http_load(env, &LoadSpec::new(&url, requests).on(pid)).map(Some);
+    let (mut ratios, mut cpu_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        check_interrupted()?;
+        let (mut off, mut on) = (None, None);
+        let order = if agent_first(round) { [true, false] } else { [false, true] };
+        for profile in order {
+            let extra = if profile { profiling } else { &[] };
+            let (_, load, _) = follow(env, pid, extra, &mut saturate)?;
+            if profile { on = load } else { off = load }
+        }
+        let (off, on) = (off.expect("ran"), on.expect("ran"));
+        println!(
+            "  round {}: {:.0} → {:.0} req/s, target CPU {:.2} → {:.2} µs/request",
+            round + 1,
+            off.rps(),
+            on.rps(),
+            off.target_cpu_per_request() / 1e3,
+            on.target_cpu_per_request() / 1e3
+        );
+        ratios.push(on.rps() / off.rps());
+        cpu_ratios.push(on.target_cpu_per_request() / off.target_cpu_per_request());
+    }
+    server.stop()?;
+    results.add_spread("profile/throughput_ratio", "ratio", &ratios).goal =
+        Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
+    // Steadier on a shared VM than saturated throughput: the server's own
+    // CPU per request (includes BPF time charged to it).
+    results.add_spread("profile/target_cpu_per_request_ratio", "ratio", &cpu_ratios);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_cost_line_parses() {
+        let s = "profiles (/x):\n  cost: 202.0 samples/s, 12308 B of user stack copied per \
+                 stack (1011 stacks); unwinding 4.7 µs per stack; symbolizing and writing 96 ms\n";
+        let c = parse_cost(s).unwrap();
+        assert_eq!(
+            c,
+            SummaryCost {
+                samples_per_sec: 202.0,
+                stack_bytes: 12308.0,
+                unwind_us: 4.7,
+                symbolize_ms: 96.0
+            }
+        );
+        assert!(parse_cost("nothing").is_none());
+    }
+
+    #[test]
+    fn the_profiling_programs_bpf_time_sums_their_runs_less_the_floor() {
+        let mut run = AgentRun::default();
+        for (name, ns, runs) in [
+            ("profile_cpu_clock", 3040.0, 10.0),
+            ("sched_switch", 80.0, 1000.0),
+            ("profile_sched_switch", 140.0, 50.0),
+            (FLOOR_PROGRAM, 40.0, 900.0),
+        ] {
+            run.programs.insert(name.to_string(), (ns, runs));
+        }
+        assert_eq!(profile_bpf_ns(&run), Some(3000.0 * 10.0 + 100.0 * 50.0));
+        run.programs.remove(FLOOR_PROGRAM);
+        assert_eq!(profile_bpf_ns(&run), None, "no floor: no net cost");
+        assert_eq!(profile_bpf_ns(&AgentRun::default()), None);
+    }
+}
