@@ -300,6 +300,8 @@ mod tests {
             "raw_tp/sock_send_length",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
+            // With --profile-dir: on every wake-up of a target thread.
+            "tp_btf/sched_wakeup",
         ] {
             let calls: Vec<String> = relocation_targets(EBPF_OBJECT, section)
                 .into_iter()

@@ -4,7 +4,7 @@
 //! samples become is `crate::profile`.
 
 use agent_common::profile::{
-    OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, names,
+    OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts, names,
 };
 use anyhow::Context as _;
 use aya::{
@@ -57,6 +57,7 @@ pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> 
 pub struct ProfileProbe {
     pub ring: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, ProfileStats>,
+    pub sched_counts: PerCpuArray<MapData, SchedCounts>,
 }
 
 /// Counters summed over CPUs.
@@ -67,6 +68,7 @@ pub struct ProfileCounters {
     pub off_cpu_stacks: u64,
     pub off_cpu_unsampled: u64,
     pub runq_waits: u64,
+    pub runq_total_ns: u64,
     pub runq_unended: u64,
     pub stack_bytes: u64,
 }
@@ -80,6 +82,8 @@ impl ProfileProbe {
         let hz = config.hz;
         let ring: RingBuf<MapData> = take_map(ebpf, names::SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> = take_map(ebpf, names::STATS)?.try_into()?;
+        let sched_counts: PerCpuArray<MapData, SchedCounts> =
+            take_map(ebpf, names::SCHED_COUNTS)?.try_into()?;
         let prog: &mut PerfEvent = ebpf
             .program_mut(names::PROGRAM)
             .with_context(|| format!("eBPF object has no program {}", names::PROGRAM))?
@@ -111,7 +115,7 @@ impl ProfileProbe {
             prog.load(tracepoint, kernel_btf).with_context(|| format!("loading {program}"))?;
             prog.attach().with_context(|| format!("attaching to BTF tracepoint {tracepoint}"))?;
         }
-        Ok(ProfileProbe { ring, stats })
+        Ok(ProfileProbe { ring, stats, sched_counts })
     }
 }
 
@@ -126,6 +130,7 @@ pub fn read_counters(
         c.off_cpu_stacks += s.off_cpu_stacks;
         c.off_cpu_unsampled += s.off_cpu_unsampled;
         c.runq_waits += s.runq_waits;
+        c.runq_total_ns += s.runq_total_ns;
         c.runq_unended += s.runq_unended;
         c.stack_bytes += s.stack_bytes;
     }
@@ -146,4 +151,18 @@ mod tests {
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }
+}
+
+/// [`SchedCounts`] summed over CPUs: ns off CPU not sampled, run-queue
+/// waits per bin.
+pub fn read_sched_counts(
+    map: &PerCpuArray<MapData, SchedCounts>,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
+    let mut unsampled = 0;
+    for c in map.get(&0, 0)?.iter() {
+        unsampled += c.off_cpu_unsampled_ns;
+        runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
+    }
+    Ok((unsampled, runq))
 }
