@@ -137,6 +137,20 @@ pub fn read_counters(
     Ok(c)
 }
 
+/// [`SchedCounts`] summed over CPUs: ns off CPU not sampled, run-queue
+/// waits per bin.
+pub fn read_sched_counts(
+    map: &PerCpuArray<MapData, SchedCounts>,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
+    let mut unsampled = 0;
+    for c in map.get(&0, 0)?.iter() {
+        unsampled += c.off_cpu_unsampled_ns;
+        runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
+    }
+    Ok((unsampled, runq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,18 +165,4 @@ mod tests {
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }
-}
-
-/// [`SchedCounts`] summed over CPUs: ns off CPU not sampled, run-queue
-/// waits per bin.
-pub fn read_sched_counts(
-    map: &PerCpuArray<MapData, SchedCounts>,
-) -> anyhow::Result<(u64, Vec<u64>)> {
-    let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
-    let mut unsampled = 0;
-    for c in map.get(&0, 0)?.iter() {
-        unsampled += c.off_cpu_unsampled_ns;
-        runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
-    }
-    Ok((unsampled, runq))
 }
