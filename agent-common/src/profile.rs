@@ -165,14 +165,15 @@ pub fn runq_bin(v: u64) -> usize {
     if bin as usize >= RUNQ_BINS { RUNQ_BINS - 1 } else { bin as usize }
 }
 
-/// Stacks sent at blocks, at most [`OFF_CPU_STACKS_PER_SEC`] per CPU and
-/// second (map `OFF_CPU_BUDGET`, per CPU).
+/// The per-CPU token bucket of stacks sent at blocks, refilled at
+/// [`OFF_CPU_STACKS_PER_SEC`] (map `OFF_CPU_BUDGET`, per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuBudget {
-    /// Start of the current one-second window, ns.
-    pub window_ns: u64,
-    pub used: u64,
+    /// When it was last refilled, ns.
+    pub last_ns: u64,
+    /// Budget saved up, in ns of refill time.
+    pub credit_ns: u64,
 }
 
 /// Most stacks sent per CPU and second when target threads block (each is
@@ -195,9 +196,6 @@ pub struct ProfileStats {
     /// Run-queue waits counted, and their total, ns.
     pub runq_waits: u64,
     pub runq_total_ns: u64,
-    /// Run-queue waits replaced before their end was seen (a switch-in with
-    /// no `sched_switch` event): lost.
-    pub runq_unended: u64,
     /// User stack bytes copied into samples sent (cpu-clock and blocks).
     pub stack_bytes: u64,
 }
@@ -216,7 +214,7 @@ mod user {
     unsafe impl aya::Pod for super::SchedCounts {}
 }
 
-const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 7 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<ThreadSched>() == 24);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);

@@ -95,24 +95,26 @@ pub fn profile_sched_switch(ctx: BtfTracePointContext) -> u32 {
             let _ = THREAD_SCHED.remove(tid);
         } else if let Some(t) = thread_sched(tid) {
             if prev_state == 0 || preempted {
-                // Runnable: waiting on a run queue from now. A wait already
-                // open means its end (a switch-in) was not seen.
-                if t.queued_ns != 0 {
-                    stats.runq_unended += 1;
-                }
+                // Runnable: waiting on a run queue from now.
                 t.queued_ns = now;
-            } else if unsafe { core::ptr::read_volatile(&PROFILE_OFF_CPU) } != 0 {
+                t.blocked_ns = 0;
+            } else {
+                // Blocked. A wait opened by a wake-up while it still ran
+                // (the kernel wakes a task that set itself sleeping but
+                // had not left the CPU yet) is not one.
+                t.queued_ns = 0;
                 t.blocked_ns = now;
                 t.sampled = 0;
                 // `prev` is the current task: its stack is the blocking one.
-                if take_budget(now) {
+                let off_cpu = unsafe { core::ptr::read_volatile(&PROFILE_OFF_CPU) } != 0;
+                if off_cpu && take_budget(now) {
                     if profile::send_stack(ctx.as_ptr(), target, tid, sample_flags::OFF_CPU, now) {
                         stats.off_cpu_stacks += 1;
                         t.sampled = 1;
                     } else {
                         stats.ring_full += 1;
                     }
-                } else {
+                } else if off_cpu {
                     stats.off_cpu_unsampled += 1;
                 }
             }
@@ -158,50 +160,61 @@ pub fn profile_sched_switch(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// One stack copy from this CPU's budget for the current second.
+/// ns of budget one stack costs, and the most that can be saved up (a
+/// burst of 25 stacks: what the ring holds room for).
+const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC;
+const MAX_CREDIT_NS: u64 = 25 * STACK_COST_NS;
+
+/// One stack copy from this CPU's budget: a token bucket refilled at
+/// `OFF_CPU_STACKS_PER_SEC`, so stacks are spread over time rather than
+/// spent in a burst at the start of each second.
 #[inline(always)]
 fn take_budget(now: u64) -> bool {
     let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return false };
     // SAFETY: a per-CPU slot of this CPU.
     let b = unsafe { &mut *b };
-    if now.saturating_sub(b.window_ns) >= 1_000_000_000 {
-        b.window_ns = now;
-        b.used = 0;
-    }
-    if b.used >= OFF_CPU_STACKS_PER_SEC {
+    let credit = (b.credit_ns + now.saturating_sub(b.last_ns)).min(MAX_CREDIT_NS);
+    b.last_ns = now;
+    if credit < STACK_COST_NS {
+        b.credit_ns = credit;
         return false;
     }
-    b.used += 1;
+    b.credit_ns = credit - STACK_COST_NS;
     true
 }
 
-/// A target thread made runnable: its run-queue wait starts.
+/// `p`'s tid when it is a target thread.
 #[inline(always)]
-fn woken(ctx: &BtfTracePointContext) -> u32 {
+fn target_task(ctx: &BtfTracePointContext) -> Option<u32> {
     let target = config::target_tgid();
-    if target == 0 {
-        return 0;
-    }
     let p: *const u8 = ctx.arg(0);
     // SAFETY: `p` is the tracepoint's `struct task_struct *` argument.
-    if unsafe { load_field::<u32>(p, offset!(task_tgid)) } != target {
-        return 0;
-    }
-    let tid = unsafe { load_field::<u32>(p, offset!(task_pid)) };
-    if let Some(t) = thread_sched(tid) {
+    let ours = target != 0 && unsafe { load_field::<u32>(p, offset!(task_tgid)) } == target;
+    ours.then(|| unsafe { load_field::<u32>(p, offset!(task_pid)) })
+}
+
+/// `TP_PROTO(struct task_struct *p)`: a blocked target thread was woken, its
+/// run-queue wait starts (a wake-up of one that has not left the CPU is
+/// not a wait).
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn profile_sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+    let Some(tid) = target_task(&ctx) else { return 0 };
+    // SAFETY: as in thread_sched.
+    if let Some(t) = THREAD_SCHED.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+        && t.blocked_ns != 0
+    {
         t.queued_ns = unsafe { bpf_ktime_get_ns() };
     }
     0
 }
 
-/// `TP_PROTO(struct task_struct *p)`.
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn profile_sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    woken(&ctx)
-}
-
-/// `TP_PROTO(struct task_struct *p)`.
+/// `TP_PROTO(struct task_struct *p)`: a new target thread waits for its
+/// first run.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn profile_sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    woken(&ctx)
+    let Some(tid) = target_task(&ctx) else { return 0 };
+    if let Some(t) = thread_sched(tid) {
+        t.queued_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    0
 }

@@ -69,7 +69,6 @@ pub struct ProfileCounters {
     pub off_cpu_unsampled: u64,
     pub runq_waits: u64,
     pub runq_total_ns: u64,
-    pub runq_unended: u64,
     pub stack_bytes: u64,
 }
 
@@ -131,7 +130,6 @@ pub fn read_counters(
         c.off_cpu_unsampled += s.off_cpu_unsampled;
         c.runq_waits += s.runq_waits;
         c.runq_total_ns += s.runq_total_ns;
-        c.runq_unended += s.runq_unended;
         c.stack_bytes += s.stack_bytes;
     }
     Ok(c)

@@ -409,17 +409,11 @@ impl ProfileReport {
             .map_or("not readable".into(), |t| crate::report::human_ns(t as f64));
         let _ = writeln!(
             out,
-            "  run-queue wait total {} (/proc schedstat run_delay {truth})",
-            crate::report::human_ns(self.runq_total_ns as f64)
+            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits",
+            crate::report::human_ns(self.runq_total_ns as f64),
+            self.counters.runq_waits
         );
         let c = &self.counters;
-        if c.runq_unended > 0 {
-            let _ = writeln!(
-                out,
-                "  {} run-queue waits lost (their end, a switch-in, had no sched_switch event)",
-                c.runq_unended
-            );
-        }
         if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
             let _ = writeln!(
                 out,
