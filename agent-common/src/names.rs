@@ -23,8 +23,10 @@ pub mod maps {
     pub const PROFILE_SAMPLES: &str = "PROFILE_SAMPLES";
     /// One-slot `PERCPU_ARRAY` of the profiling programs' counters.
     pub const PROFILE_STATS: &str = "PROFILE_STATS";
+    /// One-slot `PERCPU_ARRAY` of `profile::SchedCounts`: run-queue waits and off-CPU time not sent as records.
+    pub const SCHED_COUNTS: &str = "SCHED_COUNTS";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         TARGET,
         CPU_ACCOUNT,
         THREAD_RUNTIME,
@@ -41,6 +43,7 @@ pub mod maps {
         MILESTONES,
         PROFILE_SAMPLES,
         PROFILE_STATS,
+        SCHED_COUNTS,
     ];
 }
 

@@ -62,17 +62,15 @@ pub struct ProfileSample {
 
 /// Bits of [`SchedRecord::kind`].
 pub mod sched_kind {
-    /// A blocked target thread ran again: `time_ns` it blocked (the key of
-    /// its [`ProfileSample`](super::ProfileSample) if one was sent),
+    /// A blocked target thread whose stack was sent ran again: `time_ns` it
+    /// blocked (the key of its [`ProfileSample`](super::ProfileSample)),
     /// `duration_ns` until it ran.
     pub const OFF_CPU_END: u32 = 1;
-    /// A target thread waited on a run queue from its wake-up (or its
-    /// preemption) at `time_ns` for `duration_ns` until it ran.
-    pub const RUNQ_WAIT: u32 = 2;
 }
 
 /// Small ring-buffer records of the `sched_switch` program, told apart
-/// from a [`ProfileSample`] by their size.
+/// from a [`ProfileSample`] by their size: sent only for blocks whose
+/// stack was sent (everything else is counted in maps).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedRecord {
@@ -83,26 +81,86 @@ pub struct SchedRecord {
     pub kind: u32,
 }
 
-/// When a target thread blocked (map `OFF_CPU_START`, by tid).
+/// Scheduling state of one target thread (map `THREAD_SCHED`, by tid),
+/// updated in place.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OffCpuStart {
-    pub time_ns: u64,
+pub struct ThreadSched {
+    /// When it blocked; 0: not blocked.
+    pub blocked_ns: u64,
+    /// When it became runnable (woken, or preempted); 0: not waiting.
+    pub queued_ns: u64,
+    /// 1 when its stack was sent at the block.
+    pub sampled: u32,
+    pub _pad: u32,
 }
 
-/// Stacks sent at blocks, at most [`OFF_CPU_STACKS_PER_SEC`] per CPU and
-/// second (map `OFF_CPU_BUDGET`, per CPU).
+/// Bins of the run-queue wait histogram ([`runq_bin`]): values up to
+/// 2^40 ns (18 minutes), longer ones in the last bin.
+pub const RUNQ_BINS: usize = 16 + 37 * 16;
+
+/// What the `sched_switch` program counts rather than sends (map
+/// `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SchedCounts {
+    /// ns off CPU of blocks whose stack was not sent.
+    pub off_cpu_unsampled_ns: u64,
+    /// Run-queue waits per [`runq_bin`].
+    pub runq: [u64; RUNQ_BINS],
+}
+
+/// The bin of a wait of `v` ns: exact below 16, then 16 bins per power of
+/// two (a bin's width is 1/16 of its lower edge: its middle is within 1/32
+/// of any value in it). Plain shifts and compares, for the BPF side too.
+#[inline(always)]
+pub fn runq_bin(v: u64) -> usize {
+    if v < 16 {
+        return v as usize;
+    }
+    // floor(log2(v)) without a count-leading-zeros instruction.
+    let (mut e, mut x) = (0u64, v);
+    if x >= 1 << 32 {
+        x >>= 32;
+        e += 32;
+    }
+    if x >= 1 << 16 {
+        x >>= 16;
+        e += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        e += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        e += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        e += 2;
+    }
+    if x >= 1 << 1 {
+        e += 1;
+    }
+    let bin = 16 + (e - 4) * 16 + ((v >> (e - 4)) & 15);
+    if bin as usize >= RUNQ_BINS { RUNQ_BINS - 1 } else { bin as usize }
+}
+
+/// The per-CPU token bucket of stacks sent at blocks, refilled at
+/// [`OFF_CPU_STACKS_PER_SEC`] (map `OFF_CPU_BUDGET`, per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuBudget {
-    /// Start of the current one-second window, ns.
-    pub window_ns: u64,
-    pub used: u64,
+    /// When it was last refilled, ns.
+    pub last_ns: u64,
+    /// Budget saved up, in ns of refill time.
+    pub credit_ns: u64,
 }
 
 /// Most stacks sent per CPU and second when target threads block (each is
-/// a 33 KiB copy); past it a block's time is still counted, under an
-/// "unsampled" stack.
+/// a 33 KiB copy); past it a block's time is still counted
+/// (`SchedCounts::off_cpu_unsampled_ns`), under an "unsampled" stack.
 pub const OFF_CPU_STACKS_PER_SEC: u64 = 500;
 
 /// Per-CPU counters of the profiling programs (map `PROFILE_STATS`).
@@ -117,11 +175,9 @@ pub struct ProfileStats {
     pub off_cpu_stacks: u64,
     /// Blocks whose stack was not sent (over the budget).
     pub off_cpu_unsampled: u64,
-    /// Run-queue waits sent.
+    /// Run-queue waits counted, and their total, ns.
     pub runq_waits: u64,
-    /// Run-queue waits replaced before their end was seen (a switch-in with
-    /// no `sched_switch` event): lost.
-    pub runq_unended: u64,
+    pub runq_total_ns: u64,
     /// User stack bytes copied into samples sent (cpu-clock and blocks).
     pub stack_bytes: u64,
 }
@@ -136,13 +192,37 @@ mod user {
     unsafe impl aya::Pod for super::ProfileStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SchedRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SchedCounts {}
 }
 
 const _: () = assert!(core::mem::size_of::<ProfileStats>() == 7 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<OffCpuStart>() == 8);
+const _: () = assert!(core::mem::size_of::<ThreadSched>() == 24);
+const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 16);
 const _: () = assert!(
     core::mem::size_of::<ProfileSample>()
         == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8 + STACK_PAGE * STACK_PAGES
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runq_bins_are_monotonic_and_fine() {
+        let mut last = 0;
+        for v in 0..200_000u64 {
+            let b = runq_bin(v);
+            assert!(b >= last, "{v}");
+            last = b;
+        }
+        assert_eq!(runq_bin(16), 16);
+        assert_eq!(runq_bin(17), 17);
+        assert_eq!(runq_bin(32), 32);
+        assert_eq!(runq_bin(34), 33);
+        assert_eq!(runq_bin(u64::MAX), RUNQ_BINS - 1);
+        assert_eq!(runq_bin((1 << 41) - 1), RUNQ_BINS - 1);
+    }
+}

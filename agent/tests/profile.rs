@@ -285,6 +285,29 @@ fn hot_function_in_a_shared_library_is_named() {
     check_svg(&dir.join("run.cpu.svg"), &["hot_in_library"]);
 }
 
+/// A library loaded with `dlopen` after the profiler read the mappings:
+/// its hot function is still named (the mappings are read again when an
+/// address falls outside them).
+#[test]
+fn hot_function_in_a_dlopened_library_is_named() {
+    let Some(_serial) = privileged() else { return };
+    let build = profile_dir("dlopen-build");
+    let lib =
+        cc(&build, "libhot_library.so", &["hot_library.c"], &["-O2", "-shared", "-fPIC"], &[]);
+    let bin = cc(&build, "hot_library_dlopen", &["hot_library_dlopen.c"], &["-O2"], &["-ldl"]);
+    let dir = profile_dir("dlopen");
+    let (bmf, _) = profile_run(&dir, "99", "4", &[bin.to_str().unwrap(), lib.to_str().unwrap()]);
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    assert_eq!(folded.total() as f64, bmf_value(&bmf, "profile/samples", "count"));
+    // About three of the four seconds run in the library.
+    let hot = folded.leaf_user_counts().get("hot_in_library").copied().unwrap_or(0);
+    assert!(hot >= 200, "hot_in_library {hot} of {}: {:#?}", folded.total(), folded.stacks);
+    let unknown = folded.with_frame(|f| f.starts_with("[unknown]"));
+    assert!(unknown * 20 <= folded.total(), "{unknown} samples in no known mapping");
+    let through = folded.with_frame(|f| f == "call_loaded");
+    assert!(through >= hot * 9 / 10, "unwound through the library into the program");
+}
+
 /// A phase cut by `perf-agent mark` gets its own files, its name made
 /// file-safe (`main/steady` → `main%2Fsteady`), its samples a part of the run's.
 #[test]

@@ -296,6 +296,8 @@ mod tests {
             "tp_btf/tcp_sendmsg_locked",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
+            // With --profile-dir: on every wake-up of a target thread.
+            "tp_btf/sched_wakeup",
         ] {
             let calls: Vec<String> = relocation_targets(EBPF_OBJECT, section)
                 .into_iter()

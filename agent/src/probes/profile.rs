@@ -6,7 +6,7 @@
 use agent_common::{
     globals,
     names::{maps, programs},
-    profile::{OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF},
+    profile::{OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -58,6 +58,7 @@ pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> 
 pub struct ProfileProbe {
     pub ring: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, ProfileStats>,
+    pub sched_counts: PerCpuArray<MapData, SchedCounts>,
 }
 
 /// Counters summed over CPUs.
@@ -68,7 +69,7 @@ pub struct ProfileCounters {
     pub off_cpu_stacks: u64,
     pub off_cpu_unsampled: u64,
     pub runq_waits: u64,
-    pub runq_unended: u64,
+    pub runq_total_ns: u64,
     pub stack_bytes: u64,
 }
 
@@ -82,6 +83,8 @@ impl ProfileProbe {
         let ring: RingBuf<MapData> = take_map(ebpf, maps::PROFILE_SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> =
             take_map(ebpf, maps::PROFILE_STATS)?.try_into()?;
+        let sched_counts: PerCpuArray<MapData, SchedCounts> =
+            take_map(ebpf, maps::SCHED_COUNTS)?.try_into()?;
         // cpu-clock counts nanoseconds: a fixed period gives exactly `hz`
         // samples per second of CPU (the kernel's frequency mode adjusts the
         // period as it goes and overshoots by ~10 %).
@@ -96,7 +99,7 @@ impl ProfileProbe {
         ] {
             hook::attach(ebpf, program, Hook::BtfTracePoint { name, btf: kernel_btf })?;
         }
-        Ok(ProfileProbe { ring, stats })
+        Ok(ProfileProbe { ring, stats, sched_counts })
     }
 }
 
@@ -111,10 +114,24 @@ pub fn read_counters(
         c.off_cpu_stacks += s.off_cpu_stacks;
         c.off_cpu_unsampled += s.off_cpu_unsampled;
         c.runq_waits += s.runq_waits;
-        c.runq_unended += s.runq_unended;
+        c.runq_total_ns += s.runq_total_ns;
         c.stack_bytes += s.stack_bytes;
     }
     Ok(c)
+}
+
+/// [`SchedCounts`] summed over CPUs: ns off CPU not sampled, run-queue
+/// waits per bin.
+pub fn read_sched_counts(
+    map: &PerCpuArray<MapData, SchedCounts>,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
+    let mut unsampled = 0;
+    for c in map.get(&0, 0)?.iter() {
+        unsampled += c.off_cpu_unsampled_ns;
+        runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
+    }
+    Ok((unsampled, runq))
 }
 
 #[cfg(test)]

@@ -9,9 +9,12 @@ use std::{
 };
 
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags, sched_kind,
+    KERNEL_FRAMES, ProfileSample, RUNQ_BINS, STACK_PAGE, STACK_PAGES, SchedCounts, SchedRecord,
+    sample_flags, sched_kind,
 };
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+
+use crate::probes::profile::read_sched_counts;
 
 use super::{
     aggregate::StackCounts,
@@ -21,6 +24,9 @@ use super::{
 
 /// How often the thread drains the ring buffer (sized for 50 ms).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often it reads the counts kept in maps (run-queue waits, off-CPU
+/// time without a stack): the time resolution of their phases.
+const COUNTS_EVERY: u32 = 10;
 
 /// The window of the `/proc` ground truth, CLOCK_MONOTONIC ns.
 pub struct Window {
@@ -72,8 +78,6 @@ pub struct Collected {
     /// Blocks whose end has not been seen yet.
     pending: HashMap<BlockKey, PendingBlock>,
     pub runq: RunqWaits,
-    /// Σ run-queue waits inside the ground truth's [`Window`], ns.
-    pub runq_in_window_ns: u64,
     /// cpu-clock samples taken inside it (the sampling rate's numerator).
     pub samples_in_window: u64,
     /// Records of no known size (never expected).
@@ -89,9 +93,6 @@ impl Collected {
             // SAFETY: a record of exactly this plain-integer type's size
             // (read unaligned: no alignment is assumed).
             let r = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SchedRecord) };
-            if r.kind == sched_kind::RUNQ_WAIT {
-                self.runq_in_window_ns += window.overlap(r.time_ns, r.duration_ns);
-            }
             self.sched(r);
             return;
         }
@@ -116,7 +117,6 @@ impl Collected {
                 let stack = stack.as_deref().unwrap_or(&[Frame::Unsampled]);
                 self.off_cpu.add_weighted(r.time_ns, stack, r.duration_ns);
             }
-            sched_kind::RUNQ_WAIT => self.runq.add(r.time_ns, r.duration_ns),
             _ => self.malformed += 1,
         }
     }
@@ -165,25 +165,42 @@ impl Collected {
     }
 }
 
-/// The thread's body: drains every [`DRAIN_EVERY`] until `stop`, then once
-/// more.
+/// The thread's body: drains every [`DRAIN_EVERY`] and reads the counts
+/// every [`COUNTS_EVERY`] drains until `stop`, then once more.
 pub fn drain_until_stopped(
     mut ring: RingBuf<MapData>,
+    counts: PerCpuArray<MapData, SchedCounts>,
     stop: &AtomicBool,
     window: &Window,
 ) -> Collected {
     let mut c = Collected::default();
     let mut frames = Vec::with_capacity(256);
-    loop {
+    let mut last = (0u64, vec![0u64; RUNQ_BINS]);
+    for tick in 0u32.. {
         let stopping = stop.load(Ordering::Relaxed);
         while let Some(item) = ring.next() {
             c.record(&item, &mut frames, window);
         }
+        if tick % COUNTS_EVERY == 0 || stopping {
+            // Deltas since the last read, placed at this time.
+            if let Ok((unsampled, runq)) = read_sched_counts(&counts) {
+                let now = crate::clock::monotonic_ns();
+                let d = unsampled.saturating_sub(last.0);
+                if d > 0 {
+                    c.off_cpu.add_weighted(now, &[Frame::Unsampled], d);
+                }
+                let bins: Vec<u64> =
+                    runq.iter().zip(&last.1).map(|(a, b)| a.saturating_sub(*b)).collect();
+                c.runq.add_bins(now, &bins);
+                last = (unsampled, runq);
+            }
+        }
         if stopping {
-            return c;
+            break;
         }
         std::thread::sleep(DRAIN_EVERY);
     }
+    c
 }
 
 /// Σ run-queue delay of a thread group's live threads, ns: the second field

@@ -96,11 +96,14 @@ pub struct Profiler {
     stats: PerCpuArray<MapData, agent_common::profile::ProfileStats>,
     pid: u32,
     /// The ground truth's window: CLOCK_MONOTONIC at its edges (shared
-    /// with the thread, which clips run-queue waits to it; end 0 while
-    /// open), and `/proc`'s run-queue delay then.
+    /// with the thread, which counts the samples in it; end 0 while open),
+    /// and at each edge `/proc`'s run-queue delay and the programs' total
+    /// of run-queue waits.
     window: Arc<collect::Window>,
     run_delay_at_start: Option<u64>,
     run_delay_at_end: Option<u64>,
+    runq_total_at_start: u64,
+    runq_total_at_end: Option<u64>,
 }
 
 impl Profiler {
@@ -108,14 +111,15 @@ impl Profiler {
     /// the ground truth's start.
     pub fn start(probe: ProfileProbe, pid: u32) -> anyhow::Result<Profiler> {
         let stop = Arc::new(AtomicBool::new(false));
-        let ProfileProbe { ring, stats } = probe;
+        let ProfileProbe { ring, stats, sched_counts } = probe;
         let flag = stop.clone();
         let run_delay_at_start = collect::proc_run_delay_ns(pid);
+        let runq_total_at_start = read_counters(&stats)?.runq_total_ns;
         let window = Arc::new(collect::Window::starting(crate::clock::monotonic_ns()));
         let w = window.clone();
         let thread = std::thread::Builder::new()
             .name("perf-agent-profile".into())
-            .spawn(move || collect::drain_until_stopped(ring, &flag, &w))
+            .spawn(move || collect::drain_until_stopped(ring, sched_counts, &flag, &w))
             .context("starting the profiling thread")?;
         Ok(Profiler {
             stop,
@@ -125,6 +129,8 @@ impl Profiler {
             window,
             run_delay_at_start,
             run_delay_at_end: None,
+            runq_total_at_start,
+            runq_total_at_end: None,
         })
     }
 
@@ -132,6 +138,7 @@ impl Profiler {
     /// (detaching takes time that the programs no longer see).
     pub fn end_window(&mut self) {
         self.run_delay_at_end = collect::proc_run_delay_ns(self.pid);
+        self.runq_total_at_end = read_counters(&self.stats).ok().map(|c| c.runq_total_ns);
         self.window.end(crate::clock::monotonic_ns());
     }
 
@@ -151,7 +158,9 @@ impl Profiler {
             self.thread.join().map_err(|_| anyhow::anyhow!("the profiling thread panicked"))?;
         collected.close(crate::clock::monotonic_ns());
         let window_ns = self.window.duration_ns();
-        Ok(Profile { collected, counters, proc_run_delay_ns, window_ns })
+        let runq_in_window_ns =
+            self.runq_total_at_end.unwrap_or(counters.runq_total_ns) - self.runq_total_at_start;
+        Ok(Profile { collected, counters, proc_run_delay_ns, window_ns, runq_in_window_ns })
     }
 }
 
@@ -162,8 +171,9 @@ pub struct Profile {
     /// Growth of the target's run-queue delay in `/proc` over the run (live
     /// threads only), ground truth for the run-queue waits.
     pub proc_run_delay_ns: Option<u64>,
-    /// The profiler's window, ns.
+    /// The profiler's window, ns, and the run-queue waits that ended in it.
     pub window_ns: u64,
+    pub runq_in_window_ns: u64,
 }
 
 /// One phase's profile, as written.
@@ -278,7 +288,7 @@ impl Profile {
             phases: out,
             counters: self.counters,
             off_cpu: opts.off_cpu,
-            runq_total_ns: c.runq_in_window_ns,
+            runq_total_ns: self.runq_in_window_ns,
             proc_run_delay_ns: self.proc_run_delay_ns,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
             window_ns: self.window_ns,
@@ -395,17 +405,11 @@ impl ProfileReport {
             .map_or("not readable".into(), |t| crate::units::human_ns(t as f64));
         let _ = writeln!(
             out,
-            "  run-queue wait total {} (/proc schedstat run_delay {truth})",
-            crate::units::human_ns(self.runq_total_ns as f64)
+            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits",
+            crate::units::human_ns(self.runq_total_ns as f64),
+            self.counters.runq_waits
         );
         let c = &self.counters;
-        if c.runq_unended > 0 {
-            let _ = writeln!(
-                out,
-                "  {} run-queue waits lost (their end, a switch-in, had no sched_switch event)",
-                c.runq_unended
-            );
-        }
         if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
             let _ = writeln!(
                 out,

@@ -1,27 +1,18 @@
 //! Run-queue waits (from a target thread's wake-up or preemption to the
-//! moment it runs) per time bucket, as log-linear histograms: 16 bins per
-//! power of two, so a percentile read from them is within 1/32 (~3 %) of
-//! the exact value; memory is bounded like the stack counts'.
+//! moment it runs) per time bucket, as log-linear histograms: the kernel
+//! side counts them in `agent_common::profile::runq_bin`'s bins (16 per
+//! power of two, so a percentile read from them is within 1/32, ~3 %, of
+//! the exact value), user space adds the counts read every 100 ms to the
+//! bucket of that time; memory is bounded like the stack counts'.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::aggregate::{FIRST_WIDTH_NS, MAX_BUCKETS};
 
-/// Sub-bins per power of two.
-const SUB: u64 = 16;
-
-/// The bin of a value: exact below 16, then 16 per power of two.
-pub fn bin_of(v: u64) -> u32 {
-    if v < SUB {
-        return v as u32;
-    }
-    let e = 63 - v.leading_zeros() as u64; // ≥ 4
-    let m = (v >> (e - 4)) & (SUB - 1);
-    (SUB + (e - 4) * SUB + m) as u32
-}
-
-/// The middle of a bin's value range.
+/// The middle of a bin's value range (`agent_common::profile::runq_bin`'s
+/// bins: exact below 16, then 16 per power of two).
 pub fn bin_middle(bin: u32) -> f64 {
+    const SUB: u64 = 16;
     let bin = bin as u64;
     if bin < SUB {
         return bin as f64;
@@ -37,14 +28,11 @@ pub fn bin_middle(bin: u32) -> f64 {
 pub struct RunqWaits {
     buckets: BTreeMap<u64, HashMap<u32, u64>>,
     width_ns: u64,
-    /// Every wait, ns, whole run (exact).
-    pub total_ns: u64,
-    pub count: u64,
 }
 
 impl Default for RunqWaits {
     fn default() -> Self {
-        RunqWaits { buckets: BTreeMap::new(), width_ns: FIRST_WIDTH_NS, total_ns: 0, count: 0 }
+        RunqWaits { buckets: BTreeMap::new(), width_ns: FIRST_WIDTH_NS }
     }
 }
 
@@ -57,16 +45,15 @@ pub struct RunqSummary {
 }
 
 impl RunqWaits {
-    /// One wait of `wait_ns` that began at `time_ns`.
-    pub fn add(&mut self, time_ns: u64, wait_ns: u64) {
-        *self
-            .buckets
-            .entry(time_ns / self.width_ns)
-            .or_default()
-            .entry(bin_of(wait_ns))
-            .or_default() += 1;
-        self.total_ns += wait_ns;
-        self.count += 1;
+    /// Waits counted per bin, placed at `time_ns`.
+    pub fn add_bins(&mut self, time_ns: u64, bins: &[u64]) {
+        if bins.iter().all(|&n| n == 0) {
+            return;
+        }
+        let bucket = self.buckets.entry(time_ns / self.width_ns).or_default();
+        for (bin, &n) in bins.iter().enumerate().filter(|(_, n)| **n > 0) {
+            *bucket.entry(bin as u32).or_default() += n;
+        }
         if self.buckets.len() > MAX_BUCKETS {
             let old = std::mem::take(&mut self.buckets);
             for (index, bins) in old {
@@ -115,32 +102,33 @@ impl RunqWaits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_common::profile::{RUNQ_BINS, runq_bin};
 
     #[test]
-    fn bins_are_monotonic_and_within_three_percent() {
-        let mut last = 0;
-        for v in (0..100_000u64).chain([1 << 20, 123_456_789, u64::MAX / 3]) {
-            let b = bin_of(v);
-            assert!(b >= last || v > 100_000, "{v}");
-            last = b;
-            let mid = bin_middle(b);
+    fn bin_middles_are_within_three_percent() {
+        for v in (0..100_000u64).chain([1 << 20, 123_456_789]) {
+            let mid = bin_middle(runq_bin(v) as u32);
             assert!((mid - v as f64).abs() <= v as f64 / 32.0 + 0.5, "{v}: {mid}");
         }
+        assert_eq!(RUNQ_BINS, runq_bin(u64::MAX) + 1);
+    }
+
+    fn bins_of(values: impl Iterator<Item = u64>) -> Vec<u64> {
+        let mut bins = vec![0; RUNQ_BINS];
+        values.for_each(|v| bins[runq_bin(v)] += 1);
+        bins
     }
 
     #[test]
     fn percentiles_of_a_window() {
         let mut w = RunqWaits::default();
-        for i in 1..=100u64 {
-            w.add(0, i * 1000); // 1 µs .. 100 µs in the first bucket
-        }
-        w.add(FIRST_WIDTH_NS * 5, 10_000_000);
+        w.add_bins(0, &bins_of((1..=100u64).map(|i| i * 1000))); // 1 µs .. 100 µs
+        w.add_bins(FIRST_WIDTH_NS * 5, &bins_of(std::iter::once(10_000_000)));
         let s = w.window(Some((0, FIRST_WIDTH_NS))).unwrap();
         assert_eq!(s.count, 100);
         assert!((s.p50_ns - 50_000.0).abs() <= 50_000.0 / 32.0, "{s:?}");
         assert!((s.p99_ns - 99_000.0).abs() <= 99_000.0 / 32.0, "{s:?}");
         assert_eq!(w.window(None).unwrap().count, 101);
-        assert_eq!(w.total_ns, 5_050_000 + 10_000_000);
         assert!(w.window(Some((FIRST_WIDTH_NS, FIRST_WIDTH_NS * 2))).is_none());
     }
 }
