@@ -21,12 +21,12 @@ pub mod maps;
 pub mod output;
 pub mod pprof;
 pub mod runq;
+mod summary;
 pub mod symbols;
 pub mod unwind;
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     path::PathBuf,
     sync::{
         Arc,
@@ -39,10 +39,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, PerCpuArray};
 
-use crate::{
-    bmf::{BmfReport, Measure},
-    probes::profile::{ProfileCounters, ProfileProbe, read_counters},
-};
+use crate::probes::profile::{ProfileCounters, ProfileProbe, read_counters};
 use aggregate::StackCounts;
 use collect::Collected;
 use output::{Folded, FunctionShare};
@@ -350,107 +347,4 @@ fn trim_tracing_frames(folded: Folded) -> Folded {
         *out.entry(line).or_default() += n;
     }
     out
-}
-
-impl ProfileReport {
-    /// `profile/samples`, `profile/truncated_percent`,
-    /// `sched/runq_wait_p50|p99`: whole run and `@<phase>`.
-    pub fn add_bmf(&self, bmf: &mut BmfReport) {
-        let mut add = |suffix: String, p: &PhaseProfile| {
-            bmf.add(format!("profile/samples{suffix}"), Measure::Count, p.samples as f64);
-            bmf.add(
-                format!("profile/truncated_percent{suffix}"),
-                Measure::Percent,
-                p.truncated_percent(),
-            );
-            if let Some(r) = p.runq {
-                bmf.add(format!("sched/runq_wait_p50{suffix}"), Measure::Latency, r.p50_ns);
-                bmf.add(format!("sched/runq_wait_p99{suffix}"), Measure::Latency, r.p99_ns);
-            }
-        };
-        add(String::new(), &self.run);
-        for p in &self.phases {
-            add(format!("@{}", p.name), p);
-        }
-    }
-
-    /// The summary's profile section: per phase samples, truncation,
-    /// off-CPU time and run-queue waits; the top functions of `canonical`
-    /// (else of the whole run).
-    pub fn summary(&self, canonical: Option<&str>) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "\nprofiles ({}):", self.dir.display());
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>8} {:>11} {:>11} {:>12} {:>12}",
-            "phase", "samples", "truncated", "off-CPU", "runq p50", "runq p99"
-        );
-        for p in std::iter::once(&self.run).chain(&self.phases) {
-            let (p50, p99) = p.runq.map_or(("-".into(), "-".into()), |r| {
-                (crate::units::human_ns(r.p50_ns), crate::units::human_ns(r.p99_ns))
-            });
-            let _ = writeln!(
-                out,
-                "  {:<16} {:>8} {:>9.1} % {:>11} {:>12} {:>12}",
-                p.name,
-                p.samples,
-                p.truncated_percent(),
-                if self.off_cpu { crate::units::human_ns(p.off_cpu_ns as f64) } else { "-".into() },
-                p50,
-                p99
-            );
-        }
-        let truth = self
-            .proc_run_delay_ns
-            .map_or("not readable".into(), |t| crate::units::human_ns(t as f64));
-        let _ = writeln!(
-            out,
-            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits",
-            crate::units::human_ns(self.runq_total_ns as f64),
-            self.counters.runq_waits
-        );
-        let c = &self.counters;
-        if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
-            let _ = writeln!(
-                out,
-                "  lost: {} records (ring buffer full); {} blocks without a stack (over {} stacks/s per CPU)",
-                c.ring_full,
-                c.off_cpu_unsampled,
-                agent_common::profile::OFF_CPU_STACKS_PER_SEC
-            );
-        }
-        let top =
-            canonical.and_then(|c| self.phases.iter().find(|p| p.name == c)).unwrap_or(&self.run);
-        let _ = writeln!(out, "  on-CPU top functions of {} (self %, total %):", top.name);
-        for f in top.top.iter().take(10) {
-            let _ =
-                writeln!(out, "    {:>5.1} {:>5.1}  {}", f.self_percent, f.total_percent, f.name);
-        }
-        if self.off_cpu {
-            let _ = writeln!(
-                out,
-                "  off-CPU top functions of {} (self %, total % of time blocked):",
-                top.name
-            );
-            for f in top.off_cpu_top.iter().take(5) {
-                let _ = writeln!(
-                    out,
-                    "    {:>5.1} {:>5.1}  {}",
-                    f.self_percent, f.total_percent, f.name
-                );
-            }
-        }
-        let stacks = c.sent + c.off_cpu_stacks;
-        let _ = writeln!(
-            out,
-            "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
-             unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
-            self.samples_in_window as f64 / (self.window_ns.max(1) as f64 / 1e9),
-            c.stack_bytes as f64 / stacks.max(1) as f64,
-            stacks,
-            self.unwind_us_per_sample,
-            self.symbolize_ms
-        );
-        out
-    }
 }
