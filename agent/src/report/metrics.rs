@@ -144,7 +144,7 @@ mod tests {
     use crate::{
         outcome::EndReason,
         phases::{Phase, PhaseReport},
-        report::test_report,
+        report::{test_program, test_report},
         requests::RequestLog,
     };
     use agent_common::{NetEvent, event_kind};
@@ -233,12 +233,7 @@ mod tests {
     #[test]
     fn program_costs_per_run_for_the_programs_that_ran() {
         let mut r = test_report(EndReason::DurationElapsed);
-        let program = |name: &str, run_count, run_time_ns| ProgramStats {
-            name: name.into(),
-            run_count,
-            run_time_ns,
-            recursion_misses: 0,
-        };
+        let program = test_program;
         r.programs = vec![
             program("sched_switch", 1000, 180_000),
             program("stats_floor", 500, 21_000),

@@ -66,6 +66,12 @@ pub fn dropped_events(r: &RunReport) -> u64 {
         + r.rejected_events
 }
 
+/// A program's statistics, for the tests of [`metrics`] and [`summary`].
+#[cfg(test)]
+fn test_program(name: &str, run_count: u64, run_time_ns: u64) -> ProgramStats {
+    ProgramStats { name: name.into(), run_count, run_time_ns, recursion_misses: 0 }
+}
+
 /// A minimal report for the tests of [`metrics`] and [`summary`].
 #[cfg(test)]
 fn test_report(end: EndReason) -> RunReport<'static> {

@@ -312,8 +312,11 @@ pub fn phase_table(phases: &[PhaseReport]) -> String {
 mod tests {
     use super::*;
     use crate::{
-        outcome::EndReason, phases::Phase, probes::stats::ProgramStats, report::test_report,
-        requests::RequestLog, timeline::WindowStats,
+        outcome::EndReason,
+        phases::Phase,
+        report::{test_program, test_report},
+        requests::RequestLog,
+        timeline::WindowStats,
     };
 
     #[test]
@@ -351,12 +354,7 @@ mod tests {
     #[test]
     fn program_costs_with_the_floor_explained() {
         let mut r = test_report(EndReason::DurationElapsed);
-        let program = |name: &str, run_count, run_time_ns| ProgramStats {
-            name: name.into(),
-            run_count,
-            run_time_ns,
-            recursion_misses: 0,
-        };
+        let program = test_program;
         r.programs = vec![program("sched_switch", 1000, 180_000), program(FLOOR_PROGRAM, 10, 420)];
         let s = render(&r);
         assert!(s.contains("sched_switch 180 ns × 1000, stats_floor 42 ns × 10"), "{s}");
