@@ -12,6 +12,23 @@ pub mod profile;
 /// Names of the `const volatile` globals user space sets before load.
 ///
 /// They live here so the two sides cannot disagree on a spelling.
+/// Adds `from` to `into` as `u64` words, wrapping: per-CPU counters summed
+/// without naming each field, so a field added later cannot be left out.
+///
+/// # Safety
+/// `T` must be `repr(C)` and made only of `u64` fields (no padding).
+pub unsafe fn add_u64_fields<T>(into: &mut T, from: &T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
+    let words = core::mem::size_of::<T>() / 8;
+    let into = into as *mut T as *mut u64;
+    let from = from as *const T as *const u64;
+    for i in 0..words {
+        // SAFETY: in bounds of two distinct `T`s of `words` u64 words each
+        // (the caller's promise).
+        unsafe { *into.add(i) = (*into.add(i)).wrapping_add(*from.add(i)) };
+    }
+}
+
 pub mod globals {
     /// [`TracepointOffsets`](super::TracepointOffsets): where each field the
     /// programs read sits in its tracepoint record.
@@ -424,23 +441,11 @@ pub struct NetStats {
 }
 
 impl NetStats {
-    const WORDS: usize = core::mem::size_of::<NetStats>() / 8;
-
-    /// Adds `other` field by field (another CPU's counters). Every field is
-    /// a `u64` (asserted below), so this walks them as words: a new field
-    /// cannot be forgotten.
+    /// Adds `other` field by field (another CPU's counters): see
+    /// [`add_u64_fields`]; a new field cannot be forgotten.
     pub fn accumulate(&mut self, other: &NetStats) {
-        // SAFETY: `NetStats` is `repr(C)`, all `u64`, no padding: exactly
-        // `WORDS` words.
-        let (into, from) = unsafe {
-            (
-                &mut *(self as *mut NetStats).cast::<[u64; NetStats::WORDS]>(),
-                &*(other as *const NetStats).cast::<[u64; NetStats::WORDS]>(),
-            )
-        };
-        for (a, b) in into.iter_mut().zip(from) {
-            *a = a.wrapping_add(*b);
-        }
+        // SAFETY: `NetStats` is `repr(C)` and all `u64` (asserted below).
+        unsafe { add_u64_fields(self, other) }
     }
 
     /// Everything lost: events, untracked connections, failed inserts.

@@ -182,6 +182,15 @@ pub struct ProfileStats {
     pub stack_bytes: u64,
 }
 
+impl ProfileStats {
+    /// Adds another CPU's counters, field by field (see
+    /// [`crate::add_u64_fields`]).
+    pub fn accumulate(&mut self, other: &ProfileStats) {
+        // SAFETY: `repr(C)`, seven `u64` fields, nothing else.
+        unsafe { crate::add_u64_fields(self, other) }
+    }
+}
+
 /// Smallest ring buffer, used when profiling is off (the map exists in the
 /// object either way; a power of two of pages).
 pub const RING_BYTES_OFF: u32 = 4096;

@@ -61,17 +61,8 @@ pub struct ProfileProbe {
     pub sched_counts: PerCpuArray<MapData, SchedCounts>,
 }
 
-/// Counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProfileCounters {
-    pub sent: u64,
-    pub ring_full: u64,
-    pub off_cpu_stacks: u64,
-    pub off_cpu_unsampled: u64,
-    pub runq_waits: u64,
-    pub runq_total_ns: u64,
-    pub stack_bytes: u64,
-}
+/// The profiling programs' counters summed over CPUs.
+pub type ProfileCounters = ProfileStats;
 
 impl ProfileProbe {
     pub fn attach(
@@ -109,13 +100,7 @@ pub fn read_counters(
 ) -> anyhow::Result<ProfileCounters> {
     let mut c = ProfileCounters::default();
     for s in stats.get(&0, 0)?.iter() {
-        c.sent += s.sent;
-        c.ring_full += s.ring_full;
-        c.off_cpu_stacks += s.off_cpu_stacks;
-        c.off_cpu_unsampled += s.off_cpu_unsampled;
-        c.runq_waits += s.runq_waits;
-        c.runq_total_ns += s.runq_total_ns;
-        c.stack_bytes += s.stack_bytes;
+        c.accumulate(s);
     }
     Ok(c)
 }
