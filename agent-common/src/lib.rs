@@ -423,8 +423,8 @@ pub struct NetStats {
     /// A connection's socket storage could not be created (kernel memory):
     /// the connection is not tracked (and counted).
     pub conns_untracked: u64,
-    /// An insert into a hash map failed (`LISTEN_PORTS`, `THREAD_INBOUND`,
-    /// `UPSTREAM_WAIT`, `READ_BUF` full): a port, parent or path is missed.
+    /// An insert into an LRU hash map failed (`THREAD_INBOUND`,
+    /// `UPSTREAM_WAIT`, `READ_BUF`): a parent or a path is missed.
     pub inserts_failed: u64,
     pub inbound_conns: u64,
     pub outbound_conns: u64,

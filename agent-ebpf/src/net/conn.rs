@@ -13,7 +13,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, btf_tracepoint, map},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, LruHashMap},
     programs::BtfTracePointContext,
 };
 
@@ -34,9 +34,27 @@ pub(super) type Sock = *const c_void;
 #[btf_map]
 static CONNS: SkStorage<ConnState> = SkStorage::new();
 
-/// The target's listening ports (host byte order) → 1.
+/// The target's listening ports: entry `port` (host byte order) is 1. An
+/// array, not a hash: every server-side connection of the machine looks its
+/// port up when its handshake completes, and an array lookup is an inlined
+/// index where a hash costs a helper call and a hash of the key.
 #[map]
-pub(super) static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+static LISTEN_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
+const PORTS: u32 = 1 << 16;
+
+/// Whether the target listens on `port`.
+#[inline(always)]
+pub(super) fn is_listen_port(port: u32) -> bool {
+    LISTEN_PORTS.get(port).is_some_and(|&v| v != 0)
+}
+
+/// Notes that the target listens on `port`.
+#[inline(always)]
+pub(super) fn add_listen_port(port: u32) {
+    if let Some(p) = LISTEN_PORTS.get_ptr_mut(port) {
+        unsafe { *p = 1 };
+    }
+}
 /// Which inbound request each thread of the target is serving (key: tid):
 /// an upstream call started on a thread serves that request.
 #[map]
@@ -150,7 +168,7 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
         return None;
     }
     let port = unsafe { load_field::<u16>(base, offset!(sock_num)) } as u32;
-    let dir = if unsafe { LISTEN_PORTS.get(&port) }.is_some() || first_op_is_read {
+    let dir = if is_listen_port(port) || first_op_is_read {
         direction::INBOUND
     } else {
         direction::OUTBOUND
@@ -166,15 +184,18 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
 }
 
 /// The arguments of `sock_recv_length` / `sock_send_length` when this is
-/// the target moving data: `(sk, bytes, tid)`. The thread group is checked
-/// first: another process's socket call costs no socket access.
+/// the target moving data: `(sk, bytes, tid)`. The cheapest tests first: the
+/// return value is a load from the context (EAGAIN reads, as tokio makes
+/// until a socket is drained, leave there, whoever makes them), the thread
+/// group a helper call; another process's socket call costs no socket
+/// access.
 #[inline(always)]
 fn target_data(ctx: &BtfTracePointContext) -> Option<(Sock, u64, u32)> {
-    let tid = config::target_thread()?;
     let ret: i32 = ctx.arg(1);
     if ret <= 0 {
         return None; // EAGAIN, errors and EOF carry no data
     }
+    let tid = config::target_thread()?;
     Some((ctx.arg(0), ret as u64, tid))
 }
 

@@ -5,8 +5,8 @@ use agent_common::{conn_flags, direction};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use super::{
-    conn::{self, IPPROTO_TCP, LISTEN_PORTS, Sock},
-    insert_failed, milestones, now, stats,
+    conn::{self, IPPROTO_TCP, Sock},
+    milestones, now, stats,
 };
 use crate::{
     access::load_field,
@@ -25,6 +25,20 @@ const TCP_LISTEN: i32 = 10;
 /// tracepoint built a record and needed a helper call per field.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    // The states first, loads from the context: more than half of a
+    // connection's transitions (SYN_RECV, the client's ESTABLISHED,
+    // FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING) need nothing, and
+    // leave before touching the socket or a map.
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let wanted = match new {
+        TCP_LISTEN | TCP_SYN_SENT | TCP_FIN_WAIT1 | TCP_CLOSE => true,
+        TCP_ESTABLISHED => old == TCP_SYN_RECV,
+        _ => false,
+    };
+    if !wanted {
+        return 0;
+    }
     let sk: Sock = ctx.arg(0);
     let base = sk as *const u8;
     // SAFETY (both loads): `sk` is the tracepoint's `struct sock *`
@@ -32,8 +46,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if unsafe { load_field::<u16>(base, offset!(sock_protocol)) } != IPPROTO_TCP {
         return 0;
     }
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
     // The local port, host order (what the classic tracepoint calls sport).
     let local_port = || unsafe { load_field::<u16>(base, offset!(sock_num)) } as u32;
     match new {
@@ -45,7 +57,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // Handshake done on a listening port of ours (softirq: any context).
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
-            if unsafe { LISTEN_PORTS.get(&local_port()) }.is_some()
+            if conn::is_listen_port(local_port())
                 && conn::track(sk, direction::INBOUND, 0).is_some()
             {
                 if let Some(s) = stats() {
@@ -83,9 +95,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// The target listens on `port`.
 #[inline(always)]
 fn listening(port: u32) {
-    if LISTEN_PORTS.insert(&port, &1, 0).is_err() {
-        insert_failed();
-    }
+    conn::add_listen_port(port);
     if let Some(m) = milestones()
         && m.first_listen_ns == 0
     {

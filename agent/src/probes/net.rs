@@ -144,7 +144,7 @@ pub struct NetProbe {
     conns: SkStorage<MapData, ConnState>,
     upstream_wait: HashMap<MapData, ParentRef, u64>,
     read_buf: HashMap<MapData, u32, u64>,
-    _listen_ports: HashMap<MapData, u32, u32>,
+    _listen_ports: Array<MapData, u32>,
     /// Read hooks attached and milestones they still serve.
     paths_awaited: Option<PathsAwaited>,
 }
@@ -317,8 +317,8 @@ impl NetProbe {
 
 /// Ports the target listened on before attach (in attach mode); later ones
 /// the kernel side learns itself.
-fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<HashMap<MapData, u32, u32>> {
-    let mut listen_ports: HashMap<MapData, u32, u32> = map.try_into()?;
+fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<Array<MapData, u32>> {
+    let mut listen_ports: Array<MapData, u32> = map.try_into()?;
     let Some(pid) = running else { return Ok(listen_ports) };
     let ports = procfs::listening_ports(pid).unwrap_or_else(|e| {
         eprintln!(
@@ -329,7 +329,7 @@ fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<HashMap<M
         Vec::new()
     });
     for port in ports {
-        listen_ports.insert(u32::from(port), 1, 0)?;
+        listen_ports.set(u32::from(port), 1, 0)?;
     }
     Ok(listen_ports)
 }
