@@ -164,7 +164,9 @@ pub struct TracepointOffsets {
     pub msg_iter_iov_offset: u32,
     pub msg_iter_ubuf: u32,
     pub iovec_base: u32,
-    pub _pad: u32,
+    /// `msghdr.msg_iter.count` (BTF): the bytes a TCP send has left to
+    /// copy, for the bytes of a chunk.
+    pub msg_iter_count: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -315,10 +317,11 @@ pub struct ConnState {
     /// Outbound: the inbound connection (sock address) the call serves.
     pub parent_sk: u64,
     /// Inbound: user address of the first bytes of the response being
-    /// sent, noted by `tcp_sendmsg_locked` before the copy and read by
-    /// `sock_send_length` after it (when the pages are surely mapped: a
-    /// read before the copy can fail on a page the target never touched,
-    /// such as a constant response in its executable). 0 once read.
+    /// sent, when `tcp_sendmsg_locked` could not read its status line
+    /// there before the copy (a page the target never touched, such as a
+    /// constant response in its executable, is not mapped yet); read again
+    /// at the next chunk or at the end of the exchange, in the target's
+    /// context. 0 otherwise.
     pub response_buf: u64,
     /// Inbound: requests started on this connection; outbound: the parent's
     /// request number when the call started.

@@ -59,7 +59,6 @@ pub mod programs {
     pub const PAGE_FAULT_MAJOR: &str = "page_fault_major";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
-    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
@@ -75,7 +74,7 @@ pub mod programs {
     pub const PROFILE_SCHED_WAKEUP: &str = "profile_sched_wakeup";
     pub const PROFILE_SCHED_WAKEUP_NEW: &str = "profile_sched_wakeup_new";
     /// Every program of the object.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 19] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
@@ -83,7 +82,6 @@ pub mod programs {
         PAGE_FAULT_MAJOR,
         INET_SOCK_SET_STATE,
         SOCK_RECV_LENGTH,
-        SOCK_SEND_LENGTH,
         TCP_SENDMSG_LOCKED,
         TCP_RECEIVE_RESET,
         TCP_SEND_RESET,

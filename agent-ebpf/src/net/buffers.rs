@@ -1,26 +1,27 @@
 //! Where the bytes of a send or a receive are, for the HTTP status line of a
 //! response and the path of a request ([`super::http`]).
 //!
-//! - Sends: `tcp_sendmsg_locked`, a BTF tracepoint that fires inside TCP's
-//!   send path only (per chunk, in the sender's context, before the copy)
-//!   with the `struct msghdr *` whose `msg_iter` still points at the user's
-//!   bytes. No system-call hook: nothing else on the machine pays for it.
+//! - Sends: `tcp_sendmsg_locked` (`super::conn`), a BTF tracepoint that
+//!   fires inside TCP's send path only (per chunk, in the sender's context,
+//!   before the copy) with the `struct msghdr *` whose `msg_iter` still
+//!   points at the user's bytes. No system-call hook: nothing else on the
+//!   machine pays for it.
 //! - Receives, only with `--health-path`/`--ready-path`:
 //!   `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}` record the buffer a
 //!   read will fill, per thread (`sock_recv_length` has no buffer). While
 //!   attached they run for every such system call of the machine, so user
 //!   space detaches them once the milestones they serve are reached.
 
-use agent_common::{SYSCALL_ARG1_OFFSET, conn_flags, direction, phase};
+use agent_common::{SYSCALL_ARG1_OFFSET, conn_flags};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::bpf_probe_read_user,
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{map, tracepoint},
     maps::LruHashMap,
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 
-use super::{conn::Sock, http, insert_failed};
+use super::{http, insert_failed};
 use crate::{
     access::{load_field, read_const, read_field},
     config::{self, PATH_MATCH, offset},
@@ -30,31 +31,10 @@ use crate::{
 const ITER_UBUF: u8 = 0;
 const ITER_IOVEC: u8 = 1;
 
-/// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct
-/// sk_buff *skb, int size_goal)`. Notes where the first bytes of a response
-/// the target starts sending on an inbound connection are; `sock_send_length`
-/// reads its status line there once the bytes have been copied.
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
-    if config::target_thread().is_none() {
-        return 0;
-    }
-    let sk: Sock = ctx.arg(0);
-    let Some(c) = super::conn::conn(sk) else { return 0 };
-    if c.direction != direction::INBOUND || c.phase != phase::REQUEST || c.response_buf != 0 {
-        return 0; // not the first bytes of a response
-    }
-    let msg: *const u8 = ctx.arg(1);
-    if let Some(buf) = first_user_byte(msg) {
-        c.response_buf = buf;
-    }
-    0
-}
-
 /// The user address of the next byte `msg` will copy: `ubuf` (one buffer)
 /// or the current `iovec`'s base, plus the offset already copied.
 #[inline(always)]
-fn first_user_byte(msg: *const u8) -> Option<u64> {
+pub(super) fn first_user_byte(msg: *const u8) -> Option<u64> {
     // SAFETY (the loads): `msg` is the tracepoint's `struct msghdr *`, the
     // offsets its `msg_iter` fields' (from BTF).
     let kind = unsafe { load_field::<u8>(msg, offset!(msg_iter_type)) };
@@ -69,6 +49,16 @@ fn first_user_byte(msg: *const u8) -> Option<u64> {
         _ => return None, // kernel buffers (sendfile, splice): no status read
     };
     (base != 0).then_some(base + at)
+}
+
+/// The bytes a `tcp_sendmsg_locked` chunk will copy at most: what is left of
+/// the send (`msg_iter.count`), up to `size_goal`.
+#[inline(always)]
+pub(super) fn chunk_bytes(msg: *const u8, size_goal: i32) -> u64 {
+    // SAFETY: as in `first_user_byte`.
+    let left = unsafe { load_field::<u64>(msg, offset!(msg_iter_count)) };
+    let goal = if size_goal > 0 { size_goal as u64 } else { left };
+    if left < goal { left } else { goal }
 }
 
 /// tid → user address of the buffer the thread's current read syscall fills

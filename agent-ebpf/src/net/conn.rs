@@ -114,10 +114,17 @@ fn reset_exchange(c: &mut ConnState) {
 }
 
 /// Ends the exchange under way on `c`, if a response has started.
+/// `in_target`: this runs in the target's context, where a status line not
+/// readable before its copy can be read now (its user address is the
+/// target's).
 #[inline(always)]
-pub(super) fn finish_exchange(c: &mut ConnState) {
+pub(super) fn finish_exchange(c: &mut ConnState, in_target: bool) {
     if c.phase != phase::RESPONSE {
         return;
+    }
+    if c.response_buf != 0 && in_target {
+        c.status = http::status_at(c.response_buf).unwrap_or(0);
+        put(&mut c.response_buf, 0);
     }
     if c.direction == direction::INBOUND {
         emit(event_kind::REQUEST, c, c.last_response_ns, take_upstream_wait(c), 0);
@@ -183,8 +190,8 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
     Some(c)
 }
 
-/// The arguments of `sock_recv_length` / `sock_send_length` when this is
-/// the target moving data: `(sk, bytes, tid)`. The cheapest tests first: the
+/// The arguments of `sock_recv_length` when this is the target reading
+/// data: `(sk, bytes, tid)`. The cheapest tests first: the
 /// return value is a load from the context (EAGAIN reads, as tokio makes
 /// until a socket is drained, leave there, whoever makes them), the thread
 /// group a helper call; another process's socket call costs no socket
@@ -214,7 +221,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let t = now();
     if c.direction == direction::INBOUND {
         if c.phase == phase::RESPONSE {
-            finish_exchange(c); // keep-alive: the previous request is done
+            finish_exchange(c, true); // keep-alive: the previous request is done
         }
         if c.phase == phase::IDLE {
             start_request(c, t, bytes, tid);
@@ -282,54 +289,98 @@ fn credit_parent(call: &mut ConnState, t: u64) {
     call.credited_until_ns = t;
 }
 
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    let Some((sk, bytes, tid)) = target_data(&ctx) else {
+/// `TP_PROTO(const struct sock *sk, const struct msghdr *msg, const struct
+/// sk_buff *skb, int size_goal)`: TCP's send loop, once per chunk (one for
+/// a send smaller than `size_goal`, ~64 KiB), in the sender's context,
+/// before the chunk is copied. The send side of an exchange: what
+/// `sock_send_length` did after the copy, one program run and one storage
+/// lookup per send less, and no run at all for other protocols' sends
+/// anywhere on the machine. The price: times are taken before the chunk's
+/// copy, and `bytes_out` counts each chunk as `min(bytes left, size_goal)`,
+/// an upper bound (exact for a send of one chunk that is not cut short).
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
+    let Some(tid) = config::target_thread() else {
         return 0;
     };
+    let sk: Sock = ctx.arg(0);
     let Some(c) = conn_or_adopt(sk, false) else {
         return 0;
     };
+    let msg: *const u8 = ctx.arg(1);
+    let size_goal: i32 = ctx.arg(3);
+    let bytes = buffers::chunk_bytes(msg, size_goal);
     let t = now();
     if c.direction == direction::INBOUND {
-        if c.phase == phase::REQUEST {
-            c.phase = phase::RESPONSE;
-            c.first_response_ns = t;
-            // Where `tcp_sendmsg_locked` saw the bytes, copied by now.
-            if c.response_buf != 0 {
-                c.status = http::status_at(c.response_buf);
-            }
-            if let Some(m) = milestones()
-                && m.first_response_ns == 0
-            {
-                m.first_response_ns = t;
-            }
-        }
-        if c.phase == phase::RESPONSE {
-            c.last_response_ns = t;
-            c.bytes_out += bytes;
-        } else if let Some(s) = stats() {
-            s.unmatched_writes += 1;
-        }
+        response_chunk(c, msg, t, bytes);
     } else {
-        if c.phase == phase::RESPONSE {
-            finish_exchange(c); // the next call on a pooled connection
-        }
-        if c.phase == phase::IDLE {
-            c.phase = phase::REQUEST;
-            c.start_ns = t;
-            c.credited_until_ns = t;
-            reset_exchange(c);
-            c.seq = c.seq.wrapping_add(1);
-            match unsafe { THREAD_INBOUND.get(&tid) } {
-                Some(p) => {
-                    c.parent_sk = p.sk;
-                    c.parent_seq = p.seq;
-                }
-                None => c.parent_sk = 0,
-            }
-        }
-        c.bytes_out += bytes;
+        call_chunk(c, t, bytes, tid);
     }
     0
+}
+
+/// A chunk the target sends on inbound connection `c`.
+#[inline(always)]
+fn response_chunk(c: &mut ConnState, msg: *const u8, t: u64, bytes: u64) {
+    if c.phase == phase::REQUEST {
+        c.phase = phase::RESPONSE;
+        c.first_response_ns = t;
+        if let Some(buf) = buffers::first_user_byte(msg) {
+            read_status(c, buf);
+        }
+        if let Some(m) = milestones()
+            && m.first_response_ns == 0
+        {
+            m.first_response_ns = t;
+        }
+    } else if c.response_buf != 0 {
+        // The first chunk's copy has faulted its pages in by now.
+        read_status(c, c.response_buf);
+    }
+    if c.phase == phase::RESPONSE {
+        c.last_response_ns = t;
+        c.bytes_out += bytes;
+    } else if let Some(s) = stats() {
+        s.unmatched_writes += 1;
+    }
+}
+
+/// Reads the status line of the response under way on `c` at user address
+/// `buf`; when the bytes cannot be read yet (before the copy, a page the
+/// target never touched, such as a constant response in its executable,
+/// is not mapped), keeps the address for a later try in the target's
+/// context ([`finish_exchange`], the next chunk).
+#[inline(always)]
+fn read_status(c: &mut ConnState, buf: u64) {
+    match http::status_at(buf) {
+        Some(status) => {
+            c.status = status;
+            put(&mut c.response_buf, 0);
+        }
+        None => put(&mut c.response_buf, buf),
+    }
+}
+
+/// A chunk the target sends on outbound connection `c`: the call starts
+/// with its first chunk (ending the previous call on a pooled connection).
+#[inline(always)]
+fn call_chunk(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
+    if c.phase == phase::RESPONSE {
+        finish_exchange(c, true); // the next call on a pooled connection
+    }
+    if c.phase == phase::IDLE {
+        c.phase = phase::REQUEST;
+        c.start_ns = t;
+        c.credited_until_ns = t;
+        reset_exchange(c);
+        c.seq = c.seq.wrapping_add(1);
+        match unsafe { THREAD_INBOUND.get(&tid) } {
+            Some(p) => {
+                c.parent_sk = p.sk;
+                c.parent_seq = p.seq;
+            }
+            None => c.parent_sk = 0,
+        }
+    }
+    c.bytes_out += bytes;
 }

@@ -12,27 +12,27 @@ use aya_ebpf::{
 use crate::access::zero_words;
 
 /// The HTTP status of a response whose first bytes are at user address
-/// `buf` (`HTTP/1.x NNN`), or 0.
+/// `buf` (`HTTP/1.x NNN`), 0 when they are not a status line, `None` when
+/// they cannot be read (not mapped: pagefaults are off in a tracing
+/// program).
 #[inline(always)]
-pub(super) fn status_at(buf: u64) -> u32 {
-    let Ok(head) = (unsafe { bpf_probe_read_user(buf as *const [u8; 12]) }) else {
-        return 0;
-    };
+pub(super) fn status_at(buf: u64) -> Option<u32> {
+    let head = unsafe { bpf_probe_read_user(buf as *const [u8; 12]) }.ok()?;
     if head[0] != b'H' || head[1] != b'T' || head[2] != b'T' || head[3] != b'P' || head[4] != b'/' {
-        return 0;
+        return Some(0);
     }
     if head[8] != b' ' {
-        return 0;
+        return Some(0);
     }
     let mut status = 0u32;
     for i in 9..12 {
         let d = head[i];
         if !d.is_ascii_digit() {
-            return 0;
+            return Some(0);
         }
         status = status * 10 + (d - b'0') as u32;
     }
-    status
+    Some(status)
 }
 
 /// Room for the request line's method, path and the byte after the path

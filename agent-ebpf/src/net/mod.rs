@@ -6,22 +6,22 @@
 //! - [`tcp_state`]: `inet_sock_set_state` (BTF tracepoint, `(const struct
 //!   sock *sk, int oldstate, int newstate)`): LISTEN in the target (its
 //!   ports), SYN_RECV→ESTABLISHED on one of its ports (an inbound
-//!   connection), →SYN_SENT in the target (an outbound one), →FIN_WAIT1 and
-//!   →CLOSE (the end); `tcp_receive_reset` / `tcp_send_reset` (BTF
-//!   tracepoints): errors.
-//! - [`conn`]: `sock_recv_length` / `sock_send_length` (BTF tracepoints,
-//!   `(struct sock *sk, int ret, int flags)`): every read and write on a
-//!   socket, in the caller's context. The connection's state is the
-//!   socket's own storage (`CONNS`, `BPF_MAP_TYPE_SK_STORAGE`), reached from
-//!   the BTF-typed `sk` without a hash lookup.
-//! - [`buffers`]: `tcp_sendmsg_locked` (BTF tracepoint, TCP sends only, in
-//!   the sender's context, before the copy): where the first bytes of a
-//!   response are (`msg->msg_iter`); `sock_send_length` reads its HTTP
-//!   status line there after the copy. With `--health-path`/`--ready-path`
-//!   only, `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}`: where a
-//!   request's first bytes land, for its path; user space detaches them once
-//!   the milestones they serve are reached (they tax every system call of
-//!   the machine while attached).
+//!   connection), →SYN_SENT in the target (an outbound one), →FIN_WAIT1,
+//!   →LAST_ACK and →CLOSE (the end); `tcp_receive_reset` /
+//!   `tcp_send_reset` (BTF tracepoints): errors.
+//! - [`conn`]: `sock_recv_length` (BTF tracepoint, `(struct sock *sk, int
+//!   ret, int flags)`): every read on a socket, in the caller's context;
+//!   `tcp_sendmsg_locked` (BTF tracepoint, TCP sends only, per chunk, in the
+//!   sender's context, before the copy): every TCP write, and where the
+//!   first bytes of a response are (`msg->msg_iter`, [`buffers`]), for its
+//!   HTTP status line. The connection's state is the socket's own storage
+//!   (`CONNS`, `BPF_MAP_TYPE_SK_STORAGE`), reached from the BTF-typed `sk`
+//!   without a hash lookup.
+//! - [`buffers`]: with `--health-path`/`--ready-path` only,
+//!   `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}`: where a request's
+//!   first bytes land, for its path; user space detaches them once the
+//!   milestones they serve are reached (they tax every system call of the
+//!   machine while attached).
 //!
 //! A request (inbound) is: first read with data → first write (TTFB) → last
 //! write before the next read with data, or before the close. Reads that

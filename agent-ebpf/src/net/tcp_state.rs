@@ -18,6 +18,7 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 
 /// Every TCP state change of the machine, as a BTF tracepoint: the
@@ -25,14 +26,14 @@ const TCP_LISTEN: i32 = 10;
 /// tracepoint built a record and needed a helper call per field.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    // The states first, loads from the context: more than half of a
+    // The states first, loads from the context: about half of a
     // connection's transitions (SYN_RECV, the client's ESTABLISHED,
-    // FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING) need nothing, and
-    // leave before touching the socket or a map.
+    // FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, CLOSING) need nothing, and leave
+    // before touching the socket or a map.
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     let wanted = match new {
-        TCP_LISTEN | TCP_SYN_SENT | TCP_FIN_WAIT1 | TCP_CLOSE => true,
+        TCP_LISTEN | TCP_SYN_SENT | TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE => true,
         TCP_ESTABLISHED => old == TCP_SYN_RECV,
         _ => false,
     };
@@ -79,12 +80,16 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 }
             }
         }
-        // The target closes (FIN_WAIT1), or the connection is over (CLOSE):
-        // no more response bytes will follow. The storage goes with the
-        // socket.
-        TCP_FIN_WAIT1 | TCP_CLOSE => {
+        // The target closes, first (FIN_WAIT1) or after its peer
+        // (LAST_ACK), both in the closer's context; or the connection is
+        // over (CLOSE, often in softirq): no more response bytes will
+        // follow. The storage goes with the socket.
+        TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE => {
             if let Some(c) = conn::conn(sk) {
-                conn::finish_exchange(c);
+                // A status still to read needs the target's context (a
+                // helper call, only then).
+                let in_target = c.response_buf != 0 && config::in_target();
+                conn::finish_exchange(c, in_target);
             }
         }
         _ => {}

@@ -292,7 +292,6 @@ mod tests {
         let builtins = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
         for section in [
             "tp_btf/sock_recv_length",
-            "tp_btf/sock_send_length",
             "tp_btf/tcp_sendmsg_locked",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",

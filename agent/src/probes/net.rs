@@ -63,6 +63,7 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
         );
     }
     o.iovec_base = btf.field_offset("iovec", &["iov_base"])?;
+    o.msg_iter_count = btf.field_offset("msghdr", &["msg_iter", "count"])?;
     // The read hooks read their syscall's second argument at a constant
     // offset (see `SYSCALL_ARG1_OFFSET`): check that this kernel agrees.
     for (name, field) in READ_HOOKS {
@@ -80,10 +81,9 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
 
 /// BTF tracepoints of the network family, attached in this order (the state
 /// tracker first, so connections are classified before data flows).
-const BTF_HOOKS: [&str; 6] = [
+const BTF_HOOKS: [&str; 5] = [
     programs::INET_SOCK_SET_STATE,
     programs::SOCK_RECV_LENGTH,
-    programs::SOCK_SEND_LENGTH,
     programs::TCP_SENDMSG_LOCKED,
     programs::TCP_RECEIVE_RESET,
     programs::TCP_SEND_RESET,

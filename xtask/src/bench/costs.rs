@@ -6,8 +6,7 @@ use super::load::Load;
 use super::results::{Goal, Results, max, min};
 
 /// Programs that run for (nearly) every event on the machine.
-const HOT_PROGRAMS: [&str; 4] =
-    ["sched_switch", "sock_recv_length", "sock_send_length", "tcp_sendmsg_locked"];
+const HOT_PROGRAMS: [&str; 3] = ["sched_switch", "sock_recv_length", "tcp_sendmsg_locked"];
 /// Average run time goals, the statistics' floor included.
 const GOAL_HOT_NS: f64 = 100.0;
 const GOAL_ANY_NS: f64 = 200.0;
