@@ -211,8 +211,22 @@ impl NetProbe {
     /// Moves every event waiting in the event ring into `log`; returns how
     /// many.
     pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
+        self.drain_where(log, false, |_| true)
+    }
+
+    /// [`drain`](Self::drain), keeping only the events `keep` accepts;
+    /// `give_up` as in `EventRing::drain`.
+    fn drain_where(
+        &mut self,
+        log: &mut RequestLog,
+        give_up: bool,
+        mut keep: impl FnMut(&NetEvent) -> bool,
+    ) -> u64 {
         let paths = &mut self.paths_awaited;
-        self.events.drain(false, |event| {
+        self.events.drain(give_up, |event| {
+            if !keep(event) {
+                return;
+            }
             if let Some(p) = paths.as_mut() {
                 p.note(event);
             }
@@ -241,17 +255,26 @@ impl NetProbe {
 
     /// The last drain of a run: an event whose program is still writing it
     /// (microseconds) is waited for, up to 20 ms; a slot still open then is
-    /// counted lost.
-    pub fn drain_last(&mut self, log: &mut RequestLog) -> u64 {
-        let mut n = self.drain(log);
+    /// counted lost. `keep` as in [`drain_where`](Self::drain_where).
+    fn drain_last_where(
+        &mut self,
+        log: &mut RequestLog,
+        mut keep: impl FnMut(&NetEvent) -> bool,
+    ) -> u64 {
+        let mut n = self.drain_where(log, false, &mut keep);
         for _ in 0..20 {
             if !self.events.waiting {
                 return n;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
-            n += self.drain(log);
+            n += self.drain_where(log, false, &mut keep);
         }
-        n + self.events.drain(true, |event| log.push(event))
+        n + self.drain_where(log, true, keep)
+    }
+
+    /// [`drain_last_where`](Self::drain_last_where) keeping every event.
+    pub fn drain_last(&mut self, log: &mut RequestLog) -> u64 {
+        self.drain_last_where(log, |_| true)
     }
 
     pub fn read(&self) -> anyhow::Result<NetReading> {
@@ -265,12 +288,21 @@ impl NetProbe {
         Ok(r)
     }
 
-    /// At the end of a run: responses already written on connections still
-    /// open are complete as far as the target is concerned; report them
-    /// (flagged `AT_END`). Requests still being read are in flight: counted.
-    /// The connections are the target's open sockets (`pid`'s descriptors),
-    /// each read from its socket storage.
-    pub fn drain_open_exchanges(&self, pid: u32, log: &mut RequestLog) -> u64 {
+    /// At the end of a run, after [`drain_last`](Self::drain_last):
+    /// responses already written on connections still open are complete as
+    /// far as the target is concerned; report them (flagged `AT_END`).
+    /// Requests still being read are in flight: counted. The connections
+    /// are the target's open sockets (`pid`'s descriptors), each read from
+    /// its socket storage.
+    ///
+    /// A connection the target closes meanwhile ends its exchange in the
+    /// kernel after its descriptor is gone (`close` drops the descriptor,
+    /// then the socket): that event reaches the ring after the last drain
+    /// and the descriptor is not found here. So the ring is drained once
+    /// more, keeping the exchanges that ended before this scan started and
+    /// were not reported from storage (the same start and number).
+    pub fn drain_open_exchanges(&mut self, pid: u32, log: &mut RequestLog) -> u64 {
+        let scan_ns = crate::clock::monotonic_ns();
         let conns = match open_sockets::states(pid, &self.conns) {
             Ok(conns) => conns,
             Err(e) => {
@@ -281,13 +313,21 @@ impl NetProbe {
             }
         };
         let mut in_flight = 0;
+        let mut reported = std::collections::HashSet::new();
         for c in conns {
             match c.phase {
-                phase::RESPONSE => log.push(&self.open_exchange(&c)),
+                phase::RESPONSE => {
+                    let e = self.open_exchange(&c);
+                    reported.insert((e.start_ns, e.seq));
+                    log.push(&e);
+                }
                 phase::REQUEST => in_flight += 1,
                 _ => {}
             }
         }
+        self.drain_last_where(log, |e| {
+            e.end_ns <= scan_ns && !reported.contains(&(e.start_ns, e.seq))
+        });
         in_flight
     }
 
