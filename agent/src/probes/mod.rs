@@ -12,6 +12,7 @@
 pub mod cpu;
 pub mod exec;
 pub mod hook;
+mod mapping;
 pub mod memory;
 pub mod net;
 mod open_sockets;

@@ -48,11 +48,7 @@ fn orphans() -> u64 {
     let stat = fs::read_to_string("/proc/net/sockstat").expect("/proc/net/sockstat");
     let tcp = stat.lines().find(|l| l.starts_with("TCP:")).unwrap_or("");
     let words: Vec<&str> = tcp.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "orphan")
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(0)
+    words.windows(2).find(|w| w[0] == "orphan").and_then(|w| w[1].parse().ok()).unwrap_or(0)
 }
 
 /// Orphans below which the machine counts as quiet (an idle one has none;
