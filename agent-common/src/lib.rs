@@ -167,6 +167,10 @@ pub struct TracepointOffsets {
     /// `msghdr.msg_iter.count` (BTF): the bytes a TCP send has left to
     /// copy, for the bytes of a chunk.
     pub msg_iter_count: u32,
+    /// `sock.sk_bpf_storage` (BTF): NULL on a socket no BPF program gave
+    /// storage, which the network programs test with a plain load before
+    /// calling the storage helper.
+    pub sock_bpf_storage: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -501,7 +505,7 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 18 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 19 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 9 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);

@@ -26,6 +26,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     msg_iter_ubuf: 0,
     iovec_base: 0,
     msg_iter_count: 0,
+    sock_bpf_storage: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -71,9 +71,19 @@ const AF_INET6: u16 = 10;
 pub(super) const IPPROTO_TCP: u16 = 6;
 const MSG_PEEK: i32 = 2;
 
-/// `sk`'s state, if it is tracked.
+/// `sk`'s state, if it is tracked. A socket no BPF program gave storage
+/// (nearly every socket of the machine that is not the target's) has a NULL
+/// `sk_bpf_storage`: a plain load says so without a helper call. This also
+/// shortens the process-context runs of `inet_sock_set_state` that a
+/// softirq's state change on the same CPU can interrupt, which the kernel
+/// then skips (a recursion miss).
 #[inline(always)]
 pub(super) fn conn(sk: Sock) -> Option<&'static mut ConnState> {
+    // SAFETY: `sk` is a BTF-typed `struct sock *`, the offset its
+    // `sk_bpf_storage` field's (from BTF).
+    if unsafe { load_field::<u64>(sk as *const u8, offset!(sock_bpf_storage)) } == 0 {
+        return None;
+    }
     storage(sk, 0)
 }
 

@@ -49,6 +49,7 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
     o.sock_family = btf.field_offset("sock", &["__sk_common", "skc_family"])?;
     o.sock_protocol = btf.field_offset("sock", &["sk_protocol"])?;
     o.sock_num = btf.field_offset("sock", &["__sk_common", "skc_num"])?;
+    o.sock_bpf_storage = btf.field_offset("sock", &["sk_bpf_storage"])?;
     // `tcp_sendmsg_locked` follows `msg->msg_iter` to the bytes being sent.
     o.msg_iter_type = btf.field_offset("msghdr", &["msg_iter", "iter_type"])?;
     o.msg_iter_iov_offset = btf.field_offset("msghdr", &["msg_iter", "iov_offset"])?;

@@ -187,6 +187,25 @@ fn kernel_events(out: &mut String, r: &RunReport) {
         n.adopted_conns,
         dropped_events(r)
     );
+    // Which losses, when there are any: a recursion miss (a program the
+    // kernel skipped because it was already running on that CPU) and a full
+    // ring call for different remedies.
+    let misses: Vec<String> = r
+        .programs
+        .iter()
+        .filter(|p| p.recursion_misses > 0 && p.name != FLOOR_PROGRAM)
+        .map(|p| format!("{} {}", p.name, p.recursion_misses))
+        .collect();
+    if dropped_events(r) > 0 {
+        let _ = writeln!(
+            out,
+            "  dropped: {} lost in the kernel (ring full, storage or map full), {} rejected, \
+             recursion misses: {}",
+            r.window.lost_events,
+            r.rejected_events,
+            if misses.is_empty() { "none".to_string() } else { misses.join(", ") }
+        );
+    }
     let _ = writeln!(
         out,
         "events: {} sched slices, {} rss_stat from the target, {} from other contexts \
@@ -360,6 +379,22 @@ mod tests {
         assert!(s.contains("sched_switch 180 ns × 1000, stats_floor 42 ns × 10"), "{s}");
         assert!(s.contains("stats_floor is an empty program: 42 ns per run"), "{s}");
         assert!(!render(&test_report(EndReason::DurationElapsed)).contains("program cost"));
+    }
+
+    #[test]
+    fn dropped_events_are_broken_down_only_when_there_are_some() {
+        let mut r = test_report(EndReason::DurationElapsed);
+        assert!(!render(&r).contains("  dropped:"));
+        let mut missed = test_program("inet_sock_set_state", 1000, 0);
+        missed.recursion_misses = 5;
+        r.programs = vec![missed, test_program("sock_recv_length", 10, 0)];
+        r.window.lost_events = 2;
+        let s = render(&r);
+        assert!(s.contains("dropped events 7"), "{s}");
+        assert!(
+            s.contains("  dropped: 2 lost in the kernel (ring full, storage or map full), 0 rejected, recursion misses: inet_sock_set_state 5\n"),
+            "{s}"
+        );
     }
 
     #[test]
