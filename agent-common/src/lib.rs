@@ -442,8 +442,9 @@ pub struct NetStats {
     pub inbound_resets: u64,
     /// TCP resets on the target's upstream connections.
     pub outbound_resets: u64,
-    /// Writes on an inbound connection with no request read before them
-    /// (a greeting, or a response already under way at attach).
+    /// Send chunks (`tcp_sendmsg_locked`: one per send up to ~64 KiB) on an
+    /// inbound connection with no request read before them (a greeting, or
+    /// a response already under way at attach).
     pub unmatched_writes: u64,
 }
 
