@@ -639,11 +639,19 @@ fn fifty_thousand_concurrent_connections_are_counted_exactly() {
 /// no descriptor needed: this VM's hard descriptor limit is 20 000); the
 /// client closes its end at once (an orphan in FIN_WAIT2, no descriptor
 /// either), which leaves the server end in CLOSE_WAIT: still a live,
-/// tracked connection. The test waits for the teardown of an earlier test's
-/// sockets before it starts, and for its own before it ends: right after
-/// the 50 000-connection test or itself it failed with 246 and 288 dropped
-/// events, recursion misses of `inet_sock_set_state` while a kernel worker
-/// closed the previous holder's sockets (see `tcp_table::wait_torn_down`).
+/// tracked connection.
+///
+/// Dropped events: under this storm (~1 M TCP state changes in ~2 s, in
+/// process context and in softirq on two CPUs) the kernel sometimes skips
+/// `inet_sock_set_state` because it is already running on that CPU (a
+/// recursion miss; 0 in 9 runs of 12, 246–456 in the other 3, each soon
+/// after the 50 000-connection test; the agent counts them as dropped
+/// events, as it must: it cannot tell a skipped transition it would have
+/// ignored from one it needed). So the test holds the agent to what a miss
+/// could cost, every connection tracked, and allows misses of that program
+/// only, at most 1 % of the connections; any other loss (ring, storage,
+/// rejected events) fails it. It also waits for an earlier test's sockets
+/// to be torn down before it starts, and for its own before it ends.
 #[test]
 fn hundred_thousand_concurrent_connections_are_all_tracked() {
     let Some(_serial) = privileged() else { return };
@@ -699,11 +707,26 @@ fn hundred_thousand_concurrent_connections_are_all_tracked() {
     assert_eq!(ended.code, 0, "{}", ended.stderr);
     assert_eq!(held, N as u64, "the kernel holds every server end");
     assert_eq!(inbound, N as u64, "every connection tracked: no table to overflow");
-    assert_eq!(dropped, 0.0);
+    let misses = inet_sock_set_state_misses(&ended.stdout);
+    assert_eq!(dropped, misses as f64, "losses other than recursion misses:\n{}", ended.stdout);
+    assert!(misses <= N as u64 / 100, "{misses} recursion misses");
     assert!(ended.max_rss < 128 << 20, "agent peak RSS {} bytes", ended.max_rss);
     drop(holder);
     let waited = tcp_table::wait_torn_down(&ports, Duration::from_secs(60));
     eprintln!("{N} connections torn down in {} ms", ms(waited));
+}
+
+/// Recursion misses of `inet_sock_set_state` in a summary's `dropped:` line
+/// (absent when nothing was dropped), 0 if none.
+fn inet_sock_set_state_misses(stdout: &str) -> u64 {
+    let Some(line) = stdout.lines().find(|l| l.trim_start().starts_with("dropped:")) else {
+        return 0;
+    };
+    let misses = line.split("recursion misses: ").nth(1).unwrap_or("");
+    misses
+        .split(", ")
+        .find_map(|m| m.strip_prefix("inet_sock_set_state "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
 }
 
 /// Short-lived connections (one request each, the server closing first):
