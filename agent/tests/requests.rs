@@ -162,6 +162,35 @@ fn status_codes_and_resets_are_errors() {
     assert_eq!(bmf_value(&bmf, "errors/count", "count"), 51.0);
 }
 
+/// A response sent from a constant the server never read itself: before
+/// the kernel's copy its page is not mapped, so `tcp_sendmsg_locked` cannot
+/// read the status line then; it is read again at the end of the exchange,
+/// in the server's context: at the next request's read (keep-alive), or
+/// when the server closes after its client (`LAST_ACK`).
+#[test]
+fn status_of_a_never_touched_constant_response_is_read() {
+    let Some(_serial) = privileged() else { return };
+    // One request, then the client closes: the exchange ends at the
+    // server's close.
+    let server = Target::start("demo-server", &["--static-503"]);
+    let url = format!("http://{}/", server.addr());
+    let bmf = measure_during(server.pid, "static-close", || {
+        let load = http_load(&url, &["--requests", "1", "--connections", "1"]);
+        assert_eq!(load.requests, 1);
+    });
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 1.0);
+    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 1.0, "the status at the close");
+    // A fresh server, 20 keep-alive requests: the first ends at the second's read.
+    let server = Target::start("demo-server", &["--static-503"]);
+    let url = format!("http://{}/", server.addr());
+    let bmf = measure_during(server.pid, "static-keepalive", || {
+        let load = http_load(&url, &["--requests", "20", "--connections", "1"]);
+        assert_eq!(load.requests, 20);
+    });
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 20.0);
+    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 20.0, "every status, the first too");
+}
+
 /// Keep-alive connections opened before attach are adopted: their requests
 /// are counted from the first full request after attach, with sane
 /// durations (no request older than the attach).
