@@ -190,31 +190,44 @@ impl RequestLog {
     /// connection is reported only when the connection's next call starts.
     pub fn fold(&mut self, horizon_ns: u64) {
         let Some(until) = self.segments.fold_point(horizon_ns) else { return };
-        let paired = attribution::attribute(&self.pending, &self.unpaired_calls);
-        let mut folded_index = vec![false; self.pending.len()];
+        // Only what started by `until` can be, or compete with, a request
+        // folded now: a call of one ends before its response does.
+        let reqs_in: Vec<usize> =
+            (0..self.pending.len()).filter(|&i| self.pending[i].start_ns <= until).collect();
+        let calls_in: Vec<usize> = (0..self.unpaired_calls.len())
+            .filter(|&j| self.unpaired_calls[j].start_ns <= until)
+            .collect();
+        let paired = attribution::attribute(
+            &reqs_in.iter().map(|&i| self.pending[i]).collect::<Vec<_>>(),
+            &calls_in.iter().map(|&j| self.unpaired_calls[j]).collect::<Vec<_>>(),
+        );
+        let mut upstream_ns = vec![0; self.pending.len()];
+        reqs_in.iter().zip(&paired.upstream_ns).for_each(|(&i, &ns)| upstream_ns[i] = ns);
+        let mut folded = vec![false; self.pending.len()];
         let mut reqs = Vec::new();
         let mut keep = Vec::new();
-        for (i, mut r) in self.pending.drain(..).enumerate() {
-            r.upstream_ns = paired.upstream_ns[i];
+        for (i, r) in self.pending.drain(..).enumerate() {
+            let r = Request { upstream_ns: upstream_ns[i], ..r };
             let settled = r.upstream_ns > 0
                 || !self.upstreams_seen
                 || r.end_ns.saturating_add(UNPAIRED_HOLD_NS) <= until;
             if r.end_ns <= until && settled {
-                folded_index[i] = true;
+                folded[i] = true;
                 reqs.push(r);
             } else {
                 keep.push(Request { upstream_ns: 0, ..r });
             }
         }
         self.pending = keep;
+        let mut taken = vec![false; self.unpaired_calls.len()];
+        for (&j, parent) in calls_in.iter().zip(&paired.parent) {
+            taken[j] = parent.is_some_and(|k| folded[reqs_in[k]]);
+        }
         let unpaired = std::mem::take(&mut self.unpaired_calls);
         self.unpaired_calls = unpaired
             .into_iter()
-            .zip(&paired.parent)
-            .filter(|(c, parent)| {
-                let taken = parent.is_some_and(|ri| folded_index[ri]);
-                !taken && c.end_ns.saturating_add(UNPAIRED_CALL_KEEP_NS) > until
-            })
+            .zip(taken)
+            .filter(|(c, taken)| !taken && c.end_ns.saturating_add(UNPAIRED_CALL_KEEP_NS) > until)
             .map(|(c, _)| c)
             .collect();
         let (calls, keep): (Vec<UpstreamCall>, Vec<UpstreamCall>) =

@@ -58,6 +58,10 @@ const MAX_ALTERNATIVES: usize = 32;
 /// Gives each call in `calls` to at most one request of `reqs` (see the
 /// module's rule). Work: O(calls × requests open at once).
 pub fn attribute(reqs: &[Request], calls: &[UpstreamCall]) -> Attribution {
+    if calls.is_empty() {
+        // A target without upstreams: nothing to sort.
+        return Attribution { upstream_ns: vec![0; reqs.len()], parent: Vec::new() };
+    }
     let mut m = Matcher {
         reqs,
         calls,
