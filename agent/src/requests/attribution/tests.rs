@@ -36,6 +36,12 @@ fn call(start: u64, end: u64) -> UpstreamCall {
     UpstreamCall { start_ns: start, first_response_ns: end, end_ns: end }
 }
 
+/// The proxy's own time between two steps: mostly 5-30 µs, one time in
+/// eight 100-400 µs (held up: preempted, or behind other tasks).
+fn lag(rng: &mut Rng) -> u64 {
+    if rng.below(8) == 0 { rng.between(100 * US, 400 * US) } else { rng.between(5 * US, 30 * US) }
+}
+
 /// A trace of a proxy and the truth behind it.
 struct Trace {
     reqs: Vec<Request>,
@@ -65,7 +71,7 @@ fn simulate(seed: u64, n: usize, clients: usize, pool: usize, local_in: u64, two
         } else {
             1
         };
-        let mut ready = start + rng.between(5 * US, 80 * US);
+        let mut ready = start + lag(&mut rng);
         let mut waited = 0;
         for _ in 0..calls {
             let conn = (0..pool).min_by_key(|&i| conn_free[i]).unwrap();
@@ -74,7 +80,7 @@ fn simulate(seed: u64, n: usize, clients: usize, pool: usize, local_in: u64, two
             conn_free[conn] = c_end;
             t.calls.push(call(c_start, c_end));
             waited += c_end - c_start;
-            ready = c_end + rng.between(5 * US, 80 * US);
+            ready = c_end + lag(&mut rng);
         }
         let end = ready + rng.between(0, 10 * US);
         t.reqs.push(request(start, ready, end));
