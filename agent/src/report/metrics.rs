@@ -37,6 +37,7 @@ fn add_percentiles(b: &mut BmfReport, prefix: &str, suffix: &str, p: &Percentile
 pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w: &WindowStats) {
     let id = |name: &str| format!("{name}{suffix}");
     b.add(id("requests/count"), Measure::Count, r.count as f64);
+    b.add(id("requests/proxied"), Measure::Count, r.with_upstream as f64);
     b.add(id("throughput/rps"), Measure::Throughput, r.rps);
     add_percentiles(b, "latency/", suffix, &r.latency);
     add_percentiles(b, "ttfb/", suffix, &r.ttfb);
@@ -205,6 +206,8 @@ mod tests {
         assert!(b.get("throughput/rps_10vu", Measure::Throughput).is_some());
         assert_eq!(b.get("cpu/under_load_percent", Measure::CpuPercent), Some(42.0));
         assert_eq!(b.get("requests/count", Measure::Count), Some(2.0), "whole run");
+        assert_eq!(b.get("requests/proxied", Measure::Count), Some(1.0), "whole run");
+        assert_eq!(b.get("requests/proxied@steady", Measure::Count), Some(0.0));
     }
 
     #[test]

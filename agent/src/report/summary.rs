@@ -302,19 +302,20 @@ pub fn phase_table(phases: &[PhaseReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>9} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "phase", "duration", "cpu %", "rss", "requests", "rps", "p50", "p99", "errors"
+        "{:<20} {:>9} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8} {:>10}",
+        "phase", "duration", "cpu %", "rss", "requests", "proxied", "rps", "p50", "p99", "errors"
     );
     for p in phases {
         let q = &p.requests;
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>8.1} {:>10} {:>10} {:>10.1} {:>10} {:>8} {:>10}",
+            "{:<20} {:>9} {:>8.1} {:>10} {:>10} {:>8} {:>10.1} {:>10} {:>8} {:>10}",
             format!("{}{}", p.phase.name, if p.truncated { "*" } else { "" }),
             human_ns(p.system.duration_ns as f64),
             p.system.cpu_percent,
             human_bytes(p.system.mean_rss_bytes),
             q.count,
+            q.with_upstream,
             if q.rps.is_finite() { q.rps } else { 0.0 },
             human_ns(q.latency.p50),
             human_ns(q.latency.p99),
@@ -408,6 +409,7 @@ mod tests {
         };
         let t = phase_table(&[phase("idle", false), phase("steady", true)]);
         assert!(t.contains("\nidle ") && t.contains("\nsteady* "), "{t}");
+        assert!(t.lines().next().is_some_and(|h| h.contains("requests  proxied")), "{t}");
         assert!(t.ends_with("* the run ended before this phase did\n"), "{t}");
     }
 }

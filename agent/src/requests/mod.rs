@@ -1,13 +1,20 @@
 //! The requests and upstream calls the kernel side reported, and the numbers
 //! of a time window computed from them: counts, rates, percentiles (k6's
 //! interpolation, within 1/2048 of exact), errors, upstream time and proxy
-//! overhead. Pure.
+//! overhead (which request each call served: [`attribution`]). Pure.
 
+pub mod attribution;
 pub mod segments;
 
 use agent_common::{NetEvent, conn_flags, event_kind};
 
 use self::segments::{Counts, Segment, Segments};
+
+/// How long past its end a request given no upstream call is kept unfolded
+/// (when the target has upstreams), waiting for calls still unreported.
+const UNPAIRED_HOLD_NS: u64 = 1_000_000_000;
+/// How long past its end a call given to no folded request stays a candidate.
+const UNPAIRED_CALL_KEEP_NS: u64 = 10_000_000_000;
 use crate::{
     histogram::{self, SparseHistogram},
     percentile::Percentiles,
@@ -22,7 +29,8 @@ pub struct Request {
     pub first_response_ns: u64,
     /// Last response byte written.
     pub end_ns: u64,
-    /// Time spent waiting on upstream calls made for this request.
+    /// Time spent waiting on upstream calls made for this request (set by
+    /// [`attribution`] when it is folded or a window is computed).
     pub upstream_ns: u64,
     /// HTTP status from the first response bytes; 0 when not HTTP/1.x or not read.
     pub status: u16,
@@ -47,6 +55,8 @@ impl Request {
 pub struct UpstreamCall {
     /// First byte of the call written.
     pub start_ns: u64,
+    /// First byte of the upstream's response read.
+    pub first_response_ns: u64,
     /// Last byte of the upstream's response read.
     pub end_ns: u64,
 }
@@ -74,6 +84,12 @@ pub enum FirstResponse {
 pub struct RequestLog {
     pending: Vec<Request>,
     pending_calls: Vec<UpstreamCall>,
+    /// Calls not yet given to a folded request: what [`attribution`]
+    /// matches `pending` against (kept `UNPAIRED_CALL_KEEP_NS` at most).
+    unpaired_calls: Vec<UpstreamCall>,
+    /// Whether any upstream call was reported: only then are requests
+    /// without one held back for calls still to come.
+    upstreams_seen: bool,
     segments: Segments,
     /// Events whose timestamps were out of order (a response before its
     /// request): never stored, counted.
@@ -104,7 +120,9 @@ impl RequestLog {
                     start_ns: e.start_ns,
                     first_response_ns: e.first_response_ns,
                     end_ns: e.end_ns,
-                    upstream_ns: e.upstream_ns.min(e.end_ns - e.start_ns),
+                    // The kernel's per-thread credit is not used: calls are
+                    // matched to requests in user space (`attribution`).
+                    upstream_ns: 0,
                     status: e.status.min(u16::MAX as u32) as u16,
                     flags: e.flags as u16,
                 };
@@ -113,7 +131,14 @@ impl RequestLog {
                 self.pending.push(r);
             }
             event_kind::UPSTREAM_CALL => {
-                self.pending_calls.push(UpstreamCall { start_ns: e.start_ns, end_ns: e.end_ns })
+                let call = UpstreamCall {
+                    start_ns: e.start_ns,
+                    first_response_ns: e.first_response_ns,
+                    end_ns: e.end_ns,
+                };
+                self.pending_calls.push(call);
+                self.unpaired_calls.push(call);
+                self.upstreams_seen = true;
             }
             _ => self.rejected += 1,
         }
@@ -158,17 +183,68 @@ impl RequestLog {
     }
 
     /// Folds the requests and calls that ended by `horizon_ns` into
-    /// segments. Call it with a horizon older than any edge still to be
-    /// registered.
+    /// segments, requests with the upstream time of the calls given to them
+    /// ([`attribution`]). Call it with a horizon older than any edge still to
+    /// be registered. A request given no call while the target has upstreams
+    /// is kept up to `UNPAIRED_HOLD_NS` longer: a call on a pooled
+    /// connection is reported only when the connection's next call starts.
     pub fn fold(&mut self, horizon_ns: u64) {
         let Some(until) = self.segments.fold_point(horizon_ns) else { return };
-        let (reqs, keep): (Vec<Request>, Vec<Request>) =
-            self.pending.drain(..).partition(|r| r.end_ns <= until);
+        // Only what started by `until` can be, or compete with, a request
+        // folded now: a call of one ends before its response does.
+        let reqs_in: Vec<usize> =
+            (0..self.pending.len()).filter(|&i| self.pending[i].start_ns <= until).collect();
+        let calls_in: Vec<usize> = (0..self.unpaired_calls.len())
+            .filter(|&j| self.unpaired_calls[j].start_ns <= until)
+            .collect();
+        let paired = attribution::attribute(
+            &reqs_in.iter().map(|&i| self.pending[i]).collect::<Vec<_>>(),
+            &calls_in.iter().map(|&j| self.unpaired_calls[j]).collect::<Vec<_>>(),
+        );
+        let mut upstream_ns = vec![0; self.pending.len()];
+        reqs_in.iter().zip(&paired.upstream_ns).for_each(|(&i, &ns)| upstream_ns[i] = ns);
+        let mut folded = vec![false; self.pending.len()];
+        let mut reqs = Vec::new();
+        let mut keep = Vec::new();
+        for (i, r) in self.pending.drain(..).enumerate() {
+            let r = Request { upstream_ns: upstream_ns[i], ..r };
+            let settled = r.upstream_ns > 0
+                || !self.upstreams_seen
+                || r.end_ns.saturating_add(UNPAIRED_HOLD_NS) <= until;
+            if r.end_ns <= until && settled {
+                folded[i] = true;
+                reqs.push(r);
+            } else {
+                keep.push(Request { upstream_ns: 0, ..r });
+            }
+        }
         self.pending = keep;
+        let mut taken = vec![false; self.unpaired_calls.len()];
+        for (&j, parent) in calls_in.iter().zip(&paired.parent) {
+            taken[j] = parent.is_some_and(|k| folded[reqs_in[k]]);
+        }
+        let unpaired = std::mem::take(&mut self.unpaired_calls);
+        self.unpaired_calls = unpaired
+            .into_iter()
+            .zip(taken)
+            .filter(|(c, taken)| !taken && c.end_ns.saturating_add(UNPAIRED_CALL_KEEP_NS) > until)
+            .map(|(c, _)| c)
+            .collect();
         let (calls, keep): (Vec<UpstreamCall>, Vec<UpstreamCall>) =
             self.pending_calls.drain(..).partition(|c| c.end_ns <= until);
         self.pending_calls = keep;
         self.segments.fold(&reqs, &calls, until);
+    }
+
+    /// The requests not folded yet, with the upstream time [`attribution`]
+    /// gives them now.
+    fn pending_attributed(&self) -> Vec<Request> {
+        let paired = attribution::attribute(&self.pending, &self.unpaired_calls);
+        self.pending
+            .iter()
+            .zip(paired.upstream_ns)
+            .map(|(r, upstream_ns)| Request { upstream_ns, ..*r })
+            .collect()
     }
 
     /// The numbers of the requests and calls that *ended* in
@@ -183,7 +259,8 @@ impl RequestLog {
         for s in &segs {
             counts.merge(&s.counts);
         }
-        let reqs: Vec<&Request> = self.pending.iter().filter(|r| in_window(r.end_ns)).collect();
+        let pending = self.pending_attributed();
+        let reqs: Vec<&Request> = pending.iter().filter(|r| in_window(r.end_ns)).collect();
         let calls: Vec<&UpstreamCall> =
             self.pending_calls.iter().filter(|c| in_window(c.end_ns)).collect();
         reqs.iter().for_each(|r| counts.add_request(r));
@@ -239,176 +316,4 @@ impl RequestStats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    fn req(start_ms: u64, ttfb_ms: u64, end_ms: u64, upstream_ms: u64, status: u32) -> NetEvent {
-        NetEvent {
-            start_ns: start_ms * MS,
-            first_response_ns: ttfb_ms * MS,
-            end_ns: end_ms * MS,
-            upstream_ns: upstream_ms * MS,
-            kind: event_kind::REQUEST,
-            status,
-            ..Default::default()
-        }
-    }
-
-    /// Within the histograms' 1/2048.
-    fn close(got: f64, exact: f64) -> bool {
-        (got - exact).abs() <= exact / 2048.0
-    }
-
-    #[test]
-    fn window_counts_by_end_time_and_rates_over_its_own_length() {
-        let mut log = RequestLog::default();
-        for i in 0..10 {
-            log.push(&req(i * 100, i * 100 + 5, i * 100 + 20, 0, 200));
-        }
-        // Ends at 20, 120, ..., 920 ms. Window (100, 600] holds 120..520: 5.
-        let w = log.window(100 * MS, 600 * MS);
-        assert_eq!(w.count, 5);
-        assert!((w.rps - 10.0).abs() < 1e-9);
-        assert!(close(w.latency.p50, 20.0 * MS as f64), "{}", w.latency.p50);
-        assert!(close(w.ttfb.p99, 5.0 * MS as f64), "{}", w.ttfb.p99);
-        assert_eq!(w.status_known, 5);
-        assert_eq!(w.http_errors(), 0);
-    }
-
-    #[test]
-    fn overhead_is_latency_minus_upstream_over_proxied_requests() {
-        let mut log = RequestLog::default();
-        log.push(&req(1, 6, 8, 5, 200)); // 7 ms, 5 upstream → 2 ms own
-        log.push(&req(10, 14, 14, 3, 200)); // 4 ms, 3 upstream → 1 ms
-        log.push(&req(20, 21, 21, 0, 200)); // no upstream: not in overhead
-        let w = log.window(0, 100 * MS);
-        assert_eq!(w.with_upstream, 2);
-        assert!(close(w.overhead.p50, 1.5 * MS as f64), "{}", w.overhead.p50);
-    }
-
-    #[test]
-    fn errors_by_status_class() {
-        let mut log = RequestLog::default();
-        for status in [200, 404, 500, 503, 0] {
-            log.push(&req(1, 2, 3, 0, status));
-        }
-        let w = log.window(0, 10 * MS);
-        assert_eq!((w.status_4xx, w.status_5xx, w.status_known), (1, 2, 4));
-    }
-
-    #[test]
-    fn out_of_order_events_are_rejected_not_stored() {
-        let mut log = RequestLog::default();
-        log.push(&req(10, 5, 20, 0, 200)); // first byte before start
-        log.push(&req(0, 5, 20, 0, 200)); // start 0: never set
-        assert_eq!(log.count(), 0);
-        assert_eq!(log.rejected, 2);
-    }
-
-    #[test]
-    fn upstream_larger_than_latency_is_clamped() {
-        let mut log = RequestLog::default();
-        log.push(&req(1, 2, 3, 50, 200));
-        let w = log.window(0, 10 * MS);
-        assert_eq!((w.with_upstream, w.overhead.p50), (1, 0.0));
-    }
-
-    #[test]
-    fn calls_are_kept_apart_from_requests() {
-        let mut log = RequestLog::default();
-        log.push(&NetEvent {
-            start_ns: MS,
-            first_response_ns: 5 * MS,
-            end_ns: 6 * MS,
-            kind: event_kind::UPSTREAM_CALL,
-            ..Default::default()
-        });
-        let w = log.window(0, 10 * MS);
-        assert_eq!((w.count, w.upstream_calls), (0, 1));
-        assert!(close(w.upstream.p50, 5.0 * MS as f64), "{}", w.upstream.p50);
-    }
-
-    /// Folded or not, windows between cuts count exactly, and their
-    /// percentiles stay within 1/2048 of the exact ones; a window whose
-    /// edge was never cut is placed within a segment.
-    #[test]
-    fn folding_keeps_counts_exact_between_cuts() {
-        let mut log = RequestLog::default();
-        let mut exact = RequestLog::default();
-        // 20 s of requests every 1 ms, latencies 20..219 µs, a 5xx in 100.
-        let events: Vec<NetEvent> = (1..20_000u64)
-            .map(|i| {
-                let end = i * MS;
-                let lat = 20_000 + (i * 7919) % 200_000;
-                NetEvent {
-                    start_ns: end - lat,
-                    first_response_ns: end - lat / 2,
-                    end_ns: end,
-                    kind: event_kind::REQUEST,
-                    status: if i % 100 == 0 { 503 } else { 200 },
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let edges = [3_333_333_333, 7_000_000_123, 12_500_000_000];
-        for (i, e) in events.iter().enumerate() {
-            log.push(e);
-            exact.push(e);
-            if i % 100 == 99 {
-                // A tick every 100 ms: an edge is known at most 100 ms ahead
-                // (so it splits a segment already open), fold 200 ms back.
-                let now = e.end_ns;
-                edges.iter().filter(|t| **t <= now + 100 * MS).for_each(|t| log.cut(*t));
-                log.fold(now.saturating_sub(200 * MS));
-            }
-        }
-        assert!(log.pending.len() <= 300, "{} requests still raw", log.pending.len());
-        assert_eq!(log.late_cuts(), 0);
-        let windows = [
-            (0, edges[0]),
-            (edges[0], edges[1]),
-            (edges[1], edges[2]),
-            (edges[2], 30 * 1_000 * MS),
-        ];
-        let mut total = 0;
-        for (a, b) in windows {
-            let (w, x) = (log.window(a, b), exact.window(a, b));
-            assert_eq!(w.count, x.count, "({a}, {b}]");
-            assert_eq!((w.status_5xx, w.max_latency_ns), (x.status_5xx, x.max_latency_ns));
-            let mut lat: Vec<u64> = (1..20_000u64)
-                .filter(|i| i * MS > a && i * MS <= b)
-                .map(|i| 20_000 + (i * 7919) % 200_000)
-                .collect();
-            let truth = Percentiles::of(&mut lat);
-            for p in Percentiles::NAMES {
-                assert!(
-                    close(w.latency.get(p), truth.get(p)),
-                    "{p}: {} vs {}",
-                    w.latency.get(p),
-                    truth.get(p)
-                );
-            }
-            total += w.count;
-        }
-        assert_eq!(total, 19_999);
-        // An edge never cut (4.5 s): within a second of it.
-        let w = log.window(0, 4_500_000_000);
-        assert!(w.count.abs_diff(4_500) <= 1_000, "{}", w.count);
-    }
-
-    #[test]
-    fn first_responses_for_startup_are_exact_and_cut() {
-        let mut log = RequestLog::with_idle_after_startup(2_000 * MS);
-        log.push(&req(1, 2, 7, 0, 503));
-        log.push(&req(3, 4, 5, 0, 200));
-        assert_eq!(log.first_response_end(FirstResponse::Any), Some(5 * MS));
-        assert_eq!(log.first_response_end(FirstResponse::Ok), Some(5 * MS));
-        assert_eq!(log.first_response_end(FirstResponse::HealthOk), None);
-        log.fold(10_000 * MS);
-        // Startup ends at 5 ms: (0, 5 ms] and the idle (5 ms, 2005 ms] are exact.
-        assert_eq!(log.window(0, 5 * MS).count, 1);
-        assert_eq!(log.window(5 * MS, 2_005 * MS).count, 1);
-    }
-}
+mod tests;
