@@ -25,7 +25,11 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     msg_iter_iov_offset: 0,
     msg_iter_ubuf: 0,
     iovec_base: 0,
-    _pad: 0,
+    tcp_write_seq: 0,
+    tcp_snd_nxt: 0,
+    tcp_snd_wnd: 0,
+    tcp_mss_cache: 0,
+    skb_ack_seq: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -17,7 +17,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{buffers, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats};
+use super::{
+    buffers, delivery, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats,
+};
 use crate::{
     access::{load_field, put, zero_words},
     config::{self, offset},
@@ -103,6 +105,7 @@ pub(super) fn finish_exchange(c: &mut ConnState) {
     }
     if c.direction == direction::INBOUND {
         emit(event_kind::REQUEST, c, c.last_response_ns, take_upstream_wait(c), 0);
+        delivery::request_finished(c);
     } else {
         emit(event_kind::UPSTREAM_CALL, c, c.last_response_ns, 0, 0);
     }
@@ -220,6 +223,7 @@ fn start_request(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
     c.phase = phase::REQUEST;
     c.start_ns = t;
     reset_exchange(c);
+    delivery::request_started(c);
     c.seq = c.seq.wrapping_add(1);
     c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
     c.flags |= buffers::request_path_flags(tid, bytes);

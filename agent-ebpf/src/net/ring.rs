@@ -24,6 +24,23 @@ static NET_EVENTS_POS: Array<EventRingPos> = Array::with_max_entries(1, BPF_F_MM
 /// and counts it.
 #[inline(always)]
 pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extra_flags: u32) {
+    emit_event(&NetEvent {
+        start_ns: c.start_ns,
+        first_response_ns: c.first_response_ns,
+        end_ns,
+        upstream_ns,
+        bytes_in: saturate(c.bytes_in),
+        bytes_out: saturate(c.bytes_out),
+        kind,
+        status: c.status,
+        flags: c.flags | extra_flags,
+        seq: c.seq,
+    });
+}
+
+/// Sends `event` as it is (see [`emit`]).
+#[inline(always)]
+pub(super) fn emit_event(event: &NetEvent) {
     let Some(s) = stats() else { return };
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let shift = *read_const(&EVENT_RING_SHIFT) & 31;
@@ -66,24 +83,12 @@ pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extr
     // user space never sees a commit before its event. (A compiler fence
     // would say the same, but the BPF backend cannot lower one.)
     unsafe {
-        let event = NetEvent {
-            start_ns: c.start_ns,
-            first_response_ns: c.first_response_ns,
-            end_ns,
-            upstream_ns,
-            bytes_in: saturate(c.bytes_in),
-            bytes_out: saturate(c.bytes_out),
-            kind,
-            status: c.status,
-            flags: c.flags | extra_flags,
-            seq: c.seq,
-        };
-        core::ptr::write_volatile(&raw mut (*slot).event, event);
+        core::ptr::write_volatile(&raw mut (*slot).event, *event);
         core::ptr::write_volatile(&raw mut (*slot).commit, at + 1);
     }
 }
 
 #[inline(always)]
-fn saturate(bytes: u64) -> u32 {
+pub(super) fn saturate(bytes: u64) -> u32 {
     if bytes > u32::MAX as u64 { u32::MAX } else { bytes as u32 }
 }

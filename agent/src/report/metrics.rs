@@ -48,6 +48,7 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("upstream/resets"), Measure::Count, w.upstream_resets as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
+    super::delivery::add_metrics(b, suffix, &r.delivery);
 }
 
 /// k6's own numbers for a window, beside the agent's.
@@ -83,6 +84,7 @@ fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>) {
     add_percentiles(b, "ttfb/", "", &q.ttfb);
     add_percentiles(b, "upstream/latency_", "", &q.upstream);
     add_percentiles(b, "overhead/latency_", "", &q.overhead);
+    super::delivery::add_percentile_metrics(b, "", &q.delivery);
     b.add("throughput/rps", Measure::Throughput, q.rps);
     if let Some(vus) = vus {
         b.add(format!("throughput/rps_{vus}vu"), Measure::Throughput, q.rps);

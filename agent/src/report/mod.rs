@@ -4,6 +4,7 @@
 //!
 //! Metric IDs are stable (CI gates on them); `docs/metrics.md` defines each.
 
+pub mod delivery;
 pub mod metrics;
 pub mod summary;
 

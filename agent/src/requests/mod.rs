@@ -3,11 +3,15 @@
 //! interpolation, within 1/2048 of exact), errors, upstream time and proxy
 //! overhead. Pure.
 
+pub mod delivery;
 pub mod segments;
 
 use agent_common::{NetEvent, conn_flags, event_kind};
 
-use self::segments::{Counts, Segment, Segments};
+use self::{
+    delivery::{DeliveryLog, DeliveryStats},
+    segments::{Counts, Segment, Segments},
+};
 use crate::{
     histogram::{self, SparseHistogram},
     percentile::Percentiles,
@@ -82,6 +86,8 @@ pub struct RequestLog {
     firsts: [Option<u64>; 4],
     /// Also cut this long after each startup milestone (the idle phase).
     idle_after_startup_ns: u64,
+    /// Queue and drain times (issue 14), cut and folded with the requests.
+    delivery: DeliveryLog,
 }
 
 impl RequestLog {
@@ -92,6 +98,10 @@ impl RequestLog {
     }
 
     pub fn push(&mut self, e: &NetEvent) {
+        if e.kind == event_kind::DELIVERY {
+            self.rejected += u64::from(!self.delivery.push(e));
+            return;
+        }
         let ordered =
             e.start_ns != 0 && e.start_ns <= e.first_response_ns && e.first_response_ns <= e.end_ns;
         if !ordered {
@@ -150,6 +160,7 @@ impl RequestLog {
     /// (counted in [`RequestLog::late_cuts`]).
     pub fn cut(&mut self, t_ns: u64) {
         self.segments.cut(t_ns);
+        self.delivery.cut(t_ns);
     }
 
     /// Edges registered after their time had been folded.
@@ -161,6 +172,7 @@ impl RequestLog {
     /// segments. Call it with a horizon older than any edge still to be
     /// registered.
     pub fn fold(&mut self, horizon_ns: u64) {
+        self.delivery.fold(horizon_ns);
         let Some(until) = self.segments.fold_point(horizon_ns) else { return };
         let (reqs, keep): (Vec<Request>, Vec<Request>) =
             self.pending.drain(..).partition(|r| r.end_ns <= until);
@@ -210,6 +222,7 @@ impl RequestLog {
             status_4xx: counts.status_4xx,
             status_5xx: counts.status_5xx,
             max_latency_ns: counts.max_latency_ns,
+            delivery: self.delivery.window(start_ns, end_ns),
         }
     }
 }
@@ -230,6 +243,8 @@ pub struct RequestStats {
     pub status_4xx: u64,
     pub status_5xx: u64,
     pub max_latency_ns: u64,
+    /// Queue, drain and delivered time (issue 14).
+    pub delivery: DeliveryStats,
 }
 
 impl RequestStats {

@@ -1,0 +1,193 @@
+//! Where a request's time goes outside the application (issue 14): how long
+//! its first bytes waited in the receive queue before the target read them
+//! (queue), and how long its response took, after the last write, until
+//! the peer acknowledged its last byte (drain). User-space twin:
+//! `agent/src/probes/delivery.rs`; definitions: `docs/metrics.md#delivery`.
+//!
+//! Hooks (BTF tracepoints, softirq context, every socket of the machine):
+//! `sk_data_ready` (data became readable), `tcp_probe` (an incoming segment
+//! on an established socket, before its ACK is processed),
+//! `tcp_retransmit_skb`. Each starts with one socket-storage lookup
+//! *without create*: only the target's sockets have storage, so any other
+//! socket costs that lookup and nothing else. `conn.rs` calls
+//! [`request_started`] and [`request_finished`] around each request.
+//!
+//! Sequence numbers come from the `tcp_sock` and the segment's control block
+//! through `bpf_probe_read_kernel` at offsets user space found in BTF (the
+//! BTF-typed `struct sock *` cannot be loaded beyond `struct sock`).
+
+use agent_common::{ConnState, NetEvent, conn_flags, direction, event_kind, phase};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use super::{
+    conn::{self, Sock},
+    now,
+    ring::{emit_event, saturate},
+};
+use crate::{access::read_field, config::offset};
+
+/// `a` is at or after `b` in sequence space (RFC 1982, as the kernel's `after`).
+#[inline(always)]
+fn after_eq(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// A `u32` field of the `tcp_sock` at address `sk`.
+#[inline(always)]
+fn tcp_field(sk: u64, offset: usize) -> Option<u32> {
+    read_field::<u32>(sk, offset)
+}
+
+/// The first unread bytes of a request arrived: noted when no request is
+/// being read (the bytes of one being read are not a new arrival).
+#[btf_tracepoint(function = "sk_data_ready")]
+pub fn sk_data_ready(ctx: BtfTracePointContext) -> i32 {
+    let sk: Sock = ctx.arg(0);
+    let Some(c) = conn::conn(sk) else { return 0 };
+    if c.direction == direction::INBOUND && c.phase != phase::REQUEST && c.arrived_ns == 0 {
+        c.arrived_ns = now();
+    }
+    0
+}
+
+/// An incoming segment on an established socket, before its ACK is
+/// processed: the pending response's drain ends when the ACK covers its last
+/// byte; the current response notes when everything written so far is
+/// acknowledged, and what held its bytes back.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
+    let sk: Sock = ctx.arg(0);
+    let Some(c) = conn::conn(sk) else { return 0 };
+    if c.direction != direction::INBOUND {
+        return 0;
+    }
+    let skb: u64 = ctx.arg(1);
+    let Some(ack) = read_field::<u32>(skb, offset!(skb_ack_seq)) else { return 0 };
+    let t = now();
+    if c.pend_end_ns != 0 && after_eq(ack, c.pend_seq) {
+        emit_pending(c, t);
+    }
+    if c.phase == phase::RESPONSE && c.acked_ns < c.last_response_ns {
+        note_ack(c, ack, t);
+    }
+    0
+}
+
+/// The current response: everything written acknowledged at `t`, or bytes
+/// still unsent that Nagle or the peer's window held back.
+#[inline(always)]
+fn note_ack(c: &mut ConnState, ack: u32, t: u64) {
+    let Some(write_seq) = tcp_field(c.sk, offset!(tcp_write_seq)) else { return };
+    if after_eq(ack, write_seq) {
+        c.acked_ns = t;
+        return;
+    }
+    let (Some(snd_nxt), Some(snd_wnd), Some(mss)) = (
+        tcp_field(c.sk, offset!(tcp_snd_nxt)),
+        tcp_field(c.sk, offset!(tcp_snd_wnd)),
+        tcp_field(c.sk, offset!(tcp_mss_cache)),
+    ) else {
+        return;
+    };
+    let unsent = write_seq.wrapping_sub(snd_nxt);
+    if unsent == 0 || unsent > (1 << 30) {
+        return;
+    }
+    if ack == snd_nxt && unsent < mss && unsent <= snd_wnd {
+        // All that was sent is acknowledged and a sub-MSS tail the window
+        // allows is still unsent: Nagle held it for this ACK, which
+        // releases it now.
+        c.delivery_flags |= conn_flags::NAGLE_HELD;
+        if t > c.last_response_ns {
+            let held = (t - c.last_response_ns) / 1000;
+            c.held_us = c.held_us.saturating_add(saturate(held));
+        }
+    } else if snd_wnd < mss {
+        c.delivery_flags |= conn_flags::WINDOW_HELD;
+    }
+}
+
+/// Sends the delivery of the pending response, fully acknowledged at `t`.
+#[inline(always)]
+fn emit_pending(c: &mut ConnState, t: u64) {
+    let start = c.pend_start_ns;
+    let queue = if c.pend_flags & conn_flags::QUEUE_KNOWN != 0 { c.pend_queue_ns } else { start };
+    emit_event(&NetEvent {
+        start_ns: queue,
+        first_response_ns: start,
+        end_ns: t,
+        upstream_ns: c.pend_end_ns,
+        bytes_in: c.pend_retransmits,
+        bytes_out: c.pend_held_us,
+        kind: event_kind::DELIVERY,
+        status: 0,
+        flags: c.pend_flags,
+        seq: 0,
+    });
+    c.pend_end_ns = 0;
+}
+
+/// A segment of a target's connection was retransmitted: counted on the
+/// response it belongs to (the pending one while there is one).
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: Sock = ctx.arg(0);
+    let Some(c) = conn::conn(sk) else { return 0 };
+    if c.direction != direction::INBOUND {
+        return 0;
+    }
+    if c.pend_end_ns != 0 {
+        c.pend_retransmits = c.pend_retransmits.saturating_add(1);
+    } else {
+        c.retransmits = c.retransmits.saturating_add(1);
+    }
+    0
+}
+
+/// A request's first read on inbound connection `c`: its bytes arrived at
+/// `arrived_ns` when `sk_data_ready` saw them.
+#[inline(always)]
+pub(super) fn request_started(c: &mut ConnState) {
+    c.queue_start_ns = c.arrived_ns;
+    c.arrived_ns = 0;
+    c.delivery_flags = if c.queue_start_ns != 0 { conn_flags::QUEUE_KNOWN } else { 0 };
+    c.acked_ns = 0;
+    c.retransmits = 0;
+    c.held_us = 0;
+}
+
+/// Inbound request `c` ended (its response's last write is
+/// `last_response_ns`): its delivery is sent now if the peer already
+/// acknowledged everything, else when `tcp_probe` sees that ACK.
+#[inline(always)]
+pub(super) fn request_finished(c: &mut ConnState) {
+    let queue =
+        if c.delivery_flags & conn_flags::QUEUE_KNOWN != 0 { c.queue_start_ns } else { c.start_ns };
+    if c.acked_ns != 0 && c.acked_ns >= c.last_response_ns {
+        emit_event(&NetEvent {
+            start_ns: queue,
+            first_response_ns: c.start_ns,
+            end_ns: c.acked_ns,
+            upstream_ns: c.last_response_ns,
+            bytes_in: c.retransmits,
+            bytes_out: c.held_us,
+            kind: event_kind::DELIVERY,
+            status: 0,
+            flags: c.delivery_flags,
+            seq: c.seq,
+        });
+    } else if let Some(seq) = tcp_field(c.sk, offset!(tcp_write_seq)) {
+        // A previous pending delivery never acknowledged is replaced.
+        c.pend_queue_ns = queue;
+        c.pend_start_ns = c.start_ns;
+        c.pend_end_ns = c.last_response_ns;
+        c.pend_seq = seq;
+        c.pend_flags = c.delivery_flags;
+        c.pend_retransmits = c.retransmits;
+        c.pend_held_us = c.held_us;
+    }
+    c.acked_ns = 0;
+    c.retransmits = 0;
+    c.held_us = 0;
+    c.delivery_flags = 0;
+}
