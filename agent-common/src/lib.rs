@@ -306,6 +306,10 @@ pub mod conn_flags {
     /// Delivery events only: the peer's receive window held back a
     /// response's bytes (less than one MSS free with data waiting).
     pub const WINDOW_HELD: u32 = 256;
+    /// Delivery events only: the connection's first request, whose
+    /// `status` field carries the accept wait in µs (handshake complete →
+    /// first read, its bytes already waiting).
+    pub const ACCEPT_KNOWN: u32 = 512;
 }
 
 /// Per-connection state (map `CONNS`, socket-local storage: the kernel
@@ -371,9 +375,17 @@ pub struct ConnState {
     pub retransmits: u32,
     /// µs the current response's last bytes waited for an ACK (Nagle).
     pub held_us: u32,
-    /// `conn_flags::{QUEUE_KNOWN, NAGLE_HELD, WINDOW_HELD}` of the current request.
+    /// `conn_flags::{QUEUE_KNOWN, NAGLE_HELD, WINDOW_HELD, ACCEPT_KNOWN}`
+    /// of the current request.
     pub delivery_flags: u32,
+    /// µs from the handshake's completion to the first read of the
+    /// connection's first request (`ACCEPT_KNOWN`), and the pending one's.
+    pub accept_wait_us: u32,
+    pub pend_accept_wait_us: u32,
     pub _pad_delivery: u32,
+    /// Inbound: when the handshake completed (SYN_RECV→ESTABLISHED); 0
+    /// once the connection's first request was read.
+    pub established_ns: u64,
 }
 
 /// Kinds of [`NetEvent`].
@@ -387,7 +399,8 @@ pub mod event_kind {
     /// the first read), `first_response_ns` = the first read,
     /// `upstream_ns` = the last write, `end_ns` = the ACK of the last
     /// byte, `bytes_in` = segments retransmitted, `bytes_out` = µs held
-    /// back by Nagle waiting for an ACK; `seq` is the request's.
+    /// back by Nagle waiting for an ACK, `status` = the accept wait in µs
+    /// (with `conn_flags::ACCEPT_KNOWN`); `seq` is the request's.
     pub const DELIVERY: u32 = 3;
 }
 
@@ -551,7 +564,7 @@ const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 22 * 4);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 15 * 8 + 14 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);

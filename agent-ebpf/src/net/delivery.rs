@@ -24,7 +24,10 @@ use super::{
     now,
     ring::{emit_event, saturate},
 };
-use crate::{access::read_field, config::offset};
+use crate::{
+    access::{put, read_field},
+    config::offset,
+};
 
 /// `a` is at or after `b` in sequence space (RFC 1982, as the kernel's `after`).
 #[inline(always)]
@@ -107,6 +110,15 @@ fn note_ack(c: &mut ConnState, ack: u32, t: u64) {
     }
 }
 
+/// The target's FIN was acknowledged (FIN_WAIT1→FIN_WAIT2): the pending
+/// response, written before it, is delivered.
+#[inline(always)]
+pub(super) fn fin_acked(c: &mut ConnState) {
+    if c.direction == direction::INBOUND && c.pend_end_ns != 0 {
+        emit_pending(c, now());
+    }
+}
+
 /// Sends the delivery of the pending response, fully acknowledged at `t`.
 #[inline(always)]
 fn emit_pending(c: &mut ConnState, t: u64) {
@@ -120,11 +132,11 @@ fn emit_pending(c: &mut ConnState, t: u64) {
         bytes_in: c.pend_retransmits,
         bytes_out: c.pend_held_us,
         kind: event_kind::DELIVERY,
-        status: 0,
+        status: c.pend_accept_wait_us,
         flags: c.pend_flags,
         seq: 0,
     });
-    c.pend_end_ns = 0;
+    put(&mut c.pend_end_ns, 0);
 }
 
 /// A segment of a target's connection was retransmitted: counted on the
@@ -149,11 +161,28 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 pub(super) fn request_started(c: &mut ConnState) {
     c.queue_start_ns = c.arrived_ns;
-    c.arrived_ns = 0;
+    put(&mut c.arrived_ns, 0);
     c.delivery_flags = if c.queue_start_ns != 0 { conn_flags::QUEUE_KNOWN } else { 0 };
-    c.acked_ns = 0;
-    c.retransmits = 0;
-    c.held_us = 0;
+    // The connection's first request, its bytes already there when read:
+    // accept returned at most this long after the handshake.
+    if c.established_ns != 0 {
+        if c.queue_start_ns != 0 && c.start_ns >= c.established_ns {
+            c.accept_wait_us = saturate((c.start_ns - c.established_ns) / 1000);
+            c.delivery_flags |= conn_flags::ACCEPT_KNOWN;
+        }
+        put(&mut c.established_ns, 0);
+    }
+    put(&mut c.acked_ns, 0);
+    put(&mut c.retransmits, 0);
+    put(&mut c.held_us, 0);
+}
+
+/// A connection to one of the target's listening ports completed its
+/// handshake (`inet_sock_set_state` SYN_RECV→ESTABLISHED, softirq): the
+/// start of its accept wait.
+#[inline(always)]
+pub(super) fn connection_established(c: &mut ConnState) {
+    c.established_ns = now();
 }
 
 /// Inbound request `c` ended (its response's last write is
@@ -172,7 +201,7 @@ pub(super) fn request_finished(c: &mut ConnState) {
             bytes_in: c.retransmits,
             bytes_out: c.held_us,
             kind: event_kind::DELIVERY,
-            status: 0,
+            status: c.accept_wait_us,
             flags: c.delivery_flags,
             seq: c.seq,
         });
@@ -185,9 +214,11 @@ pub(super) fn request_finished(c: &mut ConnState) {
         c.pend_flags = c.delivery_flags;
         c.pend_retransmits = c.retransmits;
         c.pend_held_us = c.held_us;
+        c.pend_accept_wait_us = c.accept_wait_us;
     }
-    c.acked_ns = 0;
-    c.retransmits = 0;
-    c.held_us = 0;
-    c.delivery_flags = 0;
+    put(&mut c.accept_wait_us, 0);
+    put(&mut c.acked_ns, 0);
+    put(&mut c.retransmits, 0);
+    put(&mut c.held_us, 0);
+    put(&mut c.delivery_flags, 0);
 }

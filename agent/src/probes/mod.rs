@@ -299,6 +299,9 @@ mod tests {
             "tp_btf/tcp_sendmsg_locked",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
+            // Per segment / readable event of every socket (issue 14).
+            "tp_btf/sk_data_ready",
+            "tp_btf/tcp_probe",
             // With --profile-dir: on every wake-up of a target thread.
             "tp_btf/sched_wakeup",
         ] {

@@ -12,6 +12,7 @@ use crate::{
     bmf::{BmfReport, Measure},
     percentile::Percentiles,
     requests::{RequestStats, delivery::DeliveryStats},
+    timeline::WindowStats,
     units::human_ns,
 };
 
@@ -26,12 +27,17 @@ pub fn add_percentile_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats
     add_percentiles(b, "latency/queue_", suffix, &d.queue);
     add_percentiles(b, "latency/drain_", suffix, &d.drain);
     add_percentiles(b, "latency/delivered_", suffix, &d.delivered);
+    for name in ["p50", "p99"] {
+        let id = format!("latency/accept_wait_{name}{suffix}");
+        b.add(id, Measure::Latency, d.accept_wait.get(name));
+    }
 }
 
 /// Every delivery metric of a window, named `<id><suffix>`.
-pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats) {
+pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats, w: &WindowStats) {
     add_percentile_metrics(b, suffix, d);
     b.add(format!("tcp/retransmits{suffix}"), Measure::Count, d.counts.retransmits as f64);
+    b.add(format!("tcp/listen_overflows{suffix}"), Measure::Count, w.listen_overflows as f64);
 }
 
 /// The known patterns that dominate a window, each a line naming the cause
@@ -55,7 +61,10 @@ pub fn diagnose(q: &RequestStats) -> Vec<String> {
             human_ns(mean_held_ns)
         ));
     }
-    if most(c.queue_known) && d.queue.p50 > q.latency.p50 {
+    // A connection's first request waits in its queue while the connection
+    // waits to be accepted: when most requests are first ones, that is the
+    // accept diagnosis below, not this one.
+    if most(c.queue_known) && !most(c.accepted) && d.queue.p50 > q.latency.p50 {
         lines.push(format!(
             "requests waited in the receive queue (p50 {}) longer than the application took to \
              serve them (p50 {}): the server is saturated or its event loop is blocked; add \
@@ -69,6 +78,15 @@ pub fn diagnose(q: &RequestStats) -> Vec<String> {
             "responses waited on the clients' receive window (drain p50 {}, app p50 {}): slow \
              readers; the server's time is fine, the clients read slowly or have small buffers",
             human_ns(d.drain.p50),
+            human_ns(q.latency.p50)
+        ));
+    }
+    if c.accepted > 0 && d.accept_wait.p50 > q.latency.p50 {
+        lines.push(format!(
+            "connections waited to be accepted (p50 {} from the handshake to the first read, \
+             app p50 {}): the server accepts too slowly for its connection rate; accept \
+             faster (more acceptors) or raise the listen backlog",
+            human_ns(d.accept_wait.p50),
             human_ns(q.latency.p50)
         ));
     }
@@ -97,14 +115,14 @@ pub fn summary(out: &mut String, r: &RunReport) {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "phase", "delivered", "queue", "app", "drain", "total", "client", "retrans"
+        "{:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11}",
+        "phase", "delivered", "queue", "app", "drain", "total", "client", "retrans", "accept wait"
     );
     for (name, q, client) in &rows {
         let d = &q.delivery;
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "{:<20} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>11}",
             name,
             d.counts.count,
             human_ns(d.queue.p50),
@@ -112,12 +130,22 @@ pub fn summary(out: &mut String, r: &RunReport) {
             human_ns(d.drain.p50),
             human_ns(d.delivered.p50),
             client.map_or("-".into(), human_ns),
-            d.counts.retransmits
+            d.counts.retransmits,
+            human_ns(d.accept_wait.p50)
         );
     }
     for (name, q, _) in &rows {
         for line in diagnose(q) {
             let _ = writeln!(out, "diagnosis ({name}): {line}");
         }
+    }
+    if r.window.listen_overflows > 0 {
+        let _ = writeln!(
+            out,
+            "listen overflows: {} handshakes dropped on a full accept queue (TcpExt \
+             ListenOverflows of the target's network namespace, all its listeners): raise the \
+             listen backlog (and net.core.somaxconn) or accept faster",
+            r.window.listen_overflows
+        );
     }
 }

@@ -48,7 +48,7 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("upstream/resets"), Measure::Count, w.upstream_resets as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
-    super::delivery::add_metrics(b, suffix, &r.delivery);
+    super::delivery::add_metrics(b, suffix, &r.delivery, w);
 }
 
 /// k6's own numbers for a window, beside the agent's.

@@ -38,6 +38,8 @@ pub struct Delivery {
     pub retransmits: u32,
     /// µs the tail waited for an ACK while held by Nagle.
     pub held_us: u32,
+    /// The connection's first request: handshake complete → this read, ns.
+    pub accept_wait_ns: Option<u64>,
 }
 
 impl Delivery {
@@ -53,6 +55,8 @@ impl Delivery {
             window_held: e.flags & conn_flags::WINDOW_HELD != 0,
             retransmits: e.bytes_in,
             held_us: e.bytes_out,
+            accept_wait_ns: (e.flags & conn_flags::ACCEPT_KNOWN != 0)
+                .then_some(u64::from(e.status) * 1000),
         };
         let ordered = d.arrived_ns != 0
             && d.arrived_ns <= d.read_ns
@@ -82,6 +86,8 @@ pub struct DeliveryCounts {
     pub retransmits: u64,
     /// Σ µs responses waited held by Nagle.
     pub held_us: u64,
+    /// Connections whose accept wait is known (first requests).
+    pub accepted: u64,
 }
 
 impl DeliveryCounts {
@@ -92,6 +98,7 @@ impl DeliveryCounts {
         self.window_held += u64::from(d.window_held);
         self.retransmits += u64::from(d.retransmits);
         self.held_us += u64::from(d.held_us);
+        self.accepted += u64::from(d.accept_wait_ns.is_some());
     }
     fn merge(&mut self, o: &DeliveryCounts) {
         self.count += o.count;
@@ -100,6 +107,7 @@ impl DeliveryCounts {
         self.window_held += o.window_held;
         self.retransmits += o.retransmits;
         self.held_us += o.held_us;
+        self.accepted += o.accepted;
     }
 }
 
@@ -116,6 +124,7 @@ struct Segment {
     delivered: SparseHistogram,
     /// Over all.
     drain: SparseHistogram,
+    accept_wait: SparseHistogram,
 }
 
 impl Segment {
@@ -132,6 +141,7 @@ impl Segment {
             queue: SparseHistogram::from_values(known().map(Delivery::queue_ns)),
             delivered: SparseHistogram::from_values(known().map(Delivery::delivered_ns)),
             drain: SparseHistogram::from_values(ds.iter().map(Delivery::drain_ns)),
+            accept_wait: SparseHistogram::from_values(ds.iter().filter_map(|d| d.accept_wait_ns)),
         }
     }
 
@@ -144,6 +154,7 @@ impl Segment {
         self.queue = self.queue.merge(&o.queue);
         self.delivered = self.delivered.merge(&o.delivered);
         self.drain = self.drain.merge(&o.drain);
+        self.accept_wait = self.accept_wait.merge(&o.accept_wait);
     }
 }
 
@@ -263,6 +274,10 @@ impl DeliveryLog {
             queue: hist(|s| &s.queue, known().map(|d| d.queue_ns()).collect()),
             delivered: hist(|s| &s.delivered, known().map(|d| d.delivered_ns()).collect()),
             drain: hist(|s| &s.drain, raw.iter().map(|d| d.drain_ns()).collect()),
+            accept_wait: hist(
+                |s| &s.accept_wait,
+                raw.iter().filter_map(|d| d.accept_wait_ns).collect(),
+            ),
         }
     }
 }
@@ -277,6 +292,8 @@ pub struct DeliveryStats {
     pub drain: Percentiles,
     /// Arrival → ACK of the last byte (queue + app + drain).
     pub delivered: Percentiles,
+    /// Handshake complete → first read, per connection.
+    pub accept_wait: Percentiles,
 }
 
 impl Default for DeliveryStats {
@@ -309,13 +326,16 @@ mod tests {
     fn components_add_up_and_known_queues_alone_count() {
         let mut log = DeliveryLog::default();
         // 1 ms queued, 5 ms of work, 40 ms drain.
-        log.push(&event(10 * MS, 11 * MS, 16 * MS, 56 * MS, conn_flags::QUEUE_KNOWN));
+        let first = conn_flags::QUEUE_KNOWN | conn_flags::ACCEPT_KNOWN;
+        log.push(&NetEvent { status: 700, ..event(10 * MS, 11 * MS, 16 * MS, 56 * MS, first) });
         // Arrival not seen: no queue, no delivered; its drain counts.
         log.push(&event(20 * MS, 20 * MS, 25 * MS, 27 * MS, conn_flags::NAGLE_HELD));
         let w = log.window(0, 100 * MS);
+        let close = |got: f64, exact: u64| (got - exact as f64).abs() <= exact as f64 / 2048.0;
         assert_eq!((w.counts.count, w.counts.queue_known, w.counts.nagle_held), (2, 1, 1));
         assert_eq!((w.counts.retransmits, w.counts.held_us), (2, 80_000));
-        let close = |got: f64, exact: u64| (got - exact as f64).abs() <= exact as f64 / 2048.0;
+        assert_eq!(w.counts.accepted, 1);
+        assert!(close(w.accept_wait.p50, 700_000), "{}", w.accept_wait.p50);
         assert!(close(w.queue.p50, MS), "{}", w.queue.p50);
         assert!(close(w.delivered.p50, 46 * MS), "{}", w.delivered.p50);
         let drain_p50 = (40 * MS + 2 * MS) as f64 / 2.0;
