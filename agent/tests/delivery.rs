@@ -44,6 +44,7 @@ fn nagle_and_delayed_ack_land_in_drain_and_are_diagnosed() {
     let load = load.unwrap();
     assert_eq!(load.requests, 200);
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 200.0);
+    assert_eq!(deliveries_in_summary(&summary), 200, "{summary}");
     let app = bmf_value(&bmf, "latency/p50", "latency");
     assert!((5.0 * MS..=6.5 * MS).contains(&app), "app p50 {app} ns not in [5, 6.5] ms");
     let delivered = bmf_value(&bmf, "latency/delivered_p50", "latency");
@@ -62,18 +63,33 @@ fn nagle_and_delayed_ack_land_in_drain_and_are_diagnosed() {
     );
 }
 
+/// Deliveries counted in the summary's whole-run row.
+fn deliveries_in_summary(summary: &str) -> u64 {
+    let row = summary.lines().find(|l| l.starts_with("run ")).expect("a whole-run row");
+    row.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// The same server with TCP_NODELAY: nothing waits after the last write,
-/// delivered ≈ app, and no diagnosis.
+/// delivered ≈ app, and no diagnosis. A second server without TCP_NODELAY,
+/// not the target, is loaded at the same time: none of its stalled
+/// responses may show up.
 #[test]
 fn with_nodelay_delivered_is_app_time_and_nothing_is_diagnosed() {
     let Some(_serial) = privileged() else { return };
     let server = Target::start("two-write-server", &["--work-ms", "5", "--nodelay"]);
+    let decoy = Target::start("two-write-server", &["--work-ms", "5"]);
     let url = format!("http://{}/", server.addr());
+    let decoy_url = format!("http://{}/", decoy.addr());
     let mut load = None;
     let (bmf, summary) = measure_during(server.pid, "nodelay", || {
+        let other = std::thread::spawn(move || {
+            http_load(&decoy_url, &["--requests", "60", "--connections", "2"])
+        });
         load = Some(http_load(&url, &["--requests", "200", "--connections", "2"]));
+        assert_eq!(other.join().unwrap().requests, 60);
     });
     assert_eq!(load.unwrap().requests, 200);
+    assert_eq!(deliveries_in_summary(&summary), 200, "{summary}");
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 200.0);
     let app = bmf_value(&bmf, "latency/p50", "latency");
     let delivered = bmf_value(&bmf, "latency/delivered_p50", "latency");

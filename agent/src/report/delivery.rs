@@ -81,7 +81,9 @@ pub fn diagnose(q: &RequestStats) -> Vec<String> {
             human_ns(q.latency.p50)
         ));
     }
-    if c.accepted > 0 && d.accept_wait.p50 > q.latency.p50 {
+    // Most requests are the first of their connection (a new connection
+    // per request, or a burst of them): the accept wait is theirs.
+    if most(c.accepted) && d.accept_wait.p50 > q.latency.p50 {
         lines.push(format!(
             "connections waited to be accepted (p50 {} from the handshake to the first read, \
              app p50 {}): the server accepts too slowly for its connection rate; accept \
@@ -147,5 +149,85 @@ pub fn summary(out: &mut String, r: &RunReport) {
              listen backlog (and net.core.somaxconn) or accept faster",
             r.window.listen_overflows
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{NetEvent, conn_flags, event_kind};
+
+    use super::*;
+    use crate::requests::RequestLog;
+
+    const MS: u64 = 1_000_000;
+
+    /// 10 requests of 5 ms of app time after `queue_ms` in the queue, with
+    /// `drain_ms` of drain and the delivery flags `flags` (`status`: the
+    /// accept wait in µs).
+    fn window(queue_ms: u64, drain_ms: u64, flags: u32, status: u32) -> RequestStats {
+        let mut log = RequestLog::default();
+        for i in 1..=10 {
+            let arrived = i * 100 * MS;
+            let (read, written) = (arrived + queue_ms * MS, arrived + (queue_ms + 5) * MS);
+            let request = NetEvent {
+                start_ns: read,
+                first_response_ns: written,
+                end_ns: written,
+                kind: event_kind::REQUEST,
+                status: 200,
+                ..Default::default()
+            };
+            log.push(&request);
+            log.push(&NetEvent {
+                start_ns: arrived,
+                first_response_ns: read,
+                upstream_ns: written,
+                end_ns: written + drain_ms * MS,
+                kind: event_kind::DELIVERY,
+                flags: conn_flags::QUEUE_KNOWN | flags,
+                bytes_out: (drain_ms * 1000) as u32,
+                status,
+                ..Default::default()
+            });
+        }
+        log.window(0, 10_000 * MS)
+    }
+
+    #[test]
+    fn a_clean_window_has_no_diagnosis() {
+        assert_eq!(diagnose(&window(0, 0, 0, 0)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn nagle_held_responses_name_delayed_ack_and_the_fix() {
+        let lines = diagnose(&window(0, 40, conn_flags::NAGLE_HELD, 0));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("delayed ACK") && lines[0].contains("TCP_NODELAY"));
+        assert!(lines[0].contains("40.00 ms"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn queueing_is_named_unless_it_is_the_accept_wait() {
+        let lines = diagnose(&window(20, 0, 0, 0));
+        assert!(lines.len() == 1 && lines[0].contains("receive queue"), "{lines:?}");
+        // Every request the first of its connection, accepted 20 ms late.
+        let lines = diagnose(&window(20, 0, conn_flags::ACCEPT_KNOWN, 20_000));
+        assert!(lines.len() == 1 && lines[0].contains("accepted"), "{lines:?}");
+    }
+
+    #[test]
+    fn window_held_drain_names_slow_readers() {
+        let lines = diagnose(&window(0, 50, conn_flags::WINDOW_HELD, 0));
+        assert!(lines.len() == 1 && lines[0].contains("slow readers"), "{lines:?}");
+    }
+
+    #[test]
+    fn metrics_are_named_and_empty_sets_left_out() {
+        let mut b = BmfReport::default();
+        add_metrics(&mut b, "@load", &window(1, 2, 0, 0).delivery, &WindowStats::default());
+        let delivered = b.get("latency/delivered_p50@load", Measure::Latency).unwrap();
+        assert!((delivered - 8e6).abs() <= 8e6 / 2048.0, "{delivered}");
+        assert_eq!(b.get("tcp/retransmits@load", Measure::Count), Some(0.0));
+        assert_eq!(b.get("latency/accept_wait_p50@load", Measure::Latency), None);
     }
 }
