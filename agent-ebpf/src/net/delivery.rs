@@ -12,12 +12,18 @@
 //! socket costs that lookup and nothing else. `conn.rs` calls
 //! [`request_started`] and [`request_finished`] around each request.
 //!
-//! Sequence numbers come from the `tcp_sock` and the segment's control block
-//! through `bpf_probe_read_kernel` at offsets user space found in BTF (the
-//! BTF-typed `struct sock *` cannot be loaded beyond `struct sock`).
+//! Sequence numbers come from the `tcp_sock` (`bpf_skc_to_tcp_sock` gives a
+//! BTF-typed pointer: the `struct sock *` cannot be loaded beyond `struct
+//! sock`) and the segment's control block, with plain loads at offsets user
+//! space found in BTF; where only the socket's address is at hand
+//! (`request_finished`), through `bpf_probe_read_kernel`.
+
+use core::ffi::c_void;
 
 use agent_common::{ConnState, NetEvent, conn_flags, direction, event_kind, phase};
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 
 use super::{
     conn::{self, Sock},
@@ -25,7 +31,7 @@ use super::{
     ring::{emit_event, saturate},
 };
 use crate::{
-    access::{put, read_field},
+    access::{load_field, put, read_field},
     config::offset,
 };
 
@@ -64,34 +70,45 @@ pub fn tcp_probe(ctx: BtfTracePointContext) -> i32 {
     if c.direction != direction::INBOUND {
         return 0;
     }
-    let skb: u64 = ctx.arg(1);
-    let Some(ack) = read_field::<u32>(skb, offset!(skb_ack_seq)) else { return 0 };
+    let pending = c.pend_end_ns != 0;
+    let current = c.phase == phase::RESPONSE && c.acked_ns < c.last_response_ns;
+    if !pending && !current {
+        return 0;
+    }
+    let skb: *const u8 = ctx.arg(1);
+    // SAFETY: `skb` is the tracepoint's BTF-typed `struct sk_buff *`, the
+    // offset that of `((struct tcp_skb_cb *)skb->cb)->ack_seq` (BTF), inside
+    // `cb`: a plain load the verifier checks against the struct.
+    let ack = unsafe { load_field::<u32>(skb, offset!(skb_ack_seq)) };
     let t = now();
-    if c.pend_end_ns != 0 && after_eq(ack, c.pend_seq) {
+    if pending && after_eq(ack, c.pend_seq) {
         emit_pending(c, t);
     }
-    if c.phase == phase::RESPONSE && c.acked_ns < c.last_response_ns {
-        note_ack(c, ack, t);
+    if current {
+        // A BTF-typed `tcp_sock *` for plain loads (NULL: not TCP).
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+        if !tp.is_null() {
+            note_ack(c, tp, ack, t);
+        }
     }
     0
 }
 
 /// The current response: everything written acknowledged at `t`, or bytes
-/// still unsent that Nagle or the peer's window held back.
+/// still unsent that Nagle or the peer's window held back. `tp` is the
+/// connection's BTF-typed `tcp_sock`.
 #[inline(always)]
-fn note_ack(c: &mut ConnState, ack: u32, t: u64) {
-    let Some(write_seq) = tcp_field(c.sk, offset!(tcp_write_seq)) else { return };
+fn note_ack(c: &mut ConnState, tp: *const u8, ack: u32, t: u64) {
+    // SAFETY (the loads): `tp` is a BTF-typed `struct tcp_sock *`, the
+    // offsets its fields' (from BTF).
+    let write_seq = unsafe { load_field::<u32>(tp, offset!(tcp_write_seq)) };
     if after_eq(ack, write_seq) {
         c.acked_ns = t;
         return;
     }
-    let (Some(snd_nxt), Some(snd_wnd), Some(mss)) = (
-        tcp_field(c.sk, offset!(tcp_snd_nxt)),
-        tcp_field(c.sk, offset!(tcp_snd_wnd)),
-        tcp_field(c.sk, offset!(tcp_mss_cache)),
-    ) else {
-        return;
-    };
+    let snd_nxt = unsafe { load_field::<u32>(tp, offset!(tcp_snd_nxt)) };
+    let snd_wnd = unsafe { load_field::<u32>(tp, offset!(tcp_snd_wnd)) };
+    let mss = unsafe { load_field::<u32>(tp, offset!(tcp_mss_cache)) };
     let unsent = write_seq.wrapping_sub(snd_nxt);
     if unsent == 0 || unsent > (1 << 30) {
         return;
