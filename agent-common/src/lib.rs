@@ -503,6 +503,10 @@ pub struct NetStats {
     /// Writes on an inbound connection with no request read before them
     /// (a greeting, or a response already under way at attach).
     pub unmatched_writes: u64,
+    /// Delivery events (issue 14) lost to a ring more than half full: the
+    /// request itself is not lost, only its queue/drain numbers. Not in
+    /// [`NetStats::lost`].
+    pub deliveries_dropped: u64,
 }
 
 impl NetStats {
@@ -569,8 +573,8 @@ const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
-// Nine fields, all u64 (`NetStats::accumulate` relies on it).
-const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);
+// Ten fields, all u64 (`NetStats::accumulate` relies on it).
+const _: () = assert!(core::mem::size_of::<NetStats>() == 10 * 8);
 const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);

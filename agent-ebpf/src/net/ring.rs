@@ -3,7 +3,9 @@
 
 use core::intrinsics::AtomicOrdering;
 
-use agent_common::{ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, NetEvent};
+use agent_common::{
+    ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, NetEvent, NetStats, event_kind,
+};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
 };
@@ -45,8 +47,19 @@ pub(super) fn emit_event(event: &NetEvent) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let shift = *read_const(&EVENT_RING_SHIFT) & 31;
     let slots = 1u64 << shift;
+    // A delivery (issue 14) is a request's second event: deliveries may
+    // fill half of the ring only, so requests keep the other half, and a
+    // lost delivery is counted apart (it loses no request).
+    let delivery = event.kind == event_kind::DELIVERY;
+    let dropped = |s: &mut NetStats| {
+        if delivery {
+            s.deliveries_dropped += 1;
+        } else {
+            s.events_dropped += 1;
+        }
+    };
     let Some(pos) = NET_EVENTS_POS.get_ptr_mut(cpu) else {
-        s.events_dropped += 1;
+        dropped(s);
         return;
     };
     // Fullness first: user space may still be reading the slots behind
@@ -54,8 +67,9 @@ pub(super) fn emit_event(event: &NetEvent) {
     // check and the reservation below.
     let (head, tail) =
         unsafe { (core::ptr::read_volatile(&(*pos).head), core::ptr::read_volatile(&(*pos).tail)) };
-    if head.wrapping_sub(tail) >= slots.saturating_sub(EVENT_RING_MARGIN) {
-        s.events_dropped += 1;
+    let room = if delivery { slots / 2 } else { slots.saturating_sub(EVENT_RING_MARGIN) };
+    if head.wrapping_sub(tail) >= room {
+        dropped(s);
         return;
     }
     // Atomic: a softirq (a TCP close) or a preempting task can emit on this
@@ -75,7 +89,7 @@ pub(super) fn emit_event(event: &NetEvent) {
     let index = ((cpu as u64) << shift) | (at & (slots - 1));
     // Always present when user space sized the ring for every possible CPU.
     let Some(slot) = NET_EVENTS.get_ptr_mut(index as u32) else {
-        s.events_dropped += 1;
+        dropped(s);
         return;
     };
     // Volatile stores, event then commit: the compiler keeps volatile

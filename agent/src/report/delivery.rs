@@ -40,6 +40,13 @@ pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats, w: &Windo
     b.add(format!("tcp/listen_overflows{suffix}"), Measure::Count, w.listen_overflows as f64);
 }
 
+/// The whole run's delivery events lost to a ring more than half full
+/// (their requests are counted; only their queue/drain numbers are missing).
+pub fn add_run_metrics(b: &mut BmfReport, r: &RunReport) {
+    let dropped = r.kernel.net.stats.deliveries_dropped;
+    b.add("agent/dropped_deliveries", Measure::Count, dropped as f64);
+}
+
 /// The known patterns that dominate a window, each a line naming the cause
 /// and the fix; none when no pattern holds for most requests.
 pub fn diagnose(q: &RequestStats) -> Vec<String> {
@@ -140,6 +147,14 @@ pub fn summary(out: &mut String, r: &RunReport) {
         for line in diagnose(q) {
             let _ = writeln!(out, "diagnosis ({name}): {line}");
         }
+    }
+    let dropped = r.kernel.net.stats.deliveries_dropped;
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "({dropped} deliveries lost to a busy event ring: their requests are counted, their \
+             queue and drain times are not)"
+        );
     }
     if r.window.listen_overflows > 0 {
         let _ = writeln!(

@@ -136,6 +136,7 @@ pub fn document(r: &RunReport) -> BmfReport {
     b.add("agent/window", Measure::Latency, r.window.duration_ns as f64);
     b.add("agent/partial", Measure::Count, if r.partial { 1.0 } else { 0.0 });
     b.add("agent/dropped_events", Measure::Count, dropped_events(r) as f64);
+    super::delivery::add_run_metrics(&mut b, r);
     add_program_costs(&mut b, &r.programs);
     b
 }
