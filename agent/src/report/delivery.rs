@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use agent_common::names::programs;
+
 use super::RunReport;
 use crate::{
     bmf::{BmfReport, Measure},
@@ -40,11 +42,30 @@ pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats, w: &Windo
     b.add(format!("tcp/listen_overflows{suffix}"), Measure::Count, w.listen_overflows as f64);
 }
 
-/// The whole run's delivery events lost to a ring more than half full
-/// (their requests are counted; only their queue/drain numbers are missing).
+/// The delivery hooks. Their runs skipped by the kernel (recursion misses:
+/// `tcp_probe` in process context, processing a socket's backlog with
+/// softirqs on, interrupted by `tcp_probe` in a softirq) lose no request.
+pub const PROGRAMS: [&str; 3] =
+    [programs::SK_DATA_READY, programs::TCP_PROBE, programs::TCP_RETRANSMIT_SKB];
+
+/// What the delivery numbers lost over the whole run: delivery events that
+/// found their CPU's ring more than half full, and the delivery hooks'
+/// recursion misses (an arrival, an ACK or a retransmit not seen). Their
+/// requests are counted; only their queue/drain numbers may be missing or,
+/// for a missed ACK, late.
+pub fn dropped(r: &RunReport) -> u64 {
+    let misses: u64 = r
+        .programs
+        .iter()
+        .filter(|p| PROGRAMS.contains(&p.name.as_str()))
+        .map(|p| p.recursion_misses)
+        .sum();
+    r.kernel.net.stats.deliveries_dropped + misses
+}
+
+/// Whole-run rows: `agent/dropped_deliveries` ([`dropped`]).
 pub fn add_run_metrics(b: &mut BmfReport, r: &RunReport) {
-    let dropped = r.kernel.net.stats.deliveries_dropped;
-    b.add("agent/dropped_deliveries", Measure::Count, dropped as f64);
+    b.add("agent/dropped_deliveries", Measure::Count, dropped(r) as f64);
 }
 
 /// The known patterns that dominate a window, each a line naming the cause
@@ -148,12 +169,12 @@ pub fn summary(out: &mut String, r: &RunReport) {
             let _ = writeln!(out, "diagnosis ({name}): {line}");
         }
     }
-    let dropped = r.kernel.net.stats.deliveries_dropped;
-    if dropped > 0 {
+    let lost = dropped(r);
+    if lost > 0 {
         let _ = writeln!(
             out,
-            "({dropped} deliveries lost to a busy event ring: their requests are counted, their \
-             queue and drain times are not)"
+            "({lost} delivery events lost to a busy event ring or to skipped hook runs: their \
+             requests are counted, some of their queue and drain times are not)"
         );
     }
     if r.window.listen_overflows > 0 {
@@ -234,6 +255,24 @@ mod tests {
     fn window_held_drain_names_slow_readers() {
         let lines = diagnose(&window(0, 50, conn_flags::WINDOW_HELD, 0));
         assert!(lines.len() == 1 && lines[0].contains("slow readers"), "{lines:?}");
+    }
+
+    /// A skipped `tcp_probe` run or a delivery the ring refused loses no
+    /// request: `agent/dropped_deliveries`, not `agent/dropped_events`.
+    #[test]
+    fn delivery_losses_are_not_lost_requests() {
+        use crate::outcome::EndReason;
+        let mut r = super::super::test_report(EndReason::DurationElapsed);
+        let mut probe = super::super::test_program(programs::TCP_PROBE, 100, 10_000);
+        probe.recursion_misses = 7;
+        let mut recv = super::super::test_program(programs::SOCK_RECV_LENGTH, 100, 10_000);
+        recv.recursion_misses = 2;
+        r.programs = vec![probe, recv];
+        r.kernel.net.stats.deliveries_dropped = 5;
+        assert_eq!((dropped(&r), super::super::dropped_events(&r)), (12, 2));
+        let b = crate::report::metrics::document(&r);
+        assert_eq!(b.get("agent/dropped_deliveries", Measure::Count), Some(12.0));
+        assert_eq!(b.get("agent/dropped_events", Measure::Count), Some(2.0));
     }
 
     #[test]
