@@ -171,6 +171,16 @@ pub struct TracepointOffsets {
     /// storage, which the network programs test with a plain load before
     /// calling the storage helper.
     pub sock_bpf_storage: u32,
+    /// `tcp_sock.write_seq`, `.snd_nxt`, `.snd_wnd`, `.mss_cache` (BTF):
+    /// where the response's last byte is and what holds it back
+    /// (`agent-ebpf/src/net/delivery.rs`, issue 14).
+    pub tcp_write_seq: u32,
+    pub tcp_snd_nxt: u32,
+    pub tcp_snd_wnd: u32,
+    pub tcp_mss_cache: u32,
+    /// `sk_buff.cb` + `tcp_skb_cb.ack_seq` (BTF): the ACK an incoming
+    /// segment carries, at `tcp:tcp_probe`.
+    pub skb_ack_seq: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -293,6 +303,20 @@ pub mod conn_flags {
     /// The request's path is `PathMatch::health` / `PathMatch::ready`.
     pub const PATH_HEALTH: u32 = 8;
     pub const PATH_READY: u32 = 16;
+    /// Delivery events (`event_kind::DELIVERY`) only: the request's first
+    /// bytes were seen arriving (`sk_data_ready`), so its queue time is known.
+    pub const QUEUE_KNOWN: u32 = 64;
+    /// Delivery events only: the response's last bytes were held back by
+    /// Nagle (a sub-MSS tail, everything sent already unacknowledged) until
+    /// the peer's ACK released them.
+    pub const NAGLE_HELD: u32 = 128;
+    /// Delivery events only: the peer's receive window held back a
+    /// response's bytes (less than one MSS free with data waiting).
+    pub const WINDOW_HELD: u32 = 256;
+    /// Delivery events only: the connection's first request, whose
+    /// `status` field carries the accept wait in µs (handshake complete →
+    /// first read, its bytes already waiting).
+    pub const ACCEPT_KNOWN: u32 = 512;
 }
 
 /// Per-connection state (map `CONNS`, socket-local storage: the kernel
@@ -336,6 +360,45 @@ pub struct ConnState {
     /// HTTP status read from the first response bytes, 0 if none.
     pub status: u32,
     pub flags: u32,
+    // Delivery (issue 14, `agent-ebpf/src/net/delivery.rs`): where a
+    // request's time goes outside the application.
+    /// Inbound: when the first unread byte arrived (`sk_data_ready` while
+    /// no request was being read), 0 when none is waiting.
+    pub arrived_ns: u64,
+    /// Inbound: when the current request's first byte arrived (0: unknown).
+    pub queue_start_ns: u64,
+    /// Inbound: when the peer last acknowledged everything written so far.
+    pub acked_ns: u64,
+    /// A finished request whose response is not acknowledged yet: its
+    /// arrival, first read and last write (0: none pending).
+    pub pend_queue_ns: u64,
+    pub pend_start_ns: u64,
+    pub pend_end_ns: u64,
+    /// `write_seq` after the pending response's last byte.
+    pub pend_seq: u32,
+    pub pend_flags: u32,
+    pub pend_retransmits: u32,
+    pub pend_held_us: u32,
+    /// The current response's retransmitted segments (`tcp_retransmit_skb`).
+    pub retransmits: u32,
+    /// µs the current response's last bytes waited for an ACK (Nagle).
+    pub held_us: u32,
+    /// `conn_flags::{QUEUE_KNOWN, NAGLE_HELD, WINDOW_HELD, ACCEPT_KNOWN}`
+    /// of the current request.
+    pub delivery_flags: u32,
+    /// µs from the handshake's completion to the first read of the
+    /// connection's first request (`ACCEPT_KNOWN`), and the pending one's.
+    pub accept_wait_us: u32,
+    pub pend_accept_wait_us: u32,
+    /// Inbound: the `write_seq` the current response reaches once its
+    /// latest send is copied, noted before each chunk's copy
+    /// (`tcp_sendmsg_locked`: `write_seq` + `msg_iter.count`): the
+    /// response is acknowledged when an ACK covers it, not merely the
+    /// bytes copied so far.
+    pub sent_end_seq: u32,
+    /// Inbound: when the handshake completed (SYN_RECV→ESTABLISHED); 0
+    /// once the connection's first request was read.
+    pub established_ns: u64,
 }
 
 /// Kinds of [`NetEvent`].
@@ -344,6 +407,14 @@ pub mod event_kind {
     pub const REQUEST: u32 = 1;
     /// A call the target made on an outbound connection.
     pub const UPSTREAM_CALL: u32 = 2;
+    /// A request's response fully acknowledged by the peer (issue 14):
+    /// `start_ns` = its first byte's arrival (`flags & QUEUE_KNOWN`, else
+    /// the first read), `first_response_ns` = the first read,
+    /// `upstream_ns` = the last write, `end_ns` = the ACK of the last
+    /// byte, `bytes_in` = segments retransmitted, `bytes_out` = µs held
+    /// back by Nagle waiting for an ACK, `status` = the accept wait in µs
+    /// (with `conn_flags::ACCEPT_KNOWN`); `seq` is the request's.
+    pub const DELIVERY: u32 = 3;
 }
 
 /// A finished request or upstream call (one [`EventSlot`] of `NET_EVENTS`).
@@ -446,6 +517,10 @@ pub struct NetStats {
     /// inbound connection with no request read before them (a greeting, or
     /// a response already under way at attach).
     pub unmatched_writes: u64,
+    /// Delivery events (issue 14) lost to a ring more than half full: the
+    /// request itself is not lost, only its queue/drain numbers. Not in
+    /// [`NetStats::lost`].
+    pub deliveries_dropped: u64,
 }
 
 impl NetStats {
@@ -506,14 +581,14 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 19 * 4);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 9 * 8 + 6 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);
 const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
-// Nine fields, all u64 (`NetStats::accumulate` relies on it).
-const _: () = assert!(core::mem::size_of::<NetStats>() == 9 * 8);
+// Ten fields, all u64 (`NetStats::accumulate` relies on it).
+const _: () = assert!(core::mem::size_of::<NetStats>() == 10 * 8);
 const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);

@@ -67,6 +67,10 @@ pub mod programs {
     pub const SYS_ENTER_READV: &str = "sys_enter_readv";
     pub const SYS_ENTER_RECVMSG: &str = "sys_enter_recvmsg";
     pub const STATS_FLOOR: &str = "stats_floor";
+    /// Queue and drain time (issue 14): `agent/src/probes/delivery.rs`.
+    pub const SK_DATA_READY: &str = "sk_data_ready";
+    pub const TCP_PROBE: &str = "tcp_probe";
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     /// The `perf_event` program on cpu-clock of every CPU.
     pub const PROFILE_CPU_CLOCK: &str = "profile_cpu_clock";
     /// `tp_btf` programs for off-CPU stacks and run-queue waits.
@@ -74,7 +78,7 @@ pub mod programs {
     pub const PROFILE_SCHED_WAKEUP: &str = "profile_sched_wakeup";
     pub const PROFILE_SCHED_WAKEUP_NEW: &str = "profile_sched_wakeup_new";
     /// Every program of the object.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 22] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
@@ -94,5 +98,8 @@ pub mod programs {
         PROFILE_SCHED_SWITCH,
         PROFILE_SCHED_WAKEUP,
         PROFILE_SCHED_WAKEUP_NEW,
+        SK_DATA_READY,
+        TCP_PROBE,
+        TCP_RETRANSMIT_SKB,
     ];
 }

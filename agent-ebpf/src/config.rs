@@ -27,6 +27,11 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     iovec_base: 0,
     msg_iter_count: 0,
     sock_bpf_storage: 0,
+    tcp_write_seq: 0,
+    tcp_snd_nxt: 0,
+    tcp_snd_wnd: 0,
+    tcp_mss_cache: 0,
+    skb_ack_seq: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -230,6 +230,24 @@ pub fn parse_net_tcp_line(line: &str) -> Option<TcpSocket> {
     Some(TcpSocket { local_port: port, state, inode })
 }
 
+/// `TcpExt: ListenOverflows` of `/proc/net/netstat`-format text: handshakes
+/// the kernel dropped because a listener's accept queue was full, in the
+/// network namespace the file belongs to (all its listeners together).
+pub fn parse_listen_overflows(text: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_ascii_whitespace().position(|n| n == "ListenOverflows")?;
+    values.split_ascii_whitespace().nth(at)?.parse().ok()
+}
+
+/// [`parse_listen_overflows`] of `/proc/PID/net/netstat` (the target's
+/// network namespace).
+pub fn listen_overflows(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/netstat"))?;
+    parse_listen_overflows(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TcpExt ListenOverflows"))
+}
+
 /// Inodes of the sockets `pid` has open (`/proc/PID/fd/* -> socket:[N]`).
 pub fn socket_inodes(pid: u32) -> io::Result<std::collections::HashSet<u64>> {
     let mut inodes = std::collections::HashSet::new();
@@ -305,6 +323,16 @@ pub fn bpf_link_count(pid: u32) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn listen_overflows_from_netstat() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\n\
+                    TcpExt: 0 17 19\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_listen_overflows(text), Some(17));
+        assert_eq!(parse_listen_overflows("IpExt: A\nIpExt: 1\n"), None);
+    }
+
     use super::*;
 
     #[test]

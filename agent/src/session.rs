@@ -128,6 +128,9 @@ pub fn sample(
         lost_events: k.net.stats.lost(),
         ..Default::default()
     };
+    // The target's namespace's counter; kept from `prev` once it is gone.
+    s.listen_overflows =
+        procfs::listen_overflows(pid).unwrap_or_else(|_| prev.map_or(0, |p| p.listen_overflows));
     match (procfs::read_stat(pid), procfs::read_status(pid)) {
         (Ok(stat), Ok(status)) if status.vm_rss > 0 || stat.state != 'Z' => {
             s.proc_cpu_ns = stat.cpu_time_ns(ticks);
@@ -194,7 +197,12 @@ pub fn run(
     };
     let (first, _) = sample(probes, config.pid, ticks, None)?;
     let mut samples = match config.start_ns {
-        Some(t_ns) => vec![exec_sample(t_ns, config.proc_at_start.as_ref(), ticks), first],
+        // ListenOverflows is the namespace's, not the target's: it starts
+        // at the first reading, not at zero.
+        Some(t_ns) => {
+            let at_exec = exec_sample(t_ns, config.proc_at_start.as_ref(), ticks);
+            vec![Sample { listen_overflows: first.listen_overflows, ..at_exec }, first]
+        }
         None => vec![first],
     };
     let mut progress = Progress::new();

@@ -25,6 +25,9 @@ pub struct Sample {
     pub upstream_resets: u64,
     /// eBPF: events lost (event ring full, connection table full) since attach.
     pub lost_events: u64,
+    /// `/proc/PID/net/netstat` `ListenOverflows`: handshakes dropped on a
+    /// full accept queue in the target's network namespace (cumulative).
+    pub listen_overflows: u64,
     /// Ground truth: `/proc/PID/stat` utime + stime, ns (clock-tick resolution).
     pub proc_cpu_ns: u64,
     /// Ground truth: `/proc/PID/status` VmRSS / VmHWM, bytes.
@@ -58,6 +61,7 @@ pub struct WindowStats {
     pub resets: u64,
     pub upstream_resets: u64,
     pub lost_events: u64,
+    pub listen_overflows: u64,
 }
 
 impl WindowStats {
@@ -110,6 +114,7 @@ pub fn window(samples: &[Sample]) -> Option<WindowStats> {
         resets: last.resets.saturating_sub(first.resets),
         upstream_resets: last.upstream_resets.saturating_sub(first.upstream_resets),
         lost_events: last.lost_events.saturating_sub(first.lost_events),
+        listen_overflows: last.listen_overflows.saturating_sub(first.listen_overflows),
     })
 }
 
@@ -130,6 +135,7 @@ pub fn at(samples: &[Sample], t_ns: u64) -> Option<Sample> {
         resets: lerp(a.resets, b.resets),
         upstream_resets: lerp(a.upstream_resets, b.upstream_resets),
         lost_events: lerp(a.lost_events, b.lost_events),
+        listen_overflows: lerp(a.listen_overflows, b.listen_overflows),
         proc_cpu_ns: lerp(a.proc_cpu_ns, b.proc_cpu_ns),
         proc_minor_faults: lerp(a.proc_minor_faults, b.proc_minor_faults),
         proc_major_faults: lerp(a.proc_major_faults, b.proc_major_faults),

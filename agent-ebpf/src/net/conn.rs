@@ -17,7 +17,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use super::{buffers, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats};
+use super::{
+    buffers, delivery, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats,
+};
 use crate::{
     access::{load_field, put, zero_words},
     config::{self, offset},
@@ -138,6 +140,7 @@ pub(super) fn finish_exchange(c: &mut ConnState, in_target: bool) {
     }
     if c.direction == direction::INBOUND {
         emit(event_kind::REQUEST, c, c.last_response_ns, take_upstream_wait(c), 0);
+        delivery::request_finished(c);
     } else {
         emit(event_kind::UPSTREAM_CALL, c, c.last_response_ns, 0, 0);
     }
@@ -258,6 +261,7 @@ fn start_request(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
     c.phase = phase::REQUEST;
     c.start_ns = t;
     reset_exchange(c);
+    delivery::request_started(c);
     c.seq = c.seq.wrapping_add(1);
     c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
     c.flags |= buffers::request_path_flags(tid, bytes);
@@ -322,7 +326,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     let bytes = buffers::chunk_bytes(msg, size_goal);
     let t = now();
     if c.direction == direction::INBOUND {
-        response_chunk(c, msg, t, bytes);
+        response_chunk(c, sk, msg, t, bytes);
     } else {
         call_chunk(c, t, bytes, tid);
     }
@@ -331,7 +335,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
 
 /// A chunk the target sends on inbound connection `c`.
 #[inline(always)]
-fn response_chunk(c: &mut ConnState, msg: *const u8, t: u64, bytes: u64) {
+fn response_chunk(c: &mut ConnState, sk: Sock, msg: *const u8, t: u64, bytes: u64) {
     if c.phase == phase::REQUEST {
         c.phase = phase::RESPONSE;
         c.first_response_ns = t;
@@ -350,6 +354,7 @@ fn response_chunk(c: &mut ConnState, msg: *const u8, t: u64, bytes: u64) {
     if c.phase == phase::RESPONSE {
         c.last_response_ns = t;
         c.bytes_out += bytes;
+        delivery::response_chunk(c, sk, msg);
     } else if let Some(s) = stats() {
         s.unmatched_writes += 1;
     }

@@ -33,6 +33,8 @@
 
 mod buffers;
 mod conn;
+// Queue and drain time (issue 14): sk_data_ready, tcp_probe, tcp_retransmit_skb.
+mod delivery;
 mod http;
 mod ring;
 mod tcp_state;

@@ -3,7 +3,9 @@
 
 use core::intrinsics::AtomicOrdering;
 
-use agent_common::{ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, NetEvent};
+use agent_common::{
+    ConnState, EVENT_RING_MARGIN, EventRingPos, EventSlot, NetEvent, NetStats, event_kind,
+};
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE, helpers::bpf_get_smp_processor_id, macros::map, maps::Array,
 };
@@ -24,12 +26,40 @@ static NET_EVENTS_POS: Array<EventRingPos> = Array::with_max_entries(1, BPF_F_MM
 /// and counts it.
 #[inline(always)]
 pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extra_flags: u32) {
+    emit_event(&NetEvent {
+        start_ns: c.start_ns,
+        first_response_ns: c.first_response_ns,
+        end_ns,
+        upstream_ns,
+        bytes_in: saturate(c.bytes_in),
+        bytes_out: saturate(c.bytes_out),
+        kind,
+        status: c.status,
+        flags: c.flags | extra_flags,
+        seq: c.seq,
+    });
+}
+
+/// Sends `event` as it is (see [`emit`]).
+#[inline(always)]
+pub(super) fn emit_event(event: &NetEvent) {
     let Some(s) = stats() else { return };
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let shift = *read_const(&EVENT_RING_SHIFT) & 31;
     let slots = 1u64 << shift;
+    // A delivery (issue 14) is a request's second event: deliveries may
+    // fill half of the ring only, so requests keep the other half, and a
+    // lost delivery is counted apart (it loses no request).
+    let delivery = event.kind == event_kind::DELIVERY;
+    let dropped = |s: &mut NetStats| {
+        if delivery {
+            s.deliveries_dropped += 1;
+        } else {
+            s.events_dropped += 1;
+        }
+    };
     let Some(pos) = NET_EVENTS_POS.get_ptr_mut(cpu) else {
-        s.events_dropped += 1;
+        dropped(s);
         return;
     };
     // Fullness first: user space may still be reading the slots behind
@@ -37,8 +67,9 @@ pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extr
     // check and the reservation below.
     let (head, tail) =
         unsafe { (core::ptr::read_volatile(&(*pos).head), core::ptr::read_volatile(&(*pos).tail)) };
-    if head.wrapping_sub(tail) >= slots.saturating_sub(EVENT_RING_MARGIN) {
-        s.events_dropped += 1;
+    let room = if delivery { slots / 2 } else { slots.saturating_sub(EVENT_RING_MARGIN) };
+    if head.wrapping_sub(tail) >= room {
+        dropped(s);
         return;
     }
     // Atomic: a softirq (a TCP close) or a preempting task can emit on this
@@ -58,7 +89,7 @@ pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extr
     let index = ((cpu as u64) << shift) | (at & (slots - 1));
     // Always present when user space sized the ring for every possible CPU.
     let Some(slot) = NET_EVENTS.get_ptr_mut(index as u32) else {
-        s.events_dropped += 1;
+        dropped(s);
         return;
     };
     // Volatile stores, event then commit: the compiler keeps volatile
@@ -66,24 +97,12 @@ pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extr
     // user space never sees a commit before its event. (A compiler fence
     // would say the same, but the BPF backend cannot lower one.)
     unsafe {
-        let event = NetEvent {
-            start_ns: c.start_ns,
-            first_response_ns: c.first_response_ns,
-            end_ns,
-            upstream_ns,
-            bytes_in: saturate(c.bytes_in),
-            bytes_out: saturate(c.bytes_out),
-            kind,
-            status: c.status,
-            flags: c.flags | extra_flags,
-            seq: c.seq,
-        };
-        core::ptr::write_volatile(&raw mut (*slot).event, event);
+        core::ptr::write_volatile(&raw mut (*slot).event, *event);
         core::ptr::write_volatile(&raw mut (*slot).commit, at + 1);
     }
 }
 
 #[inline(always)]
-fn saturate(bytes: u64) -> u32 {
+pub(super) fn saturate(bytes: u64) -> u32 {
     if bytes > u32::MAX as u64 { u32::MAX } else { bytes as u32 }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use super::{
     conn::{self, IPPROTO_TCP, Sock},
-    milestones, now, stats,
+    delivery, milestones, now, stats,
 };
 use crate::{
     access::load_field,
@@ -17,6 +17,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
@@ -59,8 +60,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // Handshake done on a listening port of ours (softirq: any context).
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
             if conn::is_listen_port(local_port())
-                && conn::track(sk, direction::INBOUND, 0).is_some()
+                && let Some(c) = conn::track(sk, direction::INBOUND, 0)
             {
+                delivery::connection_established(c);
                 if let Some(s) = stats() {
                     s.inbound_conns += 1;
                 }
@@ -90,6 +92,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
                 // helper call, only then).
                 let in_target = c.response_buf != 0 && config::in_target();
                 conn::finish_exchange(c, in_target);
+            }
+        }
+        // Our FIN was acknowledged, so was every byte before it: a
+        // response still draining is delivered (`tcp_probe` does not see
+        // segments after FIN_WAIT1).
+        TCP_FIN_WAIT2 => {
+            if let Some(c) = conn::conn(sk) {
+                delivery::fin_acked(c);
             }
         }
         _ => {}

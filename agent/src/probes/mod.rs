@@ -10,6 +10,7 @@
 //! program and map belongs to [`Probes`].
 
 pub mod cpu;
+pub mod delivery;
 pub mod exec;
 pub mod hook;
 mod mapping;
@@ -86,6 +87,7 @@ impl Probes {
         cpu::offsets(&btf, &mut offsets)?;
         memory::offsets(tracefs_root, &mut offsets)?;
         net::offsets(tracefs_root, &btf, &mut offsets)?;
+        delivery::offsets(&btf, &mut offsets)?;
         drop(btf); // ~5 MiB: gone before the maps and programs are created
         let exec_match = exec_match_for(spec)?;
         let path_match = path_match_for(paths)?;
@@ -127,6 +129,7 @@ impl Probes {
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
+        delivery::attach(&mut ebpf, &kernel_btf)?;
         let profile = profile
             .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
             .transpose()?;
@@ -296,6 +299,9 @@ mod tests {
             "tp_btf/tcp_sendmsg_locked",
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
+            // Per segment / readable event of every socket (issue 14).
+            "tp_btf/sk_data_ready",
+            "tp_btf/tcp_probe",
             // With --profile-dir: on every wake-up of a target thread.
             "tp_btf/sched_wakeup",
         ] {

@@ -391,6 +391,7 @@ mod tests {
             inbound_resets: 64,
             outbound_resets: 128,
             unmatched_writes: 256,
+            deliveries_dropped: 512,
         }
     }
 
@@ -408,6 +409,7 @@ mod tests {
         assert_eq!(total.inbound_resets, 2 * once.inbound_resets);
         assert_eq!(total.outbound_resets, 2 * once.outbound_resets);
         assert_eq!(total.unmatched_writes, 2 * once.unmatched_writes);
+        assert_eq!(total.deliveries_dropped, 2 * once.deliveries_dropped);
         // Losses: events dropped, connections untracked, inserts failed.
         assert_eq!(once.lost(), 1 + 2 + 4);
     }

@@ -49,6 +49,7 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("upstream/resets"), Measure::Count, w.upstream_resets as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
+    super::delivery::add_metrics(b, suffix, &r.delivery, w);
 }
 
 /// k6's own numbers for a window, beside the agent's.
@@ -84,6 +85,7 @@ fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>) {
     add_percentiles(b, "ttfb/", "", &q.ttfb);
     add_percentiles(b, "upstream/latency_", "", &q.upstream);
     add_percentiles(b, "overhead/latency_", "", &q.overhead);
+    super::delivery::add_percentile_metrics(b, "", &q.delivery);
     b.add("throughput/rps", Measure::Throughput, q.rps);
     if let Some(vus) = vus {
         b.add(format!("throughput/rps_{vus}vu"), Measure::Throughput, q.rps);
@@ -135,6 +137,7 @@ pub fn document(r: &RunReport) -> BmfReport {
     b.add("agent/window", Measure::Latency, r.window.duration_ns as f64);
     b.add("agent/partial", Measure::Count, if r.partial { 1.0 } else { 0.0 });
     b.add("agent/dropped_events", Measure::Count, dropped_events(r) as f64);
+    super::delivery::add_run_metrics(&mut b, r);
     add_program_costs(&mut b, &r.programs);
     b
 }

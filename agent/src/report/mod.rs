@@ -4,6 +4,7 @@
 //!
 //! Metric IDs are stable (CI gates on them); `docs/metrics.md` defines each.
 
+pub mod delivery;
 pub mod metrics;
 pub mod summary;
 
@@ -57,11 +58,16 @@ pub struct RunReport<'a> {
 
 /// Every event lost between the kernel and the numbers: runs the kernel
 /// skipped (recursion misses), event ring or connection table full, and
-/// events user space refused. CPU time, RSS and faults are aggregated in
+/// events user space refused. The delivery hooks' misses lose no request:
+/// they are in `agent/dropped_deliveries` ([`delivery::dropped`]). CPU time, RSS and faults are aggregated in
 /// fixed per-CPU slots that cannot fill up. (The statistics' calibration
 /// program counts nothing, so its misses lose nothing.)
 pub fn dropped_events(r: &RunReport) -> u64 {
-    r.programs.iter().filter(|p| p.name != FLOOR_PROGRAM).map(|p| p.recursion_misses).sum::<u64>()
+    r.programs
+        .iter()
+        .filter(|p| p.name != FLOOR_PROGRAM && !delivery::PROGRAMS.contains(&p.name.as_str()))
+        .map(|p| p.recursion_misses)
+        .sum::<u64>()
         + r.window.lost_events
         + r.rejected_events
 }

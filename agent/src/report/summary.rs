@@ -19,6 +19,7 @@ pub fn render(r: &RunReport) -> String {
     header(&mut out, r);
     ground_truth_table(&mut out, r);
     requests(&mut out, r);
+    super::delivery::summary(&mut out, r);
     kernel_events(&mut out, r);
     program_costs(&mut out, r);
     if !r.phases.is_empty() {

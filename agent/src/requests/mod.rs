@@ -4,11 +4,15 @@
 //! overhead (which request each call served: [`attribution`]). Pure.
 
 pub mod attribution;
+pub mod delivery;
 pub mod segments;
 
 use agent_common::{NetEvent, conn_flags, event_kind};
 
-use self::segments::{Counts, Segment, Segments};
+use self::{
+    delivery::{DeliveryLog, DeliveryStats},
+    segments::{Counts, Segment, Segments},
+};
 
 /// How long past its end a request given no upstream call is kept unfolded
 /// (when the target has upstreams), waiting for calls still unreported.
@@ -98,6 +102,8 @@ pub struct RequestLog {
     firsts: [Option<u64>; 4],
     /// Also cut this long after each startup milestone (the idle phase).
     idle_after_startup_ns: u64,
+    /// Queue and drain times (issue 14), cut and folded with the requests.
+    delivery: DeliveryLog,
 }
 
 impl RequestLog {
@@ -108,6 +114,10 @@ impl RequestLog {
     }
 
     pub fn push(&mut self, e: &NetEvent) {
+        if e.kind == event_kind::DELIVERY {
+            self.rejected += u64::from(!self.delivery.push(e));
+            return;
+        }
         let ordered =
             e.start_ns != 0 && e.start_ns <= e.first_response_ns && e.first_response_ns <= e.end_ns;
         if !ordered {
@@ -175,6 +185,7 @@ impl RequestLog {
     /// (counted in [`RequestLog::late_cuts`]).
     pub fn cut(&mut self, t_ns: u64) {
         self.segments.cut(t_ns);
+        self.delivery.cut(t_ns);
     }
 
     /// Edges registered after their time had been folded.
@@ -189,6 +200,7 @@ impl RequestLog {
     /// is kept up to `UNPAIRED_HOLD_NS` longer: a call on a pooled
     /// connection is reported only when the connection's next call starts.
     pub fn fold(&mut self, horizon_ns: u64) {
+        self.delivery.fold(horizon_ns);
         let Some(until) = self.segments.fold_point(horizon_ns) else { return };
         // Only what started by `until` can be, or compete with, a request
         // folded now: a call of one ends before its response does.
@@ -287,6 +299,7 @@ impl RequestLog {
             status_4xx: counts.status_4xx,
             status_5xx: counts.status_5xx,
             max_latency_ns: counts.max_latency_ns,
+            delivery: self.delivery.window(start_ns, end_ns),
         }
     }
 }
@@ -307,6 +320,8 @@ pub struct RequestStats {
     pub status_4xx: u64,
     pub status_5xx: u64,
     pub max_latency_ns: u64,
+    /// Queue, drain and delivered time (issue 14).
+    pub delivery: DeliveryStats,
 }
 
 impl RequestStats {
