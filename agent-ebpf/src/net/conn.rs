@@ -34,7 +34,8 @@ pub(super) type Sock = *const c_void;
 #[btf_map]
 static CONNS: SkStorage<ConnState> = SkStorage::new();
 
-/// The target's listening ports (host byte order) → 1.
+/// The target's listening ports (host byte order) → the listener's tgid
+/// (the owner of the connections accepted there).
 #[map]
 pub(super) static LISTEN_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// Which inbound request each thread of the target is serving (key: tid):
@@ -66,10 +67,11 @@ fn storage(sk: Sock, flags: u64) -> Option<&'static mut ConnState> {
     if p.is_null() { None } else { Some(unsafe { &mut *(p as *mut ConnState) }) }
 }
 
-/// Starts tracking `sk` as a fresh connection (overwrites the state of a
-/// reused socket). A storage the kernel cannot allocate is counted.
+/// Starts tracking `sk` as a fresh connection of thread group `owner`
+/// (overwrites the state of a reused socket). A storage the kernel cannot
+/// allocate is counted.
 #[inline(always)]
-pub(super) fn track(sk: Sock, dir: u32, flags: u32) -> Option<&'static mut ConnState> {
+pub(super) fn track(sk: Sock, dir: u32, flags: u32, owner: u32) -> Option<&'static mut ConnState> {
     let Some(c) = storage(sk, BPF_SK_STORAGE_GET_F_CREATE.into()) else {
         if let Some(s) = stats() {
             s.conns_untracked += 1;
@@ -79,7 +81,7 @@ pub(super) fn track(sk: Sock, dir: u32, flags: u32) -> Option<&'static mut ConnS
     // Not `..Default::default()`: that becomes a memset call (see `put`).
     zero_words(c as *mut ConnState);
     put(&mut c.direction, dir);
-    put(&mut c.flags, flags);
+    put(&mut c.flags, flags | (owner << conn_flags::OWNER_SHIFT));
     put(&mut c.sk, sk as u64);
     Some(c)
 }
@@ -155,7 +157,8 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
     } else {
         direction::OUTBOUND
     };
-    let c = track(sk, dir, conn_flags::ADOPTED)?;
+    let owner = config::current_tgid_tid().0;
+    let c = track(sk, dir, conn_flags::ADOPTED, owner)?;
     if let Some(s) = stats() {
         s.adopted_conns += 1;
     }

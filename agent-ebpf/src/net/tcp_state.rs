@@ -45,8 +45,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // Handshake done on a listening port of ours (softirq: any context).
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
-            if unsafe { LISTEN_PORTS.get(&local_port()) }.is_some()
-                && conn::track(sk, direction::INBOUND, 0).is_some()
+            if let Some(&owner) = unsafe { LISTEN_PORTS.get(&local_port()) }
+                && conn::track(sk, direction::INBOUND, 0, owner).is_some()
             {
                 if let Some(s) = stats() {
                     s.inbound_conns += 1;
@@ -60,7 +60,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // connect() runs in the target's context.
         TCP_SYN_SENT => {
-            if config::in_target() && conn::track(sk, direction::OUTBOUND, 0).is_some() {
+            if config::in_target()
+                && conn::track(sk, direction::OUTBOUND, 0, config::current_tgid_tid().0).is_some()
+            {
                 conn::outbound_seen();
                 if let Some(s) = stats() {
                     s.outbound_conns += 1;
@@ -80,10 +82,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The target listens on `port`.
+/// The target (node mode: the current one) listens on `port`.
 #[inline(always)]
 fn listening(port: u32) {
-    if LISTEN_PORTS.insert(&port, &1, 0).is_err() {
+    let owner = config::current_tgid_tid().0;
+    if LISTEN_PORTS.insert(&port, &owner, 0).is_err() {
         insert_failed();
     }
     if let Some(m) = milestones()

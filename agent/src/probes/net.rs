@@ -329,7 +329,8 @@ fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<HashMap<M
         Vec::new()
     });
     for port in ports {
-        listen_ports.insert(u32::from(port), 1, 0)?;
+        // The value is the listener's tgid: the owner of accepted connections.
+        listen_ports.insert(u32::from(port), pid, 0)?;
     }
     Ok(listen_ports)
 }

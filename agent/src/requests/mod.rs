@@ -106,7 +106,7 @@ impl RequestLog {
                     end_ns: e.end_ns,
                     upstream_ns: e.upstream_ns.min(e.end_ns - e.start_ns),
                     status: e.status.min(u16::MAX as u32) as u16,
-                    flags: e.flags as u16,
+                    flags: (e.flags & conn_flags::MASK) as u16,
                 };
                 self.note_first(&r);
                 self.count += 1;
