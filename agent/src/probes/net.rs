@@ -144,6 +144,7 @@ pub struct NetProbe {
     conns: SkStorage<MapData, ConnState>,
     upstream_wait: HashMap<MapData, ParentRef, u64>,
     read_buf: HashMap<MapData, u32, u64>,
+    /// Port → listener's tgid (the owner of the connections accepted there).
     _listen_ports: HashMap<MapData, u32, u32>,
     /// Read hooks attached and milestones they still serve.
     paths_awaited: Option<PathsAwaited>,
@@ -218,6 +219,23 @@ impl NetProbe {
             }
             log.push(event)
         })
+    }
+
+    /// Hands every event waiting in the event ring to `f` (node mode, which
+    /// sorts them by owner); returns how many.
+    pub fn drain_events(&mut self, f: impl FnMut(&NetEvent)) -> u64 {
+        self.events.drain(false, f)
+    }
+
+    /// Ports `pid` listens on now become its own (node mode: a process
+    /// found running, whose listen() the kernel side did not see).
+    pub fn add_listener(&mut self, pid: u32) -> anyhow::Result<()> {
+        let ports = procfs::listening_ports(pid)
+            .with_context(|| format!("reading the listening sockets of PID {pid}"))?;
+        for port in ports {
+            self._listen_ports.insert(u32::from(port), pid, 0)?;
+        }
+        Ok(())
     }
 
     /// Once every milestone the read hooks serve has been reached, detaches
