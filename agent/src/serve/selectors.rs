@@ -15,7 +15,8 @@ use anyhow::{Context as _, bail};
 
 use crate::procfs;
 
-/// Where cgroup v2 is mounted on every distribution perf-agent knows.
+/// Where cgroup v2 is mounted on unified systems; hybrid ones have it at
+/// /sys/fs/cgroup/unified ([`cgroup2_root`] reads the mount table).
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
 /// The kernel keeps the first 15 bytes of a command name.
 const COMM_MAX: usize = 15;
@@ -83,12 +84,9 @@ pub fn comm(name: &str) -> anyhow::Result<Selector> {
             "--comm {name:?}: give a command name as `ps -o comm` shows it (for a path use --exe)"
         );
     }
-    let truncated = match name.char_indices().nth(COMM_MAX) {
-        Some((i, _)) if name.len() > COMM_MAX => &name[..i.min(COMM_MAX)],
-        _ => name,
-    };
-    let truncated = &truncated[..truncated.len().min(COMM_MAX)];
-    Ok(Selector::Comm(truncated.to_string()))
+    // Bytes, like the kernel (which may cut a UTF-8 sequence).
+    let kept = &name.as_bytes()[..name.len().min(COMM_MAX)];
+    Ok(Selector::Comm(String::from_utf8_lossy(kept).into_owned()))
 }
 
 /// Checks a `--port`.
@@ -99,20 +97,32 @@ pub fn port(port: u16) -> anyhow::Result<Selector> {
     Ok(Selector::Port(port))
 }
 
-/// Checks a `--cgroup`: an existing cgroup v2 directory, absolute or under
-/// /sys/fs/cgroup.
+/// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid layout), from `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    crate::cgroup::place::parse_mountinfo(&mounts)
+        .into_iter()
+        .find(|m| m.version == crate::cgroup::Version::V2)
+        .map_or_else(|| PathBuf::from(CGROUP2_ROOT), |m| m.point)
+}
+
+/// Checks a `--cgroup`: an existing cgroup v2 directory, absolute (under
+/// the cgroup v2 mount) or relative to that mount.
 pub fn cgroup(given: &Path) -> anyhow::Result<Selector> {
-    let path = if given.starts_with(CGROUP2_ROOT) {
+    let root = cgroup2_root();
+    let path = if given.starts_with(&root) {
         given.to_path_buf()
     } else {
-        Path::new(CGROUP2_ROOT).join(given.strip_prefix("/").unwrap_or(given))
+        root.join(given.strip_prefix("/").unwrap_or(given))
     };
     if !path.join("cgroup.procs").is_file() {
         bail!(
             "--cgroup {}: {} is not a cgroup v2 directory (no cgroup.procs); give a path \
-             under {CGROUP2_ROOT}, e.g. system.slice/nginx.service",
+             under {} (cgroup v2), e.g. system.slice/nginx.service",
             given.display(),
-            path.display()
+            path.display(),
+            root.display()
         );
     }
     let id = fs::metadata(&path).with_context(|| format!("--cgroup {}", path.display()))?.ino();

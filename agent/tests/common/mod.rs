@@ -9,6 +9,7 @@
 mod agent;
 pub mod bpf;
 mod process;
+pub mod prometheus;
 
 use std::{
     io::BufReader,
