@@ -278,3 +278,21 @@ fn bad_input_is_refused_before_attaching() {
         assert!(!out.stderr.contains("serving"), "{all:?} attached: {}", out.stderr);
     }
 }
+
+/// The scrape configuration of docs/deploy/ is valid Prometheus syntax
+/// (`promtool`, which comes with Debian's prometheus package).
+#[test]
+fn deploy_scrape_config_is_valid() {
+    if binary().is_none() {
+        return;
+    }
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy/prometheus-scrape.yml");
+    let out =
+        Command::new("promtool").args(["check", "config"]).arg(&config).output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

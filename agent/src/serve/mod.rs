@@ -176,7 +176,12 @@ impl Follower {
                 continue;
             }
             if let Some(old) = registry.live_mut(*pid) {
-                old.exited_ns = Some(now); // the PID was reused
+                // The PID was reused by another process, which the kernel's
+                // set cannot tell from the old one: out of the set; the next
+                // scan brings it back if a selector matches it.
+                old.exited_ns = Some(now);
+                probes.remove(*pid);
+                continue;
             }
             let selector =
                 self.selectors.get(m.selector as usize).map_or_else(String::new, Selector::label);

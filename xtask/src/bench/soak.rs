@@ -121,7 +121,15 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
                 failures += u64::from(get(listen, "/metrics").is_err());
                 if start.elapsed() >= next_sample {
                     let rss = procfs::status_bytes(pid, Status::VmRss).unwrap_or(f64::NAN);
-                    samples.push(Sample { t: start.elapsed(), rss, fds: fd_count(pid) });
+                    let sample = Sample { t: start.elapsed(), rss, fds: fd_count(pid) };
+                    // As they come: in an hours-long run a slow leak shows as a trend.
+                    println!(
+                        "  agent at {:>5} s: VmRSS {:.2} MiB, {} fds",
+                        sample.t.as_secs(),
+                        sample.rss / 1048576.0,
+                        sample.fds
+                    );
+                    samples.push(sample);
                     next_sample += SAMPLE_EVERY;
                 }
                 thread::sleep(Duration::from_secs(1));
@@ -155,14 +163,6 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
         bail!("perf-agent serve did not exit cleanly on SIGTERM ({status:?})");
     }
     drop(servers);
-    for s in &samples {
-        println!(
-            "  agent at {:>4} s: VmRSS {:.1} MiB, {} fds",
-            s.t.as_secs(),
-            s.rss / 1048576.0,
-            s.fds
-        );
-    }
     rows(results, &samples, cpu_ns / wall_ns * 100.0, counted, sent, scrape_failures);
     Ok(())
 }
