@@ -3,10 +3,10 @@
 //! turn) and a scraper reads `/metrics` every second, for
 //! `PERF_AGENT_SOAK_SECS` (default 120 s; the hours-long run of
 //! docs/reliability.md sets it). The agent's VmRSS and open fds are
-//! sampled every 5 s: they must stay flat after the warm-up; its CPU (utime
-//! + stime, /proc) over the whole load is the CPU goal; the requests it
-//! counted (its final `/metrics`) against those http-load sent is the
-//! accuracy check.
+//! sampled every 5 s: they must stay flat after the warm-up. Its CPU time
+//! (utime and stime, /proc) over the whole load is the CPU goal; the
+//! requests it counted (its final `/metrics`) against those http-load sent
+//! is the accuracy check.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
