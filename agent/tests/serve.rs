@@ -296,3 +296,62 @@ fn deploy_scrape_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The value of the first sample of `name` whose labels contain `labels`.
+fn sample_of(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `--comm` catches a process started later, at its exec: its requests are
+/// counted and its startup gauge (exec → end of the first response) lies
+/// between the test's own bounds: at least the pause the test makes between
+/// the server's ready line and its first request, at most the time from
+/// before the spawn to after that response.
+#[test]
+fn comm_selector_catches_a_later_exec_with_its_startup() {
+    let Some(_serial) = privileged() else { return };
+    // A name of our own (the comm is the basename the kernel execs), so no
+    // other demo-server on the machine matches.
+    let name = format!("pa-comm-{}", std::process::id() % 1_000_000);
+    let link = scratch_dir().join(&name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(fixture("demo-server"), &link).unwrap();
+    let (agent, addr) = serve(&["--comm", &name]);
+    let spawned = std::time::Instant::now();
+    let mut server = KillOnDrop::spawn(Command::new(&link).stdout(Stdio::piped()), "demo-server");
+    let mut out = std::io::BufReader::new(server.take_stdout().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+    let ready_at = spawned.elapsed();
+    let server_addr = ready_field(ready.trim(), "addr").unwrap();
+    let pause = Duration::from_millis(300);
+    std::thread::sleep(pause);
+    http_load(&format!("http://{server_addr}/"), &["--requests", "1", "--connections", "1"]);
+    let first_done = spawned.elapsed();
+    http_load(&format!("http://{server_addr}/"), &["--requests", "49"]);
+    let pid = format!("pid=\"{}\"", server.pid());
+    let counted = wait_until(Duration::from_secs(5), || {
+        http_get(&addr, "/metrics", "*/*").1.lines().any(|l| {
+            l.starts_with("http_server_requests_total{")
+                && l.contains(&pid)
+                && l.contains(&format!("comm=\"{name}\""))
+                && l.contains(&format!("selector=\"comm={name}\""))
+                && l.contains("status_class=\"2xx\"")
+                && l.ends_with(" 50")
+        })
+    });
+    let metrics = http_get(&addr, "/metrics", "*/*").1;
+    assert!(counted, "not 50 requests for {pid}:\n{metrics}");
+    let startup = sample_of(&metrics, "perf_agent_startup_first_response_seconds", &pid)
+        .unwrap_or_else(|| panic!("no startup gauge:\n{metrics}"));
+    eprintln!("startup {startup} s; ready after {ready_at:?}, first response by {first_done:?}");
+    assert!(
+        startup >= pause.as_secs_f64() && startup <= first_done.as_secs_f64(),
+        "startup {startup} s not in [{pause:?}, {first_done:?}]"
+    );
+    let _ = std::fs::remove_file(&link);
+    stop_and_check_detached(agent);
+}
