@@ -88,27 +88,8 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
     let servers: Vec<DemoServer> =
         (0..TARGETS).map(|_| DemoServer::start(&env.demo_server)).collect::<Result<_>>()?;
     let listen = crate::net::free_loopback_addr()?;
-    let log = std::fs::File::create(env.logs.join("soak-serve.stderr"))?;
-    let mut cmd = Command::new(&env.agent);
-    cmd.args(["serve", "--listen", &listen.to_string(), "--max-targets", "16", "--exe"])
-        .arg(&env.demo_server)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut agent = KillOnDrop::new(cmd.spawn().context("starting perf-agent serve")?);
+    let agent = start_agent(env, listen)?;
     let pid = agent.id();
-    let up = Instant::now();
-    while !get(listen, "/metrics")
-        .is_ok_and(|m| m.contains(&format!("perf_agent_targets {TARGETS}\n")))
-    {
-        agent.check_running("perf-agent serve")?;
-        if up.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "perf-agent serve did not follow {TARGETS} demo-servers within 30 s (see logs/soak-serve.stderr)"
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
     let counted_before = requests_counted(&get(listen, "/metrics")?);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -165,6 +146,32 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
     drop(servers);
     rows(results, &samples, cpu_ns / wall_ns * 100.0, counted, sent, scrape_failures);
     Ok(())
+}
+
+/// `perf-agent serve --exe demo-server` on `listen`, once it follows the
+/// TARGETS servers.
+fn start_agent(env: &Env, listen: SocketAddr) -> Result<KillOnDrop> {
+    let log = std::fs::File::create(env.logs.join("soak-serve.stderr"))?;
+    let mut cmd = Command::new(&env.agent);
+    cmd.args(["serve", "--listen", &listen.to_string(), "--max-targets", "16", "--exe"])
+        .arg(&env.demo_server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut agent = KillOnDrop::new(cmd.spawn().context("starting perf-agent serve")?);
+    let up = Instant::now();
+    while !get(listen, "/metrics")
+        .is_ok_and(|m| m.contains(&format!("perf_agent_targets {TARGETS}\n")))
+    {
+        agent.check_running("perf-agent serve")?;
+        if up.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "perf-agent serve did not follow {TARGETS} demo-servers within 30 s (see logs/soak-serve.stderr)"
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(agent)
 }
 
 fn rows(
