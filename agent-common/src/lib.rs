@@ -43,6 +43,12 @@ pub mod globals {
     /// `u32`: 1 to send a stack when a target thread blocks (off-CPU
     /// profiles, `--profile-dir` without `--no-off-cpu`).
     pub const PROFILE_OFF_CPU: &str = "PROFILE_OFF_CPU";
+    /// `u32`: 1 in node mode (`perf-agent serve`): the targets are the
+    /// tgids in the hash map `TARGETS` ([`TargetMember`](super::TargetMember)),
+    /// armed at exec by the selector maps, and `TARGET` stays empty. 0 (the
+    /// one-target modes): the verifier prunes the set's code, so their
+    /// filter is still one array lookup and a compare.
+    pub const TARGET_SET: &str = "TARGET_SET";
 }
 
 /// Names of the maps and programs (`names.rs`).
@@ -66,6 +72,29 @@ pub struct Target {
     /// CLOCK_MONOTONIC ns of the exec that armed it; 0 in attach mode.
     pub exec_ns: u64,
 }
+
+/// One target of node mode (map `TARGETS`, a `HASH` keyed by tgid, sized by
+/// `serve --max-targets`). Inserted by user space for a process its
+/// selectors found running, or by the exec hook when an exec matches one of
+/// the selector maps (`EXEC_COMMS`, `EXEC_PATHS`, `EXEC_CGROUPS`, whose
+/// values are the selector's index); removed by user space when the process
+/// has exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetMember {
+    /// Index of the selector that matched (user space's numbering).
+    pub selector: u32,
+    /// execs by this thread group since it became a target.
+    pub execs: u32,
+    /// CLOCK_MONOTONIC ns of the exec that made it a target; 0 when user
+    /// space added it.
+    pub exec_ns: u64,
+}
+
+/// Key of `EXEC_PATHS`: a path as passed to `execve`, NUL-padded.
+pub const EXEC_PATH_KEY: usize = 256;
+/// Key of `EXEC_COMMS`: a command name as the kernel keeps it, NUL-padded.
+pub const COMM_KEY: usize = 16;
 
 /// Kinds of [`ExecMatch`].
 pub mod exec_match {
@@ -317,6 +346,35 @@ pub mod conn_flags {
     /// `status` field carries the accept wait in µs (handshake complete →
     /// first read, its bytes already waiting).
     pub const ACCEPT_KNOWN: u32 = 512;
+    /// The flags proper: bits 0..10 (the delivery flags above reach bit
+    /// 9). Bits 10..32 hold the tgid of the connection's owner (the process
+    /// that listens on its port, connected it, or was seen using it first
+    /// when adopted), so node mode can tell whose request an event is: 22
+    /// bits, and `pid_max` is at most 2^22 (`PID_MAX_LIMIT`), so every tgid
+    /// fits. Delivery events carry the owner in the same bits.
+    pub const MASK: u32 = 0x3ff;
+    pub const OWNER_SHIFT: u32 = 10;
+
+    /// The owner's tgid in a [`ConnState::flags`](super::ConnState) /
+    /// [`NetEvent::flags`](super::NetEvent) word.
+    pub const fn owner(flags: u32) -> u32 {
+        flags >> OWNER_SHIFT
+    }
+
+    // Every flag lies inside MASK: none may reach the owner's bits.
+    const _: () = assert!(
+        (ADOPTED
+            | RESET
+            | AT_END
+            | PATH_HEALTH
+            | PATH_READY
+            | QUEUE_KNOWN
+            | NAGLE_HELD
+            | WINDOW_HELD
+            | ACCEPT_KNOWN)
+            & !MASK
+            == 0
+    );
 }
 
 /// Per-connection state (map `CONNS`, socket-local storage: the kernel
@@ -572,6 +630,7 @@ mod user {
     unsafe impl aya::Pod for super::NetStats {}
     unsafe impl aya::Pod for super::Milestones {}
     unsafe impl aya::Pod for super::Target {}
+    unsafe impl aya::Pod for super::TargetMember {}
     unsafe impl aya::Pod for super::ExecMatch {}
     unsafe impl aya::Pod for super::PathMatch {}
 }
@@ -592,5 +651,6 @@ const _: () = assert!(core::mem::size_of::<NetStats>() == 10 * 8);
 const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
 const _: () = assert!(core::mem::size_of::<Target>() == 16);
+const _: () = assert!(core::mem::size_of::<TargetMember>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);
 const _: () = assert!(core::mem::size_of::<PathMatch>() == 8 + 256);

@@ -25,8 +25,17 @@ pub mod maps {
     pub const PROFILE_STATS: &str = "PROFILE_STATS";
     /// One-slot `PERCPU_ARRAY` of `profile::SchedCounts`: run-queue waits and off-CPU time not sent as records.
     pub const SCHED_COUNTS: &str = "SCHED_COUNTS";
+    /// Node mode (`serve`): the targets, by tgid (`HASH` of `TargetMember`).
+    pub const TARGETS: &str = "TARGETS";
+    /// Node mode: command names / exec'd paths / cgroup ids → selector index.
+    pub const EXEC_COMMS: &str = "EXEC_COMMS";
+    pub const EXEC_PATHS: &str = "EXEC_PATHS";
+    pub const EXEC_CGROUPS: &str = "EXEC_CGROUPS";
+    /// Node mode: one-slot `ARRAY` of `u64`, execs that matched a selector
+    /// while `TARGETS` was full.
+    pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 22] = [
         TARGET,
         CPU_ACCOUNT,
         THREAD_RUNTIME,
@@ -44,6 +53,11 @@ pub mod maps {
         PROFILE_SAMPLES,
         PROFILE_STATS,
         SCHED_COUNTS,
+        TARGETS,
+        EXEC_COMMS,
+        EXEC_PATHS,
+        EXEC_CGROUPS,
+        TARGETS_REFUSED,
     ];
 }
 

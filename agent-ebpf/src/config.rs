@@ -3,8 +3,15 @@
 //! target, which lives in a map because the exec hook may arm it itself.
 //! Names must match `agent_common::globals` and `agent_common::names`.
 
-use agent_common::{ExecMatch, PathMatch, Target, TracepointOffsets};
-use aya_ebpf::{macros::map, maps::Array};
+use agent_common::{
+    COMM_KEY, EXEC_PATH_KEY, ExecMatch, PathMatch, Target, TargetMember, TracepointOffsets,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+};
+
+use crate::access::read_const;
 
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
@@ -45,9 +52,28 @@ pub(crate) static PATH_MATCH: PathMatch = PathMatch::NONE;
 #[unsafe(no_mangle)]
 pub(crate) static EVENT_RING_SHIFT: u32 = 0;
 
+/// 1 in node mode: the targets are [`TARGETS`]; see `agent_common::globals::TARGET_SET`.
+#[unsafe(no_mangle)]
+pub(crate) static TARGET_SET: u32 = 0;
+
 /// The measured thread group; see `agent_common::Target`.
 #[map]
 pub(crate) static TARGET: Array<Target> = Array::with_max_entries(1, 0);
+
+/// Node mode's targets by tgid; sized by user space (`--max-targets`).
+#[map]
+pub(crate) static TARGETS: HashMap<u32, TargetMember> = HashMap::with_max_entries(64, 0);
+/// Node mode's selectors the exec hook checks: command name, exec'd path,
+/// cgroup v2 id → selector index (see `agent_common::TargetMember`).
+#[map]
+pub(crate) static EXEC_COMMS: HashMap<[u8; COMM_KEY], u32> = HashMap::with_max_entries(64, 0);
+#[map]
+pub(crate) static EXEC_PATHS: HashMap<[u8; EXEC_PATH_KEY], u32> = HashMap::with_max_entries(64, 0);
+#[map]
+pub(crate) static EXEC_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(64, 0);
+/// Node mode: execs that matched while [`TARGETS`] was full.
+#[map]
+pub(crate) static TARGETS_REFUSED: Array<u64> = Array::with_max_entries(1, 0);
 
 /// One field offset of [`OFFSETS`], as a `usize`.
 macro_rules! offset {
@@ -73,10 +99,22 @@ pub fn target_tgid() -> u32 {
     TARGET.get(0).map_or(0, |t| t.tgid)
 }
 
-/// The current task's tid when it belongs to the target, else `None`.
+/// True in node mode (a constant to the verifier, which prunes the other
+/// branch of every test of it).
+#[inline(always)]
+pub fn target_set() -> bool {
+    *read_const(&TARGET_SET) != 0
+}
+
+/// The current task's tid when it belongs to the target (node mode: to one
+/// of the targets), else `None`.
 #[inline(always)]
 pub fn target_thread() -> Option<u32> {
     let (tgid, tid) = current_tgid_tid();
+    if target_set() {
+        // tgid 0 (the idle task) is never inserted.
+        return unsafe { TARGETS.get(&tgid) }.is_some().then_some(tid);
+    }
     let target = target_tgid();
     (target != 0 && tgid == target).then_some(tid)
 }

@@ -2,16 +2,20 @@
 //! mode (our own child's exec) and wait-for-exec mode (a matching program),
 //! and stamps time zero for startup. User-space twin: `agent/src/probes/exec.rs`.
 
-use agent_common::exec_match;
+use agent_common::{TargetMember, exec_match};
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+        generated::bpf_get_current_cgroup_id,
+    },
     macros::{map, tracepoint},
     maps::PerCpuArray,
     programs::TracePointContext,
 };
 
 use crate::{
-    access::read_const,
+    access::{read_const, zero_words},
     config::{self, EXEC_MATCH, TARGET, offset},
 };
 
@@ -21,6 +25,10 @@ static FILENAME: PerCpuArray<[u8; 256]> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if config::target_set() {
+        exec_into_set(&ctx);
+        return 0;
+    }
     let Some(target) = TARGET.get_ptr_mut(0) else { return 0 };
     let target = unsafe { &mut *target };
     if target.tgid != 0 {
@@ -57,6 +65,48 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         target.execs = 1;
     }
     0
+}
+
+/// Node mode: an exec whose command name, path or cgroup is a selector's
+/// makes the exec'ing thread group a target (a restarted service is followed
+/// into its new process from its first instruction); a target's own exec
+/// is counted. Execs are rare: the three lookups cost nothing that matters.
+#[inline(always)]
+fn exec_into_set(ctx: &TracePointContext) {
+    let (tgid, _) = config::current_tgid_tid();
+    if let Some(member) = config::TARGETS.get_ptr_mut(&tgid) {
+        unsafe { (*member).execs += 1 };
+        return;
+    }
+    let Some(selector) = set_selector(ctx) else { return };
+    let member = TargetMember { selector, execs: 1, exec_ns: unsafe { bpf_ktime_get_ns() } };
+    if config::TARGETS.insert(&tgid, &member, BPF_NOEXIST.into()).is_err()
+        && let Some(refused) = config::TARGETS_REFUSED.get_ptr_mut(0)
+    {
+        unsafe { *refused += 1 };
+    }
+}
+
+/// The selector this exec matches: by command name, by cgroup, by path.
+#[inline(always)]
+fn set_selector(ctx: &TracePointContext) -> Option<u32> {
+    if let Ok(comm) = bpf_get_current_comm()
+        && let Some(&s) = unsafe { config::EXEC_COMMS.get(&comm) }
+    {
+        return Some(s);
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(&s) = unsafe { config::EXEC_CGROUPS.get(&cgroup) } {
+        return Some(s);
+    }
+    let loc = unsafe { ctx.read_at::<u32>(offset!(exec_filename)) }.ok()?;
+    let buf = FILENAME.get_ptr_mut(0)?;
+    // The key is the whole buffer: NUL-padded past the string.
+    zero_words(buf);
+    let buf = unsafe { &mut *buf };
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    unsafe { bpf_probe_read_kernel_str_bytes(src, buf) }.ok()?;
+    unsafe { config::EXEC_PATHS.get(&*buf) }.copied()
 }
 
 /// `__data_loc char[] filename`: the low 16 bits are the string's offset in

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod repeat;
 pub mod report;
 pub mod requests;
+pub mod serve;
 pub mod session;
 pub mod signals;
 pub mod startup;

@@ -56,6 +56,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Node mode: follow the processes the selectors match (now and after
+    /// restarts) and serve their metrics for Prometheus on GET /metrics,
+    /// until SIGTERM.
+    Serve(ServeArgs),
     /// Print the `bencher measure create` commands for perf-agent's custom
     /// measures (memory, cpu-percent, cpu-time, count, percent), with their units.
     Measures {
@@ -115,6 +119,37 @@ struct RunArgs {
     /// The command to start, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address for GET /metrics and /healthz; a non-loopback one is warned about.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+    listen: String,
+    /// A running process (not followed after it exits). Repeatable.
+    #[arg(long, value_name = "PID")]
+    pid: Vec<u32>,
+    /// Every process that execs this program, now and later. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    exe: Vec<String>,
+    /// Every process with this command name, now and later. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    comm: Vec<String>,
+    /// The process listening on this TCP port. Repeatable.
+    #[arg(long, value_name = "PORT")]
+    port: Vec<u16>,
+    /// Every process in this cgroup v2 directory (a container). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Vec<PathBuf>,
+    /// How often targets are looked for and requests collected, ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    interval: u64,
+    /// Most processes followed at once.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_targets: u32,
+    /// Histogram bucket bounds in seconds (default: OpenTelemetry's).
+    #[arg(long, value_delimiter = ',', value_name = "SECS,...")]
+    buckets: Vec<f64>,
 }
 
 /// `compare BASE NEW`, or `compare BASE... -- NEW...`.
@@ -327,6 +362,21 @@ fn main() -> ExitCode {
                 exit::OK
             })
         }
+        Command::Serve(a) => perf_agent::serve::run(&perf_agent::serve::ServeOptions {
+            listen: a.listen,
+            pids: a.pid,
+            exes: a.exe,
+            comms: a.comm,
+            ports: a.port,
+            cgroups: a.cgroup,
+            interval: Duration::from_millis(a.interval),
+            max_targets: a.max_targets,
+            buckets: if a.buckets.is_empty() {
+                perf_agent::serve::registry::DEFAULT_BUCKETS.to_vec()
+            } else {
+                a.buckets
+            },
+        }),
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
             Ok(exit::OK)

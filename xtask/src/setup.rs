@@ -5,7 +5,9 @@
 //!   build-std=core` for `bpfel-unknown-none` ([`crate::ebpf_toolchain`]);
 //! - `bpf-linker`, built against that nightly's own LLVM so its bitcode
 //!   reader matches what that rustc emits (a mismatch fails the eBPF link);
-//! - `k6`, the load generator of the demo and the request tests.
+//! - `k6`, the load generator of the demo and the request tests;
+//! - under CI, Debian's `bpftool`, `perf` and `prometheus` (the node-mode
+//!   tests scrape `perf-agent serve` with a real Prometheus).
 //!
 //! Everything is checked first and installed only when missing, so running it
 //! before every task is cheap and silent. Tools found outside `PATH` (cargo's
@@ -50,8 +52,8 @@ pub fn setup(options: Options) -> Result<()> {
     } else if in_ci() {
         // The reliability tests check with bpftool that nothing stays
         // attached, the profile tests compare with perf: under CI they must
-        // not skip that.
-        apt_tools(&["bpftool", "perf"])?;
+        // not skip that; the serve tests query a real Prometheus.
+        apt_tools(&["bpftool", "perf", "prometheus"])?;
     }
     cargo_fuzz()?;
     Ok(())

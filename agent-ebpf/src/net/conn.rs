@@ -36,27 +36,30 @@ pub(super) type Sock = *const c_void;
 #[btf_map]
 static CONNS: SkStorage<ConnState> = SkStorage::new();
 
-/// The target's listening ports: entry `port` (host byte order) is 1. An
-/// array, not a hash: every server-side connection of the machine looks its
-/// port up when its handshake completes, and an array lookup is an inlined
-/// index where a hash costs a helper call and a hash of the key.
+/// The target's listening ports: entry `port` (host byte order) is the
+/// listener's tgid (the owner of the connections accepted there; node mode
+/// tells targets apart by it), 0 when no target listens there. An array,
+/// not a hash: every server-side connection of the machine looks its port
+/// up when its handshake completes, and an array lookup is an inlined index
+/// where a hash costs a helper call and a hash of the key.
 #[map]
 static LISTEN_PORTS: Array<u32> = Array::with_max_entries(PORTS, 0);
 const PORTS: u32 = 1 << 16;
 
-/// Whether the target listens on `port`.
+/// The tgid of the target listening on `port`, if one does.
 #[inline(always)]
-pub(super) fn is_listen_port(port: u32) -> bool {
-    LISTEN_PORTS.get(port).is_some_and(|&v| v != 0)
+pub(super) fn listener(port: u32) -> Option<u32> {
+    LISTEN_PORTS.get(port).copied().filter(|&tgid| tgid != 0)
 }
 
-/// Notes that the target listens on `port`.
+/// Notes that thread group `tgid` (a target) listens on `port`.
 #[inline(always)]
-pub(super) fn add_listen_port(port: u32) {
+pub(super) fn add_listen_port(port: u32, tgid: u32) {
     if let Some(p) = LISTEN_PORTS.get_ptr_mut(port) {
-        unsafe { *p = 1 };
+        unsafe { *p = tgid };
     }
 }
+
 /// Which inbound request each thread of the target is serving (key: tid):
 /// an upstream call started on a thread serves that request.
 #[map]
@@ -96,10 +99,11 @@ fn storage(sk: Sock, flags: u64) -> Option<&'static mut ConnState> {
     if p.is_null() { None } else { Some(unsafe { &mut *(p as *mut ConnState) }) }
 }
 
-/// Starts tracking `sk` as a fresh connection (overwrites the state of a
-/// reused socket). A storage the kernel cannot allocate is counted.
+/// Starts tracking `sk` as a fresh connection of thread group `owner`
+/// (overwrites the state of a reused socket). A storage the kernel cannot
+/// allocate is counted.
 #[inline(always)]
-pub(super) fn track(sk: Sock, dir: u32, flags: u32) -> Option<&'static mut ConnState> {
+pub(super) fn track(sk: Sock, dir: u32, flags: u32, owner: u32) -> Option<&'static mut ConnState> {
     let Some(c) = storage(sk, BPF_SK_STORAGE_GET_F_CREATE.into()) else {
         if let Some(s) = stats() {
             s.conns_untracked += 1;
@@ -109,7 +113,7 @@ pub(super) fn track(sk: Sock, dir: u32, flags: u32) -> Option<&'static mut ConnS
     // Not `..Default::default()`: that becomes a memset call (see `put`).
     zero_words(c as *mut ConnState);
     put(&mut c.direction, dir);
-    put(&mut c.flags, flags);
+    put(&mut c.flags, flags | (owner << conn_flags::OWNER_SHIFT));
     put(&mut c.sk, sk as u64);
     Some(c)
 }
@@ -188,12 +192,13 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
         return None;
     }
     let port = unsafe { load_field::<u16>(base, offset!(sock_num)) } as u32;
-    let dir = if is_listen_port(port) || first_op_is_read {
+    let dir = if listener(port).is_some() || first_op_is_read {
         direction::INBOUND
     } else {
         direction::OUTBOUND
     };
-    let c = track(sk, dir, conn_flags::ADOPTED)?;
+    let owner = config::current_tgid_tid().0;
+    let c = track(sk, dir, conn_flags::ADOPTED, owner)?;
     if let Some(s) = stats() {
         s.adopted_conns += 1;
     }

@@ -141,6 +141,13 @@ pub(super) fn fin_acked(c: &mut ConnState) {
     }
 }
 
+/// The connection's owner tgid as it sits in `ConnState::flags` (node
+/// mode tells targets' deliveries apart by it, as their requests).
+#[inline(always)]
+fn owner_bits(c: &ConnState) -> u32 {
+    c.flags & !conn_flags::MASK
+}
+
 /// Sends the delivery of the pending response, fully acknowledged at `t`.
 #[inline(always)]
 fn emit_pending(c: &mut ConnState, t: u64) {
@@ -155,7 +162,7 @@ fn emit_pending(c: &mut ConnState, t: u64) {
         bytes_out: c.pend_held_us,
         kind: event_kind::DELIVERY,
         status: c.pend_accept_wait_us,
-        flags: c.pend_flags,
+        flags: c.pend_flags | owner_bits(c),
         seq: 0,
     });
     put(&mut c.pend_end_ns, 0);
@@ -245,7 +252,7 @@ pub(super) fn request_finished(c: &mut ConnState) {
             bytes_out: c.held_us,
             kind: event_kind::DELIVERY,
             status: c.accept_wait_us,
-            flags: c.delivery_flags,
+            flags: c.delivery_flags | owner_bits(c),
             seq: c.seq,
         });
     } else if let Some(seq) = tcp_field(c.sk, offset!(tcp_write_seq)) {

@@ -59,8 +59,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // Handshake done on a listening port of ours (softirq: any context).
         TCP_ESTABLISHED if old == TCP_SYN_RECV => {
-            if conn::is_listen_port(local_port())
-                && let Some(c) = conn::track(sk, direction::INBOUND, 0)
+            if let Some(owner) = conn::listener(local_port())
+                && let Some(c) = conn::track(sk, direction::INBOUND, 0, owner)
             {
                 delivery::connection_established(c);
                 if let Some(s) = stats() {
@@ -75,7 +75,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // connect() runs in the target's context.
         TCP_SYN_SENT => {
-            if config::in_target() && conn::track(sk, direction::OUTBOUND, 0).is_some() {
+            if config::in_target()
+                && conn::track(sk, direction::OUTBOUND, 0, config::current_tgid_tid().0).is_some()
+            {
                 conn::outbound_seen();
                 if let Some(s) = stats() {
                     s.outbound_conns += 1;
@@ -107,10 +109,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The target listens on `port`.
+/// The target (node mode: the current one) listens on `port`.
 #[inline(always)]
 fn listening(port: u32) {
-    conn::add_listen_port(port);
+    conn::add_listen_port(port, config::current_tgid_tid().0);
     if let Some(m) = milestones()
         && m.first_listen_ns == 0
     {

@@ -28,8 +28,10 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::requests::RequestLog;
 
-/// The eBPF object built by `agent/build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+/// The eBPF object built by `agent/build.rs` (node mode loads it too:
+/// `serve::node_probes`).
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// What the probes read at one instant.
 #[derive(Clone, Copy, Debug, Default)]
@@ -187,7 +189,7 @@ impl Probes {
 }
 
 /// Takes a map out of the object by name, with context if it is missing.
-fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+pub(crate) fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name).with_context(|| format!("eBPF object has no map {name}"))
 }
 

@@ -9,7 +9,7 @@ use agent_common::{
     names::{maps, programs},
     phase,
 };
-use anyhow::bail;
+use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, SkStorage},
@@ -144,7 +144,9 @@ pub struct NetProbe {
     conns: SkStorage<MapData, ConnState>,
     upstream_wait: HashMap<MapData, ParentRef, u64>,
     read_buf: HashMap<MapData, u32, u64>,
-    _listen_ports: Array<MapData, u32>,
+    /// Entry `port` is the listener's tgid (the owner of the connections
+    /// accepted there), 0 when no target listens on it.
+    listen_ports: Array<MapData, u32>,
     /// Read hooks attached and milestones they still serve.
     paths_awaited: Option<PathsAwaited>,
 }
@@ -203,7 +205,7 @@ impl NetProbe {
             conns: take_map(ebpf, maps::CONNS)?.try_into()?,
             upstream_wait: take_map(ebpf, maps::UPSTREAM_WAIT)?.try_into()?,
             read_buf: take_map(ebpf, maps::READ_BUF)?.try_into()?,
-            _listen_ports: listen_ports,
+            listen_ports,
             paths_awaited,
         })
     }
@@ -232,6 +234,23 @@ impl NetProbe {
             }
             log.push(event)
         })
+    }
+
+    /// Hands every event waiting in the event ring to `f` (node mode, which
+    /// sorts them by owner); returns how many.
+    pub fn drain_events(&mut self, f: impl FnMut(&NetEvent)) -> u64 {
+        self.events.drain(false, f)
+    }
+
+    /// Ports `pid` listens on now become its own (node mode: a process
+    /// found running, whose listen() the kernel side did not see).
+    pub fn add_listener(&mut self, pid: u32) -> anyhow::Result<()> {
+        let ports = procfs::listening_ports(pid)
+            .with_context(|| format!("reading the listening sockets of PID {pid}"))?;
+        for port in ports {
+            self.listen_ports.set(u32::from(port), pid, 0)?;
+        }
+        Ok(())
     }
 
     /// Once every milestone the read hooks serve has been reached, detaches
@@ -369,7 +388,8 @@ fn seed_listen_ports(map: Map, running: Option<u32>) -> anyhow::Result<Array<Map
         Vec::new()
     });
     for port in ports {
-        listen_ports.set(u32::from(port), 1, 0)?;
+        // The value is the listener's tgid: the owner of accepted connections.
+        listen_ports.set(u32::from(port), pid, 0)?;
     }
     Ok(listen_ports)
 }

@@ -134,7 +134,7 @@ impl RequestLog {
                     // matched to requests in user space (`attribution`).
                     upstream_ns: 0,
                     status: e.status.min(u16::MAX as u32) as u16,
-                    flags: e.flags as u16,
+                    flags: (e.flags & conn_flags::MASK) as u16,
                 };
                 self.note_first(&r);
                 self.count += 1;

@@ -9,6 +9,7 @@
 mod agent;
 pub mod bpf;
 mod process;
+pub mod prometheus;
 pub mod tcp_table;
 
 use std::{

@@ -16,6 +16,7 @@
 //! - `nginx`: throughput at saturation against nginx ([`nginx`]);
 //! - `node-tax`: how much unrelated processes slow down ([`node_tax`]);
 //! - `profile`: what `--profile-dir` adds ([`profile`]);
+//! - `soak`: `perf-agent serve` over minutes: memory, fds, CPU ([`soak`]);
 //! - `micro`: the Criterion micro-benchmarks ([`micro`]).
 //!
 //! Nothing here fails the command for missing a goal: goals are printed with
@@ -33,6 +34,7 @@ mod profile;
 mod report;
 mod results;
 mod runs;
+mod soak;
 
 use std::fs;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,16 +57,20 @@ pub enum Scenario {
     NodeTax,
     /// What --profile-dir adds: CPU on a busy target, throughput on demo-server (~1½ min).
     Profile,
+    /// perf-agent serve on 10 targets at 10 k req/s, scraped every second
+    /// (PERF_AGENT_SOAK_SECS, default 120 s).
+    Soak,
     /// The Criterion micro-benchmarks (no root needed; ~1 min once built).
     Micro,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::DemoServer,
         Scenario::Nginx,
         Scenario::NodeTax,
         Scenario::Profile,
+        Scenario::Soak,
         Scenario::Micro,
     ];
 
@@ -74,6 +80,7 @@ impl Scenario {
             Scenario::Nginx => "nginx",
             Scenario::NodeTax => "node-tax",
             Scenario::Profile => "profile",
+            Scenario::Soak => "soak",
             Scenario::Micro => "micro",
         }
     }
@@ -203,6 +210,7 @@ fn run_scenarios(options: &Options, results: &mut Results) -> Result<()> {
             }
             Scenario::NodeTax => node_tax::run_scenario(&mut env, rounds, results)?,
             Scenario::Profile => profile::run_scenario(&mut env, rounds, results)?,
+            Scenario::Soak => soak::run_scenario(&mut env, results)?,
             Scenario::Micro => micro::run_scenario(results)?,
         }
     }
@@ -223,7 +231,7 @@ mod tests {
         assert_eq!(Options::scenarios(&[Micro, NodeTax], &[]).unwrap(), [NodeTax, Micro]);
         assert_eq!(
             Options::scenarios(&[], &[Nginx, Micro]).unwrap(),
-            [DemoServer, NodeTax, Profile]
+            [DemoServer, NodeTax, Profile, Soak]
         );
         let e = Options::scenarios(&[Micro], &[Micro]).unwrap_err().to_string();
         assert!(e.contains("no scenario") && e.contains("node-tax"), "{e}");
