@@ -67,6 +67,8 @@ fn prometheus_sees_exact_counts_the_agents_p99_bucket_and_vmrss() {
         wait_until(Duration::from_secs(15), || prom.value(&format!("sum({requests})")).is_some());
     assert!(found, "no series for PID {pid}: {}", agent.stderr());
     let before = prom.value(&format!("sum({requests})")).unwrap();
+    let delivered = format!("perf_agent_request_delivered_seconds_count{{pid=\"{pid}\"}}");
+    let delivered_before = prom.value(&format!("sum({delivered})")).unwrap_or(0.0);
 
     // The agent's own exact p99 over the same window: `attach` beside it.
     let out = out_path("serve-p99");
@@ -96,6 +98,18 @@ fn prometheus_sees_exact_counts_the_agents_p99_bucket_and_vmrss() {
     let own_p99 = bmf_value(&bmf, "latency/p99", "latency") / 1e9;
     eprintln!("p99: Prometheus {p99} s, attach {own_p99} s, client {} s", load.p99_ns / 1e9);
     assert_eq!(bucket_of(p99), bucket_of(own_p99), "p99 {p99} s vs the agent's own {own_p99} s");
+
+    // Delivery: one per acknowledged response; the load's connections are
+    // closed, so every response was acknowledged (the last of each
+    // connection at its FIN). Arrival → acknowledged contains the
+    // application's read → write, so its sum is not below the durations'.
+    let deliveries = prom.value(&format!("sum({delivered})")).unwrap() - delivered_before;
+    assert_eq!(deliveries, load.requests as f64, "deliveries vs requests sent");
+    let sum = |name: &str| prom.value(&format!("sum({name}_sum{{pid=\"{pid}\"}})")).unwrap();
+    let (delivered_s, duration_s) =
+        (sum("perf_agent_request_delivered_seconds"), sum("http_server_request_duration_seconds"));
+    eprintln!("delivered {delivered_s} s in all vs durations {duration_s} s");
+    assert!(delivered_s >= duration_s, "delivered {delivered_s} s < durations {duration_s} s");
 
     let rss = prom.value(&format!("process_resident_memory_bytes{{pid=\"{pid}\"}}")).unwrap();
     let vm_rss = proc_status(pid).vm_rss as f64;

@@ -162,7 +162,7 @@ fn requests(w: &mut Writer, reg: &Registry, targets: &[(&Target, String)]) {
             );
         }
     }
-    let histograms: [(&str, &str, HistogramOf); 4] = [
+    let histograms: [(&str, &str, HistogramOf); 7] = [
         (
             "http_server_request_duration_seconds",
             "Time from a request's first byte read to its response's last byte written.",
@@ -182,6 +182,21 @@ fn requests(w: &mut Writer, reg: &Registry, targets: &[(&Target, String)]) {
             "perf_agent_proxy_overhead_seconds",
             "Requests that waited on upstream calls: their duration minus that wait.",
             |t| &t.overhead,
+        ),
+        (
+            "perf_agent_request_queue_seconds",
+            "Acknowledged responses: their request's first byte readable to its first read.",
+            |t| &t.queue,
+        ),
+        (
+            "perf_agent_response_drain_seconds",
+            "Acknowledged responses: last byte written to the peer's acknowledgement of it.",
+            |t| &t.drain,
+        ),
+        (
+            "perf_agent_request_delivered_seconds",
+            "Acknowledged responses: request's first byte readable to the response acknowledged.",
+            |t| &t.delivered,
         ),
     ];
     for (name, help, of) in histograms {

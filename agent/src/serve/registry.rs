@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use agent_common::{NetEvent, conn_flags, event_kind};
 
+use crate::requests::delivery::Delivery;
+
 /// How long an exited target's series are still exposed: long enough for
 /// scrapes every minute to see their last increments.
 pub const EXITED_KEPT_NS: u64 = 120_000_000_000;
@@ -64,6 +66,11 @@ pub struct Target {
     pub upstream: Histogram,
     /// Requests that waited on upstreams: their time minus that wait.
     pub overhead: Histogram,
+    /// Delivery (issue 14), per acknowledged response: arrival → first
+    /// read, last write → acknowledged, arrival → acknowledged.
+    pub queue: Histogram,
+    pub drain: Histogram,
+    pub delivered: Histogram,
     /// End of the first response seen, for the startup gauge.
     pub first_response_ns: u64,
     /// When it was seen gone (CLOCK_MONOTONIC ns).
@@ -110,6 +117,9 @@ impl Registry {
             ttfb: Histogram::new(n),
             upstream: Histogram::new(n),
             overhead: Histogram::new(n),
+            queue: Histogram::new(n),
+            drain: Histogram::new(n),
+            delivered: Histogram::new(n),
             first_response_ns: 0,
             exited_ns: None,
         });
@@ -159,6 +169,13 @@ fn observe(t: &mut Target, bounds: &[u64], e: &NetEvent) {
             }
         }
         event_kind::UPSTREAM_CALL => t.upstream.observe(bounds, total),
+        event_kind::DELIVERY => {
+            if let Some(d) = Delivery::of(e) {
+                t.queue.observe(bounds, d.queue_ns());
+                t.drain.observe(bounds, d.drain_ns());
+                t.delivered.observe(bounds, d.delivered_ns());
+            }
+        }
         _ => {}
     }
 }
@@ -217,6 +234,29 @@ mod tests {
         assert_eq!(r.targets.len(), 2);
         r.forget_exited(1_000 + EXITED_KEPT_NS);
         assert_eq!(r.targets.keys().collect::<Vec<_>>(), [&(42, 9)]);
+    }
+
+    #[test]
+    fn deliveries_fill_queue_drain_and_delivered_of_their_owner() {
+        let mut r = Registry::new(vec![0.001, 0.01]);
+        r.add((42, 7), "comm=x".into(), 0, "x".into(), "/x".into());
+        // Arrived at 0, read at 2 ms, written at 3 ms, acknowledged at 23 ms.
+        let ms = 1_000_000;
+        r.record(&NetEvent {
+            start_ns: 1_000,
+            first_response_ns: 1_000 + 2 * ms,
+            upstream_ns: 1_000 + 3 * ms,
+            end_ns: 1_000 + 23 * ms,
+            kind: event_kind::DELIVERY,
+            flags: 42 << conn_flags::OWNER_SHIFT | conn_flags::QUEUE_KNOWN,
+            ..Default::default()
+        });
+        let t = &r.targets[&(42, 7)];
+        assert_eq!((t.queue.counts.clone(), t.queue.sum_ns), (vec![0, 1, 0], 2 * ms));
+        assert_eq!((t.drain.counts.clone(), t.drain.sum_ns), (vec![0, 0, 1], 20 * ms));
+        assert_eq!(t.delivered.sum_ns, 23 * ms);
+        assert_eq!(t.requests, [0; STATUS_CLASSES.len()], "a delivery is no request");
+        assert_eq!(r.unattributed, 0);
     }
 
     #[test]
