@@ -48,7 +48,7 @@ fn run_page_draws_every_phase_and_shows_the_bmf_numbers() {
     browser.screenshot_is_not_blank(&page, &dir);
     let dom = browser.dump_dom(&page);
     assert!(dom.contains(r#"data-rendered="run""#), "the script did not run:\n{dom}");
-    assert!(!dom.contains("PARTIAL"));
+    assert!(!dom.contains(r#"<p class="partial">PARTIAL: "#), "a complete run is not PARTIAL");
 
     // Every phase the BMF file has: a band in the phase chart and in each
     // of the 5 timelines, a row of the table.
@@ -166,7 +166,10 @@ fn partial_runs_write_their_page_too() {
         let data = data_block(&fs::read_to_string(&page).unwrap());
         assert_eq!(data["partial"], true, "{name}");
         let dom = browser.dump_dom(&page);
-        assert!(dom.contains("PARTIAL"), "{name}: the page does not say PARTIAL");
+        assert!(
+            dom.contains(r#"<p class="partial">PARTIAL: "#),
+            "{name}: the page does not say PARTIAL"
+        );
         let cells = check_cells(&dom, &bmf);
         assert!(cells.iter().any(|c| c.attr("data-metric") == Some("requests/count")));
         assert_eq!(bmf_value(&bmf, "requests/count", "count"), 50.0);
