@@ -21,7 +21,7 @@ impl Browser {
     pub fn find() -> Option<Browser> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let found = std::env::split_paths(&path)
-            .flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n)))
+            .flat_map(|d| ["chromium", "chromium-browser", "google-chrome"].map(|n| d.join(n)))
             .find(|p| p.is_file());
         match found {
             Some(bin) => Some(Browser { bin }),
