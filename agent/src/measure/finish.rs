@@ -103,17 +103,9 @@ pub(super) fn finish(
         cgroup::add_metrics(&mut doc, stats, r.window.mean_rss_bytes);
     }
     profiling::add_metrics(profile.as_ref(), &mut doc);
-    outcome.results_elsewhere = write_results(opts, &r, &doc, epoch_offset_ns)?;
-    if let (Some(path), Some(series)) = (&opts.report, &series) {
-        let page = RunPage {
-            report: &r,
-            series,
-            doc: &doc,
-            profile_dir: profile.as_ref().map(|p| p.dir.as_path()),
-            path,
-        };
-        outcome.results_elsewhere |= write_file(path, &page.render())?;
-    }
+    let profile_dir = profile.as_ref().map(|p| p.dir.as_path());
+    outcome.results_elsewhere =
+        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile_dir)?;
     if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
         eprintln!("perf-agent: {message}");
     }
@@ -246,14 +238,17 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
     Ok((report, outcome))
 }
 
-/// Writes `--out` (`doc`) and `--phases-json`. A measurement is never
-/// lost: what cannot go where asked goes to a fallback file named on
-/// stderr, and the return value (`true`) says so, for the exit status.
+/// Writes `--out` (`doc`), `--phases-json` and `--report` (from `series`,
+/// linking the profiles in `profile_dir`). A measurement is never lost:
+/// what cannot go where asked goes to a fallback file named on stderr, and
+/// the return value (`true`) says so, for the exit status.
 fn write_results(
     opts: &MeasureOptions,
     r: &RunReport,
     doc: &BmfReport,
     epoch_offset_ns: i128,
+    series: Option<&Series>,
+    profile_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
     let mut elsewhere = false;
     if let Some(out) = &opts.out {
@@ -267,6 +262,10 @@ fn write_results(
         let json = phases_json(&r.phases, epoch_offset_ns);
         elsewhere |= output::write_results(path, &json, &output::fallback_dirs())?
             != output::Written::AtPath;
+    }
+    if let (Some(path), Some(series)) = (&opts.report, series) {
+        let page = RunPage { report: r, series, doc, profile_dir, path };
+        elsewhere |= write_file(path, &page.render())?;
     }
     Ok(elsewhere)
 }
