@@ -144,14 +144,16 @@ fn two_spinning_threads_under_half_a_cpu_use_half_a_core() {
     // period ends throttled; 1.5 s is 15 periods.
     assert!(periods >= 13 && throttled * 10 >= periods * 8, "{throttled} of {periods}");
 
-    // The whole run, whatever the load: the quota caps the CPU time (one
-    // period's quota of slack at the edges), the agent's time is /proc's
+    // The whole run, whatever the load: the quota caps the CPU time (a
+    // window of W covers at most W / 100 ms + 2 periods, partial ones at
+    // both edges, each with its 50 ms; seen: 53.6 ms over 0.5 W in 7 s,
+    // plus 10 ms for the kernel's per-tick overrun), the agent's time is /proc's
     // (the agent counts from the exec, as utime + stime do; 20 ms of clock
     // ticks), its cgroup counters at least the test's last reading.
     let bmf = read_bmf(&out);
     let window_ns = bmf_value(&bmf, "agent/window", "latency");
     let agent_cpu_ns = bmf_value(&bmf, "cpu/time", "cpu-time");
-    assert!(agent_cpu_ns <= 0.5 * window_ns + 50e6, "{agent_cpu_ns} ns in {window_ns} ns");
+    assert!(agent_cpu_ns <= 0.5 * window_ns + 110e6, "{agent_cpu_ns} ns in {window_ns} ns");
     assert!(
         agent_cpu_ns >= last.burner_ns as f64 - 20e6,
         "{agent_cpu_ns} < /proc {}",
