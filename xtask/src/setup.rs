@@ -5,7 +5,9 @@
 //!   build-std=core` for `bpfel-unknown-none` ([`crate::ebpf_toolchain`]);
 //! - `bpf-linker`, built against that nightly's own LLVM so its bitcode
 //!   reader matches what that rustc emits (a mismatch fails the eBPF link);
-//! - `k6`, the load generator of the demo and the request tests.
+//! - `k6`, the load generator of the demo and the request tests;
+//! - under CI, with apt-get: `bpftool`, `perf` and `chromium` (the HTML
+//!   report tests render `--report` pages in it headless).
 //!
 //! Everything is checked first and installed only when missing, so running it
 //! before every task is cheap and silent. Tools found outside `PATH` (cargo's
@@ -49,9 +51,10 @@ pub fn setup(options: Options) -> Result<()> {
         bench_tools()?;
     } else if in_ci() {
         // The reliability tests check with bpftool that nothing stays
-        // attached, the profile tests compare with perf: under CI they must
+        // attached, the profile tests compare with perf, the HTML report
+        // tests render the page in Debian's chromium: under CI they must
         // not skip that.
-        apt_tools(&["bpftool", "perf"])?;
+        apt_tools(&["bpftool", "perf", "chromium"])?;
     }
     cargo_fuzz()?;
     Ok(())
