@@ -40,9 +40,10 @@ pub mod globals {
     /// `u32`: log2 of the slots per CPU in the request event ring
     /// ([`EventSlot`](super::EventSlot)).
     pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
-    /// `u32`: 1 to send a stack when a target thread blocks (off-CPU
-    /// profiles, `--profile-dir` without `--no-off-cpu`).
-    pub const PROFILE_OFF_CPU: &str = "PROFILE_OFF_CPU";
+    /// `u32`: what `sched_switch` does for profiling, bits of
+    /// [`profile::sched_mode`](super::profile::sched_mode) (0 without
+    /// `--profile-dir`).
+    pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
 }
 
 /// Names of the maps and programs (`names.rs`).
@@ -164,7 +165,11 @@ pub struct TracepointOffsets {
     pub msg_iter_iov_offset: u32,
     pub msg_iter_ubuf: u32,
     pub iovec_base: u32,
-    pub _pad: u32,
+    /// `task_struct.sched_info.run_delay` (BTF; 0 when the kernel has no
+    /// `CONFIG_SCHED_INFO`): the kernel's running total of the time a
+    /// thread waited on a run queue, read at each switch-out of a target
+    /// thread when profiling (`--profile-dir`).
+    pub task_run_delay: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second

@@ -81,26 +81,41 @@ pub struct SchedRecord {
     pub kind: u32,
 }
 
-/// Scheduling state of one target thread (map `THREAD_SCHED`, by tid),
-/// updated in place.
+/// Scheduling state of one target thread, kept in the thread's own BPF
+/// task storage (map `THREAD_SCHED`; freed with the thread), updated in
+/// place by `sched_switch`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSched {
     /// When it blocked; 0: not blocked.
     pub blocked_ns: u64,
-    /// When it became runnable (woken, or preempted); 0: not waiting.
-    pub queued_ns: u64,
+    /// The kernel's `sched_info.run_delay` of the thread at its last
+    /// switch-out: the growth by the next one is the run-queue wait before
+    /// the slice that ends then.
+    pub run_delay_ns: u64,
     /// 1 when its stack was sent at the block.
     pub sampled: u32,
-    pub _pad: u32,
+    /// 1 once `run_delay_ns` holds a reading (a thread's first switch-out
+    /// seen only records it).
+    pub known: u32,
+}
+
+/// Bits of the `PROFILE_SCHED` global: what the `sched_switch` program
+/// does for profiling (set by user space before load; 0 without
+/// `--profile-dir`, and the verifier then drops that code).
+pub mod sched_mode {
+    /// Run-queue waits (`sched/runq_wait_*`).
+    pub const RUNQ: u32 = 1;
+    /// Off-CPU stacks and times (not with `--no-off-cpu`).
+    pub const OFF_CPU: u32 = 2;
 }
 
 /// Bins of the run-queue wait histogram ([`runq_bin`]): values up to
 /// 2^40 ns (18 minutes), longer ones in the last bin.
 pub const RUNQ_BINS: usize = 16 + 37 * 16;
 
-/// What the `sched_switch` program counts rather than sends (map
-/// `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
+/// What the `sched_switch` program counts rather than sends when profiling
+/// (map `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SchedCounts {

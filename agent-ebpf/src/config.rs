@@ -25,7 +25,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     msg_iter_iov_offset: 0,
     msg_iter_ubuf: 0,
     iovec_base: 0,
-    _pad: 0,
+    task_run_delay: 0,
 };
 
 #[unsafe(no_mangle)]

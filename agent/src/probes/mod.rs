@@ -126,9 +126,7 @@ impl Probes {
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
-        let profile = profile
-            .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
-            .transpose()?;
+        let profile = profile.map(|c| profile::ProfileProbe::attach(&mut ebpf, c)).transpose()?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
