@@ -9,12 +9,14 @@
 //! Per target thread one [`ThreadSched`] in the thread's own task storage
 //! (the kernel keeps it with the `task_struct`: no hash to look up, freed
 //! with the thread, so a reused tid starts afresh). When a thread blocks
-//! (leaves a CPU not runnable) its stack may be sent (a
+//! (leaves a CPU not runnable) the block may be chosen, at random, 1 in
+//! `one_in` (about `OFF_CPU_STACKS_PER_SEC` per CPU, see
+//! [`OffCpuBudget`]): then its stack is sent (a
 //! [`ProfileSample`](agent_common::profile::ProfileSample) flagged
-//! `OFF_CPU`, at most `OFF_CPU_STACKS_PER_SEC` per CPU) and the time is
-//! kept; when it next runs, a block whose stack was sent gets a
-//! `SchedRecord` with how long it was off, any other adds that time to a
-//! per-CPU counter.
+//! `OFF_CPU`) and the time is kept; when it next runs, it gets a
+//! `SchedRecord` with how long it was off times `one_in`. A chosen block
+//! whose stack the token bucket refused adds that to a per-CPU counter
+//! instead. Blocks not chosen cost the block-time check only.
 //!
 //! Run-queue waits need no wake-up hook: the kernel itself adds each wait
 //! to the thread's `sched_info.run_delay` when the thread is switched in
@@ -25,12 +27,13 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    OFF_CPU_STACKS_PER_SEC, OffCpuBudget, ProfileStats, RUNQ_BINS, SchedCounts, SchedRecord,
-    ThreadSched, runq_bin, sample_flags, sched_kind, sched_mode,
+    OFF_CPU_PERIOD_NS, OFF_CPU_STACKS_PER_SEC_MAX, OffCpuBudget, ProfileStats, RUNQ_BINS,
+    SchedCounts, SchedRecord, ThreadSched, off_cpu_one_in, runq_bin, sample_flags, sched_kind,
+    sched_mode,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
-    helpers::{bpf_ktime_get_ns, generated::bpf_task_storage_get},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_task_storage_get},
     macros::{btf_map, map},
     maps::PerCpuArray,
 };
@@ -134,9 +137,19 @@ pub(crate) fn switched_out(
     if mode & sched_mode::OFF_CPU == 0 || !blocked {
         return;
     }
+    stats.off_cpu_blocks += 1;
+    let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return };
+    // SAFETY: a per-CPU slot of this CPU.
+    let b = unsafe { &mut *b };
+    let weight = choose(b, now);
+    if weight == 0 {
+        t.blocked_ns = 0;
+        return;
+    }
     t.blocked_ns = now;
+    t.weight = weight;
     t.sampled = 0;
-    if !take_budget(now) {
+    if !take_budget(b, now) {
         stats.off_cpu_unsampled += 1;
     } else if profile::send_stack(ctx, tgid, tid, sample_flags::OFF_CPU, now) {
         // `prev` is the current task: its stack is the blocking one.
@@ -145,6 +158,24 @@ pub(crate) fn switched_out(
     } else {
         stats.ring_full += 1;
     }
+}
+
+/// Whether this block is chosen: its weight (the period's `one_in`), or 0.
+/// A new period's `one_in` follows the number of blocks of the last one.
+#[inline(always)]
+fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
+    if now.saturating_sub(b.period_start_ns) >= OFF_CPU_PERIOD_NS {
+        b.one_in = off_cpu_one_in(b.blocks);
+        b.blocks = 0;
+        b.period_start_ns = now;
+    }
+    b.blocks += 1;
+    let one_in = if b.one_in == 0 { 1 } else { b.one_in };
+    // SAFETY: a helper without side effects.
+    if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
+        return 0;
+    }
+    one_in
 }
 
 /// One run-queue wait of `wait` ns, into this CPU's histogram.
@@ -171,7 +202,7 @@ pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
     if t.blocked_ns == 0 {
         return;
     }
-    let off = now.saturating_sub(t.blocked_ns);
+    let off = now.saturating_sub(t.blocked_ns) * u64::from(t.weight);
     if t.sampled != 0 {
         let record = SchedRecord {
             time_ns: t.blocked_ns,
@@ -193,17 +224,14 @@ pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
 
 /// ns of budget one stack costs, and the most that can be saved up (a
 /// burst of 25 stacks: what the ring holds room for).
-const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC;
+const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC_MAX;
 const MAX_CREDIT_NS: u64 = 25 * STACK_COST_NS;
 
 /// One stack copy from this CPU's budget: a token bucket refilled at
-/// `OFF_CPU_STACKS_PER_SEC`, so stacks are spread over time rather than
-/// spent in a burst at the start of each second.
+/// `OFF_CPU_STACKS_PER_SEC_MAX`, so stacks are spread over time rather
+/// than spent in a burst.
 #[inline(always)]
-fn take_budget(now: u64) -> bool {
-    let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return false };
-    // SAFETY: a per-CPU slot of this CPU.
-    let b = unsafe { &mut *b };
+fn take_budget(b: &mut OffCpuBudget, now: u64) -> bool {
     let credit = (b.credit_ns + now.saturating_sub(b.last_ns)).min(MAX_CREDIT_NS);
     b.last_ns = now;
     if credit < STACK_COST_NS {

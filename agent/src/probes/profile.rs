@@ -7,7 +7,7 @@ use agent_common::{
     globals,
     names::{maps, programs},
     profile::{
-        OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts,
+        OFF_CPU_STACKS_PER_SEC_MAX, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts,
         sched_mode,
     },
 };
@@ -36,7 +36,7 @@ pub struct ProfileConfig {
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
     let per_sec =
-        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
     let records = (per_sec * cpus).div_ceil(20).max(32);
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
@@ -133,7 +133,7 @@ mod tests {
         for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
             let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }
