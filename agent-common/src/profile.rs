@@ -171,8 +171,9 @@ pub fn runq_bin(v: u64) -> usize {
 /// block is chosen with probability `1 / one_in` and then weighs
 /// `one_in` times its time (an unbiased estimate of every block's time
 /// per stack); `one_in` is set every [`OFF_CPU_PERIOD_NS`] from the blocks
-/// of the period before, so that about [`OFF_CPU_STACKS_PER_SEC`] are
-/// chosen (1 while blocks are fewer: every block is then sampled). A token
+/// of the period before, and raised within a period as its blocks pass
+/// that, so that about [`OFF_CPU_STACKS_PER_SEC`] are chosen (1 while
+/// blocks are fewer: every block is then sampled). A token
 /// bucket refilled at twice that rate caps the copies (a burst before
 /// `one_in` catches up): a chosen block it refuses still counts, under
 /// `[stack not sampled]`.
@@ -187,8 +188,7 @@ pub struct OffCpuBudget {
     pub period_start_ns: u64,
     /// Blocks seen in the current period.
     pub blocks: u32,
-    /// 1 in how many blocks is chosen in the current period (0 before the
-    /// first period: as 1).
+    /// 1 in how many blocks is chosen now (at least 1 once a block was seen).
     pub one_in: u32,
 }
 

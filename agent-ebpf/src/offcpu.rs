@@ -160,8 +160,10 @@ pub(crate) fn switched_out(
     }
 }
 
-/// Whether this block is chosen: its weight (the period's `one_in`), or 0.
-/// A new period's `one_in` follows the number of blocks of the last one.
+/// Whether this block is chosen: its weight (`one_in` now), or 0. A new
+/// period's `one_in` follows the number of blocks of the last one, and
+/// rises within the period as its blocks pass what that allowed for. The
+/// weight is fixed before the draw, so the estimate stays unbiased.
 #[inline(always)]
 fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
     if now.saturating_sub(b.period_start_ns) >= OFF_CPU_PERIOD_NS {
@@ -170,7 +172,13 @@ fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
         b.period_start_ns = now;
     }
     b.blocks += 1;
-    let one_in = if b.one_in == 0 { 1 } else { b.one_in };
+    // Within a period too: when blocks move to this CPU, the last period's
+    // rate would let far more through than aimed at.
+    let so_far = off_cpu_one_in(b.blocks);
+    if so_far > b.one_in {
+        b.one_in = so_far;
+    }
+    let one_in = b.one_in;
     // SAFETY: a helper without side effects.
     if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
         return 0;
