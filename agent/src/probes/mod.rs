@@ -292,10 +292,9 @@ mod tests {
             "tp_btf/sock_recv_length",
             "tp_btf/sock_send_length",
             "tp_btf/tcp_sendmsg_locked",
+            // With --profile-dir, also off-CPU and run-queue work.
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
-            // With --profile-dir: on every wake-up of a target thread.
-            "tp_btf/sched_wakeup",
         ] {
             let calls: Vec<String> = relocation_targets(EBPF_OBJECT, section)
                 .into_iter()
@@ -310,6 +309,12 @@ mod tests {
         // its maps.
         assert!(
             relocation_targets(EBPF_OBJECT, "tp_btf/sock_recv_length").iter().any(|s| s == "CONNS")
+        );
+        // The profiling's scheduler work is in `sched_switch` itself.
+        assert!(
+            relocation_targets(EBPF_OBJECT, "tp_btf/sched_switch")
+                .iter()
+                .any(|s| s == "THREAD_SCHED")
         );
     }
 
