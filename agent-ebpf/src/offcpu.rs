@@ -16,7 +16,8 @@
 //! `OFF_CPU`) and the time is kept; when it next runs, it gets a
 //! `SchedRecord` with how long it was off times `one_in`. A chosen block
 //! whose stack the token bucket refused adds that to a per-CPU counter
-//! instead. Blocks not chosen cost the block-time check only.
+//! instead. A block not chosen sends and keeps nothing (its switch-in still
+//! looks the thread's state up, and finds no block time).
 //!
 //! Run-queue waits need no wake-up hook: the kernel itself adds each wait
 //! to the thread's `sched_info.run_delay` when the thread is switched in
