@@ -74,6 +74,49 @@ fn off_cpu_time_per_function_matches_the_fixture() {
     assert_eq!(on.total() as f64, bmf_value(&read_bmf(&out), "profile/samples", "count"));
 }
 
+/// Blocks far over the stacks taken (two threads napping 20 µs at a time):
+/// blocks are sampled 1 in N and each weighs N, so the napping function's
+/// off-CPU time is an estimate; within 10 % of the fixture's own
+/// accounting (tens of thousands of naps: the estimate's standard error
+/// is a few %).
+#[test]
+fn off_cpu_time_is_estimated_from_sampled_blocks() {
+    let Some(_serial) = privileged() else { return };
+    let dir = profile_dir("offcpu-sampled");
+    let out = out_path("profile-offcpu-sampled");
+    let target = fixture("offcpu-target");
+    let r = Agent::spawn(&[
+        "run",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+        target.to_str().unwrap(),
+        "--seconds",
+        "3",
+        "--nappers",
+        "2",
+    ])
+    .wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let acct = r.stdout.lines().find(|l| l.starts_with("offcpu ")).expect("fixture's accounting");
+    let counts = r.stdout.lines().find(|l| l.contains("off-CPU: ")).expect("summary line");
+    let number_before = |marker: &str| -> u64 {
+        let head = &counts[..counts.find(marker).unwrap_or_else(|| panic!("{counts}"))];
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let (blocks, stacks) = (number_before(" blocks,"), number_before(" stacks taken"));
+    assert!(stacks * 10 < blocks, "blocks were sampled: {counts}");
+    let folded = Folded::read(&dir.join("run.offcpu.folded"));
+    let agent = folded.with_frame(|f| f == "offcpu_target::nap") as f64;
+    let truth = field(acct, "nap_ns") as f64;
+    assert!(
+        (agent - truth).abs() <= 0.10 * truth,
+        "nap: {agent:.0} ns off CPU estimated, fixture says {truth:.0} ({acct}; {counts})"
+    );
+}
+
 /// `human_ns` text back to ns.
 fn parse_human_ns(s: &str) -> f64 {
     let (v, unit) = s.trim().split_once(' ').unwrap_or_else(|| panic!("{s:?}"));
@@ -87,7 +130,9 @@ fn parse_human_ns(s: &str) -> f64 {
 }
 
 /// Run-queue waits (three busy threads on two cores wait a lot) add up to
-/// the kernel's own `run_delay` in /proc/PID/task/*/schedstat within 10 %;
+/// the kernel's own `run_delay` in /proc/PID/task/*/schedstat within 10 %
+/// (the waits are read from that same counter at each switch-out: this
+/// checks that no slice is missed or counted twice);
 /// their p50 and p99 are in BMF. `--no-off-cpu` writes no off-CPU files.
 #[test]
 fn runq_waits_add_up_to_proc_schedstat() {
