@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::{
-    requests::{RequestLog, segments::SEGMENT_NS},
+    requests::{RequestLog, segment_list::SEGMENT_NS},
     timeline::{self, Interval, Sample},
 };
 
