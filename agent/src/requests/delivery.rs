@@ -7,7 +7,7 @@
 
 use agent_common::{NetEvent, conn_flags, event_kind};
 
-use super::segment_list::{SegmentList, TimeSegment};
+use super::segment_list::{SegmentList, Span, TimeSegment};
 use crate::{
     histogram::{self, SparseHistogram},
     percentile::Percentiles,
@@ -112,10 +112,7 @@ impl DeliveryCounts {
 /// The deliveries acknowledged in `(lo, hi]`.
 #[derive(Clone, Debug, Default)]
 struct Segment {
-    lo: u64,
-    hi: u64,
-    first_end: u64,
-    last_end: u64,
+    span: Span,
     counts: DeliveryCounts,
     /// Over deliveries whose queue time is known.
     queue: SparseHistogram,
@@ -130,11 +127,10 @@ impl Segment {
         let mut counts = DeliveryCounts::default();
         ds.iter().for_each(|d| counts.add(d));
         let known = || ds.iter().filter(|d| d.queue_known);
+        let first_end = ds.iter().map(|d| d.acked_ns).min().unwrap_or(0);
+        let last_end = ds.iter().map(|d| d.acked_ns).max().unwrap_or(0);
         Segment {
-            lo,
-            hi,
-            first_end: ds.iter().map(|d| d.acked_ns).min().unwrap_or(0),
-            last_end: ds.iter().map(|d| d.acked_ns).max().unwrap_or(0),
+            span: Span { lo, hi, first_end, last_end },
             counts,
             queue: SparseHistogram::from_values(known().map(Delivery::queue_ns)),
             delivered: SparseHistogram::from_values(known().map(Delivery::delivered_ns)),
@@ -147,24 +143,14 @@ impl Segment {
 impl TimeSegment for Segment {
     const MAX_SEGMENTS: usize = MAX_SEGMENTS;
 
-    fn lo(&self) -> u64 {
-        self.lo
+    fn span(&self) -> &Span {
+        &self.span
     }
-    fn hi(&self) -> u64 {
-        self.hi
-    }
-    fn set_hi(&mut self, hi: u64) {
-        self.hi = hi;
-    }
-    fn end_span(&self) -> (u64, u64) {
-        (self.first_end, self.last_end)
+    fn span_mut(&mut self) -> &mut Span {
+        &mut self.span
     }
 
-    fn absorb(&mut self, o: &Segment) {
-        self.lo = self.lo.min(o.lo);
-        self.hi = self.hi.max(o.hi);
-        self.first_end = self.first_end.min(o.first_end);
-        self.last_end = self.last_end.max(o.last_end);
+    fn absorb_contents(&mut self, o: &Segment) {
         self.counts.merge(&o.counts);
         self.queue = self.queue.merge(&o.queue);
         self.delivered = self.delivered.merge(&o.delivered);

@@ -12,29 +12,49 @@ use std::collections::BTreeSet;
 /// (until long runs merge segments).
 pub const SEGMENT_NS: u64 = 1_000_000_000;
 
-/// What the list needs of a segment: its span, its end times, a way to
-/// absorb a neighbour, and (optionally) a measure of its size.
+/// Where a segment lies: it holds what ended in `(lo, hi]`, the earliest
+/// at `first_end`, the latest at `last_end`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub lo: u64,
+    pub hi: u64,
+    pub first_end: u64,
+    pub last_end: u64,
+}
+
+impl Span {
+    /// The union with a neighbour's or an overlapping segment's span.
+    fn absorb(&mut self, o: &Span) {
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
+        self.first_end = self.first_end.min(o.first_end);
+        self.last_end = self.last_end.max(o.last_end);
+    }
+}
+
+/// What the list needs of a segment: its span, a way to add a neighbour's
+/// contents, and (optionally) a measure of its size.
 pub trait TimeSegment {
     /// Beyond this many segments, neighbours not separated by a cut merge.
     const MAX_SEGMENTS: usize;
     /// Beyond this many entries in all, likewise; `None`: no such limit.
     const MAX_ENTRIES: Option<usize> = None;
 
-    /// The segment holds what ended in `(lo, hi]`.
-    fn lo(&self) -> u64;
-    fn hi(&self) -> u64;
-    /// Ends the segment earlier (a cut fell inside it before anything
-    /// after the cut was folded into it).
-    fn set_hi(&mut self, hi: u64);
-    /// The earliest and latest end time of what it holds.
-    fn end_span(&self) -> (u64, u64);
-    /// Takes in a neighbour or an overlapping segment: the span becomes
-    /// the union of both, the contents the sum.
-    fn absorb(&mut self, other: &Self);
+    fn span(&self) -> &Span;
+    fn span_mut(&mut self) -> &mut Span;
+    /// Adds another segment's contents (counts, histograms); the span is
+    /// the list's business.
+    fn absorb_contents(&mut self, other: &Self);
     /// Size counted against `MAX_ENTRIES`.
     fn entries(&self) -> usize {
         0
     }
+}
+
+/// Takes in a neighbour or an overlapping segment.
+fn absorb<S: TimeSegment>(a: &mut S, b: &S) {
+    a.span_mut().absorb(b.span());
+    a.absorb_contents(b);
 }
 
 #[derive(Clone, Debug)]
@@ -63,8 +83,8 @@ impl<S: TimeSegment> SegmentList<S> {
         if t < self.folded_until {
             return true;
         }
-        if let Some(s) = self.list.iter_mut().find(|s| s.lo() < t && t < s.hi()) {
-            s.set_hi(t);
+        if let Some(s) = self.list.iter_mut().find(|s| s.span().lo < t && t < s.span().hi) {
+            s.span_mut().hi = t;
         }
         false
     }
@@ -76,8 +96,8 @@ impl<S: TimeSegment> SegmentList<S> {
 
     /// The segment boundaries around `t`: `(lo, hi]` holds it.
     pub fn bounds(&self, t: u64) -> (u64, u64) {
-        if let Some(s) = self.list.iter().find(|s| s.lo() < t && t <= s.hi()) {
-            return (s.lo(), s.hi());
+        if let Some(s) = self.list.iter().map(S::span).find(|s| s.lo < t && t <= s.hi) {
+            return (s.lo, s.hi);
         }
         let lo_regular = t.saturating_sub(1) / SEGMENT_NS * SEGMENT_NS;
         let lo = self.cuts.range(..t).next_back().map_or(lo_regular, |&c| c.max(lo_regular));
@@ -89,10 +109,11 @@ impl<S: TimeSegment> SegmentList<S> {
     /// Adds a segment made within `bounds`: absorbed by the one it
     /// overlaps, else placed in order.
     pub fn insert(&mut self, seg: S) {
-        match self.list.iter_mut().find(|s| s.lo() < seg.hi() && seg.lo() < s.hi()) {
-            Some(s) => s.absorb(&seg),
+        let new = *seg.span();
+        match self.list.iter_mut().find(|s| s.span().lo < new.hi && new.lo < s.span().hi) {
+            Some(s) => absorb(s, &seg),
             None => {
-                let at = self.list.partition_point(|s| s.hi() <= seg.lo());
+                let at = self.list.partition_point(|s| s.span().hi <= new.lo);
                 self.list.insert(at, seg);
             }
         }
@@ -118,10 +139,11 @@ impl<S: TimeSegment> SegmentList<S> {
             let mut any = false;
             let mut it = std::mem::take(&mut self.list).into_iter().peekable();
             while let Some(mut a) = it.next() {
-                let joinable =
-                    it.peek().is_some_and(|b| self.cuts.range(a.hi()..=b.lo()).next().is_none());
+                let joinable = it
+                    .peek()
+                    .is_some_and(|b| self.cuts.range(a.span().hi..=b.span().lo).next().is_none());
                 if joinable {
-                    a.absorb(&it.next().expect("peeked"));
+                    absorb(&mut a, &it.next().expect("peeked"));
                     any = true;
                 }
                 merged.push(a);
@@ -140,8 +162,8 @@ impl<S: TimeSegment> SegmentList<S> {
         self.list
             .iter()
             .filter(|s| {
-                let (first, last) = s.end_span();
-                let mid = first + (last - first) / 2;
+                let Span { first_end, last_end, .. } = *s.span();
+                let mid = first_end + (last_end - first_end) / 2;
                 mid > start && mid <= end
             })
             .collect()
@@ -155,33 +177,20 @@ mod tests {
     /// A segment that counts what ended in it.
     #[derive(Clone, Debug, PartialEq)]
     struct Tally {
-        lo: u64,
-        hi: u64,
-        first: u64,
-        last: u64,
+        span: Span,
         n: u64,
     }
 
     impl TimeSegment for Tally {
         const MAX_SEGMENTS: usize = 4;
         const MAX_ENTRIES: Option<usize> = Some(100);
-        fn lo(&self) -> u64 {
-            self.lo
+        fn span(&self) -> &Span {
+            &self.span
         }
-        fn hi(&self) -> u64 {
-            self.hi
+        fn span_mut(&mut self) -> &mut Span {
+            &mut self.span
         }
-        fn set_hi(&mut self, hi: u64) {
-            self.hi = hi;
-        }
-        fn end_span(&self) -> (u64, u64) {
-            (self.first, self.last)
-        }
-        fn absorb(&mut self, o: &Tally) {
-            self.lo = self.lo.min(o.lo);
-            self.hi = self.hi.max(o.hi);
-            self.first = self.first.min(o.first);
-            self.last = self.last.max(o.last);
+        fn absorb_contents(&mut self, o: &Tally) {
             self.n += o.n;
         }
         fn entries(&self) -> usize {
@@ -191,7 +200,7 @@ mod tests {
 
     fn add(l: &mut SegmentList<Tally>, t: u64, n: u64) {
         let (lo, hi) = l.bounds(t);
-        l.insert(Tally { lo, hi, first: t, last: t, n });
+        l.insert(Tally { span: Span { lo, hi, first_end: t, last_end: t }, n });
     }
 
     fn count(l: &SegmentList<Tally>, start: u64, end: u64) -> u64 {

@@ -7,7 +7,7 @@
 
 use super::{
     Request, UpstreamCall,
-    segment_list::{SegmentList, TimeSegment},
+    segment_list::{SegmentList, Span, TimeSegment},
 };
 use crate::histogram::SparseHistogram;
 
@@ -52,11 +52,7 @@ impl Counts {
 /// The requests and calls that ended in `(lo, hi]`.
 #[derive(Clone, Debug, Default)]
 pub struct Segment {
-    pub lo: u64,
-    pub hi: u64,
-    /// The earliest and latest end time in it.
-    pub first_end: u64,
-    pub last_end: u64,
+    pub span: Span,
     pub counts: Counts,
     pub latency: SparseHistogram,
     pub ttfb: SparseHistogram,
@@ -72,10 +68,7 @@ impl Segment {
         let ends = reqs.iter().map(|r| r.end_ns).chain(calls.iter().map(|c| c.end_ns));
         let (first_end, last_end) = ends.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
         Segment {
-            lo,
-            hi,
-            first_end,
-            last_end,
+            span: Span { lo, hi, first_end, last_end },
             counts,
             latency: SparseHistogram::from_values(reqs.iter().map(|r| r.latency_ns())),
             ttfb: SparseHistogram::from_values(reqs.iter().map(|r| r.ttfb_ns())),
@@ -91,24 +84,14 @@ impl TimeSegment for Segment {
     const MAX_SEGMENTS: usize = MAX_SEGMENTS;
     const MAX_ENTRIES: Option<usize> = Some(MAX_ENTRIES);
 
-    fn lo(&self) -> u64 {
-        self.lo
+    fn span(&self) -> &Span {
+        &self.span
     }
-    fn hi(&self) -> u64 {
-        self.hi
-    }
-    fn set_hi(&mut self, hi: u64) {
-        self.hi = hi;
-    }
-    fn end_span(&self) -> (u64, u64) {
-        (self.first_end, self.last_end)
+    fn span_mut(&mut self) -> &mut Span {
+        &mut self.span
     }
 
-    fn absorb(&mut self, o: &Segment) {
-        self.lo = self.lo.min(o.lo);
-        self.hi = self.hi.max(o.hi);
-        self.first_end = self.first_end.min(o.first_end);
-        self.last_end = self.last_end.max(o.last_end);
+    fn absorb_contents(&mut self, o: &Segment) {
         self.counts.merge(&o.counts);
         self.latency = self.latency.merge(&o.latency);
         self.ttfb = self.ttfb.merge(&o.ttfb);
