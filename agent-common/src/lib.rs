@@ -40,15 +40,16 @@ pub mod globals {
     /// `u32`: log2 of the slots per CPU in the request event ring
     /// ([`EventSlot`](super::EventSlot)).
     pub const EVENT_RING_SHIFT: &str = "EVENT_RING_SHIFT";
-    /// `u32`: 1 to send a stack when a target thread blocks (off-CPU
-    /// profiles, `--profile-dir` without `--no-off-cpu`).
-    pub const PROFILE_OFF_CPU: &str = "PROFILE_OFF_CPU";
     /// `u32`: 1 in node mode (`perf-agent serve`): the targets are the
     /// tgids in the hash map `TARGETS` ([`TargetMember`](super::TargetMember)),
     /// armed at exec by the selector maps, and `TARGET` stays empty. 0 (the
     /// one-target modes): the verifier prunes the set's code, so their
     /// filter is still one array lookup and a compare.
     pub const TARGET_SET: &str = "TARGET_SET";
+    /// `u32`: what `sched_switch` does for profiling, bits of
+    /// [`profile::sched_mode`](super::profile::sched_mode) (0 without
+    /// `--profile-dir`).
+    pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
 }
 
 /// Names of the maps and programs (`names.rs`).
@@ -210,6 +211,11 @@ pub struct TracepointOffsets {
     /// `sk_buff.cb` + `tcp_skb_cb.ack_seq` (BTF): the ACK an incoming
     /// segment carries, at `tcp:tcp_probe`.
     pub skb_ack_seq: u32,
+    /// `task_struct.sched_info.run_delay` (BTF; 0 when the kernel has no
+    /// `CONFIG_SCHED_INFO`): the kernel's running total of the time a
+    /// thread waited on a run queue, read at each switch-out of a target
+    /// thread when profiling (`--profile-dir`).
+    pub task_run_delay: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -640,7 +646,7 @@ const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 25 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);

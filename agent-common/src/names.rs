@@ -87,12 +87,9 @@ pub mod programs {
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     /// The `perf_event` program on cpu-clock of every CPU.
     pub const PROFILE_CPU_CLOCK: &str = "profile_cpu_clock";
-    /// `tp_btf` programs for off-CPU stacks and run-queue waits.
-    pub const PROFILE_SCHED_SWITCH: &str = "profile_sched_switch";
-    pub const PROFILE_SCHED_WAKEUP: &str = "profile_sched_wakeup";
-    pub const PROFILE_SCHED_WAKEUP_NEW: &str = "profile_sched_wakeup_new";
-    /// Every program of the object.
-    pub const ALL: [&str; 22] = [
+    /// Every program of the object. (Off-CPU stacks and run-queue waits
+    /// are done by `SCHED_SWITCH` itself when profiling.)
+    pub const ALL: [&str; 19] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
@@ -109,9 +106,6 @@ pub mod programs {
         SYS_ENTER_RECVMSG,
         STATS_FLOOR,
         PROFILE_CPU_CLOCK,
-        PROFILE_SCHED_SWITCH,
-        PROFILE_SCHED_WAKEUP,
-        PROFILE_SCHED_WAKEUP_NEW,
         SK_DATA_READY,
         TCP_PROBE,
         TCP_RETRANSMIT_SKB,

@@ -70,7 +70,8 @@ pub mod sched_kind {
 
 /// Small ring-buffer records of the `sched_switch` program, told apart
 /// from a [`ProfileSample`] by their size: sent only for blocks whose
-/// stack was sent (everything else is counted in maps).
+/// stack was sent (everything else is counted in maps). `duration_ns` is
+/// the block's time times its weight ([`OffCpuBudget`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedRecord {
@@ -81,30 +82,49 @@ pub struct SchedRecord {
     pub kind: u32,
 }
 
-/// Scheduling state of one target thread (map `THREAD_SCHED`, by tid),
-/// updated in place.
+/// Scheduling state of one target thread, kept in the thread's own BPF
+/// task storage (map `THREAD_SCHED`; freed with the thread), updated in
+/// place by `sched_switch`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSched {
     /// When it blocked; 0: not blocked.
     pub blocked_ns: u64,
-    /// When it became runnable (woken, or preempted); 0: not waiting.
-    pub queued_ns: u64,
+    /// The kernel's `sched_info.run_delay` of the thread at its last
+    /// switch-out: the growth by the next one is the run-queue wait before
+    /// the slice that ends then.
+    pub run_delay_ns: u64,
     /// 1 when its stack was sent at the block.
     pub sampled: u32,
+    /// 1 once `run_delay_ns` holds a reading (a thread's first switch-out
+    /// seen only records it).
+    pub known: u32,
+    /// What the block's time is multiplied by (its sampling's `one_in`).
+    pub weight: u32,
     pub _pad: u32,
+}
+
+/// Bits of the `PROFILE_SCHED` global: what the `sched_switch` program
+/// does for profiling (set by user space before load; 0 without
+/// `--profile-dir`, and the verifier then drops that code).
+pub mod sched_mode {
+    /// Run-queue waits (`sched/runq_wait_*`).
+    pub const RUNQ: u32 = 1;
+    /// Off-CPU stacks and times (not with `--no-off-cpu`).
+    pub const OFF_CPU: u32 = 2;
 }
 
 /// Bins of the run-queue wait histogram ([`runq_bin`]): values up to
 /// 2^40 ns (18 minutes), longer ones in the last bin.
 pub const RUNQ_BINS: usize = 16 + 37 * 16;
 
-/// What the `sched_switch` program counts rather than sends (map
-/// `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
+/// What the `sched_switch` program counts rather than sends when profiling
+/// (map `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SchedCounts {
-    /// ns off CPU of blocks whose stack was not sent.
+    /// ns off CPU of chosen blocks whose stack was not sent, each times
+    /// its weight.
     pub off_cpu_unsampled_ns: u64,
     /// Run-queue waits per [`runq_bin`].
     pub runq: [u64; RUNQ_BINS],
@@ -147,21 +167,48 @@ pub fn runq_bin(v: u64) -> usize {
     if bin as usize >= RUNQ_BINS { RUNQ_BINS - 1 } else { bin as usize }
 }
 
-/// The per-CPU token bucket of stacks sent at blocks, refilled at
-/// [`OFF_CPU_STACKS_PER_SEC`] (map `OFF_CPU_BUDGET`, per CPU).
+/// Per CPU (map `OFF_CPU_BUDGET`): how blocks are chosen for a stack. Each
+/// block is chosen with probability `1 / one_in` and then weighs
+/// `one_in` times its time (an unbiased estimate of every block's time
+/// per stack); `one_in` is set every [`OFF_CPU_PERIOD_NS`] from the blocks
+/// of the period before, and raised within a period as its blocks pass
+/// that, so that about [`OFF_CPU_STACKS_PER_SEC`] are chosen (1 while
+/// blocks are fewer: every block is then sampled). A token
+/// bucket refilled at twice that rate caps the copies (a burst before
+/// `one_in` catches up): a chosen block it refuses still counts, under
+/// `[stack not sampled]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuBudget {
-    /// When it was last refilled, ns.
+    /// When the bucket was last refilled, ns.
     pub last_ns: u64,
     /// Budget saved up, in ns of refill time.
     pub credit_ns: u64,
+    /// Start of the current period, ns.
+    pub period_start_ns: u64,
+    /// Blocks seen in the current period.
+    pub blocks: u32,
+    /// 1 in how many blocks is chosen now (at least 1 once a block was seen).
+    pub one_in: u32,
 }
 
-/// Most stacks sent per CPU and second when target threads block (each is
-/// a 33 KiB copy); past it a block's time is still counted
-/// (`SchedCounts::off_cpu_unsampled_ns`), under an "unsampled" stack.
-pub const OFF_CPU_STACKS_PER_SEC: u64 = 500;
+/// Stacks per CPU and second that block sampling aims at (each is a copy
+/// of up to 33 KiB and the kernel's unwinding of its own stack).
+pub const OFF_CPU_STACKS_PER_SEC: u64 = 200;
+/// Most stacks sent per CPU and second when target threads block (the
+/// token bucket's rate, twice the aim).
+pub const OFF_CPU_STACKS_PER_SEC_MAX: u64 = 2 * OFF_CPU_STACKS_PER_SEC;
+/// How often the sampling rate of blocks follows their number, ns.
+pub const OFF_CPU_PERIOD_NS: u64 = 100_000_000;
+
+/// `one_in` for the next period after `blocks` blocks in one: the blocks
+/// over the stacks aimed at per period, rounded down, at least 1.
+#[inline(always)]
+pub fn off_cpu_one_in(blocks: u32) -> u32 {
+    const PER_PERIOD: u32 = (OFF_CPU_STACKS_PER_SEC * OFF_CPU_PERIOD_NS / 1_000_000_000) as u32;
+    let n = blocks / PER_PERIOD;
+    if n == 0 { 1 } else { n }
+}
 
 /// Per-CPU counters of the profiling programs (map `PROFILE_STATS`).
 #[repr(C)]
@@ -171,9 +218,11 @@ pub struct ProfileStats {
     pub sent: u64,
     /// Samples, block stacks or sched records lost: the ring buffer was full.
     pub ring_full: u64,
+    /// Blocks of target threads (all of them, chosen or not).
+    pub off_cpu_blocks: u64,
     /// Stacks sent when a target thread blocked.
     pub off_cpu_stacks: u64,
-    /// Blocks whose stack was not sent (over the budget).
+    /// Blocks chosen whose stack was not sent (over the token bucket).
     pub off_cpu_unsampled: u64,
     /// Run-queue waits counted, and their total, ns.
     pub runq_waits: u64,
@@ -186,7 +235,7 @@ impl ProfileStats {
     /// Adds another CPU's counters, field by field (see
     /// [`crate::add_u64_fields`]).
     pub fn accumulate(&mut self, other: &ProfileStats) {
-        // SAFETY: `repr(C)`, seven `u64` fields, nothing else.
+        // SAFETY: `repr(C)`, eight `u64` fields, nothing else.
         unsafe { crate::add_u64_fields(self, other) }
     }
 }
@@ -205,11 +254,11 @@ mod user {
     unsafe impl aya::Pod for super::SchedCounts {}
 }
 
-const _: () = assert!(core::mem::size_of::<ProfileStats>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadSched>() == 24);
+const _: () = assert!(core::mem::size_of::<ThreadSched>() == 32);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
-const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 32);
 const _: () = assert!(
     core::mem::size_of::<ProfileSample>()
         == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8 + STACK_PAGE * STACK_PAGES
@@ -233,5 +282,14 @@ mod tests {
         assert_eq!(runq_bin(34), 33);
         assert_eq!(runq_bin(u64::MAX), RUNQ_BINS - 1);
         assert_eq!(runq_bin((1 << 41) - 1), RUNQ_BINS - 1);
+    }
+
+    #[test]
+    fn blocks_are_chosen_one_in_their_number_over_the_aim() {
+        let per_period = (OFF_CPU_STACKS_PER_SEC / 10) as u32;
+        assert_eq!(off_cpu_one_in(0), 1);
+        assert_eq!(off_cpu_one_in(per_period * 2 - 1), 1, "under twice the aim: all");
+        assert_eq!(off_cpu_one_in(per_period * 2), 2);
+        assert_eq!(off_cpu_one_in(per_period * 50 + 3), 50);
     }
 }

@@ -39,6 +39,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     tcp_snd_wnd: 0,
     tcp_mss_cache: 0,
     skb_ack_seq: 0,
+    task_run_delay: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -13,9 +13,14 @@
 //! is kept in this CPU's slot of `CPU_ACCOUNT`, not per thread. A task only
 //! changes CPU through a switch, so the target's thread recorded at its
 //! switch-in is `prev` of the next switch on the same CPU.
+//!
+//! With `--profile-dir` the same program also does the off-CPU and
+//! run-queue work for target threads (`offcpu.rs`): one program run per
+//! switch instead of two.
 
 use agent_common::CpuAccount;
 use aya_ebpf::{
+    EbpfContext as _,
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -24,6 +29,7 @@ use aya_ebpf::{
 use crate::{
     access::{load_field, read_field},
     config::{self, offset},
+    offcpu,
 };
 
 #[map]
@@ -56,7 +62,9 @@ pub(crate) fn record_running(tid: u32, runtime: u64) {
 
 /// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
 /// *next, unsigned int prev_state)`. The common path (neither task is the
-/// target's) is two array lookups the verifier inlines and two loads.
+/// target's) is two array lookups the verifier inlines and two loads. When
+/// profiling (`offcpu::mode()` non-zero, a load-time constant) a target
+/// thread's switches also feed the off-CPU and run-queue profiles.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let target = config::target_tgid();
@@ -68,6 +76,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     };
     let account = unsafe { &mut *account };
     let (prev, next): (*const u8, *const u8) = (ctx.arg(1), ctx.arg(2));
+    // Read once, when a profiling path first needs it.
+    let mut now = 0;
     // SAFETY (every load_field below): `prev` and `next` are the
     // tracepoint's `struct task_struct *` arguments, and the offsets are of
     // fields of that struct with these types.
@@ -81,11 +91,23 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         };
         account.on_cpu_ns += runtime.saturating_sub(start);
         account.slices += 1;
+        if offcpu::mode() != 0 {
+            now = offcpu::now();
+            let (preempted, prev_state) = (ctx.arg::<u8>(0) != 0, ctx.arg::<u32>(3));
+            offcpu::switched_out(ctx.as_ptr(), prev, (target, tid), prev_state, preempted, now);
+        }
     }
     if unsafe { load_field::<u32>(next, offset!(task_tgid)) } == target {
+        let tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
         account.runtime_at_switch_in =
             unsafe { load_field::<u64>(next, offset!(task_sum_exec_runtime)) };
-        account.running_tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
+        account.running_tid = tid;
+        if offcpu::mode() != 0 {
+            if now == 0 {
+                now = offcpu::now();
+            }
+            offcpu::switched_in(next, tid, now);
+        }
     } else {
         account.running_tid = 0;
     }

@@ -8,7 +8,8 @@
 //!   minor and major page faults.
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
 //! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
-//! - [`offcpu`]: sched_switch/sched_wakeup → off-CPU stacks, run-queue waits.
+//! - [`offcpu`]: called by `cpu`'s sched_switch when profiling → off-CPU
+//!   stacks, run-queue waits.
 //! - [`stats`]: an empty program, attached only while the kernel's run-time
 //!   statistics are on: the statistics' own cost per run.
 //!

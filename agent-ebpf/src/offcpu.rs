@@ -1,180 +1,246 @@
 //! Off-CPU stacks and run-queue waits (`--profile-dir`; stacks unless
-//! `--no-off-cpu`): BTF tracepoints on `sched_switch`, `sched_wakeup` and
-//! `sched_wakeup_new`, attached only when profiling. User-space twin:
-//! `agent/src/probes/profile.rs`, read by `agent/src/profile/`.
+//! `--no-off-cpu`), done inside the agent's one `sched_switch` program
+//! (`cpu.rs` calls [`switched_out`] and [`switched_in`] for target threads
+//! when `PROFILE_SCHED` is set): a second program on the same tracepoint
+//! would pay the tracepoint's dispatch and the target check again on every
+//! switch. User-space twin: `agent/src/probes/profile.rs`, read by
+//! `agent/src/profile/`.
 //!
-//! Per target thread one `THREAD_SCHED` entry, updated in place: when it
-//! blocks (leaves a CPU not runnable) its stack may be sent (a
+//! Per target thread one [`ThreadSched`] in the thread's own task storage
+//! (the kernel keeps it with the `task_struct`: no hash to look up, freed
+//! with the thread, so a reused tid starts afresh). When a thread blocks
+//! (leaves a CPU not runnable) the block may be chosen, at random, 1 in
+//! `one_in` (about `OFF_CPU_STACKS_PER_SEC` per CPU, see
+//! [`OffCpuBudget`]): then its stack is sent (a
 //! [`ProfileSample`](agent_common::profile::ProfileSample) flagged
-//! `OFF_CPU`, at most `OFF_CPU_STACKS_PER_SEC` per CPU) and the time is
-//! kept; when it next runs, a block whose stack was sent gets a
-//! `SchedRecord` with how long it was off, any other adds that time to a
-//! per-CPU counter. When it is woken (or preempted, still runnable) a
-//! run-queue wait starts, and ends in a per-CPU histogram when it runs.
-//! Every other switch costs the `TARGET` lookup and two loads.
+//! `OFF_CPU`) and the time is kept; when it next runs, it gets a
+//! `SchedRecord` with how long it was off times `one_in`. A chosen block
+//! whose stack the token bucket refused adds that to a per-CPU counter
+//! instead. A block not chosen sends and keeps nothing (its switch-in still
+//! looks the thread's state up, and finds no block time).
+//!
+//! Run-queue waits need no wake-up hook: the kernel itself adds each wait
+//! to the thread's `sched_info.run_delay` when the thread is switched in
+//! (the total `/proc/PID/task/TID/schedstat` shows). Its growth between
+//! two switch-outs of a thread is the wait before the slice that ends at
+//! the second, which goes into a per-CPU histogram.
+
+use core::ffi::c_void;
 
 use agent_common::profile::{
-    OFF_CPU_STACKS_PER_SEC, OffCpuBudget, RUNQ_BINS, SchedCounts, SchedRecord, ThreadSched,
-    runq_bin, sample_flags, sched_kind,
+    OFF_CPU_PERIOD_NS, OFF_CPU_STACKS_PER_SEC_MAX, OffCpuBudget, ProfileStats, RUNQ_BINS,
+    SchedCounts, SchedRecord, ThreadSched, off_cpu_one_in, runq_bin, sample_flags, sched_kind,
+    sched_mode,
 };
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray},
-    programs::BtfTracePointContext,
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_task_storage_get},
+    macros::{btf_map, map},
+    maps::PerCpuArray,
 };
 
-use crate::{
-    access::load_field,
-    config::{self, offset},
-    profile,
-};
+use crate::{access::load_field, config::offset, profile};
 
-/// 1 (set by user space) to send a stack when a target thread blocks; 0
-/// for run-queue waits only (`--no-off-cpu`). Named by
-/// `agent_common::globals::PROFILE_OFF_CPU`.
+/// [`sched_mode`] bits, set by user space before load.
 #[unsafe(no_mangle)]
-static PROFILE_OFF_CPU: u32 = 0;
+static PROFILE_SCHED: u32 = 0;
 
-/// `prev_state` of a thread leaving a CPU for good (it exited): not a block.
-const TASK_DEAD: u32 = 0x80;
+/// What profiling work `sched_switch` does; 0 when profiling is off (a
+/// constant to the verifier, which then removes the calls).
+#[inline(always)]
+pub(crate) fn mode() -> u32 {
+    // SAFETY: a plain global; volatile so the compiler keeps the load.
+    unsafe { core::ptr::read_volatile(&PROFILE_SCHED) }
+}
 
-/// tid → its scheduling state.
-#[map]
-static THREAD_SCHED: LruHashMap<u32, ThreadSched> = LruHashMap::with_max_entries(65_536, 0);
+/// A `BPF_MAP_TYPE_TASK_STORAGE` map declared in BTF, which aya-ebpf 0.2
+/// has no type for (the layout `btf_map_def!` gives its storage maps:
+/// the loader reads the map's kind from the fields' types).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholders read by the loader only, never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        use core::ptr::null;
+        TaskStorage {
+            r#type: null(),
+            key: null(),
+            value: null(),
+            max_entries: null(),
+            map_flags: null(),
+        }
+    }
+}
+
+/// Each target thread's scheduling state.
+#[btf_map]
+static THREAD_SCHED: TaskStorage<ThreadSched> = TaskStorage::new();
 #[map]
 static SCHED_COUNTS: PerCpuArray<SchedCounts> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static OFF_CPU_BUDGET: PerCpuArray<OffCpuBudget> = PerCpuArray::with_max_entries(1, 0);
 
-/// `tid`'s entry, made if missing (a thread's first switch or wake-up).
+/// `task`'s state (a BTF-typed `struct task_struct *`, a `sched_switch`
+/// argument), made zeroed when `create` and missing. The task storage
+/// helper returns NULL rather than nest when this CPU is already in it.
 #[inline(always)]
-fn thread_sched(tid: u32) -> Option<&'static mut ThreadSched> {
-    if THREAD_SCHED.get_ptr_mut(tid).is_none() {
-        // Zeroed with volatile word stores: LLVM would merge plain zero
-        // stores into a memset, which bpf-linker links to a byte loop.
-        let mut fresh = core::mem::MaybeUninit::<ThreadSched>::uninit();
-        let words = fresh.as_mut_ptr() as *mut u64;
-        for i in 0..size_of::<ThreadSched>() / 8 {
-            // SAFETY: inside `fresh`, which is a whole number of words.
-            unsafe { core::ptr::write_volatile(words.add(i), 0) };
-        }
-        // SAFETY: every byte was written above.
-        let _ = THREAD_SCHED.insert(tid, unsafe { fresh.assume_init_ref() }, 0);
-    }
-    // SAFETY: a map value; programs on other CPUs touch other threads'
-    // entries (a thread runs on one CPU at a time).
-    THREAD_SCHED.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+fn thread_sched(task: *const u8, create: bool) -> Option<&'static mut ThreadSched> {
+    let map = core::ptr::addr_of!(THREAD_SCHED) as *mut c_void;
+    let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
+    // SAFETY: `task` is a tracepoint's task pointer; with a NULL value the
+    // kernel zeroes a new entry.
+    let p = unsafe { bpf_task_storage_get(map, task as *mut _, core::ptr::null_mut(), flags) };
+    // SAFETY: the thread's own entry; a thread runs on one CPU at a time.
+    (!p.is_null()).then(|| unsafe { &mut *(p as *mut ThreadSched) })
 }
 
-/// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
-/// *next, unsigned int prev_state)`.
-#[btf_tracepoint(function = "sched_switch")]
-pub fn profile_sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let target = config::target_tgid();
-    if target == 0 {
-        return 0;
-    }
-    let (prev, next): (*const u8, *const u8) = (ctx.arg(1), ctx.arg(2));
-    // SAFETY (every load_field below): `prev` and `next` are the
-    // tracepoint's `struct task_struct *` arguments, and the offsets are of
-    // fields of that struct with these types.
-    let prev_ours = unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target;
-    let next_ours = unsafe { load_field::<u32>(next, offset!(task_tgid)) } == target;
-    if !prev_ours && !next_ours {
-        return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(stats) = profile::stats() else { return 0 };
-    if prev_ours {
-        let tid = unsafe { load_field::<u32>(prev, offset!(task_pid)) };
-        let prev_state: u32 = ctx.arg(3);
-        let preempted = ctx.arg::<u8>(0) != 0;
-        if prev_state & TASK_DEAD != 0 {
-            // Gone for good: nothing of it may match a later thread that
-            // reuses its tid.
-            let _ = THREAD_SCHED.remove(tid);
-        } else if let Some(t) = thread_sched(tid) {
-            if prev_state == 0 || preempted {
-                // Runnable: waiting on a run queue from now.
-                t.queued_ns = now;
-                t.blocked_ns = 0;
-            } else {
-                // Blocked. A wait opened by a wake-up while it still ran
-                // (the kernel wakes a task that set itself sleeping but
-                // had not left the CPU yet) is not one.
-                t.queued_ns = 0;
-                t.blocked_ns = now;
-                t.sampled = 0;
-                // `prev` is the current task: its stack is the blocking one.
-                let off_cpu = unsafe { core::ptr::read_volatile(&PROFILE_OFF_CPU) } != 0;
-                if off_cpu && take_budget(now) {
-                    if profile::send_stack(ctx.as_ptr(), target, tid, sample_flags::OFF_CPU, now) {
-                        stats.off_cpu_stacks += 1;
-                        t.sampled = 1;
-                    } else {
-                        stats.ring_full += 1;
-                    }
-                } else if off_cpu {
-                    stats.off_cpu_unsampled += 1;
-                }
+/// `prev_state` of a thread leaving a CPU for good (it exited): not a block.
+const TASK_DEAD: u32 = 0x80;
+
+/// A target thread `prev` (`tid`) leaves this CPU at `now`: the run-queue
+/// wait before the slice that ends; if it blocks, when, and maybe its stack
+/// (`ctx`: the tracepoint's context, for the kernel stack).
+#[inline(always)]
+pub(crate) fn switched_out(
+    ctx: *mut c_void,
+    prev: *const u8,
+    (tgid, tid): (u32, u32),
+    prev_state: u32,
+    preempted: bool,
+    now: u64,
+) {
+    let mode = mode();
+    let Some(stats) = profile::stats() else { return };
+    let Some(t) = thread_sched(prev, true) else { return };
+    if mode & sched_mode::RUNQ != 0 {
+        let at = offset!(task_run_delay);
+        if at != 0 {
+            // SAFETY: `prev` is the tracepoint's task, `at` the offset of
+            // its `sched_info.run_delay` (an unsigned long long).
+            let run_delay = unsafe { load_field::<u64>(prev, at) };
+            if t.known != 0 {
+                count_runq_wait(stats, run_delay.saturating_sub(t.run_delay_ns));
             }
+            t.run_delay_ns = run_delay;
+            t.known = 1;
         }
     }
-    if next_ours {
-        let tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
-        // SAFETY: as in thread_sched.
-        if let Some(t) = THREAD_SCHED.get_ptr_mut(tid).map(|p| unsafe { &mut *p }) {
-            if t.blocked_ns != 0 {
-                let off = now.saturating_sub(t.blocked_ns);
-                if t.sampled != 0 {
-                    let record = SchedRecord {
-                        time_ns: t.blocked_ns,
-                        duration_ns: off,
-                        tid,
-                        kind: sched_kind::OFF_CPU_END,
-                    };
-                    if !profile::send_sched(record) {
-                        stats.ring_full += 1;
-                    }
-                } else if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
-                    // SAFETY: this CPU's slot.
-                    unsafe { (*c).off_cpu_unsampled_ns += off };
-                }
-                t.blocked_ns = 0;
-            }
-            if t.queued_ns != 0 {
-                let wait = now.saturating_sub(t.queued_ns);
-                t.queued_ns = 0;
-                stats.runq_waits += 1;
-                stats.runq_total_ns += wait;
-                if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
-                    let bin = runq_bin(wait);
-                    // SAFETY: this CPU's slot; `bin` < RUNQ_BINS.
-                    if bin < RUNQ_BINS {
-                        unsafe { (*c).runq[bin] += 1 };
-                    }
-                }
-            }
+    let blocked = prev_state != 0 && !preempted && prev_state & TASK_DEAD == 0;
+    if mode & sched_mode::OFF_CPU == 0 || !blocked {
+        return;
+    }
+    stats.off_cpu_blocks += 1;
+    let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return };
+    // SAFETY: a per-CPU slot of this CPU.
+    let b = unsafe { &mut *b };
+    let weight = choose(b, now);
+    if weight == 0 {
+        t.blocked_ns = 0;
+        return;
+    }
+    t.blocked_ns = now;
+    t.weight = weight;
+    t.sampled = 0;
+    if !take_budget(b, now) {
+        stats.off_cpu_unsampled += 1;
+    } else if profile::send_stack(ctx, tgid, tid, sample_flags::OFF_CPU, now) {
+        // `prev` is the current task: its stack is the blocking one.
+        stats.off_cpu_stacks += 1;
+        t.sampled = 1;
+    } else {
+        stats.ring_full += 1;
+    }
+}
+
+/// Whether this block is chosen: its weight (`one_in` now), or 0. A new
+/// period's `one_in` follows the number of blocks of the last one, and
+/// rises within the period as its blocks pass what that allowed for. The
+/// weight is fixed before the draw, so the estimate stays unbiased.
+#[inline(always)]
+fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
+    if now.saturating_sub(b.period_start_ns) >= OFF_CPU_PERIOD_NS {
+        b.one_in = off_cpu_one_in(b.blocks);
+        b.blocks = 0;
+        b.period_start_ns = now;
+    }
+    b.blocks += 1;
+    // Within a period too: when blocks move to this CPU, the last period's
+    // rate would let far more through than aimed at.
+    let so_far = off_cpu_one_in(b.blocks);
+    if so_far > b.one_in {
+        b.one_in = so_far;
+    }
+    let one_in = b.one_in;
+    // SAFETY: a helper without side effects.
+    if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
+        return 0;
+    }
+    one_in
+}
+
+/// One run-queue wait of `wait` ns, into this CPU's histogram.
+#[inline(always)]
+fn count_runq_wait(stats: &mut ProfileStats, wait: u64) {
+    stats.runq_waits += 1;
+    stats.runq_total_ns += wait;
+    if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
+        let bin = runq_bin(wait);
+        // SAFETY: this CPU's slot; `bin` < RUNQ_BINS.
+        if bin < RUNQ_BINS {
+            unsafe { (*c).runq[bin] += 1 };
         }
     }
-    0
+}
+
+/// A target thread `next` (`tid`) runs again at `now`: the end of its block.
+#[inline(always)]
+pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
+    if mode() & sched_mode::OFF_CPU == 0 {
+        return;
+    }
+    let Some(t) = thread_sched(next, false) else { return };
+    if t.blocked_ns == 0 {
+        return;
+    }
+    let off = now.saturating_sub(t.blocked_ns) * u64::from(t.weight);
+    if t.sampled != 0 {
+        let record = SchedRecord {
+            time_ns: t.blocked_ns,
+            duration_ns: off,
+            tid,
+            kind: sched_kind::OFF_CPU_END,
+        };
+        if !profile::send_sched(record)
+            && let Some(stats) = profile::stats()
+        {
+            stats.ring_full += 1;
+        }
+    } else if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*c).off_cpu_unsampled_ns += off };
+    }
+    t.blocked_ns = 0;
 }
 
 /// ns of budget one stack costs, and the most that can be saved up (a
 /// burst of 25 stacks: what the ring holds room for).
-const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC;
+const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC_MAX;
 const MAX_CREDIT_NS: u64 = 25 * STACK_COST_NS;
 
 /// One stack copy from this CPU's budget: a token bucket refilled at
-/// `OFF_CPU_STACKS_PER_SEC`, so stacks are spread over time rather than
-/// spent in a burst at the start of each second.
+/// `OFF_CPU_STACKS_PER_SEC_MAX`, so stacks are spread over time rather
+/// than spent in a burst.
 #[inline(always)]
-fn take_budget(now: u64) -> bool {
-    let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return false };
-    // SAFETY: a per-CPU slot of this CPU.
-    let b = unsafe { &mut *b };
+fn take_budget(b: &mut OffCpuBudget, now: u64) -> bool {
     let credit = (b.credit_ns + now.saturating_sub(b.last_ns)).min(MAX_CREDIT_NS);
     b.last_ns = now;
     if credit < STACK_COST_NS {
@@ -185,38 +251,10 @@ fn take_budget(now: u64) -> bool {
     true
 }
 
-/// `p`'s tid when it is a target thread.
+/// The time now, ns (CLOCK_MONOTONIC), for [`switched_out`] and
+/// [`switched_in`].
 #[inline(always)]
-fn target_task(ctx: &BtfTracePointContext) -> Option<u32> {
-    let target = config::target_tgid();
-    let p: *const u8 = ctx.arg(0);
-    // SAFETY: `p` is the tracepoint's `struct task_struct *` argument.
-    let ours = target != 0 && unsafe { load_field::<u32>(p, offset!(task_tgid)) } == target;
-    ours.then(|| unsafe { load_field::<u32>(p, offset!(task_pid)) })
-}
-
-/// `TP_PROTO(struct task_struct *p)`: a blocked target thread was woken, its
-/// run-queue wait starts (a wake-up of one that has not left the CPU is
-/// not a wait).
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn profile_sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    let Some(tid) = target_task(&ctx) else { return 0 };
-    // SAFETY: as in thread_sched.
-    if let Some(t) = THREAD_SCHED.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
-        && t.blocked_ns != 0
-    {
-        t.queued_ns = unsafe { bpf_ktime_get_ns() };
-    }
-    0
-}
-
-/// `TP_PROTO(struct task_struct *p)`: a new target thread waits for its
-/// first run.
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn profile_sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    let Some(tid) = target_task(&ctx) else { return 0 };
-    if let Some(t) = thread_sched(tid) {
-        t.queued_ns = unsafe { bpf_ktime_get_ns() };
-    }
-    0
+pub(crate) fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }

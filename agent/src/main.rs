@@ -172,6 +172,9 @@ struct CompareArgs {
     /// against BASE.
     #[arg(long, value_name = "FILE")]
     release_notes: Option<PathBuf>,
+    /// Also write the comparison as one self-contained HTML page.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Name of BASE in the tables (default: its file or directory name).
     #[arg(long, value_name = "NAME")]
     base_label: Option<String>,
@@ -203,6 +206,7 @@ impl CompareArgs {
             thresholds: self.thresholds,
             markdown: self.markdown,
             release_notes: self.release_notes,
+            report: self.report,
             base_label: self.base_label,
             new_label: self.new_label,
         })
@@ -240,6 +244,12 @@ struct CommonArgs {
     /// One more argument for `k6 run` (repeatable), e.g. --k6-arg=--env=URL=...
     #[arg(long = "k6-arg", value_name = "ARG", allow_hyphen_values = true)]
     k6_arg: Vec<String>,
+    /// Write the run's page here: one self-contained HTML file (timelines
+    /// with the phases as bands, startup waterfall, per-phase table with
+    /// k6's numbers beside the agent's, profile links). With --repeat: the
+    /// medians' page, each run's beside it as <stem>.run-<i>.html.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Write the run's phases (name, start and end as Unix ns) as JSON here.
     #[arg(long, value_name = "FILE")]
     phases_json: Option<PathBuf>,
@@ -284,6 +294,7 @@ impl CommonArgs {
             duration: self.duration,
             out: self.out,
             phases_json: self.phases_json,
+            report: self.report,
             interval: Duration::from_millis(self.interval),
             paths: PathOptions { health_path: self.health_path, ready_path: self.ready_path },
             idle: self.idle.unwrap_or(Duration::from_secs(default_idle)),

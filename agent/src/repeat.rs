@@ -18,7 +18,9 @@ use crate::{
     compare::samples::RunSet,
     measure::{self, MeasureOptions},
     outcome::exit,
-    output, signals,
+    output,
+    report::html::repeat_page,
+    signals,
 };
 
 /// `<dir>/<stem>.runs` for `--out <dir>/<stem>.json`.
@@ -39,16 +41,21 @@ pub fn run_repeated(
         bail!("--repeat {n} needs --out FILE (the medians go there, each run beside it)")
     };
     output::check_writable("--out", out)?;
+    if let Some(report) = &opts.report {
+        output::check_writable("--report", report)?;
+    }
     let dir = runs_dir(out);
     prepare_dir(&dir)?;
     let mut code = exit::OK;
     let mut files = Vec::new();
+    let mut pages = Vec::new();
     for i in 1..=n {
         eprintln!("perf-agent: run {i} of {n}");
         let file = dir.join(format!("run-{i}.json"));
         let run_opts = MeasureOptions {
             out: Some(file.clone()),
             phases_json: opts.phases_json.as_deref().map(|p| numbered(p, i)),
+            report: opts.report.as_deref().map(|p| numbered(p, i)),
             // Each run's profiles in a directory of their own.
             profile: opts.profile.as_ref().map(|p| crate::profile::ProfileOptions {
                 dir: p.dir.join(format!("run-{i}")),
@@ -60,6 +67,7 @@ pub fn run_repeated(
         if file.is_file() {
             files.push(file);
         }
+        pages.extend(run_opts.report.filter(|p| p.is_file()));
         if code == exit::OK {
             code = c;
         }
@@ -72,9 +80,18 @@ pub fn run_repeated(
         bail!("no run wrote results: nothing to merge into {}", out.display());
     }
     let set = RunSet::read(&files, "runs")?;
-    let json = merge(&set).to_json() + "\n";
+    let merged = merge(&set);
+    let json = merged.to_json() + "\n";
     if output::write_results(out, &json, &output::fallback_dirs())? != output::Written::AtPath {
         return Ok(exit::RESULTS_ELSEWHERE); // named on stderr; the runs are in their files
+    }
+    if let Some(path) = &opts.report {
+        let page = repeat_page::render(&merged, &pages, path);
+        if output::write_results(path, &page, &output::fallback_dirs())? != output::Written::AtPath
+        {
+            return Ok(exit::RESULTS_ELSEWHERE);
+        }
+        eprintln!("perf-agent: wrote {} (each run's page beside it)", path.display());
     }
     eprintln!(
         "perf-agent: wrote {} (median of {} runs, min and max as lower/upper values) and {}/",

@@ -158,6 +158,46 @@ pub fn window_between(samples: &[Sample], start_ns: u64, end_ns: u64) -> Option<
     window(&edges)
 }
 
+/// One sampling interval `(previous sample, t_ns]`: the CPU time used in it
+/// and the RSS at its end, for the report's timelines.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interval {
+    pub t_ns: u64,
+    pub duration_ns: u64,
+    pub cpu_ns: u64,
+    /// % of one core over the interval (NaN for an empty interval).
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+}
+
+/// The series as intervals between every `stride`-th sample (the last
+/// sample always ends the last one), so a long run keeps a bounded number
+/// of points. The intervals' CPU times add up to the whole window's.
+pub fn intervals(samples: &[Sample], max_points: usize) -> Vec<Interval> {
+    let stride = samples.len().saturating_sub(1).div_ceil(max_points.max(1)).max(1);
+    let mut picked: Vec<&Sample> = samples.iter().step_by(stride).collect();
+    if let Some(last) = samples.last()
+        && picked.last().is_some_and(|p| p.t_ns != last.t_ns)
+    {
+        picked.push(last);
+    }
+    picked
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (w[0], w[1]);
+            let duration_ns = b.t_ns.saturating_sub(a.t_ns);
+            let cpu_ns = b.cpu_ns.saturating_sub(a.cpu_ns);
+            Interval {
+                t_ns: b.t_ns,
+                duration_ns,
+                cpu_ns,
+                cpu_percent: percent(cpu_ns, duration_ns),
+                rss_bytes: b.rss_bytes,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +266,30 @@ mod tests {
         assert!(window_between(&v, 500 * 1_000_000, 600 * 1_000_000).is_none());
         let clamped = window_between(&v, 0, u64::MAX).unwrap();
         assert_eq!(clamped.cpu_ns, 300_000_000);
+    }
+
+    #[test]
+    fn intervals_add_up_to_the_window_and_stay_bounded() {
+        let v: Vec<Sample> = (0..=10).map(|i| s(i * 100, i * i * 10, i * 1000, i * 1000)).collect();
+        let every = intervals(&v, 100);
+        assert_eq!(every.len(), 10);
+        assert_eq!(
+            every[0],
+            Interval {
+                t_ns: 100_000_000,
+                duration_ns: 100_000_000,
+                cpu_ns: 10_000_000,
+                cpu_percent: 10.0,
+                rss_bytes: 1000,
+            }
+        );
+        let whole = window(&v).unwrap();
+        let sum = |iv: &[Interval]| iv.iter().map(|i| i.cpu_ns).sum::<u64>();
+        assert_eq!(sum(&every), whole.cpu_ns);
+        // At most 3 points: every 4th sample (0, 4, 8) and the last (10).
+        let few = intervals(&v, 3);
+        assert_eq!(few.iter().map(|i| i.t_ns / 1_000_000).collect::<Vec<_>>(), [400, 800, 1000]);
+        assert_eq!(sum(&few), whole.cpu_ns);
+        assert!(intervals(&v[..1], 10).is_empty());
     }
 }

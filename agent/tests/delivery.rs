@@ -10,25 +10,6 @@ use common::*;
 
 const MS: f64 = 1e6;
 
-/// Attaches to `pid`, runs `load` while attached, stops the agent with
-/// SIGINT and returns its BMF and summary.
-fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> (serde_json::Value, String) {
-    let out = out_path(test);
-    let agent =
-        Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
-    agent.wait_attached();
-    load();
-    // The last responses' ACKs and events reach the next drain.
-    std::thread::sleep(Duration::from_millis(300));
-    agent.signal(libc::SIGINT);
-    let result = agent.wait(Duration::from_secs(30));
-    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
-    eprintln!("{}", result.stdout);
-    let bmf = read_bmf(&out);
-    assert_eq!(bmf_value(&bmf, "agent/dropped_events", "count"), 0.0, "events were lost");
-    (bmf, result.stdout)
-}
-
 /// Head and body in two writes without TCP_NODELAY, 5 ms of work: each
 /// response waits for the client's delayed ACK before Nagle sends the body.
 /// The server's app time stays ~5 ms; delivered matches the client.

@@ -247,19 +247,16 @@ fn deep_recursion_is_counted_as_truncated() {
     assert!((pct - truncated as f64 * 100.0 / total as f64).abs() < 1e-6, "{pct} vs folded");
     assert!(pct >= 90.0, "{pct} % truncated at 300 × 512 bytes of stack");
     // Cut stacks keep their innermost frames: the leaf and many recursions.
-    // At most 5 % of the cut samples may hold fewer (seen: one run in
-    // about five had such a sample; which stack it was is printed, to be
-    // explained, see the closing note of the session that set this).
+    // (Samples at a shallow depth unwind to `main` and are not cut. One that
+    // came right after the exec once stopped in libc, unplaced because the
+    // first read of the mappings preceded the loader's mapping of libc: the
+    // profiler now reads them again at once for such an address.)
     let cut: Vec<_> = folded.stacks.iter().filter(|(f, _)| f[0] == "[truncated]").collect();
     let shallow: Vec<_> = cut
         .iter()
         .filter(|(f, _)| f.iter().filter(|x| x.contains("recurse")).count() < 20)
         .collect();
-    let shallow_samples: u64 = shallow.iter().map(|(_, n)| *n).sum();
-    assert!(
-        shallow_samples as f64 <= 0.05 * truncated as f64,
-        "truncated stacks keep their inner frames: {shallow_samples} of {truncated} do not:\n{shallow:#?}"
-    );
+    assert!(shallow.is_empty(), "truncated stacks keep their inner frames:\n{shallow:#?}");
     let row = stdout.lines().find(|l| l.starts_with("  run ")).expect("summary row of the run");
     assert!(row.contains(&format!("{pct:.1} %")), "summary shows truncation: {row}");
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use common::*;
 
@@ -69,33 +69,23 @@ fn measure(test: &str, pool: u32, loads: &[Load]) -> (serde_json::Value, Vec<Log
             &pool.to_string(),
         ],
     );
-    let out = out_path(test);
-    let agent =
-        Agent::spawn(&["attach", "--pid", &proxy.pid.to_string(), "--out", out.to_str().unwrap()]);
-    agent.wait_attached();
-    std::thread::scope(|s| {
-        for load in loads {
-            let url = format!("http://{}{}", proxy.addr(), load.path);
-            s.spawn(move || {
-                let args = [
-                    "--requests",
-                    &load.requests.to_string(),
-                    "--connections",
-                    &load.connections.to_string(),
-                ];
-                let result = http_load(&url, &args);
-                assert_eq!(result.status_2xx, load.requests, "{url}: {result:?}");
-            });
-        }
+    let (bmf, _) = measure_during(proxy.pid, test, || {
+        std::thread::scope(|s| {
+            for load in loads {
+                let url = format!("http://{}{}", proxy.addr(), load.path);
+                s.spawn(move || {
+                    let args = [
+                        "--requests",
+                        &load.requests.to_string(),
+                        "--connections",
+                        &load.connections.to_string(),
+                    ];
+                    let result = http_load(&url, &args);
+                    assert_eq!(result.status_2xx, load.requests, "{url}: {result:?}");
+                });
+            }
+        });
     });
-    // Let the last responses' events reach the event ring's next drain.
-    std::thread::sleep(Duration::from_millis(300));
-    agent.signal(libc::SIGINT);
-    let result = agent.wait(Duration::from_secs(30));
-    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
-    eprintln!("{}", result.stdout);
-    let bmf = read_bmf(&out);
-    assert_eq!(bmf_value(&bmf, "agent/dropped_events", "count"), 0.0, "events were lost");
     let logged = read_log(&log);
     let _ = std::fs::remove_file(&log);
     (bmf, logged)

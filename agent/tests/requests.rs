@@ -13,25 +13,6 @@ use std::{
 
 use common::*;
 
-/// Attaches to `pid`, runs `load` while attached, stops the agent with
-/// SIGINT (no --duration: a complete run) and returns its BMF.
-fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> serde_json::Value {
-    let out = out_path(test);
-    let agent =
-        Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
-    agent.wait_attached();
-    load();
-    // Let the last responses' events reach the event ring's next drain.
-    std::thread::sleep(Duration::from_millis(300));
-    agent.signal(libc::SIGINT);
-    let result = agent.wait(Duration::from_secs(30));
-    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
-    eprintln!("{}", result.stdout);
-    let bmf = read_bmf(&out);
-    assert_eq!(bmf_value(&bmf, "agent/dropped_events", "count"), 0.0, "events were lost");
-    bmf
-}
-
 const MS: f64 = 1e6;
 
 /// Keep-alive connections, responses written in 3 writes, 20 ms of server
@@ -43,7 +24,7 @@ fn keep_alive_requests_are_counted_exactly_with_the_right_latency() {
     let url = format!("http://{}/", server.addr());
     let started = Instant::now();
     let mut load = None;
-    let bmf = measure_during(server.pid, "keepalive", || {
+    let (bmf, _) = measure_during(server.pid, "keepalive", || {
         load = Some(http_load(&url, &["--requests", "400", "--connections", "4"]));
     });
     let wall_ns = started.elapsed().as_nanos() as f64;
@@ -68,7 +49,7 @@ fn connection_per_request_is_counted_exactly() {
     let server = Target::start("demo-server", &[]);
     let url = format!("http://{}/", server.addr());
     let started = Instant::now();
-    let bmf = measure_during(server.pid, "per-conn", || {
+    let (bmf, _) = measure_during(server.pid, "per-conn", || {
         let load = http_load(
             &url,
             &["--requests", "3000", "--connections", "4", "--new-connection-per-request"],
@@ -88,7 +69,7 @@ fn lossless_at_full_speed() {
     let server = Target::start("demo-server", &[]);
     let url = format!("http://{}/", server.addr());
     let mut rate = 0.0;
-    let bmf = measure_during(server.pid, "lossless", || {
+    let (bmf, _) = measure_during(server.pid, "lossless", || {
         let load = http_load(&url, &["--requests", "100000", "--connections", "4"]);
         assert_eq!(load.requests, 100_000);
         rate = load.requests as f64 / (load.elapsed_ns as f64 / 1e9);
@@ -106,7 +87,7 @@ fn proxy_overhead_excludes_upstream_time() {
     let upstream = Target::start("demo-server", &["--delay-ms", "5"]);
     let proxy = Target::start("proxy", &["--upstream", &upstream.addr(), "--work-us", "1000"]);
     let url = format!("http://{}/", proxy.addr());
-    let bmf = measure_during(proxy.pid, "proxy", || {
+    let (bmf, _) = measure_during(proxy.pid, "proxy", || {
         let load = http_load(&url, &["--requests", "300", "--connections", "2"]);
         assert_eq!(load.requests, 300);
     });
@@ -127,7 +108,7 @@ fn status_codes_and_resets_are_errors() {
     let Some(_serial) = privileged() else { return };
     let server = Target::start("demo-server", &[]);
     let addr = server.addr();
-    let bmf = measure_during(server.pid, "errors", || {
+    let (bmf, _) = measure_during(server.pid, "errors", || {
         http_load(
             &format!("http://{addr}/status/503"),
             &["--requests", "30", "--connections", "1"],
@@ -174,7 +155,7 @@ fn status_of_a_never_touched_constant_response_is_read() {
     // server's close.
     let server = Target::start("demo-server", &["--static-503"]);
     let url = format!("http://{}/", server.addr());
-    let bmf = measure_during(server.pid, "static-close", || {
+    let (bmf, _) = measure_during(server.pid, "static-close", || {
         let load = http_load(&url, &["--requests", "1", "--connections", "1"]);
         assert_eq!(load.requests, 1);
     });
@@ -183,7 +164,7 @@ fn status_of_a_never_touched_constant_response_is_read() {
     // A fresh server, 20 keep-alive requests: the first ends at the second's read.
     let server = Target::start("demo-server", &["--static-503"]);
     let url = format!("http://{}/", server.addr());
-    let bmf = measure_during(server.pid, "static-keepalive", || {
+    let (bmf, _) = measure_during(server.pid, "static-keepalive", || {
         let load = http_load(&url, &["--requests", "20", "--connections", "1"]);
         assert_eq!(load.requests, 20);
     });

@@ -6,8 +6,9 @@
 //! - `bpf-linker`, built against that nightly's own LLVM so its bitcode
 //!   reader matches what that rustc emits (a mismatch fails the eBPF link);
 //! - `k6`, the load generator of the demo and the request tests;
-//! - under CI, Debian's `bpftool`, `perf` and `prometheus` (the node-mode
-//!   tests scrape `perf-agent serve` with a real Prometheus).
+//! - under CI, with apt-get: `bpftool`, `perf`, `prometheus` (the node-mode
+//!   tests scrape `perf-agent serve` with a real Prometheus) and `chromium`
+//!   (the HTML report tests render `--report` pages in it headless).
 //!
 //! Everything is checked first and installed only when missing, so running it
 //! before every task is cheap and silent. Tools found outside `PATH` (cargo's
@@ -51,9 +52,10 @@ pub fn setup(options: Options) -> Result<()> {
         bench_tools()?;
     } else if in_ci() {
         // The reliability tests check with bpftool that nothing stays
-        // attached, the profile tests compare with perf: under CI they must
-        // not skip that; the serve tests query a real Prometheus.
-        apt_tools(&["bpftool", "perf", "prometheus"])?;
+        // attached, the profile tests compare with perf, the serve tests
+        // query a real Prometheus, the HTML report tests render the page in
+        // Debian's chromium: under CI they must not skip that.
+        apt_tools(&["bpftool", "perf", "prometheus", "chromium"])?;
     }
     cargo_fuzz()?;
     Ok(())

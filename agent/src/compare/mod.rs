@@ -7,8 +7,10 @@
 //!
 //! Modules, in dependency order: `stats` (Welch's t-test), `samples`
 //! (reading and merging BMF runs), `thresholds` (categories, globs, files),
-//! `verdict` (judging), `render` (terminal, Markdown, release notes).
+//! `verdict` (judging), `render` (terminal, Markdown, release notes), `html`
+//! (`--report`, through `report::html`).
 
+pub mod html;
 pub mod render;
 pub mod samples;
 pub mod stats;
@@ -35,6 +37,8 @@ pub struct CompareOptions {
     pub thresholds: Option<PathBuf>,
     pub markdown: Option<PathBuf>,
     pub release_notes: Option<PathBuf>,
+    /// `--report FILE.html`.
+    pub report: Option<PathBuf>,
     pub base_label: Option<String>,
     pub new_label: Option<String>,
 }
@@ -42,7 +46,12 @@ pub struct CompareOptions {
 /// Runs the comparison, prints the table, writes the requested files and
 /// returns the exit status of the verdict.
 pub fn run(opts: &CompareOptions) -> anyhow::Result<u8> {
-    for (flag, path) in [("--markdown", &opts.markdown), ("--release-notes", &opts.release_notes)] {
+    let outputs = [
+        ("--markdown", &opts.markdown),
+        ("--release-notes", &opts.release_notes),
+        ("--report", &opts.report),
+    ];
+    for (flag, path) in outputs {
         if let Some(path) = path {
             check_writable(flag, path)?;
         }
@@ -72,6 +81,9 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<u8> {
     }
     if let Some(path) = &opts.release_notes {
         write(path, &render::release_notes(&cmp, &labels))?;
+    }
+    if let Some(path) = &opts.report {
+        write(path, &html::render(&cmp, &labels))?;
     }
     Ok(exit_code(cmp.overall()))
 }

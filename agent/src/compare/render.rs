@@ -45,12 +45,12 @@ fn side(measure: &str, mean: f64, n: usize) -> String {
     if n > 1 { format!("{v} ×{n}") } else { v }
 }
 
-fn p_column(row: &Row) -> String {
+pub(crate) fn p_column(row: &Row) -> String {
     row.ttest.map_or_else(|| "-".into(), |t| p_text(t.p))
 }
 
 /// Fails and warnings first, then by id.
-fn ordered(cmp: &Comparison) -> Vec<&Row> {
+pub(crate) fn ordered(cmp: &Comparison) -> Vec<&Row> {
     let mut rows: Vec<&Row> = cmp.rows.iter().collect();
     rows.sort_by(|a, b| {
         b.level.max(Level::Pass).cmp(&a.level.max(Level::Pass)).then(a.key.cmp(&b.key))
@@ -58,7 +58,7 @@ fn ordered(cmp: &Comparison) -> Vec<&Row> {
     rows
 }
 
-fn headline(cmp: &Comparison, labels: &Labels) -> String {
+pub(crate) fn headline(cmp: &Comparison, labels: &Labels) -> String {
     let verdict = match cmp.overall() {
         Level::Fail => "FAIL",
         Level::Warn => "WARN",

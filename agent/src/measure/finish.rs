@@ -17,7 +17,10 @@ use crate::{
     phases::{self, PhaseReport},
     probes::{Probes, stats::ProgramStats},
     procfs,
-    report::{self, RunReport},
+    report::{
+        self, RunReport,
+        html::{run_page::RunPage, series::Series},
+    },
     session::{self, SessionConfig, SessionResult},
     startup::{Startup, Watched},
     timeline,
@@ -73,6 +76,8 @@ pub(super) fn finish(
     };
     // One offset for every conversion, so all of them agree.
     let epoch_offset_ns = clock::epoch_offset_ns();
+    let series =
+        opts.report.as_ref().map(|_| Series::of(&result.samples, &result.log, opts.interval));
     let run = FinishedRun {
         target: &target,
         opts,
@@ -93,13 +98,14 @@ pub(super) fn finish(
         print!("{}", s.summary(stats));
     }
     let profile = profiling::write(profile, opts, &r, last_t)?;
-    let extra_metrics = |doc: &mut BmfReport| {
-        if let Some((_, stats)) = &cgroup_stats {
-            cgroup::add_metrics(doc, stats, r.window.mean_rss_bytes);
-        }
-        profiling::add_metrics(profile.as_ref(), doc);
-    };
-    outcome.results_elsewhere = write_results(opts, &r, epoch_offset_ns, extra_metrics)?;
+    let mut doc = report::metrics::document(&r);
+    if let Some((_, stats)) = &cgroup_stats {
+        cgroup::add_metrics(&mut doc, stats, r.window.mean_rss_bytes);
+    }
+    profiling::add_metrics(profile.as_ref(), &mut doc);
+    let profile_dir = profile.as_ref().map(|p| p.dir.as_path());
+    outcome.results_elsewhere =
+        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile_dir)?;
     if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
         eprintln!("perf-agent: {message}");
     }
@@ -232,19 +238,20 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
     Ok((report, outcome))
 }
 
-/// Writes `--out` and `--phases-json`. A measurement is never lost: what
-/// cannot go where asked goes to a fallback file named on stderr, and the
-/// return value (`true`) says so, for the exit status.
+/// Writes `--out` (`doc`), `--phases-json` and `--report` (from `series`,
+/// linking the profiles in `profile_dir`). A measurement is never lost:
+/// what cannot go where asked goes to a fallback file named on stderr, and
+/// the return value (`true`) says so, for the exit status.
 fn write_results(
     opts: &MeasureOptions,
     r: &RunReport,
+    doc: &BmfReport,
     epoch_offset_ns: i128,
-    add_metrics: impl FnOnce(&mut BmfReport),
+    series: Option<&Series>,
+    profile_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<bool> {
     let mut elsewhere = false;
     if let Some(out) = &opts.out {
-        let mut doc = report::metrics::document(r);
-        add_metrics(&mut doc);
         let json = doc.to_json() + "\n";
         match output::write_results(out, &json, &output::fallback_dirs())? {
             output::Written::AtPath => eprintln!("perf-agent: wrote {}", out.display()),
@@ -256,7 +263,21 @@ fn write_results(
         elsewhere |= output::write_results(path, &json, &output::fallback_dirs())?
             != output::Written::AtPath;
     }
+    if let (Some(path), Some(series)) = (&opts.report, series) {
+        let page = RunPage { report: r, series, doc, profile_dir, path };
+        elsewhere |= write_file(path, &page.render())?;
+    }
     Ok(elsewhere)
+}
+
+/// Writes a file as the results are (fallback file when it cannot go
+/// where asked); `true` when it went elsewhere.
+fn write_file(path: &std::path::Path, contents: &str) -> anyhow::Result<bool> {
+    let written = output::write_results(path, contents, &output::fallback_dirs())?;
+    if written == output::Written::AtPath {
+        eprintln!("perf-agent: wrote {}", path.display());
+    }
+    Ok(written != output::Written::AtPath)
 }
 
 /// `--phases-json`: each phase's name and edges as Unix ns.
@@ -293,6 +314,7 @@ mod tests {
             duration: None,
             out: None,
             phases_json: None,
+            report: None,
             interval: Duration::from_millis(100),
             paths: PathOptions::default(),
             idle: Duration::from_secs(2),

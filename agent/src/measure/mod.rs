@@ -29,6 +29,8 @@ pub struct MeasureOptions {
     pub duration: Option<Duration>,
     pub out: Option<PathBuf>,
     pub phases_json: Option<PathBuf>,
+    /// `--report FILE.html`: the run's page.
+    pub report: Option<PathBuf>,
     pub interval: Duration,
     pub paths: PathOptions,
     /// Length of the idle window: after startup (launch / wait-for-exec), or
@@ -47,7 +49,9 @@ struct K6Ready {
 
 /// Checks shared by every mode; returns the tracefs root.
 fn common_preflight(opts: &MeasureOptions) -> anyhow::Result<PathBuf> {
-    for (flag, path) in [("--out", &opts.out), ("--phases-json", &opts.phases_json)] {
+    let outputs =
+        [("--out", &opts.out), ("--phases-json", &opts.phases_json), ("--report", &opts.report)];
+    for (flag, path) in outputs {
         path.as_deref().map_or(Ok(()), |p| output::check_writable(flag, p))?;
     }
     if let Some(p) = &opts.profile {

@@ -18,13 +18,16 @@ use crate::{btf::Btf, procfs};
 
 /// The `task_struct` fields `sched_switch` loads from `prev` and `next`,
 /// from BTF: `tgid` (is it the target's), `pid`, `se.sum_exec_runtime` and
-/// `se.prev_sum_exec_runtime`.
+/// `se.prev_sum_exec_runtime`; `sched_info.run_delay` when profiling.
 pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
     o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
     o.task_prev_sum_exec_runtime =
         btf.field_offset("task_struct", &["se", "prev_sum_exec_runtime"])?;
     o.task_pid = btf.field_offset("task_struct", &["pid"])?;
     o.task_tgid = btf.field_offset("task_struct", &["tgid"])?;
+    // Profiling's run-queue waits only; absent without CONFIG_SCHED_INFO
+    // (0: the program then counts none, and the summary says so).
+    o.task_run_delay = btf.field_offset("task_struct", &["sched_info", "run_delay"]).unwrap_or(0);
     Ok(())
 }
 

@@ -132,9 +132,7 @@ impl Probes {
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
         delivery::attach(&mut ebpf, &kernel_btf)?;
-        let profile = profile
-            .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
-            .transpose()?;
+        let profile = profile.map(|c| profile::ProfileProbe::attach(&mut ebpf, c)).transpose()?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         cpu::force_switch_on_every_cpu()?;
@@ -299,13 +297,12 @@ mod tests {
         for section in [
             "tp_btf/sock_recv_length",
             "tp_btf/tcp_sendmsg_locked",
+            // With --profile-dir, also off-CPU and run-queue work.
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
             // Per segment / readable event of every socket (issue 14).
             "tp_btf/sk_data_ready",
             "tp_btf/tcp_probe",
-            // With --profile-dir: on every wake-up of a target thread.
-            "tp_btf/sched_wakeup",
         ] {
             let calls: Vec<String> = relocation_targets(EBPF_OBJECT, section)
                 .into_iter()
@@ -320,6 +317,12 @@ mod tests {
         // its maps.
         assert!(
             relocation_targets(EBPF_OBJECT, "tp_btf/sock_recv_length").iter().any(|s| s == "CONNS")
+        );
+        // The profiling's scheduler work is in `sched_switch` itself.
+        assert!(
+            relocation_targets(EBPF_OBJECT, "tp_btf/sched_switch")
+                .iter()
+                .any(|s| s == "THREAD_SCHED")
         );
     }
 

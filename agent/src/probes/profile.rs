@@ -6,7 +6,10 @@
 use agent_common::{
     globals,
     names::{maps, programs},
-    profile::{OFF_CPU_STACKS_PER_SEC, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts},
+    profile::{
+        OFF_CPU_STACKS_PER_SEC_MAX, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts,
+        sched_mode,
+    },
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -33,13 +36,14 @@ pub struct ProfileConfig {
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
     let per_sec =
-        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
     let records = (per_sec * cpus).div_ceil(20).max(32);
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
 
-/// Sizes the ring and sets the off-CPU switch before load: a page when
-/// profiling is off (the map is in the object either way).
+/// Sizes the ring and sets what `sched_switch` does for profiling before
+/// load: a page of ring and nothing when profiling is off (the map is in
+/// the object either way).
 pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> anyhow::Result<()> {
     let bytes = match config {
         Some(c) => ring_bytes(c, aya::util::nr_cpus().map_err(|(_, e)| e)?),
@@ -47,10 +51,19 @@ pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> 
     };
     loader.map_max_entries(maps::PROFILE_SAMPLES, bytes);
     // The loader keeps a reference until load: statics.
-    static ON: u32 = 1;
     static OFF: u32 = 0;
-    let off_cpu = if config.is_some_and(|c| c.off_cpu) { &ON } else { &OFF };
-    loader.override_global(globals::PROFILE_OFF_CPU, off_cpu, true);
+    static RUNQ: u32 = sched_mode::RUNQ;
+    static RUNQ_AND_OFF_CPU: u32 = sched_mode::RUNQ | sched_mode::OFF_CPU;
+    let mode = match config {
+        None => &OFF,
+        Some(c) if c.off_cpu => &RUNQ_AND_OFF_CPU,
+        Some(_) => &RUNQ,
+    };
+    loader.override_global(globals::PROFILE_SCHED, mode, true);
+    // `THREAD_SCHED` is a task-storage map, which aya 0.14 creates but has
+    // no user-space type for (it calls it unsupported); user space never
+    // reads it.
+    loader.allow_unsupported_maps();
     Ok(())
 }
 
@@ -65,11 +78,7 @@ pub struct ProfileProbe {
 pub type ProfileCounters = ProfileStats;
 
 impl ProfileProbe {
-    pub fn attach(
-        ebpf: &mut Ebpf,
-        kernel_btf: &aya::Btf,
-        config: ProfileConfig,
-    ) -> anyhow::Result<ProfileProbe> {
+    pub fn attach(ebpf: &mut Ebpf, config: ProfileConfig) -> anyhow::Result<ProfileProbe> {
         let hz = config.hz;
         let ring: RingBuf<MapData> = take_map(ebpf, maps::PROFILE_SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> =
@@ -83,13 +92,8 @@ impl ProfileProbe {
         let event = SoftwareEvent::CpuClock;
         let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
         hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
-        for (program, name) in [
-            (programs::PROFILE_SCHED_SWITCH, "sched_switch"),
-            (programs::PROFILE_SCHED_WAKEUP, "sched_wakeup"),
-            (programs::PROFILE_SCHED_WAKEUP_NEW, "sched_wakeup_new"),
-        ] {
-            hook::attach(ebpf, program, Hook::BtfTracePoint { name, btf: kernel_btf })?;
-        }
+        // Off-CPU stacks and run-queue waits: the CPU probe's `sched_switch`,
+        // set up for them by `configure`.
         Ok(ProfileProbe { ring, stats, sched_counts })
     }
 }
@@ -129,7 +133,7 @@ mod tests {
         for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
             let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC as usize } else { 0 };
+            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }

@@ -64,13 +64,24 @@ impl ProfileReport {
             self.counters.runq_waits
         );
         let c = &self.counters;
+        if self.off_cpu {
+            let _ = writeln!(
+                out,
+                "  off-CPU: {} blocks, {} stacks taken (about {} per CPU and second aimed at, each \
+                 weighing 1 in N blocks)",
+                c.off_cpu_blocks,
+                c.off_cpu_stacks,
+                agent_common::profile::OFF_CPU_STACKS_PER_SEC
+            );
+        }
         if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
             let _ = writeln!(
                 out,
-                "  lost: {} records (ring buffer full); {} blocks without a stack (over {} stacks/s per CPU)",
+                "  lost: {} records (ring buffer full); {} chosen blocks without a stack (over {} \
+                 stacks/s per CPU)",
                 c.ring_full,
                 c.off_cpu_unsampled,
-                agent_common::profile::OFF_CPU_STACKS_PER_SEC
+                agent_common::profile::OFF_CPU_STACKS_PER_SEC_MAX
             );
         }
         let top =

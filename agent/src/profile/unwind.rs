@@ -5,7 +5,7 @@
 //! symbolized after the target is gone.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -83,8 +83,14 @@ struct AddressSpace {
 /// Most frames kept per stack.
 pub const MAX_FRAMES: usize = 1024;
 /// Mappings are read again at most this often when an address falls
-/// outside them (a `dlopen`, a new thread's code), and at every exec.
+/// outside them on a page already known to stay outside them, or a walk
+/// stops early; at once for an address on a page not seen unplaced yet;
+/// and at every exec.
 const RELOAD_EVERY: Duration = Duration::from_millis(200);
+/// Pages of code addresses no reload placed, remembered so that they do not
+/// make the mappings be read again at every sample (JIT code).
+const MAX_UNPLACED_PAGES: usize = 4096;
+const PAGE: u64 = 4096;
 
 /// Unwinds samples of one target (which may exec).
 pub struct StackWalker {
@@ -94,6 +100,9 @@ pub struct StackWalker {
     elf: HashMap<String, Option<ElfUnwindInfo>>,
     space: Option<AddressSpace>,
     cache: CacheX86_64,
+    /// Pages (address / [`PAGE`]) holding addresses that a reload did not
+    /// place, since the last exec.
+    unplaced_pages: HashSet<u64>,
 }
 
 /// A sample's user part, as the kernel copied it.
@@ -113,6 +122,7 @@ impl Default for StackWalker {
             space: None,
             cache: CacheX86_64::new(),
             vdso: own_vdso(),
+            unplaced_pages: HashSet::new(),
         }
     }
 }
@@ -129,15 +139,29 @@ impl StackWalker {
     ) {
         let stale = self.space.as_ref().is_none_or(|a| a.tgid != tgid || a.execs != execs);
         if stale {
+            self.unplaced_pages.clear();
             self.reload(tgid, execs);
         }
         let (mut addrs, mut complete) = self.walk(s);
+        // An address on a page no reload has failed to place is new code (a
+        // library mapped since the last read: right after an exec the first
+        // read may come before the loader mapped libc): read the mappings
+        // again at once, or the walk stops there. Pages that stay unplaced
+        // (JIT code, a mapping gone) fall back to the rate limit.
+        let new_unknown = addrs
+            .iter()
+            .any(|&a| self.place(a).is_none() && !self.unplaced_pages.contains(&(a / PAGE)))
+            && self.unplaced_pages.len() < MAX_UNPLACED_PAGES;
         let unknown = addrs.iter().any(|&a| self.place(a).is_none());
-        if (unknown || !complete)
-            && self.space.as_ref().is_some_and(|a| a.read_at.elapsed() >= RELOAD_EVERY)
-        {
+        let due = self.space.as_ref().is_some_and(|a| a.read_at.elapsed() >= RELOAD_EVERY);
+        if new_unknown || ((unknown || !complete) && due) {
             self.reload(tgid, execs);
             (addrs, complete) = self.walk(s);
+            for &a in &addrs {
+                if self.place(a).is_none() {
+                    self.unplaced_pages.insert(a / PAGE);
+                }
+            }
         }
         if !complete {
             out.push(Frame::Truncated);

@@ -1,10 +1,11 @@
-//! Turning a run into metrics: the BMF file for CI ([`metrics`]) and the
+//! Turning a run into metrics: the BMF file for CI ([`metrics`]), the
 //! summary for people ([`summary`]), with the `/proc` ground truth beside
-//! each kernel number.
+//! each kernel number, and the HTML page ([`html`], `--report`).
 //!
 //! Metric IDs are stable (CI gates on them); `docs/metrics.md` defines each.
 
 pub mod delivery;
+pub mod html;
 pub mod metrics;
 pub mod summary;
 

@@ -5,11 +5,9 @@
 //! by time. A delivery belongs to the window in which its response was
 //! acknowledged. Pure.
 
-use std::collections::BTreeSet;
-
 use agent_common::{NetEvent, conn_flags, event_kind};
 
-use super::segments::SEGMENT_NS;
+use super::segment_list::{SegmentList, Span, TimeSegment};
 use crate::{
     histogram::{self, SparseHistogram},
     percentile::Percentiles,
@@ -114,10 +112,7 @@ impl DeliveryCounts {
 /// The deliveries acknowledged in `(lo, hi]`.
 #[derive(Clone, Debug, Default)]
 struct Segment {
-    lo: u64,
-    hi: u64,
-    first_end: u64,
-    last_end: u64,
+    span: Span,
     counts: DeliveryCounts,
     /// Over deliveries whose queue time is known.
     queue: SparseHistogram,
@@ -132,11 +127,10 @@ impl Segment {
         let mut counts = DeliveryCounts::default();
         ds.iter().for_each(|d| counts.add(d));
         let known = || ds.iter().filter(|d| d.queue_known);
+        let first_end = ds.iter().map(|d| d.acked_ns).min().unwrap_or(0);
+        let last_end = ds.iter().map(|d| d.acked_ns).max().unwrap_or(0);
         Segment {
-            lo,
-            hi,
-            first_end: ds.iter().map(|d| d.acked_ns).min().unwrap_or(0),
-            last_end: ds.iter().map(|d| d.acked_ns).max().unwrap_or(0),
+            span: Span { lo, hi, first_end, last_end },
             counts,
             queue: SparseHistogram::from_values(known().map(Delivery::queue_ns)),
             delivered: SparseHistogram::from_values(known().map(Delivery::delivered_ns)),
@@ -144,12 +138,19 @@ impl Segment {
             accept_wait: SparseHistogram::from_values(ds.iter().filter_map(|d| d.accept_wait_ns)),
         }
     }
+}
 
-    fn absorb(&mut self, o: &Segment) {
-        self.lo = self.lo.min(o.lo);
-        self.hi = self.hi.max(o.hi);
-        self.first_end = self.first_end.min(o.first_end);
-        self.last_end = self.last_end.max(o.last_end);
+impl TimeSegment for Segment {
+    const MAX_SEGMENTS: usize = MAX_SEGMENTS;
+
+    fn span(&self) -> &Span {
+        &self.span
+    }
+    fn span_mut(&mut self) -> &mut Span {
+        &mut self.span
+    }
+
+    fn absorb_contents(&mut self, o: &Segment) {
         self.counts.merge(&o.counts);
         self.queue = self.queue.merge(&o.queue);
         self.delivered = self.delivered.merge(&o.delivered);
@@ -164,9 +165,7 @@ impl Segment {
 #[derive(Clone, Debug, Default)]
 pub struct DeliveryLog {
     pending: Vec<Delivery>,
-    list: Vec<Segment>,
-    cuts: BTreeSet<u64>,
-    folded_until: u64,
+    list: SegmentList<Segment>,
     /// Delivery events with inconsistent times: never stored, counted.
     pub rejected: u64,
 }
@@ -182,84 +181,32 @@ impl DeliveryLog {
         true
     }
 
-    /// A phase edge (see `RequestLog::cut`).
+    /// A phase edge (see `RequestLog::cut`); a late one splits nothing.
     pub fn cut(&mut self, t: u64) {
-        if self.cuts.insert(t)
-            && t >= self.folded_until
-            && let Some(s) = self.list.iter_mut().find(|s| s.lo < t && t < s.hi)
-        {
-            s.hi = t;
-        }
-    }
-
-    fn bounds(&self, t: u64) -> (u64, u64) {
-        if let Some(s) = self.list.iter().find(|s| s.lo < t && t <= s.hi) {
-            return (s.lo, s.hi);
-        }
-        let lo_regular = t.saturating_sub(1) / SEGMENT_NS * SEGMENT_NS;
-        let lo = self.cuts.range(..t).next_back().map_or(lo_regular, |&c| c.max(lo_regular));
-        let hi_regular = t.div_ceil(SEGMENT_NS) * SEGMENT_NS;
-        let hi = self.cuts.range(t..).next().map_or(hi_regular, |&c| c.min(hi_regular));
-        (lo, hi)
+        self.list.cut(t);
     }
 
     /// Folds the deliveries acknowledged by `horizon` (see `RequestLog::fold`).
     pub fn fold(&mut self, horizon: u64) {
-        if horizon <= self.folded_until {
-            return;
-        }
+        let Some(horizon) = self.list.fold_point(horizon) else { return };
         let (mut done, keep): (Vec<Delivery>, Vec<Delivery>) =
             self.pending.drain(..).partition(|d| d.acked_ns <= horizon);
         self.pending = keep;
         done.sort_unstable_by_key(|d| d.acked_ns);
         let mut i = 0;
         while i < done.len() {
-            let (lo, hi) = self.bounds(done[i].acked_ns);
+            let (lo, hi) = self.list.bounds(done[i].acked_ns);
             let end = i + done[i..].partition_point(|d| d.acked_ns <= hi);
-            self.insert(Segment::of(lo, hi, &done[i..end]));
+            self.list.insert(Segment::of(lo, hi, &done[i..end]));
             i = end;
         }
-        self.folded_until = horizon;
-        self.coarsen();
-    }
-
-    fn insert(&mut self, seg: Segment) {
-        match self.list.iter_mut().find(|s| s.lo < seg.hi && seg.lo < s.hi) {
-            Some(s) => s.absorb(&seg),
-            None => {
-                let at = self.list.partition_point(|s| s.hi <= seg.lo);
-                self.list.insert(at, seg);
-            }
-        }
-    }
-
-    fn coarsen(&mut self) {
-        while self.list.len() > MAX_SEGMENTS {
-            let mut merged = Vec::with_capacity(self.list.len() / 2 + 1);
-            let mut it = std::mem::take(&mut self.list).into_iter().peekable();
-            let mut any = false;
-            while let Some(mut a) = it.next() {
-                if it.peek().is_some_and(|b| self.cuts.range(a.hi..=b.lo).next().is_none()) {
-                    a.absorb(&it.next().expect("peeked"));
-                    any = true;
-                }
-                merged.push(a);
-            }
-            self.list = merged;
-            if !any {
-                break;
-            }
-        }
+        self.list.folded(horizon);
     }
 
     /// The deliveries acknowledged in `(start_ns, end_ns]`.
     pub fn window(&self, start_ns: u64, end_ns: u64) -> DeliveryStats {
         let in_window = |t: u64| t > start_ns && t <= end_ns;
-        let segs: Vec<&Segment> = self
-            .list
-            .iter()
-            .filter(|s| in_window(s.first_end + (s.last_end - s.first_end) / 2))
-            .collect();
+        let segs = self.list.within(start_ns, end_ns);
         let raw: Vec<&Delivery> = self.pending.iter().filter(|d| in_window(d.acked_ns)).collect();
         let mut counts = DeliveryCounts::default();
         segs.iter().for_each(|s| counts.merge(&s.counts));

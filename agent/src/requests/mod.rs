@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod delivery;
+pub mod segment_list;
 pub mod segments;
 
 use agent_common::{NetEvent, conn_flags, event_kind};

@@ -5,15 +5,12 @@
 //! by a cut are merged, so memory stays bounded whatever the run's length
 //! and rate. Pure.
 
-use std::collections::BTreeSet;
-
-use super::{Request, UpstreamCall};
+use super::{
+    Request, UpstreamCall,
+    segment_list::{SegmentList, Span, TimeSegment},
+};
 use crate::histogram::SparseHistogram;
 
-/// Regular segment length: an edge that was never registered (e.g. from
-/// a `--k6-results` file, known only after the run) is placed within this
-/// (until long runs merge segments).
-pub const SEGMENT_NS: u64 = 1_000_000_000;
 /// Above this many histogram buckets in all (6 bytes each: 6 MiB) or this
 /// many segments, neighbours not separated by a cut are merged.
 const MAX_ENTRIES: usize = 1 << 20;
@@ -55,11 +52,7 @@ impl Counts {
 /// The requests and calls that ended in `(lo, hi]`.
 #[derive(Clone, Debug, Default)]
 pub struct Segment {
-    pub lo: u64,
-    pub hi: u64,
-    /// The earliest and latest end time in it.
-    pub first_end: u64,
-    pub last_end: u64,
+    pub span: Span,
     pub counts: Counts,
     pub latency: SparseHistogram,
     pub ttfb: SparseHistogram,
@@ -75,10 +68,7 @@ impl Segment {
         let ends = reqs.iter().map(|r| r.end_ns).chain(calls.iter().map(|c| c.end_ns));
         let (first_end, last_end) = ends.fold((u64::MAX, 0), |(a, b), t| (a.min(t), b.max(t)));
         Segment {
-            lo,
-            hi,
-            first_end,
-            last_end,
+            span: Span { lo, hi, first_end, last_end },
             counts,
             latency: SparseHistogram::from_values(reqs.iter().map(|r| r.latency_ns())),
             ttfb: SparseHistogram::from_values(reqs.iter().map(|r| r.ttfb_ns())),
@@ -88,12 +78,20 @@ impl Segment {
             upstream: SparseHistogram::from_values(calls.iter().map(|c| c.end_ns - c.start_ns)),
         }
     }
+}
 
-    fn absorb(&mut self, o: &Segment) {
-        self.lo = self.lo.min(o.lo);
-        self.hi = self.hi.max(o.hi);
-        self.first_end = self.first_end.min(o.first_end);
-        self.last_end = self.last_end.max(o.last_end);
+impl TimeSegment for Segment {
+    const MAX_SEGMENTS: usize = MAX_SEGMENTS;
+    const MAX_ENTRIES: Option<usize> = Some(MAX_ENTRIES);
+
+    fn span(&self) -> &Span {
+        &self.span
+    }
+    fn span_mut(&mut self) -> &mut Span {
+        &mut self.span
+    }
+
+    fn absorb_contents(&mut self, o: &Segment) {
         self.counts.merge(&o.counts);
         self.latency = self.latency.merge(&o.latency);
         self.ttfb = self.ttfb.merge(&o.ttfb);
@@ -111,11 +109,7 @@ impl Segment {
 
 #[derive(Clone, Debug, Default)]
 pub struct Segments {
-    /// Sorted by time, disjoint.
-    list: Vec<Segment>,
-    cuts: BTreeSet<u64>,
-    /// Everything that ended by this is folded.
-    folded_until: u64,
+    list: SegmentList<Segment>,
     pub late_cuts: u64,
 }
 
@@ -124,31 +118,12 @@ impl Segments {
     /// ended before it) now ends there. An edge in what is already folded
     /// splits nothing and is counted late.
     pub fn cut(&mut self, t: u64) {
-        if !self.cuts.insert(t) {
-            return;
-        }
-        if t < self.folded_until {
-            self.late_cuts += 1;
-        } else if let Some(s) = self.list.iter_mut().find(|s| s.lo < t && t < s.hi) {
-            s.hi = t;
-        }
+        self.late_cuts += u64::from(self.list.cut(t));
     }
 
     /// Whether a fold up to `horizon` has anything new to fold.
     pub fn fold_point(&self, horizon: u64) -> Option<u64> {
-        Some(horizon).filter(|&u| u > self.folded_until)
-    }
-
-    /// The segment boundaries around `t`: `(lo, hi]` holds it.
-    fn bounds(&self, t: u64) -> (u64, u64) {
-        if let Some(s) = self.list.iter().find(|s| s.lo < t && t <= s.hi) {
-            return (s.lo, s.hi);
-        }
-        let lo_regular = t.saturating_sub(1) / SEGMENT_NS * SEGMENT_NS;
-        let lo = self.cuts.range(..t).next_back().map_or(lo_regular, |&c| c.max(lo_regular));
-        let hi_regular = t.div_ceil(SEGMENT_NS) * SEGMENT_NS;
-        let hi = self.cuts.range(t..).next().map_or(hi_regular, |&c| c.min(hi_regular));
-        (lo, hi)
+        self.list.fold_point(horizon)
     }
 
     /// Folds requests and calls (all ended by `until`) into their segments.
@@ -165,61 +140,19 @@ impl Segments {
                 (None, Some(c)) => c.end_ns,
                 (None, None) => unreachable!(),
             };
-            let (lo, hi) = self.bounds(t);
+            let (lo, hi) = self.list.bounds(t);
             let i_end = i + reqs[i..].partition_point(|r| r.end_ns <= hi);
             let j_end = j + calls[j..].partition_point(|c| c.end_ns <= hi);
-            self.insert(Segment::of(lo, hi, &reqs[i..i_end], &calls[j..j_end]));
+            self.list.insert(Segment::of(lo, hi, &reqs[i..i_end], &calls[j..j_end]));
             (i, j) = (i_end, j_end);
         }
-        self.folded_until = self.folded_until.max(until);
-        self.coarsen();
-    }
-
-    fn insert(&mut self, seg: Segment) {
-        match self.list.iter_mut().find(|s| s.lo < seg.hi && seg.lo < s.hi) {
-            Some(s) => s.absorb(&seg),
-            None => {
-                let at = self.list.partition_point(|s| s.hi <= seg.lo);
-                self.list.insert(at, seg);
-            }
-        }
-    }
-
-    /// Merges neighbours not separated by a cut while over the limits.
-    fn coarsen(&mut self) {
-        let over = |l: &[Segment]| {
-            l.len() > MAX_SEGMENTS || l.iter().map(Segment::entries).sum::<usize>() > MAX_ENTRIES
-        };
-        while over(&self.list) {
-            let mut merged = Vec::with_capacity(self.list.len() / 2 + 1);
-            let mut any = false;
-            let mut it = std::mem::take(&mut self.list).into_iter().peekable();
-            while let Some(mut a) = it.next() {
-                let joinable =
-                    it.peek().is_some_and(|b| self.cuts.range(a.hi..=b.lo).next().is_none());
-                if joinable {
-                    a.absorb(&it.next().expect("peeked"));
-                    any = true;
-                }
-                merged.push(a);
-            }
-            self.list = merged;
-            if !any {
-                break;
-            }
-        }
+        self.list.folded(until);
     }
 
     /// The segments whose requests count in `(start, end]`: those whose
     /// requests' middle end time is in it (all of a segment's requests are,
     /// when the window's edges are cuts).
     pub fn within(&self, start: u64, end: u64) -> Vec<&Segment> {
-        self.list
-            .iter()
-            .filter(|s| {
-                let mid = s.first_end + (s.last_end - s.first_end) / 2;
-                mid > start && mid <= end
-            })
-            .collect()
+        self.list.within(start, end)
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{KillOnDrop, agent_bin, scratch_dir};
+use super::{KillOnDrop, agent_bin, bmf_value, out_path, read_bmf, scratch_dir};
 
 /// How long the agent may take to attach (load, seed, attach every program).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -156,6 +156,27 @@ impl Drop for Agent {
         let _ = fs::remove_file(&self.stdout_path);
         let _ = fs::remove_file(&self.stderr_path);
     }
+}
+
+/// Attaches to `pid`, runs `load` while attached, stops the agent with
+/// SIGINT (no --duration: a complete run) and returns its BMF and summary
+/// (stdout). Fails if the agent did not exit cleanly or lost events.
+pub fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> (serde_json::Value, String) {
+    let out = out_path(test);
+    let agent =
+        Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
+    agent.wait_attached();
+    load();
+    // Let the last responses' events (and ACKs) reach the event ring's
+    // next drain.
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(libc::SIGINT);
+    let result = agent.wait(Duration::from_secs(30));
+    assert_eq!(result.code, 0, "{}\n{}", result.stdout, result.stderr);
+    eprintln!("{}", result.stdout);
+    let bmf = read_bmf(&out);
+    assert_eq!(bmf_value(&bmf, "agent/dropped_events", "count"), 0.0, "events were lost");
+    (bmf, result.stdout)
 }
 
 /// Runs the agent to completion.

@@ -59,19 +59,33 @@ fn parse_cost(summary: &str) -> Option<SummaryCost> {
     })
 }
 
-/// The profiling programs' BPF time over the run, ns, from the agent's
-/// per-program BMF rows (`AgentRun::programs`), without the statistics' own
-/// cost per run (the floor program's average in the same run): what they
-/// cost with the statistics off. `None` without the rows.
-fn profile_bpf_ns(run: &AgentRun) -> Option<f64> {
-    let (floor, _) = run.programs.get(FLOOR_PROGRAM)?;
+/// The profiling programs' BPF time over the run `on` (with
+/// `--profile-dir`), ns, from the agent's per-program BMF rows
+/// (`AgentRun::programs`), without the statistics' own cost per run (the
+/// floor program's average in the same run): what they cost with the
+/// statistics off. The `profile_*` programs whole, and what profiling adds
+/// to `sched_switch` (which does the off-CPU and run-queue work itself):
+/// its net ns per run in `on` less that in `off` (the agent without
+/// profiling), times its runs in `on`. `None` without the rows.
+fn profile_bpf_ns(on: &AgentRun, off: &AgentRun) -> Option<f64> {
+    let (floor, _) = on.programs.get(FLOOR_PROGRAM)?;
     let profiling: Vec<_> =
-        run.programs.iter().filter(|(name, _)| name.starts_with("profile_")).collect();
+        on.programs.iter().filter(|(name, _)| name.starts_with("profile_")).collect();
     if profiling.is_empty() {
         return None;
     }
-    Some(profiling.iter().map(|(_, (ns, runs))| (ns - floor).max(0.0) * runs).sum())
+    let programs: f64 = profiling.iter().map(|(_, (ns, runs))| (ns - floor).max(0.0) * runs).sum();
+    let switch = SCHED_SWITCH_PROGRAM;
+    let (ns_on, runs_on) = on.programs.get(switch)?;
+    let (ns_off, _) = off.programs.get(switch)?;
+    let (floor_off, _) = off.programs.get(FLOOR_PROGRAM)?;
+    let switch_extra = ((ns_on - floor) - (ns_off - floor_off)) * runs_on;
+    Some(programs + switch_extra)
 }
+
+/// The agent's `sched_switch` program, which does profiling's scheduler
+/// work when profiling.
+const SCHED_SWITCH_PROGRAM: &str = "sched_switch";
 
 /// One agent run following `pid` for `secs` (or during `load`), with
 /// `extra` arguments; the run and its stdout.
@@ -160,10 +174,11 @@ fn cpu_bound_rounds(
         let (off, (on, _, summary)) = (off.expect("ran"), on.expect("ran"));
         let cost = parse_cost(&summary)
             .ok_or_else(|| anyhow!("the agent's summary has no profiling `cost:` line"))?;
-        let bpf_ns = profile_bpf_ns(&on).ok_or_else(|| {
+        let bpf_ns = profile_bpf_ns(&on, &off).ok_or_else(|| {
             anyhow!(
-                "the agent's BMF has no `agent/prog_ns/profile_*` or `agent/prog_ns/{FLOOR_PROGRAM}` \
-                 rows although kernel.bpf_stats_enabled was 1"
+                "the agent's BMF has no `agent/prog_ns/profile_*`, `agent/prog_ns/{FLOOR_PROGRAM}` \
+                 or `agent/prog_ns/{SCHED_SWITCH_PROGRAM}` rows although \
+                 kernel.bpf_stats_enabled was 1"
             )
         })?;
         let bpf_percent = bpf_ns / on.metric("agent/window", "latency") * 100.0;
@@ -286,18 +301,22 @@ mod tests {
 
     #[test]
     fn the_profiling_programs_bpf_time_sums_their_runs_less_the_floor() {
-        let mut run = AgentRun::default();
+        let mut on = AgentRun::default();
         for (name, ns, runs) in [
             ("profile_cpu_clock", 3040.0, 10.0),
             ("sched_switch", 80.0, 1000.0),
-            ("profile_sched_switch", 140.0, 50.0),
             (FLOOR_PROGRAM, 40.0, 900.0),
         ] {
-            run.programs.insert(name.to_string(), (ns, runs));
+            on.programs.insert(name.to_string(), (ns, runs));
         }
-        assert_eq!(profile_bpf_ns(&run), Some(3000.0 * 10.0 + 100.0 * 50.0));
-        run.programs.remove(FLOOR_PROGRAM);
-        assert_eq!(profile_bpf_ns(&run), None, "no floor: no net cost");
-        assert_eq!(profile_bpf_ns(&AgentRun::default()), None);
+        let mut off = AgentRun::default();
+        off.programs.insert("sched_switch".to_string(), (75.0, 2000.0));
+        off.programs.insert(FLOOR_PROGRAM.to_string(), (45.0, 1800.0));
+        // sched_switch: 40 net ns per run with profiling, 30 without.
+        assert_eq!(profile_bpf_ns(&on, &off), Some(3000.0 * 10.0 + 10.0 * 1000.0));
+        assert_eq!(profile_bpf_ns(&on, &AgentRun::default()), None, "no rows without profiling");
+        on.programs.remove(FLOOR_PROGRAM);
+        assert_eq!(profile_bpf_ns(&on, &off), None, "no floor: no net cost");
+        assert_eq!(profile_bpf_ns(&AgentRun::default(), &off), None);
     }
 }
