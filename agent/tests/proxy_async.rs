@@ -12,12 +12,19 @@ use std::path::Path;
 
 use common::*;
 
-/// One line of the proxy's log: CLOCK_MONOTONIC ns.
+/// One line of the proxy's log: CLOCK_MONOTONIC ns. Reads are stamped
+/// after they return, writes just before and just after: the kernel side
+/// times a read when it returns and a write when it starts (before its
+/// copy), so the "before" stamps are the ones that measure like it.
 struct Logged {
     read: u64,
+    /// Just before the response's write.
+    writing: u64,
+    /// Just after it.
     done: u64,
-    /// (sent upstream, whole reply read) per call.
-    calls: Vec<(u64, u64)>,
+    /// (sending, sent, got) per call: just before and after the write
+    /// upstream, whole reply read.
+    calls: Vec<[u64; 3]>,
 }
 
 fn read_log(path: &Path) -> Vec<Logged> {
@@ -26,12 +33,23 @@ fn read_log(path: &Path) -> Vec<Logged> {
     text.lines()
         .map(|line| {
             let v: Vec<u64> = line.split(' ').map(|f| f.parse().expect("a number")).collect();
-            let n = v[2] as usize;
-            assert_eq!(v.len(), 3 + 2 * n, "log line {line:?}");
-            let calls = (0..n).map(|i| (v[3 + 2 * i], v[4 + 2 * i])).collect();
-            Logged { read: v[0], done: v[1], calls }
+            let n = v[3] as usize;
+            assert_eq!(v.len(), 4 + 3 * n, "log line {line:?}");
+            let calls = (0..n).map(|i| [v[4 + 3 * i], v[5 + 3 * i], v[6 + 3 * i]]).collect();
+            Logged { read: v[0], writing: v[1], done: v[2], calls }
         })
         .collect()
+}
+
+impl Logged {
+    /// The proxy's own time: from the request read to the response's write,
+    /// less the calls' (write upstream → reply read), with writes stamped
+    /// before (`stamp_after` false, as the kernel sees them) or after.
+    fn overhead(&self, stamp_after: bool) -> u64 {
+        let (end, sent) = if stamp_after { (self.done, 1) } else { (self.writing, 0) };
+        let upstream: u64 = self.calls.iter().map(|c| c[2] - c[sent]).sum();
+        (end - self.read).saturating_sub(upstream)
+    }
 }
 
 /// numpy's default (linear) percentile, as the agent computes its own.
@@ -116,35 +134,42 @@ fn check(bmf: &serde_json::Value, logged: &[Logged]) {
         proxied.len(),
         logged.len()
     );
-    let mut overhead: Vec<u64> = proxied
-        .iter()
-        .map(|l| {
-            let upstream: u64 = l.calls.iter().map(|(sent, got)| got - sent).sum();
-            (l.done - l.read).saturating_sub(upstream)
-        })
-        .collect();
+    let mut overhead: Vec<u64> = proxied.iter().map(|l| l.overhead(false)).collect();
     let mut upstream: Vec<u64> =
-        logged.iter().flat_map(|l| l.calls.iter().map(|(sent, got)| got - sent)).collect();
+        logged.iter().flat_map(|l| l.calls.iter().map(|c| c[2] - c[0])).collect();
     for p in [50.0, 95.0] {
         let agent = bmf_value(bmf, &format!("overhead/latency_p{p}"), "latency");
         assert_close(&format!("overhead p{p}"), agent, percentile(&mut overhead, p));
     }
     let agent = bmf_value(bmf, "upstream/latency_p50", "latency");
     assert_close("upstream p50", agent, percentile(&mut upstream, 50.0));
-    // Not compared (the proxy stamps after its syscalls return, the kernel
-    // as they do), printed to tell measurement from attribution.
-    let mut latency: Vec<u64> = proxied.iter().map(|l| l.done - l.read).collect();
+    print_measurement_error(bmf, &proxied);
+}
+
+/// Not compared, printed to tell measurement from attribution: the
+/// overhead the proxy would log stamping its writes after they return (as
+/// it did before), the time its writes take to return, and the latency.
+fn print_measurement_error(bmf: &serde_json::Value, proxied: &[&Logged]) {
+    let mut stamped_after: Vec<u64> = proxied.iter().map(|l| l.overhead(true)).collect();
+    let mut writes: Vec<u64> = proxied
+        .iter()
+        .flat_map(|l| {
+            std::iter::once(l.done - l.writing).chain(l.calls.iter().map(|c| c[1] - c[0]))
+        })
+        .collect();
+    let mut latency: Vec<u64> = proxied.iter().map(|l| l.writing - l.read).collect();
     for p in [50.0, 95.0] {
+        eprintln!(
+            "p{p}: overhead stamping writes after they return {:.1} µs; a write's return {:.1} µs",
+            percentile(&mut stamped_after, p) / 1e3,
+            percentile(&mut writes, p) / 1e3
+        );
         let agent = bmf_value(bmf, &format!("latency/p{p}"), "latency");
-        let own = percentile(&mut latency, p);
         eprintln!(
             "latency p{p} (all requests): agent {:.1} µs, proxy's own (proxied) {:.1} µs",
             agent / 1e3,
-            own / 1e3
+            percentile(&mut latency, p) / 1e3
         );
-        let agent = bmf_value(bmf, &format!("upstream/latency_p{p}"), "latency");
-        let own = percentile(&mut upstream, p);
-        eprintln!("upstream p{p}: agent {:.1} µs, proxy's own {:.1} µs", agent / 1e3, own / 1e3);
     }
 }
 
