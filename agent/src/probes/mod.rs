@@ -60,6 +60,51 @@ pub struct PathOptions {
     pub ready_path: Option<String>,
 }
 
+/// How the one eBPF object is set up before load; what differs between
+/// `attach`/`run` ([`Probes`]) and node mode (`serve::node_probes`).
+pub(crate) struct ObjectSettings {
+    pub offsets: TracepointOffsets,
+    pub exec_match: ExecMatch,
+    pub path_match: PathMatch,
+    pub profile: Option<profile::ProfileConfig>,
+    /// Node mode: the target set's capacity (`TARGET_SET = 1`, `TARGETS`
+    /// sized to it); `None` for the one-target modes.
+    pub target_set: Option<u32>,
+}
+
+/// Loads the object with `settings`, its event ring sized by `ring_shape`.
+/// Also returns aya's parse of the kernel's BTF, which the BTF tracepoint
+/// attaches need (they look up their target types there). It is large, so
+/// there is only ever one: `EbpfLoader::new` parses its own, dropped before
+/// this one is made; the caller drops it once everything is attached.
+pub(crate) fn load_object(
+    settings: &ObjectSettings,
+    ring_shape: (u32, u32),
+) -> anyhow::Result<(Ebpf, aya::Btf)> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    let kernel_btf =
+        aya::Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+    net::size_event_ring(&mut loader, ring_shape);
+    profile::configure(&mut loader, settings.profile)?;
+    if let Some(max_targets) = settings.target_set {
+        loader.map_max_entries(agent_common::names::maps::TARGETS, max_targets);
+        loader.override_global(globals::TARGET_SET, &1u32, true);
+    }
+    let ebpf = loader
+        .btf(Some(&kernel_btf))
+        .override_global(globals::OFFSETS, &settings.offsets, true)
+        .override_global(globals::EXEC_MATCH, &settings.exec_match, true)
+        .override_global(globals::PATH_MATCH, &settings.path_match, true)
+        .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
+        .load(EBPF_OBJECT)
+        .context(
+            "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
+             the verifier's message above says which program and why)",
+        )?;
+    Ok((ebpf, kernel_btf))
+}
+
 /// All programs, attached to one target thread group.
 pub struct Probes {
     /// The target's tgid; 0 until the exec hook armed it.
@@ -95,31 +140,8 @@ impl Probes {
         let path_match = path_match_for(paths)?;
 
         let ring_shape = net::event_ring_shape()?;
-        // aya's parse of the kernel's BTF, for the loader and for the BTF
-        // tracepoint loads (which look up their target types there). It is
-        // large, so there is only ever one: `EbpfLoader::new` parses its
-        // own, dropped before this one is made, and this one is dropped once
-        // everything is attached.
-        let kernel_btf: aya::Btf;
-        let mut ebpf = {
-            let mut loader = EbpfLoader::new();
-            loader.btf(None);
-            kernel_btf = aya::Btf::from_sys_fs()
-                .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-            net::size_event_ring(&mut loader, ring_shape);
-            profile::configure(&mut loader, profile)?;
-            loader
-                .btf(Some(&kernel_btf))
-                .override_global(globals::OFFSETS, &offsets, true)
-                .override_global(globals::EXEC_MATCH, &exec_match, true)
-                .override_global(globals::PATH_MATCH, &path_match, true)
-                .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
-                .load(EBPF_OBJECT)
-                .context(
-                    "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
-                     the verifier's message above says which program and why)",
-                )?
-        };
+        let object = ObjectSettings { offsets, exec_match, path_match, profile, target_set: None };
+        let (mut ebpf, kernel_btf) = load_object(&object, ring_shape)?;
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
         let running = match spec {

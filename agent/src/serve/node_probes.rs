@@ -8,21 +8,20 @@ use std::path::Path;
 
 use agent_common::{
     COMM_KEY, EXEC_PATH_KEY, ExecMatch, NetEvent, PathMatch, TargetMember, TracepointOffsets,
-    globals,
     names::{maps, programs},
 };
-use anyhow::Context as _;
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, HashMap, MapData},
 };
 
 use super::selectors::Selector;
 use crate::probes::{
-    EBPF_OBJECT, delivery, exec,
+    ObjectSettings, delivery, exec,
     hook::{self, Hook},
+    load_object,
     net::{self, NetProbe, NetReading},
-    profile, stats, take_map,
+    stats, take_map,
 };
 
 pub struct NodeProbes {
@@ -51,28 +50,14 @@ impl NodeProbes {
         delivery::offsets(&btf, &mut offsets)?;
         drop(btf);
         let ring_shape = net::event_ring_shape()?;
-        let kernel_btf: aya::Btf;
-        let mut ebpf = {
-            let mut loader = EbpfLoader::new();
-            loader.btf(None);
-            kernel_btf = aya::Btf::from_sys_fs()
-                .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
-            net::size_event_ring(&mut loader, ring_shape);
-            profile::configure(&mut loader, None)?;
-            loader.map_max_entries(maps::TARGETS, max_targets);
-            loader
-                .btf(Some(&kernel_btf))
-                .override_global(globals::OFFSETS, &offsets, true)
-                .override_global(globals::EXEC_MATCH, &ExecMatch::NONE, true)
-                .override_global(globals::PATH_MATCH, &PathMatch::NONE, true)
-                .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
-                .override_global(globals::TARGET_SET, &1u32, true)
-                .load(EBPF_OBJECT)
-                .context(
-                    "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
-                     the verifier's message above says which program and why)",
-                )?
+        let object = ObjectSettings {
+            offsets,
+            exec_match: ExecMatch::NONE,
+            path_match: PathMatch::NONE,
+            profile: None,
+            target_set: Some(max_targets),
         };
+        let (mut ebpf, kernel_btf) = load_object(&object, ring_shape)?;
         let mut comms: HashMap<_, [u8; COMM_KEY], u32> =
             take_map(&mut ebpf, maps::EXEC_COMMS)?.try_into()?;
         let mut paths: HashMap<_, [u8; EXEC_PATH_KEY], u32> =
