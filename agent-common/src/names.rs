@@ -13,6 +13,9 @@ pub mod maps {
     pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
     pub const CONNS: &str = "CONNS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    /// One-slot `ARRAY` of `u32`: 1 while sockets that predate the target's
+    /// discovery may still be adopted by the socket programs themselves.
+    pub const ADOPTION_OPEN: &str = "ADOPTION_OPEN";
     pub const UPSTREAM_WAIT: &str = "UPSTREAM_WAIT";
     pub const READ_BUF: &str = "READ_BUF";
     pub const NET_EVENTS: &str = "NET_EVENTS";
@@ -35,7 +38,7 @@ pub mod maps {
     /// while `TARGETS` was full.
     pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         TARGET,
         CPU_ACCOUNT,
         THREAD_RUNTIME,
@@ -44,6 +47,7 @@ pub mod maps {
         FAULT_COUNTS,
         CONNS,
         LISTEN_PORTS,
+        ADOPTION_OPEN,
         UPSTREAM_WAIT,
         READ_BUF,
         NET_EVENTS,

@@ -107,17 +107,23 @@ pub fn target_set() -> bool {
     *read_const(&TARGET_SET) != 0
 }
 
-/// The current task's tid when it belongs to the target (node mode: to one
-/// of the targets), else `None`.
+/// The current task's `(tgid, tid)` when it belongs to the target (node
+/// mode: to one of the targets), else `None`.
 #[inline(always)]
-pub fn target_thread() -> Option<u32> {
+pub fn current_target_task() -> Option<(u32, u32)> {
     let (tgid, tid) = current_tgid_tid();
     if target_set() {
         // tgid 0 (the idle task) is never inserted.
-        return unsafe { TARGETS.get(&tgid) }.is_some().then_some(tid);
+        return unsafe { TARGETS.get(&tgid) }.is_some().then_some((tgid, tid));
     }
     let target = target_tgid();
-    (target != 0 && tgid == target).then_some(tid)
+    (target != 0 && tgid == target).then_some((tgid, tid))
+}
+
+/// The current task's tid when it belongs to the target, else `None`.
+#[inline(always)]
+pub fn target_thread() -> Option<u32> {
+    current_target_task().map(|(_, tid)| tid)
 }
 
 /// True when the current task belongs to the target.

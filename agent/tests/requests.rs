@@ -172,6 +172,72 @@ fn status_of_a_never_touched_constant_response_is_read() {
     assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 20.0, "every status, the first too");
 }
 
+/// One keep-alive GET on `s`; the response read whole (demo-server's has a
+/// `Content-Length`).
+fn keep_alive_get(s: &mut TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("response");
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some(head_end) = text.find("\r\n\r\n") else { continue };
+        let length = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string)
+            })
+            .map_or(0, |v| v.trim().parse::<usize>().expect("Content-Length"));
+        if got.len() >= head_end + 4 + length {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            return;
+        }
+    }
+}
+
+/// Connections opened before attach and left idle until the programs no
+/// longer adopt sockets themselves (the adoption window closed) are
+/// followed all the same: user space gave them storage at attach, and
+/// their first request after it completes the adoption.
+#[test]
+fn idle_connections_opened_before_attach_are_adopted_by_user_space() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let mut conns: Vec<TcpStream> =
+        (0..3).map(|_| TcpStream::connect(server.addr()).expect("connect")).collect();
+    for s in &mut conns {
+        keep_alive_get(s);
+    }
+    let out = out_path("adopted-idle");
+    let agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &server.pid.to_string(),
+        "--duration",
+        "6",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_attached();
+    let closed = wait_until(Duration::from_secs(4), || {
+        bpf::array_u32_held_by(agent.pid, "ADOPTION_OPEN") == Some(0)
+    });
+    assert!(closed, "the adoption window is still open 4 s after attach");
+    for s in &mut conns {
+        for _ in 0..5 {
+            keep_alive_get(s);
+        }
+    }
+    let r = agent.wait(Duration::from_secs(30));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("3 opened before attach"), "{}", r.stdout);
+    let bmf = read_bmf(&out);
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 15.0, "{}", r.stdout);
+    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 0.0);
+}
+
 /// Keep-alive connections opened before attach are adopted: their requests
 /// are counted from the first full request after attach, with sane
 /// durations (no request older than the attach).

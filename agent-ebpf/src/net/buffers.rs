@@ -67,13 +67,14 @@ pub(super) fn chunk_bytes(msg: *const u8, size_goal: i32) -> u64 {
 static READ_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// `PATH_HEALTH` / `PATH_READY` for a request whose first `received` bytes
-/// thread `tid` just read; 0 when no path is watched.
+/// the current thread just read; 0 when no path is watched.
 #[inline(always)]
-pub(super) fn request_path_flags(tid: u32, received: u64) -> u32 {
+pub(super) fn request_path_flags(received: u64) -> u32 {
     let m = read_const(&PATH_MATCH);
     if m.health_len == 0 && m.ready_len == 0 {
         return 0;
     }
+    let tid = config::current_tgid_tid().1;
     let Some(&buf) = (unsafe { READ_BUF.get(&tid) }) else { return 0 };
     http::path_flags(m, buf, received) & (conn_flags::PATH_HEALTH | conn_flags::PATH_READY)
 }

@@ -175,14 +175,61 @@ pub(super) fn outbound_seen() {
     }
 }
 
-/// The connection `sk`, adopting it if it is TCP and predates attach:
-/// inbound when its local port is one the target listens on; otherwise a
-/// server reads first on its connections, a client writes first.
+/// Open (1) while sockets the target had before the programs saw it may
+/// still be adopted here, on their first operation; user space opens it
+/// when it finds a target and closes it once it has given every socket the
+/// target holds storage itself (`agent/src/probes/adoption.rs`). Closed,
+/// a socket without storage costs a socket operation one load: no helper,
+/// no map, whoever makes it.
+#[map]
+static ADOPTION_OPEN: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn adoption_open() -> bool {
+    ADOPTION_OPEN.get(0).is_some_and(|&open| open != 0)
+}
+
+/// The connection `sk`, if it is tracked; its first operation since user
+/// space gave it storage completes its adoption. While the adoption window
+/// is open, a TCP socket of the target without storage is adopted here.
 #[inline(always)]
 fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnState> {
     if let Some(c) = conn(sk) {
+        if c.sk == 0 {
+            adopted_by_user_space(c, sk, first_op_is_read);
+        }
         return Some(c);
     }
+    if !adoption_open() {
+        return None;
+    }
+    adopt(sk, first_op_is_read)
+}
+
+/// A connection user space gave storage at attach (`sk` 0: it does not know
+/// the kernel address), used for the first time: its address, and its
+/// direction when its port did not say (`direction` 0): a server reads
+/// first on its connections, a client writes first.
+#[inline(always)]
+fn adopted_by_user_space(c: &mut ConnState, sk: Sock, first_op_is_read: bool) {
+    put(&mut c.sk, sk as u64);
+    if c.direction == 0 {
+        c.direction = if first_op_is_read { direction::INBOUND } else { direction::OUTBOUND };
+    }
+    if c.direction == direction::OUTBOUND {
+        outbound_seen();
+    }
+    if let Some(s) = stats() {
+        s.adopted_conns += 1;
+    }
+}
+
+/// Adopts `sk` if it is a TCP socket of the target that predates attach:
+/// inbound when its local port is one the target listens on; otherwise a
+/// server reads first on its connections, a client writes first.
+#[inline(always)]
+fn adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnState> {
+    let (owner, _) = config::current_target_task()?;
     let base = sk as *const u8;
     // SAFETY (the loads): `sk` is the tracepoint's `struct sock *`, the
     // offsets its fields' (from BTF).
@@ -197,7 +244,6 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
     } else {
         direction::OUTBOUND
     };
-    let owner = config::current_tgid_tid().0;
     let c = track(sk, dir, conn_flags::ADOPTED, owner)?;
     if let Some(s) = stats() {
         s.adopted_conns += 1;
@@ -208,31 +254,35 @@ fn conn_or_adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnSt
     Some(c)
 }
 
-/// The arguments of `sock_recv_length` when this is the target reading
-/// data: `(sk, bytes, tid)`. The cheapest tests first: the
-/// return value is a load from the context (EAGAIN reads, as tokio makes
-/// until a socket is drained, leave there, whoever makes them), the thread
-/// group a helper call; another process's socket call costs no socket
-/// access.
+/// The arguments of `sock_recv_length` when this is a read with data:
+/// `(sk, bytes)`. The return value is a load from the context: EAGAIN
+/// reads, as tokio makes until a socket is drained, leave there, whoever
+/// makes them.
 #[inline(always)]
-fn target_data(ctx: &BtfTracePointContext) -> Option<(Sock, u64, u32)> {
+fn data_read(ctx: &BtfTracePointContext) -> Option<(Sock, u64)> {
     let ret: i32 = ctx.arg(1);
     if ret <= 0 {
         return None; // EAGAIN, errors and EOF carry no data
     }
-    let tid = config::target_thread()?;
-    Some((ctx.arg(0), ret as u64, tid))
+    let flags: i32 = ctx.arg(2);
+    if flags & MSG_PEEK != 0 {
+        return None; // the data will be read again
+    }
+    Some((ctx.arg(0), ret as u64))
+}
+
+/// The current thread's id (a helper call: only where it is needed).
+#[inline(always)]
+fn current_tid() -> u32 {
+    config::current_tgid_tid().1
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let Some((sk, bytes, tid)) = target_data(&ctx) else {
+    let Some((sk, bytes)) = data_read(&ctx) else {
         return 0;
     };
-    let flags: i32 = ctx.arg(2);
-    if flags & MSG_PEEK != 0 {
-        return 0; // the data will be read again
-    }
+    // Only the target's sockets have storage: anyone else's leave on a load.
     let Some(c) = conn_or_adopt(sk, true) else {
         return 0;
     };
@@ -242,7 +292,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
             finish_exchange(c, true); // keep-alive: the previous request is done
         }
         if c.phase == phase::IDLE {
-            start_request(c, t, bytes, tid);
+            start_request(c, t, bytes);
         }
         c.bytes_in += bytes;
     } else {
@@ -262,18 +312,19 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 
 /// The first bytes of a request arrived on inbound connection `c`.
 #[inline(always)]
-fn start_request(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
+fn start_request(c: &mut ConnState, t: u64, bytes: u64) {
     c.phase = phase::REQUEST;
     c.start_ns = t;
     reset_exchange(c);
     delivery::request_started(c);
     c.seq = c.seq.wrapping_add(1);
     c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
-    c.flags |= buffers::request_path_flags(tid, bytes);
+    c.flags |= buffers::request_path_flags(bytes);
     // Upstream calls this thread makes from now on serve this request
     // (updated in place: an insert costs far more). Only for a target with
     // upstreams: a lookup per request otherwise.
     if has_upstreams() {
+        let tid = current_tid();
         let parent = ParentRef { sk: c.sk, seq: c.seq, _pad: 0 };
         match THREAD_INBOUND.get_ptr_mut(&tid) {
             Some(p) => unsafe { *p = parent },
@@ -319,10 +370,8 @@ fn credit_parent(call: &mut ConnState, t: u64) {
 /// an upper bound (exact for a send of one chunk that is not cut short).
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
-    let Some(tid) = config::target_thread() else {
-        return 0;
-    };
     let sk: Sock = ctx.arg(0);
+    // Only the target's sockets have storage: anyone else's leave on a load.
     let Some(c) = conn_or_adopt(sk, false) else {
         return 0;
     };
@@ -333,7 +382,7 @@ pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> i32 {
     if c.direction == direction::INBOUND {
         response_chunk(c, sk, msg, t, bytes);
     } else {
-        call_chunk(c, t, bytes, tid);
+        call_chunk(c, t, bytes);
     }
     0
 }
@@ -384,7 +433,7 @@ fn read_status(c: &mut ConnState, buf: u64) {
 /// A chunk the target sends on outbound connection `c`: the call starts
 /// with its first chunk (ending the previous call on a pooled connection).
 #[inline(always)]
-fn call_chunk(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
+fn call_chunk(c: &mut ConnState, t: u64, bytes: u64) {
     if c.phase == phase::RESPONSE {
         finish_exchange(c, true); // the next call on a pooled connection
     }
@@ -394,7 +443,7 @@ fn call_chunk(c: &mut ConnState, t: u64, bytes: u64, tid: u32) {
         c.credited_until_ns = t;
         reset_exchange(c);
         c.seq = c.seq.wrapping_add(1);
-        match unsafe { THREAD_INBOUND.get(&tid) } {
+        match unsafe { THREAD_INBOUND.get(&current_tid()) } {
             Some(p) => {
                 c.parent_sk = p.sk;
                 c.parent_seq = p.seq;

@@ -75,8 +75,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
         // connect() runs in the target's context.
         TCP_SYN_SENT => {
-            if config::in_target()
-                && conn::track(sk, direction::OUTBOUND, 0, config::current_tgid_tid().0).is_some()
+            if let Some((owner, _)) = config::current_target_task()
+                && conn::track(sk, direction::OUTBOUND, 0, owner).is_some()
             {
                 conn::outbound_seen();
                 if let Some(s) = stats() {

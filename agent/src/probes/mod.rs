@@ -9,6 +9,7 @@
 //! request paths to watch) and is dropped as a whole to detach: every link,
 //! program and map belongs to [`Probes`].
 
+mod adoption;
 pub mod cpu;
 pub mod delivery;
 pub mod exec;
@@ -152,7 +153,14 @@ impl Probes {
         let cpu = cpu::CpuProbe::attach(&mut ebpf, &kernel_btf, running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
-        let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
+        let net = net::NetProbe::attach(
+            &mut ebpf,
+            &kernel_btf,
+            running,
+            running.is_none(),
+            paths,
+            ring_shape,
+        )?;
         delivery::attach(&mut ebpf, &kernel_btf)?;
         let profile = profile.map(|c| profile::ProfileProbe::attach(&mut ebpf, c)).transpose()?;
         drop(kernel_btf);
@@ -166,6 +174,10 @@ impl Probes {
         let t = self.exec.target()?;
         if t.tgid == 0 {
             return Ok(None);
+        }
+        if self.pid == 0 {
+            // Armed at its exec: sockets it inherited predate the programs.
+            self.net.target_found(t.tgid);
         }
         self.pid = t.tgid;
         Ok(Some(t))
@@ -184,6 +196,7 @@ impl Probes {
     /// reached, detaches those hooks (see `NetProbe::detach_read_hooks_when_done`).
     pub fn drain(&mut self, log: &mut RequestLog) -> u64 {
         let n = self.net.drain(log);
+        self.net.close_adoption_when_due();
         if let Err(e) = self.net.detach_read_hooks_when_done(&mut self.ebpf) {
             eprintln!("perf-agent: warning: {e:#}");
         }

@@ -9,13 +9,14 @@ use agent_common::{
     names::{maps, programs},
     phase,
 };
-use anyhow::{Context, bail};
+use anyhow::bail;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, SkStorage},
 };
 
 use super::{
+    adoption::{self, Adoption},
     hook::{self, Hook},
     mapping::Mapping,
     open_sockets, take_map,
@@ -147,18 +148,23 @@ pub struct NetProbe {
     /// Entry `port` is the listener's tgid (the owner of the connections
     /// accepted there), 0 when no target listens on it.
     listen_ports: Array<MapData, u32>,
+    /// Storage for the connections targets had before they were found.
+    adoption: Adoption,
     /// Read hooks attached and milestones they still serve.
     paths_awaited: Option<PathsAwaited>,
 }
 
 impl NetProbe {
     /// `running`: a process already running (its listening ports are seeded
-    /// from /proc). `paths`: (health, ready) watched; when either is, the
-    /// read hooks that match request paths are attached.
+    /// from /proc, its connections adopted). `awaiting_target`: a target
+    /// will be found later (armed at its exec): until then the programs
+    /// adopt on their own. `paths`: (health, ready) watched; when either
+    /// is, the read hooks that match request paths are attached.
     pub fn attach(
         ebpf: &mut Ebpf,
         kernel_btf: &aya::Btf,
         running: Option<u32>,
+        awaiting_target: bool,
         paths: (bool, bool),
         (ncpus, shift): (u32, u32),
     ) -> anyhow::Result<NetProbe> {
@@ -182,6 +188,8 @@ impl NetProbe {
             )
         };
         let listen_ports = seed_listen_ports(take_map(ebpf, maps::LISTEN_PORTS)?, running)?;
+        let adoption =
+            Adoption::open(take_map(ebpf, maps::ADOPTION_OPEN)?.try_into()?, awaiting_target)?;
         for program in BTF_HOOKS {
             hook::attach(ebpf, program, Hook::BtfTracePoint { name: program, btf: kernel_btf })?;
         }
@@ -196,7 +204,7 @@ impl NetProbe {
                 )?;
             }
         }
-        Ok(NetProbe {
+        let mut net = NetProbe {
             events,
             _event_slots: event_slots,
             _event_positions: event_positions,
@@ -206,8 +214,13 @@ impl NetProbe {
             upstream_wait: take_map(ebpf, maps::UPSTREAM_WAIT)?.try_into()?,
             read_buf: take_map(ebpf, maps::READ_BUF)?.try_into()?,
             listen_ports,
+            adoption,
             paths_awaited,
-        })
+        };
+        if let Some(pid) = running {
+            net.adopt_connections(pid);
+        }
+        Ok(net)
     }
 
     /// Moves every event waiting in the event ring into `log`; returns how
@@ -242,15 +255,51 @@ impl NetProbe {
         self.events.drain(false, f)
     }
 
-    /// Ports `pid` listens on now become its own (node mode: a process
-    /// found running, whose listen() the kernel side did not see).
-    pub fn add_listener(&mut self, pid: u32) -> anyhow::Result<()> {
-        let ports = procfs::listening_ports(pid)
-            .with_context(|| format!("reading the listening sockets of PID {pid}"))?;
-        for port in ports {
-            self.listen_ports.set(u32::from(port), pid, 0)?;
+    /// A target was found (armed at its exec, or found running in node
+    /// mode): the ports it listens on now become its own, and its
+    /// connections are adopted (`adoption`).
+    pub fn target_found(&mut self, pid: u32) {
+        match procfs::listening_ports(pid) {
+            Ok(ports) => {
+                for port in ports {
+                    if let Err(e) = self.listen_ports.set(u32::from(port), pid, 0) {
+                        eprintln!("perf-agent: warning: noting port {port} of PID {pid}: {e}");
+                    }
+                }
+            }
+            Err(e) => eprintln!(
+                "perf-agent: warning: cannot read the listening sockets of PID {pid} ({e}): \
+                 connections to them count once it uses them"
+            ),
         }
-        Ok(())
+        self.adopt_connections(pid);
+    }
+
+    /// Gives `pid`'s connections storage (see `adoption`); a failure is a
+    /// warning: the programs still adopt while the window is open.
+    fn adopt_connections(&mut self, pid: u32) {
+        let ports = procfs::listening_ports(pid).unwrap_or_default();
+        if let Err(e) = self.adoption.target_found(pid, &mut self.conns, &ports) {
+            eprintln!(
+                "perf-agent: warning: {e:#}: connections PID {pid} opened before attach count \
+                 only if used within {} s",
+                adoption::WINDOW.as_secs()
+            );
+        }
+    }
+
+    /// Runs the adoption's second scans that are due, closing the window
+    /// once none is left (every interval).
+    pub fn close_adoption_when_due(&mut self) {
+        let ports = |pid| procfs::listening_ports(pid).unwrap_or_default();
+        if let Err(e) = self.adoption.close_when_due(&mut self.conns, ports) {
+            eprintln!("perf-agent: warning: adopting connections: {e:#}");
+        }
+    }
+
+    /// Whether the programs still adopt connections on their own.
+    pub fn adoption_open(&self) -> bool {
+        self.adoption.is_open()
     }
 
     /// Once every milestone the read hooks serve has been reached, detaches

@@ -188,6 +188,7 @@ impl Follower {
             let exe = selectors::exe_of(*pid).unwrap_or_default();
             let comm = selectors::comm_of(*pid).unwrap_or(stat.comm);
             registry.add((*pid, stat.starttime_ticks), selector, m.exec_ns, comm, exe);
+            probes.target_found(*pid);
         }
         // Events before exits: an exited target's last requests are its own.
         probes.drain(|e| registry.record(e));

@@ -81,7 +81,8 @@ impl NodeProbes {
         let refused = take_map(&mut ebpf, maps::TARGETS_REFUSED)?.try_into()?;
         // The network family first: a process the exec hook arms must find
         // its sockets followed.
-        let net = NetProbe::attach(&mut ebpf, &kernel_btf, None, (false, false), ring_shape)?;
+        let net =
+            NetProbe::attach(&mut ebpf, &kernel_btf, None, false, (false, false), ring_shape)?;
         // Filtered on socket storage, which every target's connections have.
         delivery::attach(&mut ebpf, &kernel_btf)?;
         hook::attach(
@@ -117,10 +118,13 @@ impl NodeProbes {
         if self.targets.insert(pid, member, 0).is_err() {
             return false;
         }
-        if let Err(e) = self.net.add_listener(pid) {
-            eprintln!("perf-agent: warning: {e:#}: its connections count once it uses them");
-        }
         true
+    }
+
+    /// A target new to the registry (armed at its exec, or added found
+    /// running): its listening ports and connections become its own.
+    pub fn target_found(&mut self, pid: u32) {
+        self.net.target_found(pid);
     }
 
     pub fn remove(&mut self, pid: u32) {
@@ -133,7 +137,9 @@ impl NodeProbes {
     }
 
     pub fn drain(&mut self, f: impl FnMut(&NetEvent)) -> u64 {
-        self.net.drain_events(f)
+        let n = self.net.drain_events(f);
+        self.net.close_adoption_when_due();
+        n
     }
 
     pub fn net_counters(&self) -> anyhow::Result<NetReading> {

@@ -147,3 +147,19 @@ pub fn program_names_held_by(pid: u32) -> BTreeSet<String> {
         .map(|fd| HeldProgram(fd).counters().name)
         .collect()
 }
+
+/// The `u32` in slot 0 of the one-slot array map named `name` that process
+/// `pid` holds (`None`: no such map).
+#[allow(dead_code)] // not every test binary reads a map
+pub fn array_u32_held_by(pid: u32, name: &str) -> Option<u32> {
+    for id in bpf_objects(pid).maps {
+        let Ok(data) = aya::maps::MapData::from_id(id) else { continue };
+        let named = data.info().ok().is_some_and(|i| i.name_as_str() == Some(name));
+        if named {
+            let array: aya::maps::Array<_, u32> =
+                aya::maps::Map::Array(data).try_into().expect("an array of u32");
+            return array.get(&0, 0).ok();
+        }
+    }
+    None
+}
