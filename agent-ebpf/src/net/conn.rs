@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use super::{
-    buffers, delivery, has_upstreams, http, insert_failed, milestones, now, ring::emit, stats,
+    buffers, credits_upstreams, delivery, http, insert_failed, milestones, now, ring::emit, stats,
 };
 use crate::{
     access::{load_field, put, zero_words},
@@ -60,14 +60,15 @@ pub(super) fn add_listen_port(port: u32, tgid: u32) {
     }
 }
 
-/// Which inbound request each thread of the target is serving (key: tid):
-/// an upstream call started on a thread serves that request.
+/// Node mode only (`credits_upstreams`): which inbound request each thread
+/// of a target is serving (key: tid): an upstream call started on a thread
+/// serves that request.
 #[map]
 static THREAD_INBOUND: LruHashMap<u32, ParentRef> = LruHashMap::with_max_entries(16_384, 0);
 /// ns each inbound request waited on upstream calls made for it, keyed by
 /// the request (its socket's address and number): a call's socket storage
 /// cannot reach its parent's, which only a BTF-typed pointer can name.
-/// Taken when the request ends. Used only once the target has upstreams.
+/// Taken when the request ends. Node mode only, once a target has upstreams.
 #[map]
 static UPSTREAM_WAIT: LruHashMap<ParentRef, u64> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -155,7 +156,7 @@ pub(super) fn finish_exchange(c: &mut ConnState, in_target: bool) {
 /// `UPSTREAM_WAIT`.
 #[inline(always)]
 fn take_upstream_wait(c: &ConnState) -> u64 {
-    if !has_upstreams() {
+    if !credits_upstreams() {
         return 0;
     }
     let key = ParentRef { sk: c.sk, seq: c.seq, _pad: 0 };
@@ -320,10 +321,10 @@ fn start_request(c: &mut ConnState, t: u64, bytes: u64) {
     c.seq = c.seq.wrapping_add(1);
     c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
     c.flags |= buffers::request_path_flags(bytes);
-    // Upstream calls this thread makes from now on serve this request
-    // (updated in place: an insert costs far more). Only for a target with
-    // upstreams: a lookup per request otherwise.
-    if has_upstreams() {
+    // Node mode: upstream calls this thread makes from now on serve this
+    // request (updated in place: an insert costs far more). Only for a
+    // target with upstreams: a lookup per request otherwise.
+    if credits_upstreams() {
         let tid = current_tid();
         let parent = ParentRef { sk: c.sk, seq: c.seq, _pad: 0 };
         match THREAD_INBOUND.get_ptr_mut(&tid) {
@@ -443,7 +444,9 @@ fn call_chunk(c: &mut ConnState, t: u64, bytes: u64) {
         c.credited_until_ns = t;
         reset_exchange(c);
         c.seq = c.seq.wrapping_add(1);
-        match unsafe { THREAD_INBOUND.get(&current_tid()) } {
+        let parent =
+            if config::target_set() { unsafe { THREAD_INBOUND.get(&current_tid()) } } else { None };
+        match parent {
             Some(p) => {
                 c.parent_sk = p.sk;
                 c.parent_seq = p.seq;

@@ -39,6 +39,7 @@ mod http;
 mod ring;
 mod tcp_state;
 
+use crate::config;
 use agent_common::{Milestones, NetStats};
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -74,9 +75,16 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Whether the target has been seen talking to an upstream (see
-/// `Milestones::outbound_seen`).
+/// Whether the kernel credits upstream time to inbound requests
+/// (`THREAD_INBOUND`, `UPSTREAM_WAIT`): in node mode only, once a target
+/// was seen talking to an upstream (`Milestones::outbound_seen`).
+/// `attach` and `run` match calls to requests in user space
+/// (`agent/src/requests/attribution/`), which is right where a thread
+/// serves many requests at once (async proxies) and costs the kernel
+/// nothing; node mode, which keeps no request log, still uses the
+/// kernel's per-thread rule. `target_set()` is a load-time constant: the
+/// verifier drops this code from the one-target modes.
 #[inline(always)]
-fn has_upstreams() -> bool {
-    milestones().is_some_and(|m| m.outbound_seen != 0)
+fn credits_upstreams() -> bool {
+    config::target_set() && milestones().is_some_and(|m| m.outbound_seen != 0)
 }
