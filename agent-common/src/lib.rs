@@ -72,6 +72,10 @@ pub struct Target {
     pub execs: u32,
     /// CLOCK_MONOTONIC ns of the exec that armed it; 0 in attach mode.
     pub exec_ns: u64,
+    /// The exec'ing thread's `se.sum_exec_runtime` at that exec: where the
+    /// target's process CPU clock starts counting (the launcher's time
+    /// before the exec is not the target's); 0 in attach mode.
+    pub runtime_at_exec_ns: u64,
 }
 
 /// One target of node mode (map `TARGETS`, a `HASH` keyed by tgid, sized by
@@ -177,12 +181,9 @@ pub struct TracepointOffsets {
     pub exec_filename: u32,
     pub exec_pid: u32,
     /// `task_struct.se.sum_exec_runtime` (from BTF): the scheduler's own
-    /// per-thread CPU time, read from both tasks of a `sched_switch`.
+    /// per-thread CPU time, read by the exec hook from the exec'ing thread
+    /// (where the target's CPU count starts).
     pub task_sum_exec_runtime: u32,
-    /// `task_struct.se.prev_sum_exec_runtime` (BTF): `sum_exec_runtime` when
-    /// the fair class last picked the task, where a slice whose switch-in
-    /// `sched_switch` did not see started.
-    pub task_prev_sum_exec_runtime: u32,
     /// `sock.__sk_common.skc_num` (BTF): the local port, host order; a
     /// socket first seen mid-life is inbound when it is a listening port.
     pub sock_num: u32,
@@ -227,29 +228,6 @@ pub struct TracepointOffsets {
 /// cost ~40 ns more per call. User space checks each hooked tracepoint's
 /// format against it and refuses to run if one differs.
 pub const SYSCALL_ARG1_OFFSET: u32 = 24;
-
-/// Per-CPU scheduler accounting of the target's thread group
-/// (map `CPU_ACCOUNT`, a one-slot `PERCPU_ARRAY`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuAccount {
-    /// CPU time of the target's threads that left this CPU, ns: the growth of
-    /// each thread's `sum_exec_runtime`, the kernel's own accounting (what
-    /// /proc's utime + stime add up to).
-    pub on_cpu_ns: u64,
-    /// Number of those slices (switches away from a target thread).
-    pub slices: u64,
-    /// `sum_exec_runtime` of `running_tid` when it was switched in. A task
-    /// off the CPU does not run, so its total does not grow: at its
-    /// switch-out, the total minus this is exactly the slice that ends.
-    pub runtime_at_switch_in: u64,
-    /// The target's thread on this CPU now (switched in by the last
-    /// `sched_switch`), 0 when the task on it is not the target's. User
-    /// space adds what it ran since (its /proc total minus
-    /// `runtime_at_switch_in`), so a running slice is not lost.
-    pub running_tid: u32,
-    pub _pad: u32,
-}
 
 /// Index into [`RssCounters::member_bytes`]: the kernel's `MM_*` counters as
 /// `kmem:rss_stat` reports them in `member`.
@@ -623,7 +601,6 @@ pub struct Milestones {
 mod user {
     // SAFETY: all of these are #[repr(C)], contain only integers and have no
     // padding (checked by the size assertions below).
-    unsafe impl aya::Pod for super::CpuAccount {}
     unsafe impl aya::Pod for super::RssCounters {}
     unsafe impl aya::Pod for super::RssStats {}
     unsafe impl aya::Pod for super::FaultCounts {}
@@ -642,11 +619,10 @@ mod user {
 }
 
 // No padding: sizes equal the sum of field sizes.
-const _: () = assert!(core::mem::size_of::<CpuAccount>() == 32);
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 25 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 24 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
@@ -656,7 +632,7 @@ const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
 const _: () = assert!(core::mem::size_of::<NetStats>() == 10 * 8);
 const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
-const _: () = assert!(core::mem::size_of::<Target>() == 16);
+const _: () = assert!(core::mem::size_of::<Target>() == 24);
 const _: () = assert!(core::mem::size_of::<TargetMember>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);
 const _: () = assert!(core::mem::size_of::<PathMatch>() == 8 + 256);

@@ -6,8 +6,6 @@
 /// Maps.
 pub mod maps {
     pub const TARGET: &str = "TARGET";
-    pub const CPU_ACCOUNT: &str = "CPU_ACCOUNT";
-    pub const THREAD_RUNTIME: &str = "THREAD_RUNTIME";
     pub const RSS_COUNTERS: &str = "RSS_COUNTERS";
     pub const RSS_STATS: &str = "RSS_STATS";
     pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
@@ -38,10 +36,8 @@ pub mod maps {
     /// while `TARGETS` was full.
     pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 21] = [
         TARGET,
-        CPU_ACCOUNT,
-        THREAD_RUNTIME,
         RSS_COUNTERS,
         RSS_STATS,
         FAULT_COUNTS,

@@ -26,7 +26,6 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     exec_filename: 0,
     exec_pid: 0,
     task_sum_exec_runtime: 0,
-    task_prev_sum_exec_runtime: 0,
     sock_num: 0,
     msg_iter_type: 0,
     msg_iter_iov_offset: 0,

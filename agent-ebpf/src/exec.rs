@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    access::{read_const, zero_words},
+    access::{read_const, read_field, zero_words},
     config::{self, EXEC_MATCH, TARGET, offset},
 };
 
@@ -53,13 +53,13 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if matched {
-        let (tgid, tid) = config::current_tgid_tid();
-        // CPU time before the exec (the launcher's) is not the target's: its
-        // slice counts from the total now, as if it had just been switched in.
+        let (tgid, _) = config::current_tgid_tid();
+        // CPU time before the exec (the launcher's) is not the target's:
+        // user space counts the process CPU clock from this thread's total
+        // now (after the exec, the only thread left).
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-        if let Some(runtime) = crate::cpu::runtime_of(task) {
-            crate::cpu::record_running(tid, runtime);
-        }
+        target.runtime_at_exec_ns =
+            read_field::<u64>(task, offset!(task_sum_exec_runtime)).unwrap_or(0);
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };
         target.execs = 1;

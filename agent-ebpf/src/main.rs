@@ -3,18 +3,19 @@
 //!
 //! - [`exec`]: `sched:sched_process_exec` → arms the target at its exec
 //!   (launch and wait-for-exec modes), time zero of startup.
-//! - [`cpu`]: `sched:sched_switch` → on-CPU time of the target's thread group.
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
 //!   minor and major page faults.
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
 //! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
-//! - [`offcpu`]: called by `cpu`'s sched_switch when profiling → off-CPU
-//!   stacks, run-queue waits.
+//! - [`sched`]: `sched_switch`, attached only when profiling; it calls
+//!   [`offcpu`] → off-CPU stacks, run-queue waits. (CPU time needs no
+//!   program: user space reads the target's process CPU clock.)
 //! - [`stats`]: an empty program, attached only while the kernel's run-time
 //!   statistics are on: the statistics' own cost per run.
 //!
-//! Everything is filtered on the target's tgid (map `TARGET`). CPU and memory
-//! are aggregated in the kernel into per-CPU counters: nothing crosses to user
+//! Everything is filtered on the target's tgid (map `TARGET`), or for the
+//! socket programs on the socket having storage. Memory is aggregated in
+//! the kernel into per-CPU counters: nothing crosses to user
 //! space on those paths, so there is nothing to lose and no wake-up to pay.
 //! Requests go through a per-CPU event ring in a mapped array, drained
 //! without wake-ups (see `net::ring`). [`access`] holds the helpers every
@@ -27,13 +28,13 @@
 
 mod access;
 mod config;
-mod cpu;
 mod exec;
 mod memory;
 mod net;
 // CPU profiling (issue 15), attached only with --profile-dir.
 mod offcpu;
 mod profile;
+mod sched;
 mod stats;
 
 #[cfg(not(test))]

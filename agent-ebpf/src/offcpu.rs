@@ -1,6 +1,6 @@
 //! Off-CPU stacks and run-queue waits (`--profile-dir`; stacks unless
 //! `--no-off-cpu`), done inside the agent's one `sched_switch` program
-//! (`cpu.rs` calls [`switched_out`] and [`switched_in`] for target threads
+//! (`sched.rs` calls [`switched_out`] and [`switched_in`] for target threads
 //! when `PROFILE_SCHED` is set): a second program on the same tracepoint
 //! would pay the tracepoint's dispatch and the target check again on every
 //! switch. User-space twin: `agent/src/probes/profile.rs`, read by

@@ -62,7 +62,7 @@ fn snapshot_attached(agent: &Agent) -> BpfObjects {
                 .filter_map(|p| p["name"].as_str().map(str::to_string))
                 .collect();
             // bpftool shows the BTF name, or the kernel's, truncated to 15 bytes.
-            for want in ["sched_switch", "rss_stat", "sock_recv_length", "inet_sock_set_state"] {
+            for want in ["rss_stat", "sock_recv_length", "inet_sock_set_state"] {
                 assert!(
                     names
                         .iter()

@@ -1,28 +1,25 @@
-//! CPU probe: `sched:sched_switch` → on-CPU ns of the target's thread group.
-//! Kernel side: `agent-ebpf/src/cpu.rs`. Formula and error: `docs/metrics.md#cpu`.
+//! CPU: on-CPU ns of the target's thread group, from its process CPU clock
+//! (`clock_getcpuclockid` + `clock_gettime`): the scheduler's own running
+//! total, `se.sum_exec_runtime` summed over the live threads plus what the
+//! dead ones ran, to the nanosecond and including slices running at the
+//! read. It is what /proc's utime + stime add up to (those are scaled to
+//! it), read without their 10 ms ticks. No program runs for it: a
+//! `sched_switch` program would run on every context switch of the machine
+//! (issue 12's node tax). Formula and error: `docs/metrics.md#cpu`.
+//!
+//! `offsets` still finds the `task_struct` fields: the exec hook reads the
+//! exec'ing thread's total (where the count starts), and profiling's
+//! `sched_switch` (`agent-ebpf/src/sched.rs`) the rest.
 
-use agent_common::{
-    CpuAccount,
-    names::{maps, programs},
-};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
-};
+use std::cell::Cell;
 
-use super::{
-    hook::{self, Hook},
-    take_map,
-};
-use crate::{btf::Btf, procfs};
+use crate::btf::Btf;
 
-/// The `task_struct` fields `sched_switch` loads from `prev` and `next`,
-/// from BTF: `tgid` (is it the target's), `pid`, `se.sum_exec_runtime` and
-/// `se.prev_sum_exec_runtime`; `sched_info.run_delay` when profiling.
+/// The `task_struct` fields the kernel side loads: `tgid`, `pid` and
+/// `se.sum_exec_runtime` (the exec hook, profiling), `sched_info.run_delay`
+/// when profiling.
 pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
     o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
-    o.task_prev_sum_exec_runtime =
-        btf.field_offset("task_struct", &["se", "prev_sum_exec_runtime"])?;
     o.task_pid = btf.field_offset("task_struct", &["pid"])?;
     o.task_tgid = btf.field_offset("task_struct", &["tgid"])?;
     // Profiling's run-queue waits only; absent without CONFIG_SCHED_INFO
@@ -33,104 +30,96 @@ pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Re
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReading {
-    /// On-CPU ns since attach, including slices still running at the read.
+    /// On-CPU ns since attach (or the target's exec), including slices
+    /// still running at the read.
     pub on_cpu_ns: u64,
-    /// Slices of target threads that ended since attach.
-    pub slices: u64,
+}
+
+/// The process CPU clock of `pid`, ns (`None`: the process is gone, reaped).
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: an out-pointer to a clockid_t; the result is checked.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } != 0 {
+        return None;
+    }
+    // SAFETY: a zeroed timespec is valid; the result is checked.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 pub struct CpuProbe {
-    account: PerCpuArray<MapData, CpuAccount>,
+    /// The target and its clock's value where counting starts, once known.
+    since: Cell<Option<(u32, u64)>>,
+    /// The last reading, kept once the target is gone: a target that exits
+    /// and is reaped by another parent loses at most the CPU it ran since
+    /// the previous read (one interval).
+    last: Cell<u64>,
 }
 
 impl CpuProbe {
-    /// `running`: a process already running, whose threads' CPU totals so
-    /// far are seeded from /proc so that only what follows is counted.
-    /// `kernel_btf` finds the tracepoint's BTF type, which the program is
-    /// verified against.
-    pub fn attach(
-        ebpf: &mut Ebpf,
-        kernel_btf: &aya::Btf,
-        running: Option<u32>,
-    ) -> anyhow::Result<CpuProbe> {
-        let account: PerCpuArray<MapData, CpuAccount> =
-            take_map(ebpf, maps::CPU_ACCOUNT)?.try_into()?;
-        // Needed by the kernel side only (for threads already on a CPU at
-        // attach): not kept.
-        let mut thread_runtime: HashMap<MapData, u32, u64> =
-            take_map(ebpf, maps::THREAD_RUNTIME)?.try_into()?;
-        if let Some(pid) = running {
-            for (tid, runtime) in procfs::thread_runtimes(pid)? {
-                thread_runtime.insert(tid, runtime, 0)?;
+    /// `running`: a process already running, counted from now.
+    pub fn new(running: Option<u32>) -> anyhow::Result<CpuProbe> {
+        let since = match running {
+            Some(pid) => {
+                let now = process_cpu_ns(pid).ok_or_else(|| {
+                    anyhow::anyhow!("PID {pid} exited before its CPU clock could be read")
+                })?;
+                Some((pid, now))
             }
-        }
-
-        hook::attach(
-            ebpf,
-            programs::SCHED_SWITCH,
-            Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf },
-        )?;
-        Ok(CpuProbe { account })
+            None => None,
+        };
+        Ok(CpuProbe { since: Cell::new(since), last: Cell::new(0) })
     }
 
-    /// Reads the counters. A thread of the target on a CPU now has run since
-    /// it was switched in: that part is its /proc total minus the total its
-    /// CPU's slot recorded then.
-    pub fn read(&self, pid: u32) -> anyhow::Result<CpuReading> {
-        let per_cpu = self.account.get(&0, 0)?;
-        let mut reading = CpuReading::default();
-        for slot in per_cpu.iter() {
-            reading.on_cpu_ns += slot.on_cpu_ns;
-            reading.slices += slot.slices;
+    /// The target was armed at its exec, its exec'ing thread's total being
+    /// `runtime_at_exec_ns` then: counting starts there.
+    pub fn armed(&self, pid: u32, runtime_at_exec_ns: u64) {
+        if self.since.get().is_none() {
+            self.since.set(Some((pid, runtime_at_exec_ns)));
         }
-        // No target thread on any CPU (or no target yet): nothing running to
-        // add, and no second read.
-        if pid == 0 || per_cpu.iter().all(|slot| slot.running_tid == 0) {
-            return Ok(reading);
+    }
+
+    /// On-CPU time since counting started.
+    pub fn read(&self) -> CpuReading {
+        let Some((pid, start)) = self.since.get() else { return CpuReading::default() };
+        if let Some(now) = process_cpu_ns(pid) {
+            self.last.set(now.saturating_sub(start));
         }
-        // A slot is two fields the kernel writes at every switch of the
-        // target's threads, and the map copy is not atomic: one read may
-        // pair a thread with another's total. A slot that did not change
-        // between two reads is whole; one that did was being switched, and
-        // its running slice is left to its switch-out.
-        let again = self.account.get(&0, 0)?;
-        for (slot, again) in per_cpu.iter().zip(again.iter()) {
-            if slot.running_tid == 0
-                || (slot.running_tid, slot.runtime_at_switch_in)
-                    != (again.running_tid, again.runtime_at_switch_in)
-            {
-                continue;
-            }
-            if let Some(now) = procfs::thread_runtime(pid, slot.running_tid) {
-                reading.on_cpu_ns += now.saturating_sub(slot.runtime_at_switch_in);
-            }
-        }
-        Ok(reading)
+        CpuReading { on_cpu_ns: self.last.get() }
     }
 }
 
-/// Runs a short pinned thread on every online CPU, so each CPU passes through
-/// `sched_switch` right after attach and `running_tid` names the task really
-/// on it. Without this, a target thread that kept a CPU since before attach
-/// is invisible to the first reading and its slice since attach would be
-/// added to the first window only when it ends.
-pub fn force_switch_on_every_cpu() -> anyhow::Result<()> {
-    let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
-    let threads: Vec<_> = cpus
-        .into_iter()
-        .map(|cpu| {
-            std::thread::spawn(move || {
-                // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu as usize, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_clock_grows_with_work_and_agrees_with_getrusage() {
+        let pid = std::process::id();
+        let probe = CpuProbe::new(Some(pid)).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let on_cpu = probe.read().on_cpu_ns;
+        // At least most of the 50 ms spin (other test threads only add).
+        assert!(on_cpu >= 40_000_000, "{on_cpu} ns");
+        // The same clock as this process's own CLOCK_PROCESS_CPUTIME_ID.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        let own = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let total = process_cpu_ns(pid).unwrap();
+        assert!(total >= own.saturating_sub(1_000_000) && total <= own + 50_000_000);
     }
-    Ok(())
+
+    #[test]
+    fn a_gone_process_keeps_its_last_reading() {
+        let probe = CpuProbe { since: Cell::new(Some((u32::MAX - 1, 0))), last: Cell::new(7) };
+        assert_eq!(probe.read().on_cpu_ns, 7);
+        assert_eq!(process_cpu_ns(u32::MAX - 1), None);
+    }
 }

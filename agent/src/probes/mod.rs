@@ -1,7 +1,9 @@
 //! Loading and attaching the eBPF programs of `agent-ebpf`, one module per
 //! probe family with the same name as its kernel side
-//! (`agent-ebpf/src/cpu.rs` ↔ [`cpu`], `memory.rs` ↔ [`memory`], `net/` ↔
-//! [`net`] and [`open_sockets`], `exec.rs` ↔ [`exec`]). [`hook`] loads and
+//! (`memory.rs` ↔ [`memory`], `net/` ↔ [`net`], [`open_sockets`] and
+//! [`adoption`], `exec.rs` ↔ [`exec`], `sched.rs` and `offcpu.rs` ↔
+//! [`profile`]; [`cpu`] has no program: it reads the target's process CPU
+//! clock). [`hook`] loads and
 //! attaches any of them; names come from `agent_common::names`.
 //!
 //! The object is configured before load through `const volatile` globals
@@ -150,7 +152,7 @@ impl Probes {
             _ => None,
         };
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
-        let cpu = cpu::CpuProbe::attach(&mut ebpf, &kernel_btf, running)?;
+        let cpu = cpu::CpuProbe::new(running)?;
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(
@@ -162,10 +164,11 @@ impl Probes {
             ring_shape,
         )?;
         delivery::attach(&mut ebpf, &kernel_btf)?;
-        let profile = profile.map(|c| profile::ProfileProbe::attach(&mut ebpf, c)).transpose()?;
+        let profile = profile
+            .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
+            .transpose()?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
-        cpu::force_switch_on_every_cpu()?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })
     }
 
@@ -176,7 +179,9 @@ impl Probes {
             return Ok(None);
         }
         if self.pid == 0 {
-            // Armed at its exec: sockets it inherited predate the programs.
+            // Armed at its exec: its CPU counts from there, and sockets it
+            // inherited predate the programs.
+            self.cpu.armed(t.tgid, t.runtime_at_exec_ns);
             self.net.target_found(t.tgid);
         }
         self.pid = t.tgid;
@@ -185,7 +190,7 @@ impl Probes {
 
     pub fn read(&self) -> anyhow::Result<KernelReading> {
         Ok(KernelReading {
-            cpu: self.cpu.read(self.pid)?,
+            cpu: self.cpu.read(),
             memory: self.memory.read()?,
             net: self.net.read()?,
         })

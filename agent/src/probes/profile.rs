@@ -78,7 +78,12 @@ pub struct ProfileProbe {
 pub type ProfileCounters = ProfileStats;
 
 impl ProfileProbe {
-    pub fn attach(ebpf: &mut Ebpf, config: ProfileConfig) -> anyhow::Result<ProfileProbe> {
+    /// `kernel_btf`: for `sched_switch`, a BTF tracepoint.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        kernel_btf: &aya::Btf,
+        config: ProfileConfig,
+    ) -> anyhow::Result<ProfileProbe> {
         let hz = config.hz;
         let ring: RingBuf<MapData> = take_map(ebpf, maps::PROFILE_SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> =
@@ -92,8 +97,10 @@ impl ProfileProbe {
         let event = SoftwareEvent::CpuClock;
         let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
         hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
-        // Off-CPU stacks and run-queue waits: the CPU probe's `sched_switch`,
-        // set up for them by `configure`.
+        // Off-CPU stacks and run-queue waits, set up by `configure`: the
+        // only use of `sched_switch` (`agent-ebpf/src/sched.rs`).
+        let switch = Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf };
+        hook::attach(ebpf, programs::SCHED_SWITCH, switch)?;
         Ok(ProfileProbe { ring, stats, sched_counts })
     }
 }

@@ -209,9 +209,9 @@ fn kernel_events(out: &mut String, r: &RunReport) {
     }
     let _ = writeln!(
         out,
-        "events: {} sched slices, {} rss_stat from the target, {} from other contexts \
+        "events: {} rss_stat from the target, {} from other contexts \
          (+{} ignored before the target's mm was known)",
-        r.kernel.cpu.slices, m.own_updates, m.foreign_updates, m.unattributed,
+        m.own_updates, m.foreign_updates, m.unattributed,
     );
 }
 
