@@ -160,36 +160,6 @@ pub fn read_status(pid: u32) -> io::Result<ProcStatus> {
     parse_status(&fs::read_to_string(proc_path(pid, "status"))?).map_err(invalid)
 }
 
-/// A thread's `sum_exec_runtime` (ns): the first field of
-/// `/proc/PID/task/TID/schedstat`. `None` once the thread is gone.
-pub fn thread_runtime(pid: u32, tid: u32) -> Option<u64> {
-    let text = fs::read_to_string(proc_path(pid, &format!("task/{tid}/schedstat"))).ok()?;
-    text.split_ascii_whitespace().next()?.parse().ok()
-}
-
-/// `(tid, sum_exec_runtime)` of every thread of `pid`. An error when the
-/// kernel has no schedstat files (CONFIG_SCHED_INFO off): without them the
-/// CPU time threads had before attach cannot be told from what follows.
-pub fn thread_runtimes(pid: u32) -> io::Result<Vec<(u32, u64)>> {
-    let mut out = Vec::new();
-    let mut seen = 0;
-    for entry in fs::read_dir(proc_path(pid, "task"))? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else { continue };
-        seen += 1;
-        if let Some(runtime) = thread_runtime(pid, tid) {
-            out.push((tid, runtime));
-        }
-    }
-    if seen > 0 && out.is_empty() && !proc_path(pid, &format!("task/{pid}/schedstat")).exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this kernel has no /proc/PID/task/TID/schedstat (CONFIG_SCHED_INFO); \
-             perf-agent needs it to start CPU accounting at attach",
-        ));
-    }
-    Ok(out)
-}
-
 /// The executable of `pid` (`/proc/PID/exe`), for messages and `binary/size`.
 pub fn exe(pid: u32) -> io::Result<PathBuf> {
     fs::read_link(proc_path(pid, "exe"))
