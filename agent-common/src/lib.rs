@@ -76,6 +76,11 @@ pub struct Target {
     /// target's process CPU clock starts counting (the launcher's time
     /// before the exec is not the target's); 0 in attach mode.
     pub runtime_at_exec_ns: u64,
+    /// The thread group's minor and major page faults at that exec (the
+    /// exec'ing thread's plus its dead threads'): where the counts from
+    /// `/proc/PID/stat` start; 0 in attach mode.
+    pub min_flt_at_exec: u64,
+    pub maj_flt_at_exec: u64,
 }
 
 /// One target of node mode (map `TARGETS`, a `HASH` keyed by tgid, sized by
@@ -184,6 +189,14 @@ pub struct TracepointOffsets {
     /// per-thread CPU time, read by the exec hook from the exec'ing thread
     /// (where the target's CPU count starts).
     pub task_sum_exec_runtime: u32,
+    /// `task_struct.min_flt`, `.maj_flt`, `.signal` and
+    /// `signal_struct.min_flt`, `.maj_flt` (BTF): the thread group's page
+    /// faults at the exec that arms the target (where its counts start).
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    pub task_signal: u32,
+    pub signal_min_flt: u32,
+    pub signal_maj_flt: u32,
     /// `sock.__sk_common.skc_num` (BTF): the local port, host order; a
     /// socket first seen mid-life is inbound when it is a listening port.
     pub sock_num: u32,
@@ -272,15 +285,6 @@ pub struct RssStats {
     pub foreign_updates: u64,
     /// `curr == 0` events seen before `mm_id` was known: dropped, counted.
     pub unattributed: u64,
-}
-
-/// Per-CPU page-fault counts of the target (map `FAULT_COUNTS`), from the
-/// perf software events `PERF_COUNT_SW_PAGE_FAULTS_MIN` / `_MAJ`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FaultCounts {
-    pub minor: u64,
-    pub major: u64,
 }
 
 /// TCP connection direction, as seen from the target.
@@ -603,7 +607,6 @@ mod user {
     // padding (checked by the size assertions below).
     unsafe impl aya::Pod for super::RssCounters {}
     unsafe impl aya::Pod for super::RssStats {}
-    unsafe impl aya::Pod for super::FaultCounts {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::NetEvent {}
@@ -621,8 +624,7 @@ mod user {
 // No padding: sizes equal the sum of field sizes.
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
-const _: () = assert!(core::mem::size_of::<FaultCounts>() == 16);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 24 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 29 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
@@ -632,7 +634,7 @@ const _: () = assert!(core::mem::size_of::<ParentRef>() == 16);
 const _: () = assert!(core::mem::size_of::<NetStats>() == 10 * 8);
 const _: () = assert!(core::mem::align_of::<NetStats>() == 8);
 const _: () = assert!(core::mem::size_of::<Milestones>() == 4 * 8);
-const _: () = assert!(core::mem::size_of::<Target>() == 24);
+const _: () = assert!(core::mem::size_of::<Target>() == 40);
 const _: () = assert!(core::mem::size_of::<TargetMember>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMatch>() == 16 + 512);
 const _: () = assert!(core::mem::size_of::<PathMatch>() == 8 + 256);

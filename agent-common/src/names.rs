@@ -8,7 +8,6 @@ pub mod maps {
     pub const TARGET: &str = "TARGET";
     pub const RSS_COUNTERS: &str = "RSS_COUNTERS";
     pub const RSS_STATS: &str = "RSS_STATS";
-    pub const FAULT_COUNTS: &str = "FAULT_COUNTS";
     pub const CONNS: &str = "CONNS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     /// One-slot `ARRAY` of `u32`: 1 while sockets that predate the target's
@@ -36,11 +35,10 @@ pub mod maps {
     /// while `TARGETS` was full.
     pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 20] = [
         TARGET,
         RSS_COUNTERS,
         RSS_STATS,
-        FAULT_COUNTS,
         CONNS,
         LISTEN_PORTS,
         ADOPTION_OPEN,
@@ -63,14 +61,12 @@ pub mod maps {
 
 /// Programs. Each is named after the hook it attaches to, so the name is
 /// also the tracepoint's (in the category its user-space twin gives); the
-/// profiling ones (`--profile-dir`) are the hook's name prefixed `profile_`
-/// (`sched_switch` has two programs).
+/// profiling one on cpu-clock is named `profile_cpu_clock`; `sched_switch`
+/// is attached only when profiling.
 pub mod programs {
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_SWITCH: &str = "sched_switch";
     pub const RSS_STAT: &str = "rss_stat";
-    pub const PAGE_FAULT_MINOR: &str = "page_fault_minor";
-    pub const PAGE_FAULT_MAJOR: &str = "page_fault_major";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
     pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
@@ -89,12 +85,10 @@ pub mod programs {
     pub const PROFILE_CPU_CLOCK: &str = "profile_cpu_clock";
     /// Every program of the object. (Off-CPU stacks and run-queue waits
     /// are done by `SCHED_SWITCH` itself when profiling.)
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 17] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
-        PAGE_FAULT_MINOR,
-        PAGE_FAULT_MAJOR,
         INET_SOCK_SET_STATE,
         SOCK_RECV_LENGTH,
         TCP_SENDMSG_LOCKED,

@@ -60,6 +60,16 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
         target.runtime_at_exec_ns =
             read_field::<u64>(task, offset!(task_sum_exec_runtime)).unwrap_or(0);
+        // Its page faults so far, as /proc/PID/stat sums them: the live
+        // thread's (after the exec, the only one) and the dead threads'.
+        let signal = read_field::<u64>(task, offset!(task_signal)).unwrap_or(0);
+        let faults = |task_field, signal_field| {
+            let own = read_field::<u64>(task, task_field).unwrap_or(0);
+            let dead = if signal != 0 { read_field::<u64>(signal, signal_field) } else { None };
+            own + dead.unwrap_or(0)
+        };
+        target.min_flt_at_exec = faults(offset!(task_min_flt), offset!(signal_min_flt));
+        target.maj_flt_at_exec = faults(offset!(task_maj_flt), offset!(signal_maj_flt));
         target.tgid = tgid;
         target.exec_ns = unsafe { bpf_ktime_get_ns() };
         target.execs = 1;

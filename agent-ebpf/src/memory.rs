@@ -1,11 +1,12 @@
-//! Memory: RSS from `kmem:rss_stat`, page faults from perf software events.
+//! Memory: RSS from `kmem:rss_stat`. (Page faults need no program: user
+//! space reads the kernel's own per-process counters from `/proc/PID/stat`.)
 //! User-space twin: `agent/src/probes/memory.rs`.
 
-use agent_common::{FaultCounts, RssCounters, RssStats, rss_member};
+use agent_common::{RssCounters, RssStats, rss_member};
 use aya_ebpf::{
-    macros::{map, perf_event, tracepoint},
+    macros::{map, tracepoint},
     maps::{Array, PerCpuArray},
-    programs::{PerfEventContext, TracePointContext},
+    programs::TracePointContext,
 };
 
 use crate::config;
@@ -14,8 +15,6 @@ use crate::config;
 static RSS_COUNTERS: Array<RssCounters> = Array::with_max_entries(1, 0);
 #[map]
 static RSS_STATS: PerCpuArray<RssStats> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static FAULT_COUNTS: PerCpuArray<FaultCounts> = PerCpuArray::with_max_entries(1, 0);
 
 /// `kmem:rss_stat` fires on every change of an mm's RSS counter with its new
 /// absolute value. `mm_id` is a hash of the mm pointer; `curr` says whether
@@ -72,34 +71,5 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
     if rss > 0 && rss as u64 > stats.peak_rss_bytes {
         stats.peak_rss_bytes = rss as u64;
     }
-    0
-}
-
-#[inline(always)]
-fn count_fault(major: bool) {
-    if !config::in_target() {
-        return;
-    }
-    if let Some(counts) = FAULT_COUNTS.get_ptr_mut(0) {
-        let counts = unsafe { &mut *counts };
-        if major {
-            counts.major += 1;
-        } else {
-            counts.minor += 1;
-        }
-    }
-}
-
-/// Attached to `PERF_COUNT_SW_PAGE_FAULTS_MIN` on every CPU, sample period 1.
-#[perf_event]
-pub fn page_fault_minor(_ctx: PerfEventContext) -> u32 {
-    count_fault(false);
-    0
-}
-
-/// Attached to `PERF_COUNT_SW_PAGE_FAULTS_MAJ` on every CPU, sample period 1.
-#[perf_event]
-pub fn page_fault_major(_ctx: PerfEventContext) -> u32 {
-    count_fault(true);
     0
 }

@@ -20,9 +20,6 @@ pub enum Hook<'a> {
     BtfTracePoint { name: &'a str, btf: &'a aya::Btf },
     /// The raw tracepoint `name`.
     RawTracePoint { name: &'a str },
-    /// A perf software event on every online CPU, all processes, every
-    /// occurrence (sample period 1).
-    SoftwareEventOnEveryCpu(SoftwareEvent),
     /// A perf software event on every online CPU, all processes, once every
     /// `period` occurrences (for cpu-clock: nanoseconds).
     SampledSoftwareEventOnEveryCpu { event: SoftwareEvent, period: u64 },
@@ -52,9 +49,6 @@ pub fn attach(ebpf: &mut Ebpf, program: &str, hook: Hook<'_>) -> anyhow::Result<
             p.load().with_context(loading)?;
             p.attach(name)
                 .with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
-        }
-        Hook::SoftwareEventOnEveryCpu(event) => {
-            attach_software_event(prog, program, event, 1)?;
         }
         Hook::SampledSoftwareEventOnEveryCpu { event, period } => {
             attach_software_event(prog, program, event, period)?;

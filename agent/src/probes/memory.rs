@@ -1,9 +1,14 @@
-//! Memory probe: `kmem:rss_stat` → RSS and peak; perf software events → minor
-//! and major page faults. Kernel side: `agent-ebpf/src/memory.rs`.
+//! Memory probe: `kmem:rss_stat` → RSS and peak (kernel side:
+//! `agent-ebpf/src/memory.rs`); minor and major page faults from the
+//! kernel's own per-process counters (`/proc/PID/stat`), read at each
+//! sample: no program, where perf software events with a BPF program ran on
+//! every page fault of every process on the machine (issue 12's node tax).
 //! Formulas and errors: `docs/metrics.md#memory`.
 
+use std::cell::Cell;
+
 use agent_common::{
-    FaultCounts, RssCounters, RssStats,
+    RssCounters, RssStats,
     names::{maps, programs},
     rss_member,
 };
@@ -11,19 +16,26 @@ use anyhow::Context as _;
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
-    programs::perf_event::SoftwareEvent,
 };
 
 use super::{
     hook::{self, Hook},
     take_map,
 };
-use crate::{procfs, tracefs};
+use crate::{btf::Btf, procfs, tracefs};
 
+/// The `rss_stat` record's fields (tracefs), and the page-fault counters
+/// the exec hook reads when it arms a target (BTF).
 pub fn offsets(
     tracefs_root: &std::path::Path,
+    btf: &Btf,
     o: &mut agent_common::TracepointOffsets,
 ) -> anyhow::Result<()> {
+    o.task_min_flt = btf.field_offset("task_struct", &["min_flt"])?;
+    o.task_maj_flt = btf.field_offset("task_struct", &["maj_flt"])?;
+    o.task_signal = btf.field_offset("task_struct", &["signal"])?;
+    o.signal_min_flt = btf.field_offset("signal_struct", &["min_flt"])?;
+    o.signal_maj_flt = btf.field_offset("signal_struct", &["maj_flt"])?;
     let ev = "kmem:rss_stat";
     let f = tracefs::read_format(tracefs_root, "kmem", "rss_stat")?;
     o.rss_stat_mm_id = f.offset(ev, "mm_id", 4)?;
@@ -49,7 +61,17 @@ pub struct MemoryReading {
 pub struct MemoryProbe {
     counters: Array<MapData, RssCounters>,
     stats: PerCpuArray<MapData, RssStats>,
-    faults: PerCpuArray<MapData, FaultCounts>,
+    /// The target and its (minor, major) fault counts where counting
+    /// starts, once known.
+    faults_since: Cell<Option<(u32, (u64, u64))>>,
+    /// The last fault counts read, kept once the target is gone.
+    faults: Cell<(u64, u64)>,
+}
+
+/// `pid`'s (minor, major) page faults so far, as the kernel counts them
+/// for the thread group (`None`: gone).
+fn fault_counts(pid: u32) -> Option<(u64, u64)> {
+    procfs::read_stat(pid).ok().map(|s| (s.minflt, s.majflt))
 }
 
 impl MemoryProbe {
@@ -60,12 +82,14 @@ impl MemoryProbe {
             take_map(ebpf, maps::RSS_COUNTERS)?.try_into()?;
         let mut stats: PerCpuArray<MapData, RssStats> =
             take_map(ebpf, maps::RSS_STATS)?.try_into()?;
-        let faults: PerCpuArray<MapData, FaultCounts> =
-            take_map(ebpf, maps::FAULT_COUNTS)?.try_into()?;
 
         // Seed from /proc: rss_stat only reports changes, so a quiet target
         // would otherwise read as 0 until its next fault.
+        let mut faults_since = None;
         if let Some(pid) = running {
+            let stat =
+                procfs::read_stat(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+            faults_since = Some((pid, (stat.minflt, stat.majflt)));
             let status =
                 procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
             let mut seed = RssCounters::default();
@@ -85,13 +109,20 @@ impl MemoryProbe {
             programs::RSS_STAT,
             Hook::TracePoint { category: "kmem", name: "rss_stat" },
         )?;
-        for (program, event) in [
-            (programs::PAGE_FAULT_MINOR, SoftwareEvent::PageFaultsMin),
-            (programs::PAGE_FAULT_MAJOR, SoftwareEvent::PageFaultsMaj),
-        ] {
-            hook::attach(ebpf, program, Hook::SoftwareEventOnEveryCpu(event))?;
+        Ok(MemoryProbe {
+            counters,
+            stats,
+            faults_since: Cell::new(faults_since),
+            faults: Cell::new((0, 0)),
+        })
+    }
+
+    /// The target was armed at its exec with these (minor, major) fault
+    /// counts then (`Target::{min,maj}_flt_at_exec`): counting starts there.
+    pub fn armed(&self, pid: u32, at_exec: (u64, u64)) {
+        if self.faults_since.get().is_none() {
+            self.faults_since.set(Some((pid, at_exec)));
         }
-        Ok(MemoryProbe { counters, stats, faults })
     }
 
     pub fn read(&self) -> anyhow::Result<MemoryReading> {
@@ -105,10 +136,12 @@ impl MemoryProbe {
             r.foreign_updates += s.foreign_updates;
             r.unattributed += s.unattributed;
         }
-        for f in self.faults.get(&0, 0)?.iter() {
-            r.minor_faults += f.minor;
-            r.major_faults += f.major;
+        if let Some((pid, (min0, maj0))) = self.faults_since.get()
+            && let Some((min, maj)) = fault_counts(pid)
+        {
+            self.faults.set((min.saturating_sub(min0), maj.saturating_sub(maj0)));
         }
+        (r.minor_faults, r.major_faults) = self.faults.get();
         // The running value can pass the per-CPU peaks only by a racing store.
         r.peak_rss_bytes = r.peak_rss_bytes.max(r.rss_bytes);
         Ok(r)

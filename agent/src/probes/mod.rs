@@ -135,7 +135,7 @@ impl Probes {
         let mut offsets = TracepointOffsets::default();
         exec::offsets(tracefs_root, &mut offsets)?;
         cpu::offsets(&btf, &mut offsets)?;
-        memory::offsets(tracefs_root, &mut offsets)?;
+        memory::offsets(tracefs_root, &btf, &mut offsets)?;
         net::offsets(tracefs_root, &btf, &mut offsets)?;
         delivery::offsets(&btf, &mut offsets)?;
         drop(btf); // ~5 MiB: gone before the maps and programs are created
@@ -182,6 +182,7 @@ impl Probes {
             // Armed at its exec: its CPU counts from there, and sockets it
             // inherited predate the programs.
             self.cpu.armed(t.tgid, t.runtime_at_exec_ns);
+            self.memory.armed(t.tgid, (t.min_flt_at_exec, t.maj_flt_at_exec));
             self.net.target_found(t.tgid);
         }
         self.pid = t.tgid;
