@@ -150,6 +150,11 @@ struct ServeArgs {
     /// Histogram bucket bounds in seconds (default: OpenTelemetry's).
     #[arg(long, value_delimiter = ',', value_name = "SECS,...")]
     buckets: Vec<f64>,
+    /// Also export where requests' time goes outside the application:
+    /// receive-queue, drain and delivered histograms (three more kernel
+    /// hooks on every TCP socket of the node; see docs/performance.md).
+    #[arg(long)]
+    delivery: bool,
 }
 
 /// `compare BASE NEW`, or `compare BASE... -- NEW...`.
@@ -274,6 +279,12 @@ struct CommonArgs {
     /// weighted by the time blocked); run-queue waits are still measured.
     #[arg(long, requires = "profile_dir")]
     no_off_cpu: bool,
+    /// Also measure where each request's time goes outside the application:
+    /// receive queue, drain until the client's ACK, delivered, accept wait,
+    /// retransmits (three more kernel hooks on every TCP socket, ~0.2-0.5 µs
+    /// per request; see docs/performance.md).
+    #[arg(long)]
+    delivery: bool,
 }
 
 impl CommonArgs {
@@ -304,6 +315,7 @@ impl CommonArgs {
                 hz: self.profile_hz,
                 off_cpu: !self.no_off_cpu,
             }),
+            delivery: self.delivery,
         }
     }
 }
@@ -387,6 +399,7 @@ fn main() -> ExitCode {
             } else {
                 a.buckets
             },
+            delivery: a.delivery,
         }),
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));

@@ -70,6 +70,9 @@ pub(crate) struct ObjectSettings {
     /// Node mode: the target set's capacity (`TARGET_SET = 1`, `TARGETS`
     /// sized to it); `None` for the one-target modes.
     pub target_set: Option<u32>,
+    /// `--delivery`: the socket programs do the delivery bookkeeping
+    /// (`DELIVERY = 1`); the caller attaches [`delivery`]'s hooks.
+    pub delivery: bool,
 }
 
 /// Loads the object with `settings`, its event ring sized by `ring_shape`.
@@ -97,6 +100,7 @@ pub(crate) fn load_object(
         .override_global(globals::EXEC_MATCH, &settings.exec_match, true)
         .override_global(globals::PATH_MATCH, &settings.path_match, true)
         .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
+        .override_global(globals::DELIVERY, &u32::from(settings.delivery), true)
         .load(EBPF_OBJECT)
         .context(
             "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
@@ -121,12 +125,14 @@ pub struct Probes {
 
 impl Probes {
     /// Loads, seeds and attaches every probe; the profiling programs too
-    /// when `profile` is given (`--profile-dir`).
+    /// when `profile` is given (`--profile-dir`), the delivery hooks with
+    /// `delivery` (`--delivery`).
     pub fn attach(
         spec: &TargetSpec,
         paths: &PathOptions,
         tracefs_root: &Path,
         profile: Option<profile::ProfileConfig>,
+        delivery: bool,
     ) -> anyhow::Result<Probes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -140,7 +146,8 @@ impl Probes {
         let path_match = path_match_for(paths)?;
 
         let ring_shape = net::event_ring_shape()?;
-        let object = ObjectSettings { offsets, exec_match, path_match, profile, target_set: None };
+        let object =
+            ObjectSettings { offsets, exec_match, path_match, profile, target_set: None, delivery };
         let (mut ebpf, kernel_btf) = load_object(&object, ring_shape)?;
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
@@ -153,7 +160,9 @@ impl Probes {
         let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(&mut ebpf, &kernel_btf, running, paths, ring_shape)?;
-        delivery::attach(&mut ebpf, &kernel_btf)?;
+        if delivery {
+            delivery::attach(&mut ebpf, &kernel_btf)?;
+        }
         let profile = profile.map(|c| profile::ProfileProbe::attach(&mut ebpf, c)).transpose()?;
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
