@@ -443,6 +443,26 @@ mod tests {
         assert!(parse(&["only-one.json"]).is_err());
     }
 
+    /// `--delivery` is off unless given, and reaches the options of attach,
+    /// run and serve.
+    #[test]
+    fn delivery_is_opt_in_on_attach_run_and_serve() {
+        let delivery = |args: &[&str]| -> bool {
+            match Cli::try_parse_from([&["perf-agent"], args].concat()).unwrap().command {
+                Command::Attach(a) => a.common.options(Vec::new(), None).delivery,
+                Command::Run(a) => a.common.options(Vec::new(), None).delivery,
+                Command::Serve(a) => a.delivery,
+                _ => panic!("not attach, run or serve"),
+            }
+        };
+        assert!(!delivery(&["attach", "--pid", "1"]));
+        assert!(delivery(&["attach", "--pid", "1", "--delivery"]));
+        assert!(!delivery(&["run", "--", "true"]));
+        assert!(delivery(&["run", "--delivery", "--", "true"]));
+        assert!(!delivery(&["serve", "--pid", "1"]));
+        assert!(delivery(&["serve", "--pid", "1", "--delivery"]));
+    }
+
     #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory as _;
