@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use super::agent_run::{AgentRun, with_agent};
 use super::check_interrupted;
 use super::compare::saturation_rows;
+use super::delivery;
 use super::load::{CONNECTIONS, Load, LoadSpec, exec_burst, http_load};
 use super::results::{Goal, Results};
 use super::runs::{Env, Pair, each, interleaved};
@@ -115,9 +116,13 @@ pub fn run_scenario(
     check_interrupted()?;
     fixed_rate_latency(env, rounds, results, followed, &url, pid)?;
     check_interrupted()?;
-    agent_cost(env, rounds, results, followed, &url, pid)?;
+    let default_net = agent_cost(env, rounds, results, followed, &url, pid)?;
     check_interrupted()?;
     connection_per_request(env, followed, &url, pid)?;
+    check_interrupted()?;
+    let cost = LoadSpec::new(&url, COST_RATE * COST_SECS).at_rate(COST_RATE).on(pid);
+    let saturation = LoadSpec::new(&url, saturated).on(pid);
+    delivery::run_step(env, rounds, results, saturation, cost, default_net)?;
     server.stop()?;
     Ok(())
 }
@@ -156,7 +161,8 @@ fn fixed_rate_latency(
 }
 
 /// The agent following COST_RATE req/s, with the statistics on: its own CPU
-/// and memory, the BPF time per request, and accuracy.
+/// and memory, the BPF time per request, and accuracy. Returns the median
+/// BPF time per request net of the floor (NaN-free), for `delivery.rs`.
 fn agent_cost(
     env: &mut Env,
     rounds: usize,
@@ -164,7 +170,7 @@ fn agent_cost(
     followed: &mut Vec<(AgentRun, Load)>,
     url: &str,
     pid: u32,
-) -> Result<()> {
+) -> Result<Option<f64>> {
     println!(
         "\n== the agent following {COST_RATE} req/s for {COST_SECS} s: demo-server ({rounds} rounds)"
     );
@@ -183,15 +189,15 @@ fn agent_cost(
         .goal = Goal::AtMost(GOAL_AGENT_CPU_PERCENT);
     results.add_spread("agent/peak_rss", "memory", &each(&pairs, |p| p.agent.peak_rss)).goal =
         Goal::AtMost(GOAL_AGENT_RSS);
-    bpf_time_rows(results, &pairs);
+    let net_per_request = bpf_time_rows(results, &pairs);
     accuracy(results, &pairs);
     followed.extend(pairs.into_iter().map(|p| (p.agent, p.with)));
-    Ok(())
+    Ok(Some(net_per_request).filter(|v| v.is_finite()))
 }
 
 /// BPF time: kernel-side cost, charged to whoever triggered the events, not
-/// to the agent.
-fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) {
+/// to the agent. Returns the median net of the floor per request.
+fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) -> f64 {
     let cpu = each(pairs, |p| p.agent.bpf_ns() / p.agent.metric("agent/window", "latency") * 100.0);
     results.add_spread("agent/bpf_cpu_percent", "cpu-percent", &cpu).note =
         "the agent's BPF programs, system-wide, % of one core".into();
@@ -204,6 +210,7 @@ fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) {
     let row = results.add_spread("overhead/bpf_ns_per_request_net", "latency", &net);
     row.goal = Goal::AtMost(GOAL_BPF_NS_PER_REQUEST);
     row.note = "the same less the floor per program run: the cost with the statistics off".into();
+    row.value
 }
 
 /// Accuracy of the agent-cost runs: the agent vs /proc and vs the client.
