@@ -119,7 +119,7 @@ fn cost_rows(results: &mut Results, run: &AgentRun, load: &Load, default_net: Op
         }
     }
     let requests = run.metric("requests/count", "count");
-    if !(requests > 0.0) {
+    if requests.is_nan() || requests <= 0.0 {
         results.notes.push("no --delivery cost per request: the agent counted no request".into());
         return;
     }
