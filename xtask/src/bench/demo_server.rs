@@ -116,13 +116,13 @@ pub fn run_scenario(
     check_interrupted()?;
     fixed_rate_latency(env, rounds, results, followed, &url, pid)?;
     check_interrupted()?;
-    let default_net = agent_cost(env, rounds, results, followed, &url, pid)?;
+    agent_cost(env, rounds, results, followed, &url, pid)?;
     check_interrupted()?;
     connection_per_request(env, followed, &url, pid)?;
     check_interrupted()?;
-    let cost = LoadSpec::new(&url, COST_RATE * COST_SECS).at_rate(COST_RATE).on(pid);
     let saturation = LoadSpec::new(&url, saturated).on(pid);
-    delivery::run_step(env, rounds, results, saturation, cost, default_net)?;
+    let cost = LoadSpec::new(&url, COST_RATE * delivery::COST_SECS).at_rate(COST_RATE).on(pid);
+    delivery::run_step(env, rounds, results, saturation, cost)?;
     server.stop()?;
     Ok(())
 }
@@ -161,8 +161,7 @@ fn fixed_rate_latency(
 }
 
 /// The agent following COST_RATE req/s, with the statistics on: its own CPU
-/// and memory, the BPF time per request, and accuracy. Returns the median
-/// BPF time per request net of the floor (NaN-free), for `delivery.rs`.
+/// and memory, the BPF time per request, and accuracy.
 fn agent_cost(
     env: &mut Env,
     rounds: usize,
@@ -170,7 +169,7 @@ fn agent_cost(
     followed: &mut Vec<(AgentRun, Load)>,
     url: &str,
     pid: u32,
-) -> Result<Option<f64>> {
+) -> Result<()> {
     println!(
         "\n== the agent following {COST_RATE} req/s for {COST_SECS} s: demo-server ({rounds} rounds)"
     );
@@ -189,15 +188,15 @@ fn agent_cost(
         .goal = Goal::AtMost(GOAL_AGENT_CPU_PERCENT);
     results.add_spread("agent/peak_rss", "memory", &each(&pairs, |p| p.agent.peak_rss)).goal =
         Goal::AtMost(GOAL_AGENT_RSS);
-    let net_per_request = bpf_time_rows(results, &pairs);
+    bpf_time_rows(results, &pairs);
     accuracy(results, &pairs);
     followed.extend(pairs.into_iter().map(|p| (p.agent, p.with)));
-    Ok(Some(net_per_request).filter(|v| v.is_finite()))
+    Ok(())
 }
 
 /// BPF time: kernel-side cost, charged to whoever triggered the events, not
-/// to the agent. Returns the median net of the floor per request.
-fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) -> f64 {
+/// to the agent.
+fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) {
     let cpu = each(pairs, |p| p.agent.bpf_ns() / p.agent.metric("agent/window", "latency") * 100.0);
     results.add_spread("agent/bpf_cpu_percent", "cpu-percent", &cpu).note =
         "the agent's BPF programs, system-wide, % of one core".into();
@@ -210,7 +209,6 @@ fn bpf_time_rows(results: &mut Results, pairs: &[Pair]) -> f64 {
     let row = results.add_spread("overhead/bpf_ns_per_request_net", "latency", &net);
     row.goal = Goal::AtMost(GOAL_BPF_NS_PER_REQUEST);
     row.note = "the same less the floor per program run: the cost with the statistics off".into();
-    row.value
 }
 
 /// Accuracy of the agent-cost runs: the agent vs /proc and vs the client.
