@@ -9,9 +9,12 @@
 //!   see `compare.rs`).
 //! - [`COST_ROUNDS`] pairs following a fixed rate with the statistics on:
 //!   each delivery hook's cost per run, their run time per request (the
-//!   floor included and net of it), and every program's BPF time per
-//!   request with `--delivery` less without (the bookkeeping in
-//!   `sock_recv_length` / `tcp_sendmsg_locked` included).
+//!   floor included and net of it), what the socket programs' bookkeeping
+//!   adds to each of their runs, and the socket and delivery programs' BPF
+//!   time per request with `--delivery` less without: what it adds in all.
+//!   Only the programs `--delivery` changes count there: `sched_switch` and
+//!   the memory programs run for the whole machine (other tenants' builds
+//!   too), whose noise would drown a difference of a few hundred ns.
 
 use anyhow::Result;
 
@@ -24,6 +27,10 @@ use super::runs::{Env, agent_first, each};
 
 /// The delivery hooks (`agent/src/probes/delivery.rs`).
 const DELIVERY_PROGRAMS: [&str; 3] = ["sk_data_ready", "tcp_probe", "tcp_retransmit_skb"];
+/// The socket programs that call the delivery bookkeeping
+/// (`agent-ebpf/src/net/delivery.rs`).
+const BOOKKEEPING_PROGRAMS: [&str; 3] =
+    ["sock_recv_length", "tcp_sendmsg_locked", "inet_sock_set_state"];
 const DELIVERY: &[&str] = &["--delivery"];
 /// Pairs of cost runs, and the length of each (at the cost scenario's rate):
 /// tens of thousands of runs of each hook per run, ~15 s in all.
@@ -102,15 +109,30 @@ fn throughput_rows(results: &mut Results, pairs: &[Round]) {
         .note = note;
 }
 
+/// Total run time and runs of program `name` over `runs`.
+fn total<'a>(runs: impl Iterator<Item = &'a AgentRun>, name: &str) -> (f64, f64) {
+    runs.filter_map(|r| r.programs.get(name))
+        .fold((0.0, 0.0), |(ns, n), (cost, count)| (ns + cost * count, n + count))
+}
+
+/// The run time of the programs `--delivery` changes, net of the floor,
+/// ÷ the requests the agent counted; NaN without the statistics.
+fn affected_net_per_request(run: &AgentRun) -> f64 {
+    let Some(&(floor, _)) = run.programs.get(FLOOR_PROGRAM) else { return f64::NAN };
+    let net: f64 = DELIVERY_PROGRAMS
+        .iter()
+        .chain(&BOOKKEEPING_PROGRAMS)
+        .filter_map(|name| run.programs.get(*name))
+        .map(|(cost, count)| (cost - floor) * count)
+        .sum();
+    net / run.metric("requests/count", "count")
+}
+
 /// Rows of the cost rounds (statistics on).
 fn cost_rows(results: &mut Results, pairs: &[Round]) {
-    let runs: Vec<&AgentRun> = pairs.iter().map(|r| &r.delivery.1).collect();
-    let total = |name: &str| -> (f64, f64) {
-        runs.iter()
-            .filter_map(|r| r.programs.get(name))
-            .fold((0.0, 0.0), |(ns, n), (cost, count)| (ns + cost * count, n + count))
-    };
-    let (floor_ns, floor_runs) = total(FLOOR_PROGRAM);
+    let with = || pairs.iter().map(|r| &r.delivery.1);
+    let without = || pairs.iter().map(|r| &r.default.1);
+    let (floor_ns, floor_runs) = total(with(), FLOOR_PROGRAM);
     if floor_runs == 0.0 {
         results.notes.push("no --delivery cost: the statistics were off".into());
         return;
@@ -118,7 +140,7 @@ fn cost_rows(results: &mut Results, pairs: &[Round]) {
     let floor = floor_ns / floor_runs;
     let (mut ns, mut net) = (0.0, 0.0);
     for name in DELIVERY_PROGRAMS {
-        let (time, count) = total(name);
+        let (time, count) = total(with(), name);
         if count == 0.0 {
             continue; // tcp_retransmit_skb: loopback retransmits nothing
         }
@@ -132,7 +154,17 @@ fn cost_rows(results: &mut Results, pairs: &[Round]) {
             row.goal = Goal::AtMost(if hot { GOAL_HOT_NS } else { GOAL_ANY_NS });
         }
     }
-    let requests: f64 = runs.iter().map(|r| r.metric("requests/count", "count")).sum();
+    // The bookkeeping, per run of the socket programs that do it.
+    for name in BOOKKEEPING_PROGRAMS {
+        let ((on_ns, on_runs), (off_ns, off_runs)) = (total(with(), name), total(without(), name));
+        if on_runs > 0.0 && off_runs > 0.0 {
+            let (on, off) = (on_ns / on_runs, off_ns / off_runs);
+            results
+                .add(format!("overhead/delivery/prog_ns_added/{name}"), "latency", on - off)
+                .note = format!("per run: {on:.0} ns with --delivery, {off:.0} ns without");
+        }
+    }
+    let requests: f64 = with().map(|r| r.metric("requests/count", "count")).sum();
     if requests.is_nan() || requests <= 0.0 {
         results.notes.push("no --delivery cost per request: the agent counted no request".into());
         return;
@@ -141,14 +173,12 @@ fn cost_rows(results: &mut Results, pairs: &[Round]) {
         "sk_data_ready + tcp_probe + tcp_retransmit_skb run time ÷ requests, floor included".into();
     results.add("overhead/delivery_ns_per_request_net", "latency", net / requests).note =
         "the same less the floor per run".into();
-    let net_per_request = |(load, run): &(Load, AgentRun)| run.bpf_ns_net() / load.requests;
-    let with = each(pairs, |r| net_per_request(&r.delivery));
-    results.add_spread("overhead/bpf_ns_per_request_net_delivery", "latency", &with).note =
-        "every program's run time ÷ requests with --delivery, net of the floor".into();
-    let added = each(pairs, |r| net_per_request(&r.delivery) - net_per_request(&r.default));
+    let added = each(pairs, |r| {
+        affected_net_per_request(&r.delivery.1) - affected_net_per_request(&r.default.1)
+    });
     results.add_spread("overhead/delivery_added_ns_per_request", "latency", &added).note = format!(
-        "the same with --delivery − without, per round ({} rounds): the hooks and the socket \
-         programs' bookkeeping",
+        "socket and delivery programs' run time net of the floor ÷ requests, --delivery − \
+         default, per round ({} rounds): the hooks and the bookkeeping",
         pairs.len()
     );
 }
@@ -170,12 +200,16 @@ mod tests {
     fn cost_rows_per_program_per_request_and_added() {
         let floor = (FLOOR_PROGRAM, 50.0, 1000.0);
         let round = Round {
-            default: run(&[("sock_recv_length", 120.0, 100.0), floor], 100.0),
+            default: run(
+                &[("sock_recv_length", 120.0, 100.0), ("sched_switch", 70.0, 5000.0), floor],
+                100.0,
+            ),
             delivery: run(
                 &[
                     ("sk_data_ready", 80.0, 200.0),
                     ("tcp_probe", 140.0, 200.0),
                     ("sock_recv_length", 150.0, 100.0),
+                    ("sched_switch", 90.0, 9000.0),
                     floor,
                 ],
                 100.0,
@@ -189,8 +223,9 @@ mod tests {
         assert_eq!(value("overhead/delivery_ns_per_request_net"), Some(240.0));
         assert_eq!(value("overhead/delivery/prog_ns/tcp_probe"), Some(140.0));
         assert!(value("overhead/delivery/prog_ns/tcp_retransmit_skb").is_none());
-        // Every program net: 240 + (150 − 50) × 100 ÷ 100 = 340; default: 70.
-        assert_eq!(value("overhead/bpf_ns_per_request_net_delivery"), Some(340.0));
+        assert_eq!(value("overhead/delivery/prog_ns_added/sock_recv_length"), Some(30.0));
+        // With: 240 + (150 − 50) × 100 ÷ 100 = 340; without: (120 − 50) × 1.
+        // sched_switch, which --delivery does not change, does not count.
         assert_eq!(value("overhead/delivery_added_ns_per_request"), Some(270.0));
     }
 }
