@@ -281,8 +281,8 @@ struct CommonArgs {
     no_off_cpu: bool,
     /// Also measure where each request's time goes outside the application:
     /// receive queue, drain until the client's ACK, delivered, accept wait,
-    /// retransmits (three more kernel hooks on every TCP socket, ~0.2-0.5 µs
-    /// per request; see docs/performance.md).
+    /// retransmits (three more kernel hooks on every TCP socket; ~0.34 µs of
+    /// kernel time per request, see docs/performance.md).
     #[arg(long)]
     delivery: bool,
 }
