@@ -52,7 +52,8 @@ use runs::Env;
 /// What `cargo xtask bench` runs, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Throughput, latency, the agent's cost and accuracy on demo-server (~2½ min).
+    /// Throughput, latency, the agent's cost and accuracy on demo-server, and
+    /// what --delivery adds (~3 min).
     DemoServer,
     /// Throughput at saturation on nginx, installed with apt-get if missing (~40 s).
     Nginx,
