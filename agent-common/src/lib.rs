@@ -50,6 +50,11 @@ pub mod globals {
     /// [`profile::sched_mode`](super::profile::sched_mode) (0 without
     /// `--profile-dir`).
     pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
+    /// `u32`: 1 with `--delivery` (issue 14's queue/drain/delivered/accept
+    /// wait and retransmits). 0: the socket programs skip the delivery
+    /// bookkeeping (the verifier prunes it) and its three hooks are not
+    /// attached.
+    pub const DELIVERY: &str = "DELIVERY";
 }
 
 /// Names of the maps and programs (`names.rs`).

@@ -150,6 +150,11 @@ struct ServeArgs {
     /// Histogram bucket bounds in seconds (default: OpenTelemetry's).
     #[arg(long, value_delimiter = ',', value_name = "SECS,...")]
     buckets: Vec<f64>,
+    /// Also export where requests' time goes outside the application:
+    /// receive-queue, drain and delivered histograms (three more kernel
+    /// hooks on every TCP socket of the node; see docs/performance.md).
+    #[arg(long)]
+    delivery: bool,
 }
 
 /// `compare BASE NEW`, or `compare BASE... -- NEW...`.
@@ -274,6 +279,12 @@ struct CommonArgs {
     /// weighted by the time blocked); run-queue waits are still measured.
     #[arg(long, requires = "profile_dir")]
     no_off_cpu: bool,
+    /// Also measure where each request's time goes outside the application:
+    /// receive queue, drain until the client's ACK, delivered, accept wait,
+    /// retransmits (three more kernel hooks on every TCP socket; ~0.34 µs of
+    /// kernel time per request, see docs/performance.md).
+    #[arg(long)]
+    delivery: bool,
 }
 
 impl CommonArgs {
@@ -304,6 +315,7 @@ impl CommonArgs {
                 hz: self.profile_hz,
                 off_cpu: !self.no_off_cpu,
             }),
+            delivery: self.delivery,
         }
     }
 }
@@ -387,6 +399,7 @@ fn main() -> ExitCode {
             } else {
                 a.buckets
             },
+            delivery: a.delivery,
         }),
         Command::Measures { project } => {
             print!("{}", bmf::measure_setup_commands(&project));
@@ -428,6 +441,26 @@ mod tests {
         let e = parse(&["a1", "a2", "a3"]).unwrap_err();
         assert!(e.contains("got 3 paths") && e.contains("--"), "{e}");
         assert!(parse(&["only-one.json"]).is_err());
+    }
+
+    /// `--delivery` is off unless given, and reaches the options of attach,
+    /// run and serve.
+    #[test]
+    fn delivery_is_opt_in_on_attach_run_and_serve() {
+        let delivery = |args: &[&str]| -> bool {
+            match Cli::try_parse_from([&["perf-agent"], args].concat()).unwrap().command {
+                Command::Attach(a) => a.common.options(Vec::new(), None).delivery,
+                Command::Run(a) => a.common.options(Vec::new(), None).delivery,
+                Command::Serve(a) => a.delivery,
+                _ => panic!("not attach, run or serve"),
+            }
+        };
+        assert!(!delivery(&["attach", "--pid", "1"]));
+        assert!(delivery(&["attach", "--pid", "1", "--delivery"]));
+        assert!(!delivery(&["run", "--", "true"]));
+        assert!(delivery(&["run", "--delivery", "--", "true"]));
+        assert!(!delivery(&["serve", "--pid", "1"]));
+        assert!(delivery(&["serve", "--pid", "1", "--delivery"]));
     }
 
     #[test]

@@ -10,6 +10,9 @@ use common::*;
 
 const MS: f64 = 1e6;
 
+/// Every test here measures with the delivery hooks on (opt-in).
+const DELIVERY: &[&str] = &["--delivery"];
+
 /// Head and body in two writes without TCP_NODELAY, 5 ms of work: each
 /// response waits for the client's delayed ACK before Nagle sends the body.
 /// The server's app time stays ~5 ms; delivered matches the client.
@@ -19,7 +22,7 @@ fn nagle_and_delayed_ack_land_in_drain_and_are_diagnosed() {
     let server = Target::start("two-write-server", &["--work-ms", "5"]);
     let url = format!("http://{}/", server.addr());
     let mut load = None;
-    let (bmf, summary) = measure_during(server.pid, "nagle", || {
+    let (bmf, summary) = measure_during_with(server.pid, "nagle", DELIVERY, || {
         load = Some(http_load(&url, &["--requests", "200", "--connections", "2"]));
     });
     let load = load.unwrap();
@@ -62,7 +65,7 @@ fn with_nodelay_delivered_is_app_time_and_nothing_is_diagnosed() {
     let url = format!("http://{}/", server.addr());
     let decoy_url = format!("http://{}/", decoy.addr());
     let mut load = None;
-    let (bmf, summary) = measure_during(server.pid, "nodelay", || {
+    let (bmf, summary) = measure_during_with(server.pid, "nodelay", DELIVERY, || {
         let other = std::thread::spawn(move || {
             http_load(&decoy_url, &["--requests", "60", "--connections", "2"])
         });
@@ -129,7 +132,7 @@ fn single_threaded_server_queue_matches_its_own_log_and_is_diagnosed() {
     let addr = server.addr();
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 40;
-    let (bmf, summary) = measure_during(server.pid, "queue", || {
+    let (bmf, summary) = measure_during_with(server.pid, "queue", DELIVERY, || {
         let clients: Vec<_> = (0..CLIENTS)
             .map(|_| {
                 let addr = addr.clone();
@@ -178,7 +181,7 @@ fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
     let addr = server.addr();
     const RESPONSES: usize = 20;
     let mut last_read = Vec::new();
-    let (bmf, summary) = measure_during(server.pid, "slow-reader", || {
+    let (bmf, summary) = measure_during_with(server.pid, "slow-reader", DELIVERY, || {
         let mut s = std::net::TcpStream::connect(&addr).expect("connect");
         let rcvbuf: libc::c_int = 32 * 1024;
         // SAFETY: a valid socket and an int option of the right size.
@@ -276,7 +279,8 @@ fn accept_wait_matches_the_servers_own_log() {
     let addr = server.addr();
     const BURST: usize = 8;
     let overflows_before = listen_overflows();
-    let (bmf, summary) = measure_during(server.pid, "accept", || connect_burst(&addr, BURST));
+    let (bmf, summary) =
+        measure_during_with(server.pid, "accept", DELIVERY, || connect_burst(&addr, BURST));
     assert_eq!(listen_overflows(), overflows_before, "the burst overflowed: no test");
     let mut logged: Vec<f64> = (0..BURST)
         .map(|_| server.expect_line("accept_wait_ns=")["accept_wait_ns=".len()..].parse().unwrap())
@@ -308,7 +312,8 @@ fn listen_overflows_are_counted_when_a_burst_exceeds_the_backlog() {
     let addr = server.addr();
     const BURST: usize = 24;
     let overflows_before = listen_overflows();
-    let (bmf, summary) = measure_during(server.pid, "overflow", || connect_burst(&addr, BURST));
+    let (bmf, summary) =
+        measure_during_with(server.pid, "overflow", DELIVERY, || connect_burst(&addr, BURST));
     let overflows = listen_overflows() - overflows_before;
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), BURST as f64);
     assert!(overflows > 0, "a burst of {BURST} over a backlog of 8 overflowed nothing");

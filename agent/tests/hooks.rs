@@ -1,14 +1,19 @@
 //! Privileged tests of which kernel hooks the agent keeps attached: none
-//! that runs for every system call of the machine in the default mode, and
-//! the read-side syscall hooks of `--health-path`/`--ready-path` only until
-//! the milestones they serve are reached. Ground truth: the kernel's own
-//! list of the programs the agent holds (`common::bpf::program_names_held_by`).
+//! that runs for every system call of the machine in the default mode, the
+//! read-side syscall hooks of `--health-path`/`--ready-path` only until
+//! the milestones they serve are reached, and the delivery hooks only with
+//! `--delivery`. Ground truth: the kernel's own list of the programs the
+//! agent holds (`common::bpf::program_names_held_by`) and their size after
+//! the verifier.
 
 mod common;
 
 use std::{collections::BTreeSet, io::Write as _, net::TcpStream, time::Duration};
 
-use common::{bpf::program_names_held_by, *};
+use common::{
+    bpf::{program_names_held_by, programs_held_by},
+    *,
+};
 
 fn syscall_hooks(names: &BTreeSet<String>) -> Vec<&String> {
     names.iter().filter(|n| n.starts_with("sys_enter") || n.starts_with("sys_exit")).collect()
@@ -91,4 +96,80 @@ fn read_hooks_are_detached_once_startup_completed() {
     let ready = bmf_value(&bmf, "startup/to_ready", "latency");
     assert!(healthy > 0.0 && ready >= healthy, "healthy {healthy} ns, ready {ready} ns");
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), 3.0);
+}
+
+/// The delivery hooks' kernel names (first 15 bytes).
+const DELIVERY_HOOKS: [&str; 3] = ["sk_data_ready", "tcp_probe", "tcp_retransmit_"];
+
+/// Attaches to `pid` with `extra` arguments, runs 100 keep-alive requests
+/// to `url`; returns the BMF, the summary, the delivery hooks held and the
+/// verified size (bytes) of the two socket programs that call the delivery
+/// bookkeeping.
+fn attach_with(
+    pid: u32,
+    url: &str,
+    extra: &[&str],
+) -> (serde_json::Value, String, Vec<String>, [u32; 2]) {
+    let out = out_path(&format!("hooks-delivery{}", extra.len()));
+    let pid = pid.to_string();
+    let mut args = vec!["attach", "--pid", &pid, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let agent = Agent::spawn(&args);
+    agent.wait_attached();
+    let programs = programs_held_by(agent.pid);
+    let load = http_load(url, &["--requests", "100", "--connections", "2"]);
+    assert_eq!(load.requests, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(libc::SIGINT);
+    let r = agent.wait(Duration::from_secs(30));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let hooks = programs
+        .iter()
+        .filter(|p| DELIVERY_HOOKS.contains(&p.name.as_str()))
+        .map(|p| p.name.clone())
+        .collect();
+    let size = |name: &str| programs.iter().find(|p| p.name == name).map_or(0, |p| p.xlated_len);
+    let sizes = [size("sock_recv_lengt"), size("tcp_sendmsg_loc")];
+    (read_bmf(&out), r.stdout, hooks, sizes)
+}
+
+/// Without `--delivery` the three delivery hooks are not loaded, the
+/// socket programs are smaller after the verifier (the bookkeeping pruned
+/// on the load-time constant) and no delivery number is reported; requests
+/// are still counted exactly. With it, all three are there and so are the
+/// numbers.
+#[test]
+fn delivery_hooks_and_bookkeeping_only_with_delivery() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("two-write-server", &["--work-ms", "1"]);
+    let url = format!("http://{}/", server.addr());
+    let (bmf, summary, hooks, off) = attach_with(server.pid, &url, &[]);
+    assert!(hooks.is_empty(), "delivery hooks without --delivery: {hooks:?}");
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 100.0);
+    let ids: Vec<&String> = bmf.as_object().unwrap().keys().collect();
+    let delivery_ids: Vec<&&String> = ids
+        .iter()
+        .filter(|id| {
+            ["latency/queue_", "latency/drain_", "latency/delivered_", "latency/accept_wait_"]
+                .iter()
+                .any(|p| id.starts_with(p))
+                || id.starts_with("tcp/retransmits")
+                || id.as_str() == "agent/dropped_deliveries"
+        })
+        .collect();
+    assert!(delivery_ids.is_empty(), "delivery rows without --delivery: {delivery_ids:?}");
+    assert!(summary.contains("run with --delivery"), "{summary}");
+
+    let (bmf, summary, mut hooks, on) = attach_with(server.pid, &url, &["--delivery"]);
+    hooks.sort_unstable();
+    assert_eq!(hooks, ["sk_data_ready", "tcp_probe", "tcp_retransmit_"]);
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 100.0);
+    let delivered = bmf_value(&bmf, "latency/delivered_p50", "latency");
+    let app = bmf_value(&bmf, "latency/p50", "latency");
+    assert!(delivered >= app, "delivered p50 {delivered} ns < app p50 {app} ns");
+    assert!(summary.contains("where the time goes (p50"), "{summary}");
+    eprintln!("verified bytes (sock_recv_length, tcp_sendmsg_locked): off {off:?}, on {on:?}");
+    for (i, name) in ["sock_recv_length", "tcp_sendmsg_locked"].iter().enumerate() {
+        assert!(off[i] > 0 && off[i] < on[i], "{name}: {} bytes off vs {} on", off[i], on[i]);
+    }
 }

@@ -59,7 +59,7 @@ fn prometheus_sees_exact_counts_the_agents_p99_bucket_and_vmrss() {
     let Some(prom_bin) = binary() else { return };
     let server = Target::start("demo-server", &["--delay-ms", "2"]);
     let port = server.addr().rsplit(':').next().unwrap().to_string();
-    let (agent, addr) = serve(&["--port", &port]);
+    let (agent, addr) = serve(&["--port", &port, "--delivery"]);
     let prom = Prometheus::start(&prom_bin, &addr);
     let pid = server.pid;
     let requests = format!("http_server_requests_total{{pid=\"{pid}\"}}");

@@ -32,9 +32,21 @@ use super::{
     ring::{emit_event, saturate},
 };
 use crate::{
-    access::{load_field, put, read_field},
+    access::{load_field, put, read_const, read_field},
     config::offset,
 };
+
+/// 1 with `--delivery`, set by user space before load; see
+/// `agent_common::globals::DELIVERY`.
+#[unsafe(no_mangle)]
+static DELIVERY: u32 = 0;
+
+/// True with `--delivery` (a constant to the verifier, which prunes the
+/// bookkeeping below from the socket programs when it is off).
+#[inline(always)]
+fn enabled() -> bool {
+    *read_const(&DELIVERY) != 0
+}
 
 /// `a` is at or after `b` in sequence space (RFC 1982, as the kernel's `after`).
 #[inline(always)]
@@ -132,10 +144,15 @@ fn note_ack(c: &mut ConnState, tp: *const u8, ack: u32, t: u64) {
     }
 }
 
-/// The target's FIN was acknowledged (FIN_WAIT1→FIN_WAIT2): the pending
-/// response, written before it, is delivered.
+/// The target's FIN was acknowledged on `sk` (FIN_WAIT1→FIN_WAIT2): the
+/// pending response, written before it, is delivered. Takes the socket,
+/// not its state: without `--delivery` not even the lookup is made.
 #[inline(always)]
-pub(super) fn fin_acked(c: &mut ConnState) {
+pub(super) fn fin_acked(sk: Sock) {
+    if !enabled() {
+        return;
+    }
+    let Some(c) = conn::conn(sk) else { return };
     if c.direction == direction::INBOUND && c.pend_end_ns != 0 {
         emit_pending(c, now());
     }
@@ -193,6 +210,9 @@ pub fn tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
 /// target sends the rest, whose first chunk notes it again.
 #[inline(always)]
 pub(super) fn response_chunk(c: &mut ConnState, sk: Sock, msg: *const u8) {
+    if !enabled() {
+        return;
+    }
     // A BTF-typed `tcp_sock *` for a plain load (NULL: not TCP).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
     if tp.is_null() {
@@ -210,6 +230,9 @@ pub(super) fn response_chunk(c: &mut ConnState, sk: Sock, msg: *const u8) {
 /// `arrived_ns` when `sk_data_ready` saw them.
 #[inline(always)]
 pub(super) fn request_started(c: &mut ConnState) {
+    if !enabled() {
+        return;
+    }
     c.queue_start_ns = c.arrived_ns;
     put(&mut c.arrived_ns, 0);
     c.delivery_flags = if c.queue_start_ns != 0 { conn_flags::QUEUE_KNOWN } else { 0 };
@@ -232,6 +255,9 @@ pub(super) fn request_started(c: &mut ConnState) {
 /// start of its accept wait.
 #[inline(always)]
 pub(super) fn connection_established(c: &mut ConnState) {
+    if !enabled() {
+        return;
+    }
     c.established_ns = now();
 }
 
@@ -240,6 +266,9 @@ pub(super) fn connection_established(c: &mut ConnState) {
 /// acknowledged everything, else when `tcp_probe` sees that ACK.
 #[inline(always)]
 pub(super) fn request_finished(c: &mut ConnState) {
+    if !enabled() {
+        return;
+    }
     let queue =
         if c.delivery_flags & conn_flags::QUEUE_KNOWN != 0 { c.queue_start_ns } else { c.start_ns };
     if c.acked_ns != 0 && c.acked_ns >= c.last_response_ns {

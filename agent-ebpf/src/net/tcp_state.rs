@@ -99,11 +99,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // Our FIN was acknowledged, so was every byte before it: a
         // response still draining is delivered (`tcp_probe` does not see
         // segments after FIN_WAIT1).
-        TCP_FIN_WAIT2 => {
-            if let Some(c) = conn::conn(sk) {
-                delivery::fin_acked(c);
-            }
-        }
+        TCP_FIN_WAIT2 => delivery::fin_acked(sk),
         _ => {}
     }
     0

@@ -234,6 +234,7 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
         client_total: load.client.as_ref().map(|c| (c.http_reqs, c.malformed)),
         k6_status: load.k6_status.as_ref().map(outcome::describe_k6_exit),
         notes,
+        delivery: opts.delivery,
     };
     Ok((report, outcome))
 }
@@ -320,6 +321,7 @@ mod tests {
             idle: Duration::from_secs(2),
             load,
             profile: None,
+            delivery: false,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct MeasureOptions {
     pub load: LoadOptions,
     /// `--profile-dir`: CPU profiles per phase.
     pub profile: Option<crate::profile::ProfileOptions>,
+    /// `--delivery`: queue, drain, delivered, accept wait and retransmits
+    /// per request (issue 14), at a cost per request (`docs/performance.md`).
+    pub delivery: bool,
 }
 
 /// A checked k6 set-up, made before anything is attached.
@@ -76,7 +79,13 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
     let tracefs_root = common_preflight(opts)?;
     let pidfd = session::open_pidfd(pid, stat.starttime_ticks)?;
     let spec = TargetSpec::Running { pid };
-    let probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config()) {
+    let probes = match Probes::attach(
+        &spec,
+        &opts.paths,
+        &tracefs_root,
+        opts.profile_config(),
+        opts.delivery,
+    ) {
         Ok(p) => p,
         // Seeding reads /proc/PID: a target that exits meanwhile makes that
         // fail with a bare ENOENT. Say what happened instead.
@@ -95,7 +104,8 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
     let k6 = k6_preflight(opts)?;
     let tracefs_root = common_preflight(opts)?;
     let spec = TargetSpec::ExecMatching { name: name.to_string() };
-    let mut probes = Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())?;
+    let mut probes =
+        Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config(), opts.delivery)?;
     eprintln!("perf-agent: waiting for the next exec of {name} (Ctrl-C to give up)");
     let Some(target) = wait_armed(&mut probes, None)? else {
         eprintln!("perf-agent: no exec of {name} seen; nothing measured");
@@ -127,8 +137,13 @@ pub fn run(argv: &[String], opts: &MeasureOptions, limits: &cgroup::Limits) -> a
         return Err(e.context("moving the command into its cgroup"));
     }
     let spec = TargetSpec::ExecOfPid { pid: child.pid };
-    let mut probes = match Probes::attach(&spec, &opts.paths, &tracefs_root, opts.profile_config())
-    {
+    let mut probes = match Probes::attach(
+        &spec,
+        &opts.paths,
+        &tracefs_root,
+        opts.profile_config(),
+        opts.delivery,
+    ) {
         Ok(p) => p,
         Err(e) => {
             child.stop(libc::SIGKILL, Duration::ZERO);

@@ -73,6 +73,9 @@ pub(crate) struct ObjectSettings {
     /// Node mode: the target set's capacity (`TARGET_SET = 1`, `TARGETS`
     /// sized to it); `None` for the one-target modes.
     pub target_set: Option<u32>,
+    /// `--delivery`: the socket programs do the delivery bookkeeping
+    /// (`DELIVERY = 1`); the caller attaches [`delivery`]'s hooks.
+    pub delivery: bool,
 }
 
 /// Loads the object with `settings`, its event ring sized by `ring_shape`.
@@ -100,6 +103,7 @@ pub(crate) fn load_object(
         .override_global(globals::EXEC_MATCH, &settings.exec_match, true)
         .override_global(globals::PATH_MATCH, &settings.path_match, true)
         .override_global(globals::EVENT_RING_SHIFT, &ring_shape.1, true)
+        .override_global(globals::DELIVERY, &u32::from(settings.delivery), true)
         .load(EBPF_OBJECT)
         .context(
             "loading the eBPF object failed (needs root, or CAP_BPF and CAP_PERFMON; \
@@ -124,12 +128,14 @@ pub struct Probes {
 
 impl Probes {
     /// Loads, seeds and attaches every probe; the profiling programs too
-    /// when `profile` is given (`--profile-dir`).
+    /// when `profile` is given (`--profile-dir`), the delivery hooks with
+    /// `delivery` (`--delivery`).
     pub fn attach(
         spec: &TargetSpec,
         paths: &PathOptions,
         tracefs_root: &Path,
         profile: Option<profile::ProfileConfig>,
+        delivery: bool,
     ) -> anyhow::Result<Probes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -143,7 +149,8 @@ impl Probes {
         let path_match = path_match_for(paths)?;
 
         let ring_shape = net::event_ring_shape()?;
-        let object = ObjectSettings { offsets, exec_match, path_match, profile, target_set: None };
+        let object =
+            ObjectSettings { offsets, exec_match, path_match, profile, target_set: None, delivery };
         let (mut ebpf, kernel_btf) = load_object(&object, ring_shape)?;
         // Seed state before the programs run, then attach. A running target
         // is set now; an exec'd one is armed by the kernel at its exec.
@@ -163,7 +170,9 @@ impl Probes {
             paths,
             ring_shape,
         )?;
-        delivery::attach(&mut ebpf, &kernel_btf)?;
+        if delivery {
+            delivery::attach(&mut ebpf, &kernel_btf)?;
+        }
         let profile = profile
             .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
             .transpose()?;

@@ -35,10 +35,14 @@ pub fn add_percentile_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats
     }
 }
 
-/// Every delivery metric of a window, named `<id><suffix>`.
-pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: &DeliveryStats, w: &WindowStats) {
-    add_percentile_metrics(b, suffix, d);
-    b.add(format!("tcp/retransmits{suffix}"), Measure::Count, d.counts.retransmits as f64);
+/// Every delivery metric of a window, named `<id><suffix>`: those the
+/// delivery hooks measure when `d` is given (`--delivery`), and
+/// `tcp/listen_overflows` always (it comes from /proc, not from the hooks).
+pub fn add_metrics(b: &mut BmfReport, suffix: &str, d: Option<&DeliveryStats>, w: &WindowStats) {
+    if let Some(d) = d {
+        add_percentile_metrics(b, suffix, d);
+        b.add(format!("tcp/retransmits{suffix}"), Measure::Count, d.counts.retransmits as f64);
+    }
     b.add(format!("tcp/listen_overflows{suffix}"), Measure::Count, w.listen_overflows as f64);
 }
 
@@ -63,8 +67,12 @@ pub fn dropped(r: &RunReport) -> u64 {
     r.kernel.net.stats.deliveries_dropped + misses
 }
 
-/// Whole-run rows: `agent/dropped_deliveries` ([`dropped`]).
+/// Whole-run rows: `agent/dropped_deliveries` ([`dropped`]), with
+/// `--delivery`.
 pub fn add_run_metrics(b: &mut BmfReport, r: &RunReport) {
+    if !r.delivery {
+        return;
+    }
     b.add("agent/dropped_deliveries", Measure::Count, dropped(r) as f64);
 }
 
@@ -124,8 +132,32 @@ pub fn diagnose(q: &RequestStats) -> Vec<String> {
 }
 
 /// The summary's part: a row per phase (or the whole run when there are no
-/// phases), then the diagnosis of each.
+/// phases), then the diagnosis of each; without `--delivery`, one line
+/// saying how to get them (when there were requests). Listen overflows
+/// either way.
 pub fn summary(out: &mut String, r: &RunReport) {
+    if r.delivery {
+        time_table(out, r);
+    } else if r.requests.count > 0 {
+        let _ = writeln!(
+            out,
+            "where the time goes (queue, drain, delivered, accept wait, retransmits): run with \
+             --delivery"
+        );
+    }
+    if r.window.listen_overflows > 0 {
+        let _ = writeln!(
+            out,
+            "listen overflows: {} handshakes dropped on a full accept queue (TcpExt \
+             ListenOverflows of the target's network namespace, all its listeners): raise the \
+             listen backlog (and net.core.somaxconn) or accept faster",
+            r.window.listen_overflows
+        );
+    }
+}
+
+/// The "where the time goes" table and its diagnoses (`--delivery`).
+fn time_table(out: &mut String, r: &RunReport) {
     let mut rows: Vec<(&str, &RequestStats, Option<f64>)> = r
         .phases
         .iter()
@@ -175,15 +207,6 @@ pub fn summary(out: &mut String, r: &RunReport) {
             out,
             "({lost} delivery events lost to a busy event ring or to skipped hook runs: their \
              requests are counted, some of their queue and drain times are not)"
-        );
-    }
-    if r.window.listen_overflows > 0 {
-        let _ = writeln!(
-            out,
-            "listen overflows: {} handshakes dropped on a full accept queue (TcpExt \
-             ListenOverflows of the target's network namespace, all its listeners): raise the \
-             listen backlog (and net.core.somaxconn) or accept faster",
-            r.window.listen_overflows
         );
     }
 }
@@ -275,10 +298,50 @@ mod tests {
         assert_eq!(b.get("agent/dropped_events", Measure::Count), Some(2.0));
     }
 
+    /// Without `--delivery` nothing the hooks measure is reported, not even
+    /// as zeros; listen overflows (from /proc) still are.
+    #[test]
+    fn without_delivery_no_delivery_numbers_are_reported() {
+        use crate::outcome::EndReason;
+        let mut r = super::super::test_report(EndReason::DurationElapsed);
+        r.requests = window(1, 2, 0, 0);
+        r.window.listen_overflows = 3;
+        r.delivery = false;
+        let b = crate::report::metrics::document(&r);
+        let json = b.to_json();
+        for id in [
+            "\"latency/queue_",
+            "\"latency/drain_",
+            "\"latency/delivered_",
+            "\"latency/accept_wait",
+            "\"tcp/retransmits",
+            "\"agent/dropped_deliveries",
+        ] {
+            assert!(!json.contains(id), "{id} without --delivery: {json}");
+        }
+        assert!(json.contains("\"latency/p50\""), "the report has its other rows: {json}");
+        assert_eq!(b.get("tcp/listen_overflows", Measure::Count), Some(3.0));
+        let mut text = String::new();
+        summary(&mut text, &r);
+        assert!(text.contains("run with --delivery") && !text.contains("diagnosis"), "{text}");
+        assert!(text.contains("listen overflows: 3"), "{text}");
+        // The same run with --delivery has them.
+        r.delivery = true;
+        let b = crate::report::metrics::document(&r);
+        assert!(b.get("latency/queue_p50", Measure::Latency).is_some());
+        assert_eq!(b.get("tcp/retransmits", Measure::Count), Some(0.0));
+        let mut text = String::new();
+        summary(&mut text, &r);
+        assert!(
+            text.contains("where the time goes (p50") && !text.contains("--delivery"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn metrics_are_named_and_empty_sets_left_out() {
         let mut b = BmfReport::default();
-        add_metrics(&mut b, "@load", &window(1, 2, 0, 0).delivery, &WindowStats::default());
+        add_metrics(&mut b, "@load", Some(&window(1, 2, 0, 0).delivery), &WindowStats::default());
         let delivered = b.get("latency/delivered_p50@load", Measure::Latency).unwrap();
         assert!((delivered - 8e6).abs() <= 8e6 / 2048.0, "{delivered}");
         assert_eq!(b.get("tcp/retransmits@load", Measure::Count), Some(0.0));

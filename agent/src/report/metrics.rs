@@ -33,8 +33,15 @@ fn add_percentiles(b: &mut BmfReport, prefix: &str, suffix: &str, p: &Percentile
 }
 
 /// Request metrics of one window, named `<id><suffix>`. Percentiles of an
-/// empty set are left out (not written as 0).
-pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w: &WindowStats) {
+/// empty set are left out (not written as 0), and so are the delivery
+/// numbers unless `delivery` (`--delivery`) measured them.
+pub fn add_request_metrics(
+    b: &mut BmfReport,
+    suffix: &str,
+    r: &RequestStats,
+    w: &WindowStats,
+    delivery: bool,
+) {
     let id = |name: &str| format!("{name}{suffix}");
     b.add(id("requests/count"), Measure::Count, r.count as f64);
     b.add(id("requests/proxied"), Measure::Count, r.with_upstream as f64);
@@ -49,7 +56,7 @@ pub fn add_request_metrics(b: &mut BmfReport, suffix: &str, r: &RequestStats, w:
     b.add(id("upstream/resets"), Measure::Count, w.upstream_resets as f64);
     add_percentiles(b, "upstream/latency_", suffix, &r.upstream);
     add_percentiles(b, "overhead/latency_", suffix, &r.overhead);
-    super::delivery::add_metrics(b, suffix, &r.delivery, w);
+    super::delivery::add_metrics(b, suffix, delivery.then_some(&r.delivery), w);
 }
 
 /// k6's own numbers for a window, beside the agent's.
@@ -61,10 +68,10 @@ fn add_client_metrics(b: &mut BmfReport, suffix: &str, c: &ClientStats) {
 
 /// Each phase under `<metric>@<phase>`; an idle phase that ran to its end
 /// also gives `memory/idle_rss` and `cpu/idle_percent`.
-fn add_phase_metrics(b: &mut BmfReport, p: &PhaseReport) {
+fn add_phase_metrics(b: &mut BmfReport, p: &PhaseReport, delivery: bool) {
     let suffix = format!("@{}", p.phase.name);
     add_system_metrics(b, &suffix, &p.system);
-    add_request_metrics(b, &suffix, &p.requests, &p.system);
+    add_request_metrics(b, &suffix, &p.requests, &p.system, delivery);
     if let Some(c) = &p.client {
         add_client_metrics(b, &suffix, c);
     }
@@ -77,7 +84,7 @@ fn add_phase_metrics(b: &mut BmfReport, p: &PhaseReport) {
 /// Under load: the canonical names take the phase's numbers alone (a
 /// whole-run value must not stand in where the phase has none, no upstream
 /// calls in it, say), plus `throughput/rps_<N>vu` when its VUs are known.
-fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>) {
+fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>, delivery: bool) {
     let canonical_ids = ["latency/", "ttfb/", "upstream/latency_", "overhead/latency_"];
     b.remove_where(|id| !id.contains('@') && canonical_ids.iter().any(|c| id.starts_with(c)));
     let q = &p.requests;
@@ -85,7 +92,9 @@ fn add_canonical_metrics(b: &mut BmfReport, p: &PhaseReport, vus: Option<u64>) {
     add_percentiles(b, "ttfb/", "", &q.ttfb);
     add_percentiles(b, "upstream/latency_", "", &q.upstream);
     add_percentiles(b, "overhead/latency_", "", &q.overhead);
-    super::delivery::add_percentile_metrics(b, "", &q.delivery);
+    if delivery {
+        super::delivery::add_percentile_metrics(b, "", &q.delivery);
+    }
     b.add("throughput/rps", Measure::Throughput, q.rps);
     if let Some(vus) = vus {
         b.add(format!("throughput/rps_{vus}vu"), Measure::Throughput, q.rps);
@@ -112,16 +121,16 @@ fn add_program_costs(b: &mut BmfReport, programs: &[ProgramStats]) {
 pub fn document(r: &RunReport) -> BmfReport {
     let mut b = BmfReport::default();
     add_system_metrics(&mut b, "", &r.window);
-    add_request_metrics(&mut b, "", &r.requests, &r.window);
+    add_request_metrics(&mut b, "", &r.requests, &r.window, r.delivery);
     for p in &r.phases {
-        add_phase_metrics(&mut b, p);
+        add_phase_metrics(&mut b, p, r.delivery);
     }
     let canonical = r
         .canonical
         .as_ref()
         .and_then(|(name, vus)| r.phases.iter().find(|p| &p.phase.name == name).map(|p| (p, vus)));
     if let Some((p, vus)) = canonical {
-        add_canonical_metrics(&mut b, p, *vus);
+        add_canonical_metrics(&mut b, p, *vus, r.delivery);
     }
     if let Some((http_reqs, _)) = r.client_total {
         b.add("client/http_reqs", Measure::Count, http_reqs as f64);
@@ -230,6 +239,7 @@ mod tests {
             "@steady",
             &log.window(0, 1_000_000_000),
             &WindowStats::default(),
+            false,
         );
         assert_eq!(b.get("latency/p99@steady", Measure::Latency), Some(10.0));
         assert_eq!(b.get("errors/http_5xx@steady", Measure::Count), Some(1.0));

@@ -55,6 +55,9 @@ pub struct RunReport<'a> {
     /// What the numbers are to be read with (k6 disagreeing with its plan,
     /// phase edges known late), each printed on stderr as `perf-agent: …`.
     pub notes: Vec<String>,
+    /// `--delivery` was on: the queue/drain/delivered/accept-wait numbers
+    /// and `tcp/retransmits` were measured (off: not reported at all).
+    pub delivery: bool,
 }
 
 /// Every event lost between the kernel and the numbers: runs the kernel
@@ -111,6 +114,7 @@ fn test_report(end: EndReason) -> RunReport<'static> {
         client_total: None,
         k6_status: None,
         notes: vec![],
+        delivery: true,
     }
 }
 

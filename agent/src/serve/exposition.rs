@@ -147,6 +147,10 @@ pub fn render(reg: &Registry, agent: &AgentCounters, format: Format) -> String {
 /// Which histogram of a target a family shows.
 type HistogramOf = fn(&Target) -> &Histogram;
 
+/// The last families of [`requests`]' histograms, queue, drain and
+/// delivered, are measured only with `--delivery`.
+const DELIVERY_FAMILIES: usize = 3;
+
 fn requests(w: &mut Writer, reg: &Registry, targets: &[(&Target, String)]) {
     w.family(
         "http_server_requests_total",
@@ -199,7 +203,10 @@ fn requests(w: &mut Writer, reg: &Registry, targets: &[(&Target, String)]) {
             |t| &t.delivered,
         ),
     ];
-    for (name, help, of) in histograms {
+    // The delivery families only with --delivery: without its hooks they
+    // would be empty histograms that look like "nothing waited".
+    let shown = if reg.delivery { histograms.len() } else { histograms.len() - DELIVERY_FAMILIES };
+    for (name, help, of) in histograms.into_iter().take(shown) {
         w.family(name, "histogram", help);
         for (t, labels) in targets {
             w.histogram(name, labels, &reg.buckets, of(t));
@@ -324,6 +331,26 @@ mod tests {
                 let name = line.split(['{', ' ']).next().unwrap();
                 assert!(declared.iter().any(|f| name.starts_with(f.as_str())), "{line}");
             }
+        }
+    }
+
+    #[test]
+    fn delivery_families_only_with_delivery() {
+        let families = [
+            "perf_agent_request_queue_seconds",
+            "perf_agent_response_drain_seconds",
+            "perf_agent_request_delivered_seconds",
+        ];
+        let off = render(&registry(), &AgentCounters::default(), Format::Text);
+        for f in families {
+            assert!(!off.contains(f), "{f} exported without --delivery");
+        }
+        assert!(off.contains("# TYPE perf_agent_proxy_overhead_seconds histogram\n"));
+        let mut on = registry();
+        on.delivery = true;
+        let on = render(&on, &AgentCounters::default(), Format::Text);
+        for f in families {
+            assert!(on.contains(&format!("# TYPE {f} histogram\n")), "{f} missing with --delivery");
         }
     }
 

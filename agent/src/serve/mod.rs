@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub max_targets: u32,
     /// Histogram bucket bounds, seconds.
     pub buckets: Vec<f64>,
+    /// `--delivery`: the delivery hooks attached, their histograms exported.
+    pub delivery: bool,
 }
 
 impl ServeOptions {
@@ -104,13 +106,16 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<u8> {
     let tracefs_root = tracefs::ensure_mounted()?;
     preflight::check_kernel(&tracefs_root)?;
     signals::install();
-    let mut probes = NodeProbes::attach(&selectors, opts.max_targets, &tracefs_root)?;
+    let mut probes =
+        NodeProbes::attach(&selectors, opts.max_targets, &tracefs_root, opts.delivery)?;
     // Loading parsed the kernel's BTF twice (~15 MiB, freed): give the
     // freed heap back, or a process that runs for days keeps it resident.
     // SAFETY: no preconditions; returns whether memory was released.
     unsafe { libc::malloc_trim(0) };
+    let mut registry = Registry::new(opts.buckets.clone());
+    registry.delivery = opts.delivery;
     let shared = Arc::new(Shared {
-        registry: Mutex::new(Registry::new(opts.buckets.clone())),
+        registry: Mutex::new(registry),
         agent: Mutex::new(AgentCounters::default()),
     });
     let addr = listener.local_addr()?;
@@ -234,6 +239,7 @@ mod tests {
             interval: Duration::from_secs(1),
             max_targets: 2,
             buckets: registry::DEFAULT_BUCKETS.to_vec(),
+            delivery: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The eBPF object in node mode: the same object as `attach`, loaded with
 //! `TARGET_SET = 1` and a `TARGETS` map of `--max-targets` entries; only the
-//! exec hook, the network family and the delivery hooks are attached. CPU, memory and faults
+//! exec hook, the network family and (`--delivery`) the delivery hooks are
+//! attached. CPU, memory and faults
 //! come from `/proc` at scrape time (what Prometheus's `process_*` metrics
 //! mean), so node mode puts nothing on the scheduler's hot path.
 
@@ -42,6 +43,7 @@ impl NodeProbes {
         selectors: &[Selector],
         max_targets: u32,
         tracefs_root: &Path,
+        delivery: bool,
     ) -> anyhow::Result<NodeProbes> {
         let btf = crate::btf::Btf::vmlinux()?;
         let mut offsets = TracepointOffsets::default();
@@ -56,6 +58,7 @@ impl NodeProbes {
             path_match: PathMatch::NONE,
             profile: None,
             target_set: Some(max_targets),
+            delivery,
         };
         let (mut ebpf, kernel_btf) = load_object(&object, ring_shape)?;
         let mut comms: HashMap<_, [u8; COMM_KEY], u32> =
@@ -84,7 +87,9 @@ impl NodeProbes {
         let net =
             NetProbe::attach(&mut ebpf, &kernel_btf, None, false, (false, false), ring_shape)?;
         // Filtered on socket storage, which every target's connections have.
-        delivery::attach(&mut ebpf, &kernel_btf)?;
+        if delivery {
+            delivery::attach(&mut ebpf, &kernel_btf)?;
+        }
         hook::attach(
             &mut ebpf,
             programs::SCHED_PROCESS_EXEC,

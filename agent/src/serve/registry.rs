@@ -87,12 +87,15 @@ pub struct Registry {
     /// Events whose owner is no target (a connection of a process no longer
     /// followed).
     pub unattributed: u64,
+    /// `--delivery`: the queue/drain/delivered histograms are measured
+    /// (off: their families are not exported, not exported empty).
+    pub delivery: bool,
 }
 
 impl Registry {
     pub fn new(buckets: Vec<f64>) -> Registry {
         let bounds_ns = buckets.iter().map(|s| (s * 1e9).round() as u64).collect();
-        Registry { buckets, bounds_ns, targets: BTreeMap::new(), unattributed: 0 }
+        Registry { buckets, bounds_ns, targets: BTreeMap::new(), unattributed: 0, delivery: false }
     }
 
     /// Starts following a process (nothing if it is followed already).

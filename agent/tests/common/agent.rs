@@ -162,9 +162,21 @@ impl Drop for Agent {
 /// SIGINT (no --duration: a complete run) and returns its BMF and summary
 /// (stdout). Fails if the agent did not exit cleanly or lost events.
 pub fn measure_during(pid: u32, test: &str, load: impl FnOnce()) -> (serde_json::Value, String) {
+    measure_during_with(pid, test, &[], load)
+}
+
+/// [`measure_during`] with more `attach` arguments (`--delivery`, ...).
+pub fn measure_during_with(
+    pid: u32,
+    test: &str,
+    extra: &[&str],
+    load: impl FnOnce(),
+) -> (serde_json::Value, String) {
     let out = out_path(test);
-    let agent =
-        Agent::spawn(&["attach", "--pid", &pid.to_string(), "--out", out.to_str().unwrap()]);
+    let pid = pid.to_string();
+    let mut args = vec!["attach", "--pid", &pid, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let agent = Agent::spawn(&args);
     agent.wait_attached();
     load();
     // Let the last responses' events (and ACKs) reach the event ring's

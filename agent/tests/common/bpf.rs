@@ -81,6 +81,8 @@ pub struct ProgramCounters {
     pub name: String,
     pub run_count: u64,
     pub run_time_ns: u64,
+    /// Bytes of the program as the verifier left it (dead code removed).
+    pub xlated_len: u32,
 }
 
 impl HeldProgram {
@@ -113,6 +115,7 @@ impl HeldProgram {
             name: String::from_utf8_lossy(&name).into_owned(),
             run_count: info.run_cnt,
             run_time_ns: info.run_time_ns,
+            xlated_len: info.xlated_prog_len,
         }
     }
 }
@@ -140,11 +143,16 @@ impl Drop for BpfStatsOn {
 /// The kernel's names (first 15 bytes) of the programs process `pid` holds,
 /// by program or link descriptor; programs gone meanwhile are left out.
 pub fn program_names_held_by(pid: u32) -> BTreeSet<String> {
+    programs_held_by(pid).into_iter().map(|p| p.name).collect()
+}
+
+/// What the kernel counted for each program process `pid` holds.
+pub fn programs_held_by(pid: u32) -> Vec<ProgramCounters> {
     bpf_objects(pid)
         .progs
         .into_iter()
         .filter_map(|id| fd_by_id(BPF_PROG_GET_FD_BY_ID, id).ok())
-        .map(|fd| HeldProgram(fd).counters().name)
+        .map(|fd| HeldProgram(fd).counters())
         .collect()
 }
 

@@ -22,7 +22,7 @@ use std::{
 
 // Each test binary uses its own subset.
 #[allow(unused_imports)]
-pub use agent::{Agent, AgentOutput, measure_during, run_agent};
+pub use agent::{Agent, AgentOutput, measure_during, measure_during_with, run_agent};
 #[allow(unused_imports)]
 pub use process::{Exit, KillOnDrop};
 

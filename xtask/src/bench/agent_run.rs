@@ -75,7 +75,17 @@ pub fn with_agent(
     pid: u32,
     load: &mut impl FnMut(&Env) -> Result<Load>,
 ) -> Result<(Load, AgentRun)> {
-    let agent = RunningAgent::start(env, pid, &[])?;
+    with_agent_args(env, pid, &[], load)
+}
+
+/// [`with_agent`] with more `attach` arguments (`--delivery`).
+pub fn with_agent_args(
+    env: &mut Env,
+    pid: u32,
+    extra: &[&str],
+    load: &mut impl FnMut(&Env) -> Result<Load>,
+) -> Result<(Load, AgentRun)> {
+    let agent = RunningAgent::start(env, pid, extra)?;
     let load = load(env)?;
     // Let the last responses' events reach the agent before it stops.
     thread::sleep(Duration::from_millis(200));

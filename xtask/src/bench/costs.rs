@@ -5,18 +5,16 @@ use super::agent_run::{AgentRun, FLOOR_PROGRAM};
 use super::load::Load;
 use super::results::{Goal, Results, max, min};
 
-/// Programs that run for (nearly) every event on the machine.
-const HOT_PROGRAMS: [&str; 5] =
+/// Programs that run for (nearly) every event on the machine (the last two
+/// only with `--delivery`: `delivery.rs`).
+pub const HOT_PROGRAMS: [&str; 5] =
     ["sched_switch", "sock_recv_length", "tcp_sendmsg_locked", "sk_data_ready", "tcp_probe"];
-/// The queue/drain hooks (issue 14): their run time per request is a row
-/// of its own.
-const DELIVERY_PROGRAMS: [&str; 3] = ["sk_data_ready", "tcp_probe", "tcp_retransmit_skb"];
 /// Average run time goals, the statistics' floor included.
-const GOAL_HOT_NS: f64 = 100.0;
-const GOAL_ANY_NS: f64 = 200.0;
+pub const GOAL_HOT_NS: f64 = 100.0;
+pub const GOAL_ANY_NS: f64 = 200.0;
 /// Runs a program needs in the cost scenarios before its average is held
 /// against a goal.
-const MIN_RUNS_FOR_GOAL: f64 = 100.0;
+pub const MIN_RUNS_FOR_GOAL: f64 = 100.0;
 
 /// The rows over all runs; `runs` is every with-agent run and its load.
 pub fn all_runs_rows(results: &mut Results, runs: &[(AgentRun, Load)]) {
@@ -78,29 +76,6 @@ fn program_costs(results: &mut Results, runs: &[(AgentRun, Load)]) {
         results.add(format!("overhead/prog_ns_net/{name}"), "latency", cost.ns - floor_ns).note =
             "prog_ns − prog_ns_floor".into();
     }
-    delivery_per_request(results, runs, floor_ns);
-}
-
-/// Run time of the delivery hooks per request the agent counted, over the
-/// runs that had the statistics on (every socket's runs, the client's too),
-/// floor included and net of it.
-fn delivery_per_request(results: &mut Results, runs: &[(AgentRun, Load)], floor_ns: f64) {
-    let (mut ns, mut net, mut requests) = (0.0, 0.0, 0.0);
-    for (run, _) in runs.iter().filter(|(r, _)| r.programs.contains_key(FLOOR_PROGRAM)) {
-        for (cost, count) in DELIVERY_PROGRAMS.iter().filter_map(|p| run.programs.get(*p)) {
-            ns += cost * count;
-            net += (cost - floor_ns) * count;
-        }
-        let counted = run.metric("requests/count", "count");
-        requests += if counted.is_finite() { counted } else { 0.0 };
-    }
-    if requests > 0.0 && ns > 0.0 {
-        results.add("overhead/delivery_ns_per_request", "latency", ns / requests).note = format!(
-            "sk_data_ready + tcp_probe + tcp_retransmit_skb run time ÷ requests ({:.0} ns net \
-             of the floor)",
-            net / requests
-        );
-    }
 }
 
 /// One program's cost over several runs.
@@ -160,21 +135,5 @@ mod tests {
         assert!(goal(&format!("overhead/prog_ns/{FLOOR_PROGRAM}")).is_none());
         let net = r.rows.iter().find(|row| row.benchmark == "overhead/prog_ns_net/rss_stat");
         assert_eq!(net.map(|row| row.value), Some(110.0));
-    }
-
-    #[test]
-    fn delivery_hooks_cost_per_request() {
-        let (mut run, load) = run_with(&[
-            ("sk_data_ready", 80.0, 200.0),
-            ("tcp_probe", 140.0, 200.0),
-            (FLOOR_PROGRAM, 50.0, 1000.0),
-        ]);
-        run.bmf = serde_json::json!({ "requests/count": { "count": { "value": 100.0 } } });
-        let mut r = Results::default();
-        delivery_per_request(&mut r, &[(run, load)], 50.0);
-        let row = r.rows.iter().find(|row| row.benchmark == "overhead/delivery_ns_per_request");
-        // (80 + 140) × 200 runs ÷ 100 requests; net: (30 + 90) × 2.
-        assert_eq!(row.map(|row| row.value), Some(440.0));
-        assert!(row.unwrap().note.contains("240 ns net"), "{}", row.unwrap().note);
     }
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use super::agent_run::{AgentRun, with_agent};
 use super::check_interrupted;
 use super::compare::saturation_rows;
+use super::delivery;
 use super::load::{CONNECTIONS, Load, LoadSpec, exec_burst, http_load};
 use super::results::{Goal, Results};
 use super::runs::{Env, Pair, each, interleaved};
@@ -118,6 +119,10 @@ pub fn run_scenario(
     agent_cost(env, rounds, results, followed, &url, pid)?;
     check_interrupted()?;
     connection_per_request(env, followed, &url, pid)?;
+    check_interrupted()?;
+    let saturation = LoadSpec::new(&url, saturated).on(pid);
+    let cost = LoadSpec::new(&url, COST_RATE * delivery::COST_SECS).at_rate(COST_RATE).on(pid);
+    delivery::run_step(env, rounds, results, saturation, cost)?;
     server.stop()?;
     Ok(())
 }

@@ -12,7 +12,9 @@
 //! - `demo-server`: throughput at saturation, latency at a fixed rate, the
 //!   agent's own CPU and memory following 10 k req/s, a connection-per-request
 //!   and exec burst run; per-program cost and accuracy from those runs
-//!   ([`demo_server`], [`costs`]);
+//!   ([`demo_server`], [`costs`]); then what `--delivery` adds: throughput
+//!   with it ÷ without, its hooks' cost per run and per request
+//!   ([`delivery`]);
 //! - `nginx`: throughput at saturation against nginx ([`nginx`]);
 //! - `node-tax`: how much unrelated processes slow down ([`node_tax`]);
 //! - `profile`: what `--profile-dir` adds ([`profile`]);
@@ -25,6 +27,7 @@
 mod agent_run;
 mod compare;
 mod costs;
+mod delivery;
 mod demo_server;
 mod load;
 mod micro;
@@ -49,7 +52,8 @@ use runs::Env;
 /// What `cargo xtask bench` runs, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Throughput, latency, the agent's cost and accuracy on demo-server (~2½ min).
+    /// Throughput, latency, the agent's cost and accuracy on demo-server, and
+    /// what --delivery adds (~3 min).
     DemoServer,
     /// Throughput at saturation on nginx, installed with apt-get if missing (~40 s).
     Nginx,
