@@ -44,7 +44,7 @@ static DELIVERY: u32 = 0;
 /// True with `--delivery` (a constant to the verifier, which prunes the
 /// bookkeeping below from the socket programs when it is off).
 #[inline(always)]
-fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     *read_const(&DELIVERY) != 0
 }
 

@@ -29,13 +29,15 @@ const TCP_LISTEN: i32 = 10;
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     // The states first, loads from the context: about half of a
     // connection's transitions (SYN_RECV, the client's ESTABLISHED,
-    // FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, CLOSING) need nothing, and leave
-    // before touching the socket or a map.
+    // TIME_WAIT, CLOSE_WAIT, CLOSING, and FIN_WAIT2 without --delivery)
+    // need nothing, and leave before touching the socket or a map.
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     let wanted = match new {
         TCP_LISTEN | TCP_SYN_SENT | TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE => true,
         TCP_ESTABLISHED => old == TCP_SYN_RECV,
+        // Our FIN acknowledged: ends a response still draining.
+        TCP_FIN_WAIT2 => delivery::enabled(),
         _ => false,
     };
     if !wanted {
