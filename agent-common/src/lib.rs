@@ -177,17 +177,11 @@ pub struct TracepointOffsets {
     /// group ids of `prev` and `next` in `sched_switch`.
     pub task_pid: u32,
     pub task_tgid: u32,
-    /// `mm_struct.rss_stat` (an array of `struct percpu_counter`, one per
-    /// `rss_member`), `sizeof(struct percpu_counter)`, its `count`, and
-    /// `task_struct.mm` (BTF): the `rss_stat` BTF tracepoint reads the
-    /// member's value itself, as the classic tracepoint's `size` field did
-    /// (`get_mm_counter`), and tells the current task's mm.
-    pub mm_rss_stat: u32,
-    pub percpu_counter_size: u32,
-    pub percpu_counter_count: u32,
-    pub task_mm: u32,
-    /// log2 of the page size: a counter counts pages.
-    pub page_shift: u32,
+    /// `kmem:rss_stat`
+    pub rss_stat_mm_id: u32,
+    pub rss_stat_curr: u32,
+    pub rss_stat_member: u32,
+    pub rss_stat_size: u32,
     /// `sock.__sk_common.skc_family` and `sock.sk_protocol` (BTF): read
     /// when a socket is first seen mid-life, to adopt TCP ones alone, and on
     /// every TCP state change (`inet_sock_set_state`).
@@ -274,10 +268,11 @@ pub mod rss_member {
 pub struct RssCounters {
     /// Bytes per member (see [`rss_member`]); seeded from /proc/PID/status.
     pub member_bytes: [i64; rss_member::COUNT],
-    /// The address of the target's `mm_struct`, learned from an event of
-    /// the current task's own mm in the target's thread group; 0 until then
-    /// and again after the target execs (a new mm).
-    pub mm: u64,
+    /// `mm_id` (a hash of the target's `mm_struct` pointer) learned from an
+    /// event with `curr == 1` in the target's thread group; it changes on exec.
+    pub mm_id: u32,
+    /// 1 once `mm_id` has been learned.
+    pub mm_id_known: u32,
 }
 
 /// Per-CPU RSS statistics (map `RSS_STATS`, one-slot `PERCPU_ARRAY`).
@@ -287,14 +282,13 @@ pub struct RssStats {
     /// Highest file + anon + shmem total this CPU computed after an update.
     /// The peak is the maximum over CPUs.
     pub peak_rss_bytes: u64,
-    /// `rss_stat` events applied from the target's own tasks (its mm is
-    /// the current task's).
+    /// `rss_stat` events applied from the target's own tasks (`curr == 1`).
     pub own_updates: u64,
-    /// Events applied from other contexts (reclaim, another process
-    /// touching the target's memory), matched on the mm's address.
+    /// Events applied from other contexts (`curr == 0`: reclaim, another
+    /// process touching the target's memory) matched on `mm_id` alone.
+    /// `mm_id` is a 32-bit hash, so these may, rarely, be another mm's.
     pub foreign_updates: u64,
-    /// Events of an mm not the current task's, seen before the target's mm
-    /// was known: dropped, counted.
+    /// `curr == 0` events seen before `mm_id` was known: dropped, counted.
     pub unattributed: u64,
 }
 
@@ -635,7 +629,7 @@ mod user {
 // No padding: sizes equal the sum of field sizes.
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 30 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 29 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);

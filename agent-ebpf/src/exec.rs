@@ -36,7 +36,6 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
         // with a new address space (counted for the profiler's unwinder).
         if target.tgid == config::current_tgid_tid().0 {
             target.execs += 1;
-            crate::memory::forget_target_mm();
         }
         return 0;
     }

@@ -167,16 +167,6 @@ impl Btf {
         None
     }
 
-    /// The size in bytes of the struct named `name`.
-    pub fn struct_size(&self, name: &str) -> anyhow::Result<u32> {
-        (1..=self.starts.len() as u32)
-            .filter_map(|id| self.type_by_id(id))
-            .find(|t| t.kind == KIND_STRUCT && self.name(t.name) == name)
-            // A struct's size is where other kinds keep the type they refer to.
-            .map(|t| t.refers_to)
-            .with_context(|| format!("struct {name} not in the kernel's BTF"))
-    }
-
     /// Byte offset of `path` (e.g. `["se", "sum_exec_runtime"]`) inside the
     /// struct named `root`.
     pub fn field_offset(&self, root: &str, path: &[&str]) -> anyhow::Result<u32> {

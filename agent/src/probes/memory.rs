@@ -1,4 +1,4 @@
-//! Memory probe: `rss_stat` (a BTF tracepoint) → RSS and peak (kernel side:
+//! Memory probe: `kmem:rss_stat` → RSS and peak (kernel side:
 //! `agent-ebpf/src/memory.rs`); minor and major page faults from the
 //! kernel's own per-process counters (`/proc/PID/stat`), read at each
 //! sample: no program, where perf software events with a BPF program ran on
@@ -22,25 +22,26 @@ use super::{
     hook::{self, Hook},
     take_map,
 };
-use crate::{btf::Btf, procfs};
+use crate::{btf::Btf, procfs, tracefs};
 
-/// Where `rss_stat` reads a member's value (`mm_struct.rss_stat[i].count`)
-/// and the current task's mm, and the page-fault counters the exec hook
-/// reads when it arms a target: all from BTF.
-pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
-    o.mm_rss_stat = btf.field_offset("mm_struct", &["rss_stat"])?;
-    o.percpu_counter_size = btf.struct_size("percpu_counter")?;
-    o.percpu_counter_count = btf.field_offset("percpu_counter", &["count"])?;
-    o.task_mm = btf.field_offset("task_struct", &["mm"])?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    anyhow::ensure!(page > 0 && (page as u64).is_power_of_two(), "page size {page}");
-    o.page_shift = (page as u64).trailing_zeros();
+/// The `rss_stat` record's fields (tracefs), and the page-fault counters
+/// the exec hook reads when it arms a target (BTF).
+pub fn offsets(
+    tracefs_root: &std::path::Path,
+    btf: &Btf,
+    o: &mut agent_common::TracepointOffsets,
+) -> anyhow::Result<()> {
     o.task_min_flt = btf.field_offset("task_struct", &["min_flt"])?;
     o.task_maj_flt = btf.field_offset("task_struct", &["maj_flt"])?;
     o.task_signal = btf.field_offset("task_struct", &["signal"])?;
     o.signal_min_flt = btf.field_offset("signal_struct", &["min_flt"])?;
     o.signal_maj_flt = btf.field_offset("signal_struct", &["maj_flt"])?;
+    let ev = "kmem:rss_stat";
+    let f = tracefs::read_format(tracefs_root, "kmem", "rss_stat")?;
+    o.rss_stat_mm_id = f.offset(ev, "mm_id", 4)?;
+    o.rss_stat_curr = f.offset(ev, "curr", 4)?;
+    o.rss_stat_member = f.offset(ev, "member", 4)?;
+    o.rss_stat_size = f.offset(ev, "size", 8)?;
     Ok(())
 }
 
@@ -76,12 +77,7 @@ fn fault_counts(pid: u32) -> Option<(u64, u64)> {
 impl MemoryProbe {
     /// `running`: a process already running, whose RSS is seeded from
     /// /proc. A target armed at exec starts from an empty mm instead.
-    /// `kernel_btf`: `rss_stat` is a BTF tracepoint.
-    pub fn attach(
-        ebpf: &mut Ebpf,
-        kernel_btf: &aya::Btf,
-        running: Option<u32>,
-    ) -> anyhow::Result<MemoryProbe> {
+    pub fn attach(ebpf: &mut Ebpf, running: Option<u32>) -> anyhow::Result<MemoryProbe> {
         let mut counters: Array<MapData, RssCounters> =
             take_map(ebpf, maps::RSS_COUNTERS)?.try_into()?;
         let mut stats: PerCpuArray<MapData, RssStats> =
@@ -111,7 +107,7 @@ impl MemoryProbe {
         hook::attach(
             ebpf,
             programs::RSS_STAT,
-            Hook::BtfTracePoint { name: "rss_stat", btf: kernel_btf },
+            Hook::TracePoint { category: "kmem", name: "rss_stat" },
         )?;
         Ok(MemoryProbe {
             counters,

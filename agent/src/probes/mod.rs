@@ -141,7 +141,7 @@ impl Probes {
         let mut offsets = TracepointOffsets::default();
         exec::offsets(tracefs_root, &mut offsets)?;
         cpu::offsets(&btf, &mut offsets)?;
-        memory::offsets(&btf, &mut offsets)?;
+        memory::offsets(tracefs_root, &btf, &mut offsets)?;
         net::offsets(tracefs_root, &btf, &mut offsets)?;
         delivery::offsets(&btf, &mut offsets)?;
         drop(btf); // ~5 MiB: gone before the maps and programs are created
@@ -160,7 +160,7 @@ impl Probes {
         };
         let exec = exec::ExecProbe::attach(&mut ebpf, running)?;
         let cpu = cpu::CpuProbe::new(running)?;
-        let memory = memory::MemoryProbe::attach(&mut ebpf, &kernel_btf, running)?;
+        let memory = memory::MemoryProbe::attach(&mut ebpf, running)?;
         let paths = (path_match.health_len > 0, path_match.ready_len > 0);
         let net = net::NetProbe::attach(
             &mut ebpf,
