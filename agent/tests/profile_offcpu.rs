@@ -9,7 +9,7 @@ mod profile_common;
 use std::path::Path;
 
 use common::{Agent, AgentOutput, bmf_value, fixture, out_path, privileged, read_bmf};
-use profile_common::{Folded, Pprof, check_svg, profile_dir};
+use profile_common::{Folded, check_every_pprof, check_svg, profile_dir};
 
 /// How long one profiled run may take to end.
 const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -40,6 +40,8 @@ fn run_offcpu_target(dir: &Path, out: &Path, extra: &[&str]) -> (AgentOutput, St
     args.extend_from_slice(extra);
     let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // run.cpu and run.offcpu, read back by protoc against the folded files.
+    assert_eq!(check_every_pprof(dir), 2);
     let acct = r.stdout.lines().find(|l| l.starts_with("offcpu ")).expect("fixture's accounting");
     let acct = acct.to_string();
     (r, acct)
@@ -77,8 +79,6 @@ fn off_cpu_time_per_function_matches_the_fixture() {
         &dir.join("run.offcpu.svg"),
         &["offcpu_target::sleep_ten_ms", "offcpu_target::wait_for_lock"],
     );
-    let pprof = Pprof::read(&dir.join("run.offcpu.pb.gz"));
-    assert_eq!(pprof.total(0), folded.total(), "pprof ns off CPU vs folded");
     // The on-CPU profile of the same run: the holder's and waiter's burn.
     let on = Folded::read(&dir.join("run.cpu.folded"));
     assert_eq!(on.total() as f64, bmf_value(&read_bmf(&out), "profile/samples", "count"));
@@ -172,4 +172,5 @@ fn runq_waits_add_up_to_proc_schedstat() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 < 1e9, "p50 {p50} p99 {p99}");
     assert!(!dir.join("run.offcpu.folded").exists(), "--no-off-cpu");
+    assert_eq!(check_every_pprof(&dir), 1, "run.cpu only");
 }
