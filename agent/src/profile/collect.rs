@@ -123,13 +123,7 @@ impl Collected {
                     Some(p) if p.start_ns == r.time_ns => p.stack,
                     _ => [Frame::Unsampled].into(),
                 };
-                self.off_cpu.sampled(
-                    r.tid,
-                    r.time_ns,
-                    &stack,
-                    r.duration_ns,
-                    r.thread_off_cpu_ns,
-                );
+                self.off_cpu.sampled(r.tid, r.time_ns, &stack, r.duration_ns, r.thread_off_cpu_ns);
             }
             _ => self.malformed += 1,
         }

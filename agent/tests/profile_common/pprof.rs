@@ -153,7 +153,10 @@ impl Pprof {
         assert_eq!(strings.first().map(String::as_str), Some(""), "string_table[0] must be \"\"");
         let s = |i: u64| strings.get(i as usize).unwrap_or_else(|| panic!("string {i}")).clone();
         Pprof {
-            sample_types: m.msgs("sample_type").map(|v| (s(v.int("type")), s(v.int("unit")))).collect(),
+            sample_types: m
+                .msgs("sample_type")
+                .map(|v| (s(v.int("type")), s(v.int("unit"))))
+                .collect(),
             samples: m.msgs("sample").map(|v| (v.ints("location_id"), v.ints("value"))).collect(),
             mappings: m
                 .msgs("mapping")
