@@ -11,8 +11,8 @@
 //!   sample, unwinding time per stack and the time to symbolize and write
 //!   the profiles (from the agent's summary);
 //! - on demo-server at saturation: throughput with profiling ÷ without
-//!   (goal: ≥ 0.99), and the server's CPU per request (its threads'
-//!   `schedstat`, ns) with ÷ without, in [`THROUGHPUT_ROUNDS_PER_ROUND`] ×
+//!   (goal: ≥ 0.99), and the server's CPU per request (its CPU-time
+//!   clock, ns, all threads) with ÷ without, in [`THROUGHPUT_ROUNDS_PER_ROUND`] ×
 //!   `--rounds` rounds: each round's ratio is of two runs next to each
 //!   other (their order alternating), and the median of those ratios is
 //!   given with its distribution-free 95 % confidence interval, so a
@@ -268,16 +268,18 @@ fn throughput(
             if profile { on = load } else { off = load }
         }
         let (off, on) = (off.expect("ran"), on.expect("ran"));
-        let (ratio, cpu_ratio) =
-            (on.rps() / off.rps(), on.target_sched_per_request() / off.target_sched_per_request());
+        let (ratio, cpu_ratio) = (
+            on.rps() / off.rps(),
+            on.target_clock_cpu_per_request() / off.target_clock_cpu_per_request(),
+        );
         println!(
             "  round {}: {:.0} → {:.0} req/s ({ratio:.3}), server CPU {:.2} → {:.2} µs/request \
              ({cpu_ratio:.3})",
             round + 1,
             off.rps(),
             on.rps(),
-            off.target_sched_per_request() / 1e3,
-            on.target_sched_per_request() / 1e3
+            off.target_clock_cpu_per_request() / 1e3,
+            on.target_clock_cpu_per_request() / 1e3
         );
         ratios.push(ratio);
         cpu_ratios.push(cpu_ratio);
