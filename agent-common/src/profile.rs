@@ -71,12 +71,15 @@ pub mod sched_kind {
 /// Small ring-buffer records of the `sched_switch` program, told apart
 /// from a [`ProfileSample`] by their size: sent only for blocks whose
 /// stack was sent (everything else is counted in maps). `duration_ns` is
-/// the block's time times its weight ([`OffCpuBudget`]).
+/// the block's time times its weight ([`OffCpuBudget`]);
+/// `thread_off_cpu_ns` the thread's exact time off CPU so far, every block
+/// (chosen or not) included, up to the end of this one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedRecord {
     pub time_ns: u64,
     pub duration_ns: u64,
+    pub thread_off_cpu_ns: u64,
     pub tid: u32,
     /// [`sched_kind`].
     pub kind: u32,
@@ -88,18 +91,22 @@ pub struct SchedRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSched {
-    /// When it blocked; 0: not blocked.
+    /// When it blocked (every block, chosen or not); 0: not blocked.
     pub blocked_ns: u64,
     /// The kernel's `sched_info.run_delay` of the thread at its last
     /// switch-out: the growth by the next one is the run-queue wait before
-    /// the slice that ends then.
+    /// the slice that ends at the second.
     pub run_delay_ns: u64,
-    /// 1 when its stack was sent at the block.
+    /// Its exact time off CPU so far, ns: every block, switch-out to
+    /// switch-in (sent with each [`SchedRecord`]).
+    pub off_cpu_ns: u64,
+    /// 1 when the stack of the current block was sent.
     pub sampled: u32,
     /// 1 once `run_delay_ns` holds a reading (a thread's first switch-out
     /// seen only records it).
     pub known: u32,
-    /// What the block's time is multiplied by (its sampling's `one_in`).
+    /// What the current block's time is multiplied by (its sampling's
+    /// `one_in`); 0: not chosen.
     pub weight: u32,
     pub _pad: u32,
 }
@@ -123,9 +130,9 @@ pub const RUNQ_BINS: usize = 16 + 37 * 16;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SchedCounts {
-    /// ns off CPU of chosen blocks whose stack was not sent, each times
-    /// its weight.
-    pub off_cpu_unsampled_ns: u64,
+    /// ns off CPU of the target's threads, exact: every block, switch-out
+    /// to switch-in, counted at its end.
+    pub off_cpu_ns: u64,
     /// Run-queue waits per [`runq_bin`].
     pub runq: [u64; RUNQ_BINS],
 }
@@ -175,8 +182,8 @@ pub fn runq_bin(v: u64) -> usize {
 /// that, so that about [`OFF_CPU_STACKS_PER_SEC`] are chosen (1 while
 /// blocks are fewer: every block is then sampled). A token
 /// bucket refilled at twice that rate caps the copies (a burst before
-/// `one_in` catches up): a chosen block it refuses still counts, under
-/// `[stack not sampled]`.
+/// `one_in` catches up): a chosen block it refuses sends nothing (its time
+/// is in its thread's exact total all the same).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuBudget {
@@ -255,8 +262,8 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
-const _: () = assert!(core::mem::size_of::<SchedRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadSched>() == 32);
+const _: () = assert!(core::mem::size_of::<SchedRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<ThreadSched>() == 40);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 32);
 const _: () = assert!(

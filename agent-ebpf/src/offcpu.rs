@@ -8,16 +8,17 @@
 //!
 //! Per target thread one [`ThreadSched`] in the thread's own task storage
 //! (the kernel keeps it with the `task_struct`: no hash to look up, freed
-//! with the thread, so a reused tid starts afresh). When a thread blocks
-//! (leaves a CPU not runnable) the block may be chosen, at random, 1 in
-//! `one_in` (about `OFF_CPU_STACKS_PER_SEC` per CPU, see
-//! [`OffCpuBudget`]): then its stack is sent (a
-//! [`ProfileSample`](agent_common::profile::ProfileSample) flagged
-//! `OFF_CPU`) and the time is kept; when it next runs, it gets a
-//! `SchedRecord` with how long it was off times `one_in`. A chosen block
-//! whose stack the token bucket refused adds that to a per-CPU counter
-//! instead. A block not chosen sends and keeps nothing (its switch-in still
-//! looks the thread's state up, and finds no block time).
+//! with the thread, so a reused tid starts afresh). Every block (the
+//! thread leaves a CPU not runnable) is timed, switch-out to switch-in:
+//! the thread's exact total off CPU grows by it, and so does a per-CPU
+//! total. The block may also be chosen, at random, 1 in `one_in` (about
+//! `OFF_CPU_STACKS_PER_SEC` per CPU, see [`OffCpuBudget`]): then its stack
+//! is sent (a [`ProfileSample`](agent_common::profile::ProfileSample)
+//! flagged `OFF_CPU`), and when the thread next runs a `SchedRecord` with
+//! how long it was off times `one_in`, and the thread's exact total. User
+//! space splits each thread's exact time among its stacks in proportion
+//! to those weighted times (`agent/src/profile/offcpu.rs`). A chosen block
+//! whose stack the token bucket refused is only counted.
 //!
 //! Run-queue waits need no wake-up hook: the kernel itself adds each wait
 //! to the thread's `sched_info.run_delay` when the thread is switched in
@@ -139,17 +140,17 @@ pub(crate) fn switched_out(
         return;
     }
     stats.off_cpu_blocks += 1;
+    t.blocked_ns = now;
+    t.sampled = 0;
+    t.weight = 0;
     let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return };
     // SAFETY: a per-CPU slot of this CPU.
     let b = unsafe { &mut *b };
     let weight = choose(b, now);
     if weight == 0 {
-        t.blocked_ns = 0;
         return;
     }
-    t.blocked_ns = now;
     t.weight = weight;
-    t.sampled = 0;
     if !take_budget(b, now) {
         stats.off_cpu_unsampled += 1;
     } else if profile::send_stack(ctx, tgid, tid, sample_flags::OFF_CPU, now) {
@@ -201,7 +202,9 @@ fn count_runq_wait(stats: &mut ProfileStats, wait: u64) {
     }
 }
 
-/// A target thread `next` (`tid`) runs again at `now`: the end of its block.
+/// A target thread `next` (`tid`) runs again at `now`: the end of its
+/// block, added to its exact total and this CPU's; its record if its stack
+/// was sent.
 #[inline(always)]
 pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
     if mode() & sched_mode::OFF_CPU == 0 {
@@ -211,11 +214,17 @@ pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
     if t.blocked_ns == 0 {
         return;
     }
-    let off = now.saturating_sub(t.blocked_ns) * u64::from(t.weight);
+    let off = now.saturating_sub(t.blocked_ns);
+    t.off_cpu_ns += off;
+    if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { (*c).off_cpu_ns += off };
+    }
     if t.sampled != 0 {
         let record = SchedRecord {
             time_ns: t.blocked_ns,
-            duration_ns: off,
+            duration_ns: off * u64::from(t.weight),
+            thread_off_cpu_ns: t.off_cpu_ns,
             tid,
             kind: sched_kind::OFF_CPU_END,
         };
@@ -224,9 +233,6 @@ pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
         {
             stats.ring_full += 1;
         }
-    } else if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot.
-        unsafe { (*c).off_cpu_unsampled_ns += off };
     }
     t.blocked_ns = 0;
 }

@@ -16,13 +16,14 @@ use std::{
 };
 
 use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
-use profile_common::{Folded, Pprof, check_svg, profile_dir};
+use profile_common::{Folded, Pprof, check_every_pprof, check_svg, profile_dir};
 
 /// How long one profiled run may take to end.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `perf-agent run --profile-dir DIR --profile-hz HZ --duration SECS
-/// -- CMD...`; returns the BMF and the agent's stdout.
+/// -- CMD...`; checks every pprof it wrote with the independent decoder;
+/// returns the BMF and the agent's stdout.
 fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::Value, String) {
     let out = out_path(&format!("profile-{}", dir.file_name().unwrap().to_string_lossy()));
     let mut args = vec![
@@ -40,6 +41,7 @@ fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::V
     args.extend_from_slice(cmd);
     let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
+    assert!(check_every_pprof(dir) >= 2, "no pprof files in {}", dir.display());
     (read_bmf(&out), r.stdout)
 }
 
@@ -354,6 +356,8 @@ fn phases_get_their_own_profiles() {
     let share = phase as f64 / run as f64;
     assert!((0.5..0.85).contains(&share), "phase {phase} of run {run}");
     check_svg(&dir.join("main%2Fsteady.cpu.svg"), &["leaf_a"]);
+    // run and main/steady, on-CPU and off-CPU.
+    assert_eq!(check_every_pprof(&dir), 4);
 }
 
 /// `perf-agent diff`: two runs of the fixture, the second spending twice as

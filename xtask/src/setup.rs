@@ -8,7 +8,9 @@
 //! - `k6`, the load generator of the demo and the request tests;
 //! - under CI, with apt-get: `bpftool`, `perf`, `prometheus` (the node-mode
 //!   tests scrape `perf-agent serve` with a real Prometheus) and `chromium`
-//!   (the HTML report tests render `--report` pages in it headless).
+//!   (the HTML report tests render `--report` pages in it headless);
+//! - as root, with apt-get: `protoc` (Debian's `protobuf-compiler`), with
+//!   which the profile tests decode their pprof files independently.
 //!
 //! Everything is checked first and installed only when missing, so running it
 //! before every task is cheap and silent. Tools found outside `PATH` (cargo's
@@ -56,6 +58,12 @@ pub fn setup(options: Options) -> Result<()> {
         // query a real Prometheus, the HTML report tests render the page in
         // Debian's chromium: under CI they must not skip that.
         apt_tools(&["bpftool", "perf", "prometheus", "chromium"])?;
+    }
+    // The profile tests read their pprof files back with Google's protobuf
+    // compiler (`protoc --decode`), an independent decoder; they run as
+    // root, which installing it needs too.
+    if is_root() {
+        apt_tools(&["protoc"])?;
     }
     cargo_fuzz()?;
     Ok(())
@@ -334,8 +342,14 @@ fn apt_tools(tools: &[&'static str]) -> Result<()> {
         );
     }
     // Debian's package for a tool, where the names differ.
-    let missing: Vec<&str> =
-        missing.iter().map(|&t| if t == "perf" { "linux-perf" } else { t }).collect();
+    let missing: Vec<&str> = missing
+        .iter()
+        .map(|&t| match t {
+            "perf" => "linux-perf",
+            "protoc" => "protobuf-compiler",
+            t => t,
+        })
+        .collect();
     println!("installing {} (apt-get install -y)", missing.join(", "));
     output(Command::new("apt-get").args(["update", "-qq"])).context("`apt-get update` failed")?;
     output(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing))

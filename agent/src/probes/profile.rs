@@ -116,18 +116,18 @@ pub fn read_counters(
     Ok(c)
 }
 
-/// [`SchedCounts`] summed over CPUs: ns off CPU not sampled, run-queue
-/// waits per bin.
+/// [`SchedCounts`] summed over CPUs: ns off CPU (every block of the
+/// target's threads, exact), run-queue waits per bin.
 pub fn read_sched_counts(
     map: &PerCpuArray<MapData, SchedCounts>,
 ) -> anyhow::Result<(u64, Vec<u64>)> {
     let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
-    let mut unsampled = 0;
+    let mut off_cpu = 0;
     for c in map.get(&0, 0)?.iter() {
-        unsampled += c.off_cpu_unsampled_ns;
+        off_cpu += c.off_cpu_ns;
         runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
     }
-    Ok((unsampled, runq))
+    Ok((off_cpu, runq))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::probes::profile::read_sched_counts;
 
 use super::{
     aggregate::StackCounts,
+    offcpu::OffCpuTimes,
     runq::RunqWaits,
     unwind::{self, Frame, StackWalker, UserRegsAndStack},
 };
@@ -59,11 +60,13 @@ impl Window {
     }
 }
 
-/// A block: (tid, CLOCK_MONOTONIC ns when it began).
-type BlockKey = (u32, u64);
-
-/// A block's tgid and stack, until its end arrives.
-type PendingBlock = (u32, Box<[Frame]>);
+/// A sampled block whose end has not arrived: CLOCK_MONOTONIC ns when it
+/// began, its thread's tgid and its stack.
+struct PendingBlock {
+    start_ns: u64,
+    tgid: u32,
+    stack: Box<[Frame]>,
+}
 
 /// What the draining thread gathered.
 #[derive(Default)]
@@ -73,10 +76,13 @@ pub struct Collected {
     pub on_cpu: StackCounts,
     pub samples: u64,
     pub truncated: u64,
-    /// ns blocked per stack (at the time the block began).
-    pub off_cpu: StackCounts,
-    /// Blocks whose end has not been seen yet.
-    pending: HashMap<BlockKey, PendingBlock>,
+    /// ns blocked per thread and stack (at the time the block began).
+    pub off_cpu: OffCpuTimes,
+    /// Per tid, its sampled block whose end has not been seen yet (a
+    /// thread blocks once at a time: a newer one replaces a block whose
+    /// end was lost to a full ring, whose time the next end's thread total
+    /// still carries).
+    pending: HashMap<u32, PendingBlock>,
     pub runq: RunqWaits,
     /// cpu-clock samples taken inside it (the sampling rate's numerator).
     pub samples_in_window: u64,
@@ -113,9 +119,11 @@ impl Collected {
     fn sched(&mut self, r: SchedRecord) {
         match r.kind {
             sched_kind::OFF_CPU_END => {
-                let stack = self.pending.remove(&(r.tid, r.time_ns)).map(|p| p.1);
-                let stack = stack.as_deref().unwrap_or(&[Frame::Unsampled]);
-                self.off_cpu.add_weighted(r.time_ns, stack, r.duration_ns);
+                let stack = match self.pending.remove(&r.tid) {
+                    Some(p) if p.start_ns == r.time_ns => p.stack,
+                    _ => [Frame::Unsampled].into(),
+                };
+                self.off_cpu.sampled(r.tid, r.time_ns, &stack, r.duration_ns, r.thread_off_cpu_ns);
             }
             _ => self.malformed += 1,
         }
@@ -142,7 +150,9 @@ impl Collected {
         let kernel = (s.kernel_bytes.max(0) as usize / 8).min(KERNEL_FRAMES);
         unwind::kernel_frames(&s.kernel_stack[..kernel], frames);
         if s.flags & sample_flags::OFF_CPU != 0 {
-            self.pending.insert((s.tid, s.time_ns), (s.tgid, frames.as_slice().into()));
+            let block =
+                PendingBlock { start_ns: s.time_ns, tgid: s.tgid, stack: frames.as_slice().into() };
+            self.pending.insert(s.tid, block);
         } else {
             if frames.first() == Some(&Frame::Truncated) {
                 self.truncated += 1;
@@ -157,9 +167,9 @@ impl Collected {
     /// still lives: a thread that exited blocked on its way out (and its
     /// process may be gone) does not.
     pub fn close(&mut self, end_ns: u64) {
-        for ((tid, start), (tgid, stack)) in std::mem::take(&mut self.pending) {
-            if std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() {
-                self.off_cpu.add_weighted(start, &stack, end_ns.saturating_sub(start));
+        for (tid, b) in std::mem::take(&mut self.pending) {
+            if std::path::Path::new(&format!("/proc/{}/task/{tid}", b.tgid)).exists() {
+                self.off_cpu.ongoing(b.start_ns, &b.stack, end_ns.saturating_sub(b.start_ns));
             }
         }
     }
@@ -183,16 +193,16 @@ pub fn drain_until_stopped(
         }
         if tick % COUNTS_EVERY == 0 || stopping {
             // Deltas since the last read, placed at this time.
-            if let Ok((unsampled, runq)) = read_sched_counts(&counts) {
+            if let Ok((off_cpu, runq)) = read_sched_counts(&counts) {
                 let now = crate::clock::monotonic_ns();
-                let d = unsampled.saturating_sub(last.0);
+                let d = off_cpu.saturating_sub(last.0);
                 if d > 0 {
-                    c.off_cpu.add_weighted(now, &[Frame::Unsampled], d);
+                    c.off_cpu.all_blocks(now, d);
                 }
                 let bins: Vec<u64> =
                     runq.iter().zip(&last.1).map(|(a, b)| a.saturating_sub(*b)).collect();
                 c.runq.add_bins(now, &bins);
-                last = (unsampled, runq);
+                last = (off_cpu, runq);
             }
         }
         if stopping {

@@ -18,6 +18,7 @@ pub mod collect;
 pub mod diff;
 pub mod elf;
 pub mod maps;
+pub mod offcpu;
 pub mod output;
 pub mod pprof;
 pub mod runq;
@@ -263,7 +264,9 @@ impl Profile {
                 ..Default::default()
             };
             if opts.off_cpu {
-                let stacks = stacks_in(&c.off_cpu, range);
+                let estimate = c.off_cpu.estimate(range);
+                let stacks: Vec<(&[Frame], u64)> =
+                    estimate.iter().map(|(s, n)| (&s[..], *n)).collect();
                 let mut folded = fold(&stacks, &mut sym);
                 folded.folded = trim_tracing_frames(folded.folded);
                 output::write_phase(dir, name, "offcpu", &folded.folded)?;

@@ -67,8 +67,8 @@ impl ProfileReport {
         if self.off_cpu {
             let _ = writeln!(
                 out,
-                "  off-CPU: {} blocks, {} stacks taken (about {} per CPU and second aimed at, each \
-                 weighing 1 in N blocks)",
+                "  off-CPU: {} blocks, {} stacks taken (about {} per CPU and second aimed at; each \
+                 thread's exact time off CPU is split among its stacks by them)",
                 c.off_cpu_blocks,
                 c.off_cpu_stacks,
                 agent_common::profile::OFF_CPU_STACKS_PER_SEC

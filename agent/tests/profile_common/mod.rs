@@ -1,6 +1,12 @@
 //! Reading profiles back, for `tests/profile.rs` and
-//! `tests/profile_offcpu.rs`: folded stacks parsed, SVG parsed as XML.
+//! `tests/profile_offcpu.rs`: folded stacks parsed, SVG parsed as XML,
+//! pprof decoded by Google's own protobuf (`pprof.rs`).
 #![allow(dead_code)]
+
+mod pprof;
+
+#[allow(unused_imports)]
+pub use pprof::{Pprof, check_every_pprof};
 
 use std::{
     collections::HashMap,
@@ -93,131 +99,5 @@ pub fn check_svg(path: &Path, functions: &[&str]) {
     assert!(elements > 10 && text.contains("<svg"), "{}: {elements} elements", path.display());
     for f in functions {
         assert!(text.contains(f), "{} does not name {f}", path.display());
-    }
-}
-
-/// A pprof profile read back with a minimal protocol buffer decoder.
-#[derive(Debug, Default)]
-pub struct Pprof {
-    pub strings: Vec<String>,
-    /// (location ids leaf first, values)
-    pub samples: Vec<(Vec<u64>, Vec<u64>)>,
-    /// location id → function ids, innermost first
-    pub locations: HashMap<u64, Vec<u64>>,
-    /// function id → name (string index)
-    pub functions: HashMap<u64, u64>,
-    /// (filename, build id) string indices
-    pub mappings: Vec<(u64, u64)>,
-    pub sample_types: Vec<(u64, u64)>,
-}
-
-fn varint(b: &[u8], i: &mut usize) -> u64 {
-    let (mut v, mut shift) = (0u64, 0);
-    loop {
-        let byte = b[*i];
-        *i += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return v;
-        }
-        shift += 7;
-    }
-}
-
-/// (field, varint value or bytes) of a message.
-fn fields(b: &[u8]) -> Vec<(u64, u64, &[u8])> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let key = varint(b, &mut i);
-        match key & 7 {
-            0 => out.push((key >> 3, varint(b, &mut i), &b[0..0])),
-            2 => {
-                let len = varint(b, &mut i) as usize;
-                out.push((key >> 3, 0, &b[i..i + len]));
-                i += len;
-            }
-            w => panic!("wire type {w} not used by pprof"),
-        }
-    }
-    out
-}
-
-fn packed(b: &[u8]) -> Vec<u64> {
-    let mut i = 0;
-    let mut v = Vec::new();
-    while i < b.len() {
-        v.push(varint(b, &mut i));
-    }
-    v
-}
-
-impl Pprof {
-    pub fn read(path: &Path) -> Pprof {
-        use std::io::Read as _;
-        let gz = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut raw).expect("gzip");
-        let mut p = Pprof::default();
-        for (field, _, bytes) in fields(&raw) {
-            let sub = || fields(bytes);
-            let get =
-                |f: &[(u64, u64, &[u8])], n: u64| f.iter().find(|x| x.0 == n).map_or(0, |x| x.1);
-            match field {
-                1 => {
-                    let f = sub();
-                    p.sample_types.push((get(&f, 1), get(&f, 2)));
-                }
-                2 => {
-                    let f = sub();
-                    let locs = f.iter().find(|x| x.0 == 1).map_or(vec![], |x| packed(x.2));
-                    let vals = f.iter().find(|x| x.0 == 2).map_or(vec![], |x| packed(x.2));
-                    p.samples.push((locs, vals));
-                }
-                3 => {
-                    let f = sub();
-                    p.mappings.push((get(&f, 5), get(&f, 6)));
-                }
-                4 => {
-                    let f = sub();
-                    let lines: Vec<u64> =
-                        f.iter().filter(|x| x.0 == 4).map(|x| get(&fields(x.2), 1)).collect();
-                    p.locations.insert(get(&f, 1), lines);
-                }
-                5 => {
-                    let f = sub();
-                    p.functions.insert(get(&f, 1), get(&f, 2));
-                }
-                6 => p.strings.push(String::from_utf8(bytes.to_vec()).expect("UTF-8 string")),
-                _ => {}
-            }
-        }
-        p
-    }
-
-    /// Σ of value `i` over the samples.
-    pub fn total(&self, i: usize) -> u64 {
-        self.samples.iter().map(|s| s.1[i]).sum()
-    }
-
-    /// Σ of value `i` over samples whose leaf location's innermost function
-    /// is `name`.
-    pub fn leaf_total(&self, name: &str, i: usize) -> u64 {
-        self.samples
-            .iter()
-            .filter(|(locs, _)| {
-                let f = self.locations[&locs[0]][0];
-                self.strings[self.functions[&f] as usize] == name
-            })
-            .map(|s| s.1[i])
-            .sum()
-    }
-
-    /// The build id recorded for a mapped file whose name ends with `file`.
-    pub fn build_id_of(&self, file: &str) -> Option<&str> {
-        self.mappings
-            .iter()
-            .find(|m| self.strings[m.0 as usize].ends_with(file))
-            .map(|m| self.strings[m.1 as usize].as_str())
     }
 }

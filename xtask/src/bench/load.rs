@@ -63,6 +63,9 @@ pub struct Load {
     /// ticks), ns; NaN without a target. BPF programs that run in its
     /// syscalls are charged to it: the cost its users feel.
     pub target_cpu_ns: f64,
+    /// The target's CPU time over the run from its CPU-time clock (all
+    /// threads, ns resolution); NaN without a target.
+    pub target_clock_ns: f64,
     /// http-load's own utime + stime (wait4), ns.
     pub client_cpu_ns: f64,
 }
@@ -81,6 +84,11 @@ impl Load {
     pub fn target_cpu_per_request(&self) -> f64 {
         self.target_cpu_ns / self.requests
     }
+
+    /// The target's CPU per request from its CPU-time clock, ns.
+    pub fn target_clock_cpu_per_request(&self) -> f64 {
+        self.target_clock_ns / self.requests
+    }
 }
 
 /// Runs http-load once; errors (or a non-zero exit) are a failure of the run.
@@ -97,7 +105,9 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let target_cpu = || spec.target.map_or(Ok(f64::NAN), procfs::cpu_ns);
+    let target_clock = || spec.target.map_or(Ok(f64::NAN), procfs::process_cpu_clock_ns);
     let target_before = target_cpu()?;
+    let clock_before = target_clock()?;
     let busy_before = procfs::machine_busy_ns();
     let mut child =
         KillOnDrop::new(cmd.spawn().with_context(|| format!("cannot start `{}`", describe(&cmd)))?);
@@ -110,6 +120,7 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
     let (status, reaped) = child.reap(LOAD_TIMEOUT)?;
     let busy_ns = procfs::machine_busy_ns() - busy_before;
     let target_cpu_ns = target_cpu()? - target_before;
+    let target_clock_ns = target_clock()? - clock_before;
     let text = reader.join().unwrap_or_default();
     let Some(status) = status else {
         bail!("`{}` did not finish within {LOAD_TIMEOUT:?}", describe(&cmd))
@@ -132,6 +143,7 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
         elapsed_ns: f("elapsed_ns"),
         busy_ns,
         target_cpu_ns,
+        target_clock_ns,
         client_cpu_ns: reaped.cpu_ns,
     })
 }

@@ -217,6 +217,27 @@ pub fn median(v: &[f64]) -> f64 {
     if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
 }
 
+/// A distribution-free 95 % confidence interval of the median of `v`:
+/// the order statistics `x(k)` and `x(n+1-k)` with the largest `k` such
+/// that fewer than k of n values fall below the median with probability
+/// ≤ 2.5 % (binomial, p = ½). `None` below 6 values (no such k).
+pub fn median_ci95(v: &[f64]) -> Option<(f64, f64)> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    // P(Bin(n, ½) ≤ j), j = 0, 1, ...: the largest k with P(≤ k-1) ≤ 2.5 %.
+    let (mut k, mut cdf, mut pmf) = (0, 0.0, 0.5f64.powi(n as i32));
+    for j in 0..n {
+        cdf += pmf;
+        if cdf > 0.025 {
+            break;
+        }
+        k = j + 1;
+        pmf *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k >= 1).then(|| (s[k - 1], s[n - k]))
+}
+
 pub fn min(v: &[f64]) -> f64 {
     v.iter().copied().filter(|x| x.is_finite()).fold(f64::INFINITY, f64::min)
 }
@@ -228,6 +249,16 @@ pub fn max(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_confidence_interval_from_order_statistics() {
+        let v: Vec<f64> = (1..=15).map(f64::from).collect();
+        // n = 15: P(Bin ≤ 3) = 1.8 %, P(≤ 4) = 5.9 %: k = 4.
+        assert_eq!(median_ci95(&v), Some((4.0, 12.0)));
+        // n = 6: P(≤ 0) = 1.6 %: k = 1, the extremes.
+        assert_eq!(median_ci95(&[6.0, 1.0, 2.0, 3.0, 4.0, 5.0]), Some((1.0, 6.0)));
+        assert_eq!(median_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]), None);
+    }
 
     #[test]
     fn median_and_spread() {
