@@ -33,6 +33,7 @@ mod load;
 mod micro;
 mod nginx;
 mod node_tax;
+mod pinning;
 mod profile;
 mod report;
 mod results;

@@ -29,6 +29,7 @@ use super::agent_run::RunningAgent;
 use super::check_interrupted;
 use super::demo_server::DemoServer;
 use super::load::{LoadSpec, http_load};
+use super::pinning::Pinned;
 use super::results::{Goal, Results};
 use super::runs::{Env, agent_first, each};
 use crate::describe;
@@ -158,46 +159,10 @@ fn session(env: &mut Env, mode: Mode, idle: u32, started: &DemoServer) -> Result
 
 fn workloads(env: &Env) -> Result<Workloads> {
     // Children inherit the affinity: pinned from here, restored after.
-    let _pinned = PinnedToOneCpu::new()?;
+    let _pinned = Pinned::to_last_cpu()?;
     let (dd_cpu_ns, dd_wall_ns) = dd()?;
     let (pair_cpu_per_request, pair_rps) = loopback_pair(env)?;
     Ok(Workloads { dd_cpu_ns, dd_wall_ns, pair_cpu_per_request, pair_rps })
-}
-
-/// This thread (and the processes it starts meanwhile) on the last CPU
-/// only, until dropped.
-struct PinnedToOneCpu {
-    before: libc::cpu_set_t,
-}
-
-impl PinnedToOneCpu {
-    fn new() -> Result<PinnedToOneCpu> {
-        // SAFETY: cpu_set_t is plain data; the calls get valid pointers and
-        // its size, and their results are checked.
-        unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before) != 0 {
-                bail!("sched_getaffinity: {}", std::io::Error::last_os_error());
-            }
-            let last = (0..libc::CPU_SETSIZE as usize)
-                .rev()
-                .find(|&c| libc::CPU_ISSET(c, &before))
-                .context("no CPU in this process's affinity")?;
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(last, &mut one);
-            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
-                bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
-            }
-            Ok(PinnedToOneCpu { before })
-        }
-    }
-}
-
-impl Drop for PinnedToOneCpu {
-    fn drop(&mut self) {
-        // SAFETY: as in `new`.
-        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.before) };
-    }
 }
 
 /// `dd bs=1`: its CPU time and elapsed time, ns.
