@@ -75,7 +75,8 @@ fn parse_cost(summary: &str) -> Option<SummaryCost> {
 /// statistics off. The `profile_*` programs whole, and what profiling adds
 /// to `sched_switch` (which does the off-CPU and run-queue work itself):
 /// its net ns per run in `on` less that in `off` (the agent without
-/// profiling), times its runs in `on`. `None` without the rows.
+/// profiling; 0 when it is not attached without profiling, as now),
+/// times its runs in `on`. `None` without the rows.
 fn profile_bpf_ns(on: &AgentRun, off: &AgentRun) -> Option<f64> {
     let (floor, _) = on.programs.get(FLOOR_PROGRAM)?;
     let profiling: Vec<_> =
@@ -86,9 +87,13 @@ fn profile_bpf_ns(on: &AgentRun, off: &AgentRun) -> Option<f64> {
     let programs: f64 = profiling.iter().map(|(_, (ns, runs))| (ns - floor).max(0.0) * runs).sum();
     let switch = SCHED_SWITCH_PROGRAM;
     let (ns_on, runs_on) = on.programs.get(switch)?;
-    let (ns_off, _) = off.programs.get(switch)?;
-    let (floor_off, _) = off.programs.get(FLOOR_PROGRAM)?;
-    let switch_extra = ((ns_on - floor) - (ns_off - floor_off)) * runs_on;
+    // Without profiling `sched_switch` is not attached (CPU time is the
+    // process CPU clock): then all of its time is profiling's.
+    let off_net = match off.programs.get(switch) {
+        Some((ns_off, _)) => ns_off - off.programs.get(FLOOR_PROGRAM)?.0,
+        None => 0.0,
+    };
+    let switch_extra = ((ns_on - floor) - off_net) * runs_on;
     Some(programs + switch_extra)
 }
 
@@ -350,7 +355,11 @@ mod tests {
         off.programs.insert(FLOOR_PROGRAM.to_string(), (45.0, 1800.0));
         // sched_switch: 40 net ns per run with profiling, 30 without.
         assert_eq!(profile_bpf_ns(&on, &off), Some(3000.0 * 10.0 + 10.0 * 1000.0));
-        assert_eq!(profile_bpf_ns(&on, &AgentRun::default()), None, "no rows without profiling");
+        // Without profiling `sched_switch` is not attached: all its time
+        // (40 net ns per run) is profiling's.
+        let mut off_without_switch = AgentRun::default();
+        off_without_switch.programs.insert(FLOOR_PROGRAM.to_string(), (45.0, 1800.0));
+        assert_eq!(profile_bpf_ns(&on, &off_without_switch), Some(3000.0 * 10.0 + 40.0 * 1000.0));
         on.programs.remove(FLOOR_PROGRAM);
         assert_eq!(profile_bpf_ns(&on, &off), None, "no floor: no net cost");
         assert_eq!(profile_bpf_ns(&AgentRun::default(), &off), None);
