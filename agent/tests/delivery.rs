@@ -172,17 +172,23 @@ fn single_threaded_server_queue_matches_its_own_log_and_is_diagnosed() {
 /// time is drain, not app; the drain matches the client's own measure (its
 /// last read minus the server's logged end of write), and the diagnosis
 /// names slow readers.
-#[test]
-fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
+/// Responses of 1 MiB the client reads slowly: through a 32 KiB receive
+/// buffer, 16 KiB every 2 ms. `close`: a new connection per request with
+/// `Connection: close` (the server closes right after its write returns,
+/// while most of the body is still unsent). Returns the client's
+/// last-byte times (unix ns) and the agent's BMF and summary.
+fn slow_reader_run(
+    server: &Target,
+    test: &str,
+    responses: usize,
+    close: bool,
+) -> (Vec<f64>, serde_json::Value, String) {
     use std::io::{Read as _, Write as _};
     use std::os::fd::AsRawFd as _;
-    let Some(_serial) = privileged() else { return };
-    let mut server = Target::start("bulk-server", &["--body-bytes", "1048576"]);
     let addr = server.addr();
-    const RESPONSES: usize = 20;
     let mut last_read = Vec::new();
-    let (bmf, summary) = measure_during_with(server.pid, "slow-reader", DELIVERY, || {
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    let connect = || {
+        let s = std::net::TcpStream::connect(&addr).expect("connect");
         let rcvbuf: libc::c_int = 32 * 1024;
         // SAFETY: a valid socket and an int option of the right size.
         let rc = unsafe {
@@ -195,9 +201,19 @@ fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
             )
         };
         assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        s
+    };
+    let (bmf, summary) = measure_during_with(server.pid, test, DELIVERY, || {
+        let mut kept = None;
         let mut chunk = vec![0u8; 16 * 1024];
-        for _ in 0..RESPONSES {
-            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        for _ in 0..responses {
+            let s = if close { kept.insert(connect()) } else { kept.get_or_insert_with(connect) };
+            let request: &[u8] = if close {
+                b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            } else {
+                b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+            };
+            s.write_all(request).expect("send");
             // Head, then the body 16 KiB at a time with 2 ms between reads.
             let mut got = 0usize;
             let mut want = usize::MAX;
@@ -217,13 +233,28 @@ fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
             last_read.push(unix_ns() as f64);
         }
     });
+    (last_read, bmf, summary)
+}
+
+/// The client's drain per response (its last byte read − the server's
+/// `written_ns`), median.
+fn clients_drain_p50(server: &mut Target, last_read: &[f64]) -> f64 {
     let mut drains: Vec<f64> = last_read
         .iter()
         .map(|t| {
             t - server.expect_line("written_ns=")["written_ns=".len()..].parse::<f64>().unwrap()
         })
         .collect();
-    let own_p50 = percentile(&mut drains, 0.5);
+    percentile(&mut drains, 0.5)
+}
+
+#[test]
+fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
+    let Some(_serial) = privileged() else { return };
+    let mut server = Target::start("bulk-server", &["--body-bytes", "1048576"]);
+    const RESPONSES: usize = 20;
+    let (last_read, bmf, summary) = slow_reader_run(&server, "slow-reader", RESPONSES, false);
+    let own_p50 = clients_drain_p50(&mut server, &last_read);
     assert_eq!(bmf_value(&bmf, "requests/count", "count"), RESPONSES as f64);
     let drain = bmf_value(&bmf, "latency/drain_p50", "latency");
     let app = bmf_value(&bmf, "latency/p50", "latency");
@@ -235,6 +266,27 @@ fn slow_reader_time_is_drain_and_matches_the_clients_measure() {
     assert!(
         summary.lines().any(|l| l.starts_with("diagnosis") && l.contains("slow")),
         "no slow-reader diagnosis in:\n{summary}"
+    );
+}
+
+/// The same slow reader, but the server closes each connection right after
+/// its write: the last ACKs arrive after its FIN (in FIN_WAIT1, where
+/// `tcp_probe` no longer fires), so each drain ends when the FIN is
+/// acknowledged (`inet_sock_set_state` → FIN_WAIT2). Every response is
+/// delivered, with the client's drain.
+#[test]
+fn a_response_still_draining_at_close_ends_when_the_fin_is_acknowledged() {
+    let Some(_serial) = privileged() else { return };
+    let mut server = Target::start("bulk-server", &["--body-bytes", "1048576"]);
+    const RESPONSES: usize = 10;
+    let (last_read, bmf, summary) = slow_reader_run(&server, "drain-at-close", RESPONSES, true);
+    let own_p50 = clients_drain_p50(&mut server, &last_read);
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), RESPONSES as f64);
+    assert_eq!(deliveries_in_summary(&summary), RESPONSES as u64, "{summary}");
+    let drain = bmf_value(&bmf, "latency/drain_p50", "latency");
+    assert!(
+        (drain - own_p50).abs() <= 0.1 * own_p50,
+        "drain p50 {drain} ns vs the client's own {own_p50} ns (±10 %)"
     );
 }
 
