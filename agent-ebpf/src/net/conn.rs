@@ -217,11 +217,17 @@ fn adopted_by_user_space(c: &mut ConnState, sk: Sock, first_op_is_read: bool) {
     if c.direction == 0 {
         c.direction = if first_op_is_read { direction::INBOUND } else { direction::OUTBOUND };
     }
-    if c.direction == direction::OUTBOUND {
-        outbound_seen();
-    }
+    adopted(c.direction);
+}
+
+/// Counts a connection adopted with direction `dir` (both ways of adopting).
+#[inline(always)]
+fn adopted(dir: u32) {
     if let Some(s) = stats() {
         s.adopted_conns += 1;
+    }
+    if dir == direction::OUTBOUND {
+        outbound_seen();
     }
 }
 
@@ -246,12 +252,7 @@ fn adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnState> {
         direction::OUTBOUND
     };
     let c = track(sk, dir, conn_flags::ADOPTED, owner)?;
-    if let Some(s) = stats() {
-        s.adopted_conns += 1;
-    }
-    if dir == direction::OUTBOUND {
-        outbound_seen();
-    }
+    adopted(dir);
     Some(c)
 }
 

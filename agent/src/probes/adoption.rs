@@ -58,7 +58,7 @@ impl Adoption {
         &mut self,
         pid: u32,
         conns: &mut SkStorage<MapData, ConnState>,
-        listen_ports: &[u16],
+        listen_ports: &Array<MapData, u32>,
     ) -> anyhow::Result<usize> {
         self.awaiting_target = false;
         if !self.is_open {
@@ -71,11 +71,11 @@ impl Adoption {
     }
 
     /// Runs the second scans that are due; closes the window once none is
-    /// left. `listen_ports(pid)`: the ports that pid listens on.
+    /// left.
     pub fn close_when_due(
         &mut self,
         conns: &mut SkStorage<MapData, ConnState>,
-        listen_ports: impl Fn(u32) -> Vec<u16>,
+        listen_ports: &Array<MapData, u32>,
     ) -> anyhow::Result<()> {
         if self.awaiting_target || !self.is_open {
             return Ok(());
@@ -86,7 +86,7 @@ impl Adoption {
             if at > now {
                 return true;
             }
-            if let Err(e) = adopt_sockets(pid, conns, &listen_ports(pid)) {
+            if let Err(e) = adopt_sockets(pid, conns, listen_ports) {
                 result = Err(e);
             }
             false
@@ -97,26 +97,23 @@ impl Adoption {
         }
         result
     }
-
-    /// Whether the kernel still adopts on its own.
-    pub fn is_open(&self) -> bool {
-        self.is_open
-    }
 }
 
 /// Gives each TCP connection `pid` has open, that the programs do not track
-/// yet, the state of an adopted connection (inbound when its local port is
-/// one of `listen_ports`, else decided by its first operation); returns how
+/// yet, the state of an adopted connection (inbound when a target listens
+/// on its local port, `listen_ports` being the kernel's `LISTEN_PORTS`, as
+/// the programs decide; else decided by its first operation); returns how
 /// many.
 fn adopt_sockets(
     pid: u32,
     conns: &mut SkStorage<MapData, ConnState>,
-    listen_ports: &[u16],
+    listen_ports: &Array<MapData, u32>,
 ) -> anyhow::Result<usize> {
     let mut adopted = 0;
     open_sockets::for_each_descriptor(pid, |fd| {
         let Some(port) = tcp_connection_port(fd) else { return };
-        let dir = if listen_ports.contains(&port) { direction::INBOUND } else { 0 };
+        let listened = listen_ports.get(&u32::from(port), 0).is_ok_and(|owner| owner != 0);
+        let dir = if listened { direction::INBOUND } else { 0 };
         let state = ConnState {
             direction: dir,
             flags: conn_flags::ADOPTED | (pid << conn_flags::OWNER_SHIFT),

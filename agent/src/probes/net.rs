@@ -278,8 +278,7 @@ impl NetProbe {
     /// Gives `pid`'s connections storage (see `adoption`); a failure is a
     /// warning: the programs still adopt while the window is open.
     fn adopt_connections(&mut self, pid: u32) {
-        let ports = procfs::listening_ports(pid).unwrap_or_default();
-        if let Err(e) = self.adoption.target_found(pid, &mut self.conns, &ports) {
+        if let Err(e) = self.adoption.target_found(pid, &mut self.conns, &self.listen_ports) {
             eprintln!(
                 "perf-agent: warning: {e:#}: connections PID {pid} opened before attach count \
                  only if used within {} s",
@@ -291,15 +290,9 @@ impl NetProbe {
     /// Runs the adoption's second scans that are due, closing the window
     /// once none is left (every interval).
     pub fn close_adoption_when_due(&mut self) {
-        let ports = |pid| procfs::listening_ports(pid).unwrap_or_default();
-        if let Err(e) = self.adoption.close_when_due(&mut self.conns, ports) {
+        if let Err(e) = self.adoption.close_when_due(&mut self.conns, &self.listen_ports) {
             eprintln!("perf-agent: warning: adopting connections: {e:#}");
         }
-    }
-
-    /// Whether the programs still adopt connections on their own.
-    pub fn adoption_open(&self) -> bool {
-        self.adoption.is_open()
     }
 
     /// Once every milestone the read hooks serve has been reached, detaches
