@@ -11,8 +11,7 @@
 //! exec'ing thread's total (where the count starts), and profiling's
 //! `sched_switch` (`agent-ebpf/src/sched.rs`) the rest.
 
-use std::cell::Cell;
-
+use super::since::Since;
 use crate::btf::Btf;
 
 /// The `task_struct` fields the kernel side loads: `tgid`, `pid` and
@@ -51,44 +50,34 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 }
 
 pub struct CpuProbe {
-    /// The target and its clock's value where counting starts, once known.
-    since: Cell<Option<(u32, u64)>>,
-    /// The last reading, kept once the target is gone: a target that exits
-    /// and is reaped by another parent loses at most the CPU it ran since
-    /// the previous read (one interval).
-    last: Cell<u64>,
+    clock: Since<1>,
 }
 
 impl CpuProbe {
     /// `running`: a process already running, counted from now.
     pub fn new(running: Option<u32>) -> anyhow::Result<CpuProbe> {
-        let since = match running {
+        let start = match running {
             Some(pid) => {
                 let now = process_cpu_ns(pid).ok_or_else(|| {
                     anyhow::anyhow!("PID {pid} exited before its CPU clock could be read")
                 })?;
-                Some((pid, now))
+                Some((pid, [now]))
             }
             None => None,
         };
-        Ok(CpuProbe { since: Cell::new(since), last: Cell::new(0) })
+        Ok(CpuProbe { clock: Since::new(start) })
     }
 
     /// The target was armed at its exec, its exec'ing thread's total being
     /// `runtime_at_exec_ns` then: counting starts there.
     pub fn armed(&self, pid: u32, runtime_at_exec_ns: u64) {
-        if self.since.get().is_none() {
-            self.since.set(Some((pid, runtime_at_exec_ns)));
-        }
+        self.clock.armed(pid, [runtime_at_exec_ns]);
     }
 
     /// On-CPU time since counting started.
     pub fn read(&self) -> CpuReading {
-        let Some((pid, start)) = self.since.get() else { return CpuReading::default() };
-        if let Some(now) = process_cpu_ns(pid) {
-            self.last.set(now.saturating_sub(start));
-        }
-        CpuReading { on_cpu_ns: self.last.get() }
+        let [on_cpu_ns] = self.clock.read(|pid| process_cpu_ns(pid).map(|ns| [ns]));
+        CpuReading { on_cpu_ns }
     }
 }
 
@@ -117,9 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_process_keeps_its_last_reading() {
-        let probe = CpuProbe { since: Cell::new(Some((u32::MAX - 1, 0))), last: Cell::new(7) };
-        assert_eq!(probe.read().on_cpu_ns, 7);
+    fn a_gone_process_has_no_clock() {
         assert_eq!(process_cpu_ns(u32::MAX - 1), None);
     }
 }

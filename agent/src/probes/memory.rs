@@ -5,8 +5,6 @@
 //! every page fault of every process on the machine (issue 12's node tax).
 //! Formulas and errors: `docs/metrics.md#memory`.
 
-use std::cell::Cell;
-
 use agent_common::{
     RssCounters, RssStats,
     names::{maps, programs},
@@ -20,6 +18,7 @@ use aya::{
 
 use super::{
     hook::{self, Hook},
+    since::Since,
     take_map,
 };
 use crate::{btf::Btf, procfs, tracefs};
@@ -61,17 +60,14 @@ pub struct MemoryReading {
 pub struct MemoryProbe {
     counters: Array<MapData, RssCounters>,
     stats: PerCpuArray<MapData, RssStats>,
-    /// The target and its (minor, major) fault counts where counting
-    /// starts, once known.
-    faults_since: Cell<Option<(u32, (u64, u64))>>,
-    /// The last fault counts read, kept once the target is gone.
-    faults: Cell<(u64, u64)>,
+    /// (minor, major) page faults.
+    faults: Since<2>,
 }
 
 /// `pid`'s (minor, major) page faults so far, as the kernel counts them
 /// for the thread group (`None`: gone).
-fn fault_counts(pid: u32) -> Option<(u64, u64)> {
-    procfs::read_stat(pid).ok().map(|s| (s.minflt, s.majflt))
+fn fault_counts(pid: u32) -> Option<[u64; 2]> {
+    procfs::read_stat(pid).ok().map(|s| [s.minflt, s.majflt])
 }
 
 impl MemoryProbe {
@@ -89,7 +85,7 @@ impl MemoryProbe {
         if let Some(pid) = running {
             let stat =
                 procfs::read_stat(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
-            faults_since = Some((pid, (stat.minflt, stat.majflt)));
+            faults_since = Some((pid, [stat.minflt, stat.majflt]));
             let status =
                 procfs::read_status(pid).with_context(|| format!("reading /proc/{pid}/status"))?;
             let mut seed = RssCounters::default();
@@ -109,20 +105,13 @@ impl MemoryProbe {
             programs::RSS_STAT,
             Hook::TracePoint { category: "kmem", name: "rss_stat" },
         )?;
-        Ok(MemoryProbe {
-            counters,
-            stats,
-            faults_since: Cell::new(faults_since),
-            faults: Cell::new((0, 0)),
-        })
+        Ok(MemoryProbe { counters, stats, faults: Since::new(faults_since) })
     }
 
     /// The target was armed at its exec with these (minor, major) fault
     /// counts then (`Target::{min,maj}_flt_at_exec`): counting starts there.
     pub fn armed(&self, pid: u32, at_exec: (u64, u64)) {
-        if self.faults_since.get().is_none() {
-            self.faults_since.set(Some((pid, at_exec)));
-        }
+        self.faults.armed(pid, [at_exec.0, at_exec.1]);
     }
 
     pub fn read(&self) -> anyhow::Result<MemoryReading> {
@@ -136,12 +125,7 @@ impl MemoryProbe {
             r.foreign_updates += s.foreign_updates;
             r.unattributed += s.unattributed;
         }
-        if let Some((pid, (min0, maj0))) = self.faults_since.get()
-            && let Some((min, maj)) = fault_counts(pid)
-        {
-            self.faults.set((min.saturating_sub(min0), maj.saturating_sub(maj0)));
-        }
-        (r.minor_faults, r.major_faults) = self.faults.get();
+        [r.minor_faults, r.major_faults] = self.faults.read(fault_counts);
         // The running value can pass the per-CPU peaks only by a racing store.
         r.peak_rss_bytes = r.peak_rss_bytes.max(r.rss_bytes);
         Ok(r)

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod net;
 mod open_sockets;
 pub mod profile;
+mod since;
 pub mod stats;
 
 use std::path::Path;
