@@ -83,7 +83,7 @@ impl GatedChild {
         }
         let (read_end, write_end) = (fds[0], fds[1]);
         // SAFETY: the child only calls async-signal-safe functions (close,
-        // read, signal reset, execv, write, _exit) on memory prepared above.
+        // read, signal reset, sched_setscheduler, execv, write, _exit) on memory prepared above.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(std::io::Error::last_os_error()).context("fork");
@@ -100,6 +100,8 @@ impl GatedChild {
                 for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
                     libc::signal(sig, libc::SIG_DFL);
                 }
+                // And the scheduling policy it would have without the agent.
+                let _ = crate::priority::restore_in_child();
                 libc::execv(c_program.as_ptr(), c_argv.as_ptr());
                 libc::write(2, failure.as_ptr().cast(), failure.len());
                 libc::_exit(127);

@@ -19,6 +19,7 @@ pub mod output;
 pub mod percentile;
 pub mod phases;
 pub mod preflight;
+pub mod priority;
 pub mod probes;
 pub mod profile;
 pub mod progress;

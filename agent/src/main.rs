@@ -339,7 +339,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    // Never preempt the target (or anything else) when the agent wakes.
+    perf_agent::priority::run_as_batch();
+    let result = match cli.command {
         Command::Attach(args) => {
             if !args.k6_args.is_empty() && args.common.k6.is_none() {
                 eprintln!("perf-agent: error: arguments after `--` are for k6: give --k6 SCRIPT");

@@ -152,6 +152,7 @@ fn run_inspect(
     default_vus: Option<(&str, &str)>,
 ) -> anyhow::Result<Output> {
     let mut cmd = Command::new(k6);
+    crate::priority::restore_for(&mut cmd);
     cmd.args(["inspect", "--execution-requirements"]).args(&inspect.args).arg(script);
     for key in &inspect.remove_env {
         cmd.env_remove(key);

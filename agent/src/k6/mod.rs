@@ -180,7 +180,9 @@ impl K6Driver {
 
     fn spawn(&mut self) -> anyhow::Result<Child> {
         let _ = std::fs::remove_file(&self.results_path);
-        let mut child = Command::new(&self.k6)
+        let mut cmd = Command::new(&self.k6);
+        crate::priority::restore_for(&mut cmd);
+        let mut child = cmd
             .args(["run", "--quiet", "--log-format", "json", "--verbose"])
             .arg(format!("--out=json={}", self.results_path.display()))
             .args(["--summary-trend-stats", "avg,min,med,max,p(90),p(95),p(99)"])

@@ -31,7 +31,7 @@ pub struct ProfileConfig {
 }
 
 /// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
-/// CPU (user space drains it every 10 ms), at least 32 records, a power of
+/// CPU (user space drains it every 25 ms), at least 32 records, a power of
 /// two (the kernel's rule for ring buffers).
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header

@@ -9,7 +9,7 @@
 //! thread blocks and weighted by the time until it runs again, and every
 //! run-queue wait is timed (`agent-ebpf/src/offcpu.rs`, [`runq`]).
 //!
-//! A thread of its own drains the ring buffer every 10 ms ([`collect`]; the
+//! A thread of its own drains the ring buffer every 25 ms ([`collect`]; the
 //! kernel side does not wake it), so the sampling loop of `session.rs` is
 //! untouched.
 
