@@ -91,8 +91,13 @@ pub struct SchedRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSched {
-    /// When it blocked (every block, chosen or not); 0: not blocked.
+    /// When it blocked (every block, chosen or not), on the switch clock
+    /// (the run queue's, `agent-ebpf/src/offcpu.rs`); 0: not blocked.
     pub blocked_ns: u64,
+    /// When the current block's stack was sent, CLOCK_MONOTONIC (its
+    /// `ProfileSample::time_ns`): the block's [`SchedRecord`] repeats it,
+    /// and user space pairs the two by it.
+    pub stack_ns: u64,
     /// The kernel's `sched_info.run_delay` of the thread at its last
     /// switch-out: the growth by the next one is the run-queue wait before
     /// the slice that ends at the second.
@@ -263,7 +268,7 @@ mod user {
 
 const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 32);
-const _: () = assert!(core::mem::size_of::<ThreadSched>() == 40);
+const _: () = assert!(core::mem::size_of::<ThreadSched>() == 48);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 32);
 const _: () = assert!(

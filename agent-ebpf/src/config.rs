@@ -44,6 +44,9 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     tcp_mss_cache: 0,
     skb_ack_seq: 0,
     task_run_delay: 0,
+    task_cfs_rq: 0,
+    cfs_rq_rq: 0,
+    rq_clock: 0,
 };
 
 #[unsafe(no_mangle)]

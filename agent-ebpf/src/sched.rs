@@ -32,14 +32,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     // fields of that struct with these types.
     if unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target {
         let tid = unsafe { load_field::<u32>(prev, offset!(task_pid)) };
-        now = offcpu::now();
+        now = offcpu::switch_clock(prev);
         let (preempted, prev_state) = (ctx.arg::<u8>(0) != 0, ctx.arg::<u32>(3));
         offcpu::switched_out(ctx.as_ptr(), prev, (target, tid), prev_state, preempted, now);
     }
     if unsafe { load_field::<u32>(next, offset!(task_tgid)) } == target {
         let tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
         if now == 0 {
-            now = offcpu::now();
+            now = offcpu::switch_clock(next);
         }
         offcpu::switched_in(next, tid, now);
     }

@@ -92,9 +92,13 @@ fn off_cpu_time_per_function_matches_the_fixture() {
 /// the nappers' own CPU time over them: ~9 % of a nap is on CPU (system
 /// call, timer, switch), which the agent rightly does not count (its
 /// off-CPU time runs from switch-out to the next switch-in). It reads
-/// ~3.5 % below the kernel's total (its CPU window, two `clock_gettime`
-/// calls, encloses the wall window: their outer halves are subtracted too):
-/// +3.2 % to +4.1 % over 5 quiet and 3 loaded runs. The plain sum of N ×
+/// ~3.5 % below the exact switch-out-to-switch-in total (its CPU window,
+/// two `clock_gettime` calls, encloses the wall window: their outer halves
+/// are subtracted too): +3.2 % to +4.1 % over 5 quiet and 3 loaded runs
+/// while blocks were timed with `bpf_ktime_get_ns`. Timed on the run
+/// queue's clock since, a nap that wakes an idle CPU ends at its wake-up
+/// (the scheduler reuses the clock it read there): −0.6 %, +0.1 %, +0.2 %
+/// over 3 quiet runs. The plain sum of N ×
 /// block time over the chosen blocks (the estimate before) was off by
 /// −9 % to +12 % of the kernel's total from run to run: see
 /// `docs/metrics.md`.

@@ -16,7 +16,8 @@ use crate::btf::Btf;
 
 /// The `task_struct` fields the kernel side loads: `tgid`, `pid` and
 /// `se.sum_exec_runtime` (the exec hook, profiling), `sched_info.run_delay`
-/// when profiling.
+/// and the way to the run queue's clock (`se.cfs_rq`, `cfs_rq.rq`,
+/// `rq.clock`) when profiling.
 pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
     o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
     o.task_pid = btf.field_offset("task_struct", &["pid"])?;
@@ -24,6 +25,11 @@ pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Re
     // Profiling's run-queue waits only; absent without CONFIG_SCHED_INFO
     // (0: the program then counts none, and the summary says so).
     o.task_run_delay = btf.field_offset("task_struct", &["sched_info", "run_delay"]).unwrap_or(0);
+    // Profiling's switch clock (`TracepointOffsets::task_cfs_rq`); 0: the
+    // program calls `bpf_ktime_get_ns` instead.
+    o.task_cfs_rq = btf.field_offset("task_struct", &["se", "cfs_rq"]).unwrap_or(0);
+    o.cfs_rq_rq = btf.field_offset("cfs_rq", &["rq"]).unwrap_or(0);
+    o.rq_clock = btf.field_offset("rq", &["clock"]).unwrap_or(0);
     Ok(())
 }
 
@@ -103,6 +109,17 @@ mod tests {
         let own = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         let total = process_cpu_ns(pid).unwrap();
         assert!(total >= own.saturating_sub(1_000_000) && total <= own + 50_000_000);
+    }
+
+    /// The way to the run queue's clock exists on the kernels this runs on
+    /// (profiling's `sched_switch` falls back to `bpf_ktime_get_ns`
+    /// without it): `se.cfs_rq`, `cfs_rq.rq`, `rq.clock`.
+    #[test]
+    fn the_switch_clock_fields_are_in_this_kernels_btf() {
+        let btf = Btf::vmlinux().unwrap();
+        let mut o = agent_common::TracepointOffsets::default();
+        offsets(&btf, &mut o).unwrap();
+        assert!(o.task_cfs_rq != 0 && o.cfs_rq_rq != 0 && o.rq_clock != 0, "{o:?}");
     }
 
     #[test]

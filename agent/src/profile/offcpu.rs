@@ -1,5 +1,7 @@
 //! Off-CPU time per stack. The kernel side times every block of a target
-//! thread exactly (switch-out to switch-in) but sends the stack of only 1
+//! thread (switch-out to switch-in, on the scheduler's clock: see
+//! `docs/metrics.md` for where that ends a block at its wake-up) but sends
+//! the stack of only 1
 //! in N blocks, each weighted N times its time. Summing those weights per
 //! stack is an unbiased estimate, but a noisy one: its error is that of a
 //! count of a few hundred samples a second, plus the rare long block
