@@ -178,3 +178,37 @@ fn runq_waits_add_up_to_proc_schedstat() {
     assert!(!dir.join("run.offcpu.folded").exists(), "--no-off-cpu");
     assert_eq!(check_every_pprof(&dir), 1, "run.cpu only");
 }
+
+/// A server with a thread per connection (demo-server: each http-load run's
+/// 4 connections get 4 threads, gone when it ends). `/proc` no longer
+/// lists those threads at the end of the run, so its run-queue total
+/// misses their waits; the summary says so beside it rather than print a
+/// ground truth that silently disagrees with the agent's count.
+#[test]
+fn the_summary_says_when_proc_misses_exited_threads() {
+    let Some(_serial) = privileged() else { return };
+    let server = common::Target::start("demo-server", &[]);
+    let dir = profile_dir("runq-exited");
+    let out = out_path("profile-runq-exited");
+    let agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &server.pid.to_string(),
+        "--duration",
+        "5",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--no-off-cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_attached();
+    let url = format!("http://{}/", server.addr());
+    for _ in 0..3 {
+        common::http_load(&url, &["--requests", "20000"]);
+    }
+    let r = agent.wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let line = r.stdout.lines().find(|l| l.contains("run-queue wait total")).expect("summary line");
+    assert!(line.contains("threads that exited during the run used"), "{line}");
+}

@@ -217,15 +217,3 @@ pub fn drain_until_stopped(
     }
     c
 }
-
-/// Σ run-queue delay of a thread group's live threads, ns: the second field
-/// of each `/proc/PID/task/TID/schedstat` (the kernel's own accounting of
-/// time spent runnable but not running).
-pub fn proc_run_delay_ns(pid: u32) -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += text.split_whitespace().nth(1).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Some(total)
-}

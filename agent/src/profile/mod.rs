@@ -21,6 +21,7 @@ pub mod maps;
 pub mod offcpu;
 pub mod output;
 pub mod pprof;
+pub mod proc_truth;
 pub mod runq;
 mod summary;
 pub mod symbols;
@@ -98,8 +99,8 @@ pub struct Profiler {
     /// and at each edge `/proc`'s run-queue delay and the programs' total
     /// of run-queue waits.
     window: Arc<collect::Window>,
-    run_delay_at_start: Option<u64>,
-    run_delay_at_end: Option<u64>,
+    proc_at_start: Option<proc_truth::Snapshot>,
+    proc_at_end: Option<proc_truth::Snapshot>,
     runq_total_at_start: u64,
     runq_total_at_end: Option<u64>,
 }
@@ -111,7 +112,7 @@ impl Profiler {
         let stop = Arc::new(AtomicBool::new(false));
         let ProfileProbe { ring, stats, sched_counts } = probe;
         let flag = stop.clone();
-        let run_delay_at_start = collect::proc_run_delay_ns(pid);
+        let proc_at_start = proc_truth::Snapshot::read(pid);
         let runq_total_at_start = read_counters(&stats)?.runq_total_ns;
         let window = Arc::new(collect::Window::starting(crate::clock::monotonic_ns()));
         let w = window.clone();
@@ -125,8 +126,8 @@ impl Profiler {
             stats,
             pid,
             window,
-            run_delay_at_start,
-            run_delay_at_end: None,
+            proc_at_start,
+            proc_at_end: None,
             runq_total_at_start,
             runq_total_at_end: None,
         })
@@ -135,7 +136,7 @@ impl Profiler {
     /// Closes the ground truth's window; call it just before detaching
     /// (detaching takes time that the programs no longer see).
     pub fn end_window(&mut self) {
-        self.run_delay_at_end = collect::proc_run_delay_ns(self.pid);
+        self.proc_at_end = proc_truth::Snapshot::read(self.pid);
         self.runq_total_at_end = read_counters(&self.stats).ok().map(|c| c.runq_total_ns);
         self.window.end(crate::clock::monotonic_ns());
     }
@@ -143,12 +144,12 @@ impl Profiler {
     /// After the programs are detached: drains what is left, stops; blocks
     /// still going on count until now.
     pub fn finish(mut self) -> anyhow::Result<Profile> {
-        if self.run_delay_at_end.is_none() {
+        if self.proc_at_end.is_none() {
             self.end_window();
         }
         let counters = read_counters(&self.stats)?;
-        let proc_run_delay_ns = match (self.run_delay_at_start, self.run_delay_at_end) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        let proc_run_delay = match (&self.proc_at_start, &self.proc_at_end) {
+            (Some(a), Some(b)) => Some(proc_truth::RunDelayTruth::between(a, b)),
             _ => None,
         };
         self.stop.store(true, Ordering::Relaxed);
@@ -158,7 +159,7 @@ impl Profiler {
         let window_ns = self.window.duration_ns();
         let runq_in_window_ns =
             self.runq_total_at_end.unwrap_or(counters.runq_total_ns) - self.runq_total_at_start;
-        Ok(Profile { collected, counters, proc_run_delay_ns, window_ns, runq_in_window_ns })
+        Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns })
     }
 }
 
@@ -166,9 +167,9 @@ impl Profiler {
 pub struct Profile {
     pub collected: Collected,
     pub counters: ProfileCounters,
-    /// Growth of the target's run-queue delay in `/proc` over the run (live
-    /// threads only), ground truth for the run-queue waits.
-    pub proc_run_delay_ns: Option<u64>,
+    /// The target's run-queue delay in `/proc` over the run (threads alive
+    /// at its end), ground truth for the run-queue waits.
+    pub proc_run_delay: Option<proc_truth::RunDelayTruth>,
     /// The profiler's window, ns, and the run-queue waits that ended in it.
     pub window_ns: u64,
     pub runq_in_window_ns: u64,
@@ -206,7 +207,7 @@ pub struct ProfileReport {
     /// profiler's start to just before detaching), and the `/proc` ground
     /// truth over it.
     pub runq_total_ns: u64,
-    pub proc_run_delay_ns: Option<u64>,
+    pub proc_run_delay: Option<proc_truth::RunDelayTruth>,
     pub symbolize_ms: f64,
     pub unwind_us_per_sample: f64,
     /// The profiler's window (start to just before detaching), ns, and
@@ -289,7 +290,7 @@ impl Profile {
             counters: self.counters,
             off_cpu: opts.off_cpu,
             runq_total_ns: self.runq_in_window_ns,
-            proc_run_delay_ns: self.proc_run_delay_ns,
+            proc_run_delay: self.proc_run_delay,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
             window_ns: self.window_ns,
             samples_in_window: c.samples_in_window,

@@ -55,11 +55,20 @@ impl ProfileReport {
             );
         }
         let truth = self
-            .proc_run_delay_ns
-            .map_or("not readable".into(), |t| crate::units::human_ns(t as f64));
+            .proc_run_delay
+            .map_or("not readable".into(), |t| crate::units::human_ns(t.run_delay_ns as f64));
+        // The ground truth shows live threads only: say when it misses some.
+        let exited = match self.proc_run_delay {
+            Some(t) if t.misses_exited_threads() => format!(
+                "; threads that exited during the run used {} of CPU: /proc no longer shows \
+                 their waits",
+                crate::units::human_ns(t.exited_cpu_ns as f64)
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits",
+            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits{exited}",
             crate::units::human_ns(self.runq_total_ns as f64),
             self.counters.runq_waits
         );
