@@ -13,20 +13,13 @@ pub fn cpu_ns(pid: u32) -> Result<f64> {
 }
 
 /// CPU time of a whole process, ns, exact: its CPU-time clock
-/// (`clock_getcpuclockid`), the scheduler's nanosecond runtime of all its
-/// threads, those that exited included (a thread-per-connection server's
-/// threads come and go with each load run), where [`cpu_ns`] moves in 10 ms
-/// ticks.
+/// (`agent_procfs::process_cpu_ns`: every thread, those that exited
+/// included; a thread-per-connection server's threads come and go with each
+/// load run), where [`cpu_ns`] moves in 10 ms ticks.
 pub fn process_cpu_clock_ns(pid: u32) -> Result<f64> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: plain out-parameter calls; `pid` is only looked up.
-    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
-    anyhow::ensure!(rc == 0, "clock_getcpuclockid({pid}) failed: error {rc}");
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a clock id from the kernel and a timespec to write.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    anyhow::ensure!(rc == 0, "reading process {pid}'s CPU clock failed");
-    Ok(ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64)
+    let ns = agent_procfs::process_cpu_ns(pid)
+        .with_context(|| format!("reading process {pid}'s CPU clock"))?;
+    Ok(ns as f64)
 }
 
 /// Which line of `/proc/PID/status` [`status_bytes`] reads.
@@ -57,33 +50,4 @@ pub fn machine_busy_ns() -> f64 {
 /// How many `bpf_link` fds process `pid` holds: one per attached program.
 pub fn bpf_link_count(pid: u32) -> usize {
     agent_procfs::bpf_link_count(pid).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Burns about `ms` of this thread's CPU.
-    fn burn(ms: u64) {
-        let start = std::time::Instant::now();
-        let mut x = 1u64;
-        while start.elapsed() < std::time::Duration::from_millis(ms) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
-    }
-
-    #[test]
-    fn the_process_cpu_clock_counts_threads_that_exited() {
-        let pid = std::process::id();
-        let before = process_cpu_clock_ns(pid).unwrap();
-        std::thread::spawn(|| burn(60)).join().unwrap();
-        let grown = process_cpu_clock_ns(pid).unwrap() - before;
-        // The exited thread's 60 ms (wall time: at least that little CPU
-        // when it was not preempted; a loaded machine may give it less).
-        assert!(grown >= 20e6, "grew {grown} ns");
-        assert!(grown < 5e9, "grew {grown} ns");
-        let pid_max: u32 =
-            std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-        assert!(process_cpu_clock_ns(pid_max + 1).is_err(), "no such process");
-    }
 }

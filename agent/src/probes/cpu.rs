@@ -42,17 +42,7 @@ pub struct CpuReading {
 
 /// The process CPU clock of `pid`, ns (`None`: the process is gone, reaped).
 pub fn process_cpu_ns(pid: u32) -> Option<u64> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: an out-pointer to a clockid_t; the result is checked.
-    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } != 0 {
-        return None;
-    }
-    // SAFETY: a zeroed timespec is valid; the result is checked.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return None;
-    }
-    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    crate::procfs::process_cpu_ns(pid).ok()
 }
 
 pub struct CpuProbe {
