@@ -3,8 +3,8 @@
 //!
 //! - [`exec`]: `sched:sched_process_exec` → arms the target at its exec
 //!   (launch and wait-for-exec modes), time zero of startup.
-//! - [`memory`]: `kmem:rss_stat` → RSS and its peak; perf software events →
-//!   minor and major page faults.
+//! - [`memory`]: `kmem:rss_stat` → RSS and its peak. (Page faults need no
+//!   program: user space reads the kernel's counters in `/proc/PID/stat`.)
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
 //! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
 //! - [`sched`]: `sched_switch`, attached only when profiling; it calls

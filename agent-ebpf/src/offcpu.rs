@@ -108,9 +108,9 @@ fn thread_sched(task: *const u8, create: bool) -> Option<&'static mut ThreadSche
 const TASK_DEAD: u32 = 0x80;
 
 /// A target thread `prev` (`tid`) leaves this CPU at `now` (the switch
-/// clock, [`switch_clock`]): the run-queue
-/// wait before the slice that ends; if it blocks, when, and maybe its stack
-/// (`ctx`: the tracepoint's context, for the kernel stack).
+/// clock, [`switch_clock`]): the run-queue wait before the slice that ends;
+/// if it blocks, when, and maybe its stack (`ctx`: the tracepoint's
+/// context, for the kernel stack).
 #[inline(always)]
 pub(crate) fn switched_out(
     ctx: *mut c_void,
@@ -207,9 +207,8 @@ fn count_runq_wait(stats: &mut ProfileStats, wait: u64) {
 }
 
 /// A target thread `next` (`tid`) runs again at `now` (the switch clock):
-/// the end of its
-/// block, added to its exact total and this CPU's; its record if its stack
-/// was sent.
+/// the end of its block, added to its exact total and this CPU's; its
+/// record if its stack was sent.
 #[inline(always)]
 pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
     if mode() & sched_mode::OFF_CPU == 0 {

@@ -30,8 +30,9 @@ use super::{
 /// (4 MiB more for 50 ms drains on two CPUs). Samples carry their own
 /// times, so how late they are read changes nothing else.
 const DRAIN_EVERY: Duration = Duration::from_millis(25);
-/// How often it reads the counts kept in maps (run-queue waits, off-CPU
-/// time without a stack): the time resolution of their phases.
+/// How often, in drains, it reads the counts kept in maps (run-queue
+/// waits, the off-CPU total of every block): every 100 ms, the time
+/// resolution of their phases.
 const COUNTS_EVERY: u32 = 4;
 
 /// The window of the `/proc` ground truth, CLOCK_MONOTONIC ns.
@@ -48,6 +49,11 @@ impl Window {
 
     pub fn end(&self, end_ns: u64) {
         self.end_ns.store(end_ns, Ordering::Relaxed);
+    }
+
+    /// Whether [`Window::end`] was called.
+    pub fn has_ended(&self) -> bool {
+        self.end_ns.load(Ordering::Relaxed) != 0
     }
 
     /// Its length once ended, ns.

@@ -144,7 +144,9 @@ impl Profiler {
     /// After the programs are detached: drains what is left, stops; blocks
     /// still going on count until now.
     pub fn finish(mut self) -> anyhow::Result<Profile> {
-        if self.proc_at_end.is_none() {
+        // Ended once: a process gone by now has no `/proc` snapshot, which
+        // must not move the window's end.
+        if !self.window.has_ended() {
             self.end_window();
         }
         let counters = read_counters(&self.stats)?;
