@@ -46,10 +46,21 @@ pub fn test(args: &[String]) -> Result<()> {
     // One closing line over every test binary, printed last so that CI's log
     // ends on the whole count rather than on the last (maybe empty) binary.
     let totals = tests?;
+    // CI shows the end of the log: the failures are repeated there, each with
+    // its panic message, so that nobody has to dig for them above the fuzz run.
+    if !totals.failures.is_empty() {
+        println!("failed tests ({}):", totals.failures.len());
+        for failure in &totals.failures {
+            println!("{failure}");
+        }
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
+    if !totals.ok && totals.failures.is_empty() {
+        bail!("a test binary did not finish (killed, or it crashed): see cargo's error above");
+    }
     if !totals.ok {
         bail!("tests failed (see cargo test's output above)");
     }
@@ -78,13 +89,69 @@ fn run_gates() -> Result<()> {
     result
 }
 
-/// Test counts summed over cargo's `test result:` lines.
+/// Test counts summed over cargo's `test result:` lines, and the failures.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
     ok: bool,
+    failures: Vec<Failure>,
+    /// The failure whose `---- name stdout ----` block is being read.
+    reading: Option<usize>,
+}
+
+/// One failed test: its name and the lines of its panic message.
+#[derive(Debug, PartialEq, Eq)]
+struct Failure {
+    name: String,
+    panic: Vec<String>,
+}
+
+/// At most this many lines of a panic message are kept: enough for an
+/// assertion's left and right values, not a whole captured stdout.
+const PANIC_LINES: usize = 12;
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "  {}", self.name)?;
+        for line in &self.panic {
+            write!(f, "\n      {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Follows the libtest output that names failures: `test NAME ... FAILED`,
+/// then at the end of the binary `---- NAME stdout ----` and the test's
+/// captured output, whose panic message starts at `panicked at`.
+fn add_failure_line(totals: &mut Totals, line: &str) {
+    if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+        totals.failures.push(Failure { name: name.to_owned(), panic: Vec::new() });
+        return;
+    }
+    if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
+        totals.reading = totals.failures.iter().rposition(|f| f.name == name);
+        return;
+    }
+    if line == "failures:" || line.starts_with("test result: ") {
+        totals.reading = None;
+        return;
+    }
+    let Some(failure) = totals.reading.and_then(|i| totals.failures.get_mut(i)) else { return };
+    if line == "stack backtrace:" {
+        // The message is over; the frames are in the log above.
+        totals.reading = None;
+        return;
+    }
+    let started = !failure.panic.is_empty();
+    if (started || line.contains("panicked at"))
+        && failure.panic.len() < PANIC_LINES
+        && !line.is_empty()
+        && !line.starts_with("note: run with `RUST_BACKTRACE")
+    {
+        failure.panic.push(line.to_owned());
+    }
 }
 
 /// Adds one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
@@ -114,6 +181,7 @@ fn run_counting(cmd: &mut Command) -> Result<Totals> {
         let line = line?;
         println!("{line}");
         add_result_line(&mut totals, &line);
+        add_failure_line(&mut totals, &line);
     }
     totals.ok = child.wait()?.success() && totals.failed == 0;
     Ok(totals)
@@ -136,5 +204,49 @@ mod tests {
         );
         add_result_line(&mut t, "running 5 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (77, 1, 1));
+    }
+
+    #[test]
+    fn names_each_failure_with_its_panic_message() {
+        let log = "running 3 tests
+test serve::a_passing_test ... ok
+test fds_do_not_leak ... FAILED
+test other_failure ... FAILED
+
+failures:
+
+---- fds_do_not_leak stdout ----
+agent started
+thread 'fds_do_not_leak' panicked at agent/tests/serve.rs:10:5:
+assertion `left == right` failed
+  left: 47
+ right: 46
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace
+
+---- other_failure stdout ----
+thread 'other_failure' panicked at agent/tests/x.rs:1:1:
+boom
+stack backtrace:
+   0: __rustc::rust_begin_unwind
+
+failures:
+    fds_do_not_leak
+    other_failure
+
+test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        let mut t = Totals::default();
+        for line in log.lines() {
+            add_result_line(&mut t, line);
+            add_failure_line(&mut t, line);
+        }
+        assert_eq!(t.failed, 2);
+        let shown: Vec<String> = t.failures.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "  fds_do_not_leak\n      thread 'fds_do_not_leak' panicked at agent/tests/serve.rs:10:5:\n      assertion `left == right` failed\n        left: 47\n       right: 46",
+                "  other_failure\n      thread 'other_failure' panicked at agent/tests/x.rs:1:1:\n      boom",
+            ]
+        );
     }
 }
