@@ -45,7 +45,10 @@ pub fn fuzz() -> Result<()> {
             .args([nightly.as_str(), "fuzz", "run", "-O", target])
             .arg(&scratch)
             .arg(root.join("fuzz/corpus").join(target))
+            // -verbosity=0: no line per new input (thousands, which buried
+            // the test results in CI's log); a crash is reported all the same.
             .args(["--", &format!("-max_total_time={secs}"), "-timeout=10", "-rss_limit_mb=2048"])
+            .arg("-verbosity=0")
             // The workspace's cargo settings are not the fuzz crate's.
             .env_remove("CARGO_TARGET_DIR");
         if run(&mut cmd).is_err() {
