@@ -21,6 +21,9 @@ pub mod maps {
     pub const MILESTONES: &str = "MILESTONES";
     /// `RINGBUF` of profile samples and scheduler records (`--profile-dir`).
     pub const PROFILE_SAMPLES: &str = "PROFILE_SAMPLES";
+    /// `ARRAY` of `profile::ProfileSample`, one per possible CPU: where a
+    /// sample is built before its used part goes into `PROFILE_SAMPLES`.
+    pub const PROFILE_SCRATCH: &str = "PROFILE_SCRATCH";
     /// One-slot `PERCPU_ARRAY` of the profiling programs' counters.
     pub const PROFILE_STATS: &str = "PROFILE_STATS";
     /// One-slot `PERCPU_ARRAY` of `profile::SchedCounts`: run-queue waits and off-CPU time not sent as records.
@@ -35,7 +38,7 @@ pub mod maps {
     /// while `TARGETS` was full.
     pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         TARGET,
         RSS_COUNTERS,
         RSS_STATS,
@@ -49,6 +52,7 @@ pub mod maps {
         NET_STATS,
         MILESTONES,
         PROFILE_SAMPLES,
+        PROFILE_SCRATCH,
         PROFILE_STATS,
         SCHED_COUNTS,
         TARGETS,

@@ -27,11 +27,25 @@ pub mod sample_flags {
 /// One sample of a target thread: its user registers, its kernel stack
 /// (return addresses from `bpf_get_stack`) and a copy of its user stack,
 /// which user space unwinds with the binaries' `.eh_frame` (no frame
-/// pointers needed). Written straight into the ring buffer, never on the
-/// BPF stack (it is 33 KiB).
+/// pointers needed). Built in a per-CPU scratch (map `PROFILE_SCRATCH`: it
+/// is 33 KiB, far beyond the BPF stack) and sent as one ring record of
+/// [`SAMPLE_HEAD_BYTES`] plus the `user_pages` pages actually copied: a
+/// blocked demo-server thread's stack is ~17 KiB, a cpu-clock sample's
+/// ~12 KiB, so the ring holds two to three times the records a
+/// whole-struct reservation would.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProfileSample {
+    pub head: SampleHead,
+    /// User stack bytes from `stack_base` upwards (the first `user_pages`
+    /// pages are sent).
+    pub user_stack: [u8; STACK_PAGE * STACK_PAGES],
+}
+
+/// Everything of a [`ProfileSample`] but its user stack.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SampleHead {
     /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`).
     pub time_ns: u64,
     /// User-mode instruction pointer, stack pointer and frame pointer (the
@@ -48,7 +62,7 @@ pub struct ProfileSample {
     /// mappings when it changes.
     pub execs: u32,
     /// Whole pages of `user_stack` that were copied (a read stops at the
-    /// first unmapped page, the top of the stack).
+    /// first unmapped page, the top of the stack), and sent.
     pub user_pages: u32,
     /// Bytes of `kernel_stack` filled (8 per frame), negative on error.
     pub kernel_bytes: i32,
@@ -56,8 +70,15 @@ pub struct ProfileSample {
     pub flags: u32,
     /// Kernel return addresses, innermost first.
     pub kernel_stack: [u64; KERNEL_FRAMES],
-    /// User stack bytes from `stack_base` upwards.
-    pub user_stack: [u8; STACK_PAGE * STACK_PAGES],
+}
+
+/// Bytes of a sample's ring record before its user stack.
+pub const SAMPLE_HEAD_BYTES: usize = core::mem::size_of::<SampleHead>();
+
+/// The ring record's length for a sample with `user_pages` pages of stack.
+pub const fn sample_record_bytes(user_pages: u32) -> usize {
+    let pages = if user_pages as usize > STACK_PAGES { STACK_PAGES } else { user_pages as usize };
+    SAMPLE_HEAD_BYTES + pages * STACK_PAGE
 }
 
 /// Bits of [`SchedRecord::kind`].
@@ -271,10 +292,9 @@ const _: () = assert!(core::mem::size_of::<SchedRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<ThreadSched>() == 48);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 32);
-const _: () = assert!(
-    core::mem::size_of::<ProfileSample>()
-        == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8 + STACK_PAGE * STACK_PAGES
-);
+const _: () = assert!(SAMPLE_HEAD_BYTES == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8);
+const _: () =
+    assert!(core::mem::size_of::<ProfileSample>() == SAMPLE_HEAD_BYTES + STACK_PAGE * STACK_PAGES);
 
 #[cfg(test)]
 mod tests {

@@ -10,17 +10,18 @@ use core::ffi::c_void;
 
 use agent_common::profile::{
     KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags,
+    sample_record_bytes,
 };
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_task_pt_regs,
         },
     },
     macros::{map, perf_event},
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
 
@@ -32,6 +33,14 @@ static PROFILE_SAMPLES: RingBuf = RingBuf::with_byte_size(agent_common::profile:
 
 #[map]
 static PROFILE_STATS: PerCpuArray<ProfileStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// One [`ProfileSample`] per possible CPU (resized by user space before
+/// load), indexed by CPU: a per-CPU array cannot hold 33 KiB values. The
+/// two programs that fill it never interrupt each other on one CPU
+/// (`sched_switch` runs with interrupts off, the cpu-clock program in
+/// the timer's interrupt).
+#[map]
+static PROFILE_SCRATCH: Array<ProfileSample> = Array::with_max_entries(1, 0);
 
 /// x86_64 `struct pt_regs` offsets (the architecture's layout, fixed by its
 /// entry code): `bp`, `ip`, `sp`.
@@ -58,22 +67,24 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
 
 /// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
 /// target): its user registers, its kernel stack at `ctx`, its user stack.
-/// False when the ring buffer is full.
+/// Built in this CPU's scratch, then sent as one record holding only the
+/// stack pages copied. False when the ring buffer is full.
 #[inline(always)]
 pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time_ns: u64) -> bool {
-    let Some(mut entry) = PROFILE_SAMPLES.reserve::<ProfileSample>(0) else {
-        return false;
-    };
-    let s = entry.as_mut_ptr();
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(s) = PROFILE_SCRATCH.get_ptr_mut(cpu) else { return false };
     let execs = TARGET.get(0).map_or(0, |t| t.execs);
-    // SAFETY: `s` points at a reserved record of the right size; fields are
-    // written in place (the record is far larger than the BPF stack).
-    unsafe {
-        (*s).time_ns = time_ns;
-        (*s).tgid = tgid;
-        (*s).tid = tid;
-        (*s).execs = execs;
-        (*s).flags = flags;
+    // SAFETY: `s` is this CPU's scratch slot (see `PROFILE_SCRATCH`);
+    // fields are written in place (the record is far larger than the BPF
+    // stack).
+    let pages = unsafe {
+        let h = &raw mut (*s).head;
+        (*h).time_ns = time_ns;
+        (*h).tgid = tgid;
+        (*h).tid = tid;
+        (*h).execs = execs;
+        (*h).flags = flags;
         // The user registers: saved at the top of the task's kernel stack,
         // whether the timer hit user mode or the kernel on its behalf.
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
@@ -81,24 +92,24 @@ pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time
         let (ip, sp, bp) = match (read(PT_REGS_IP), read(PT_REGS_SP), read(PT_REGS_BP)) {
             (Some(ip), Some(sp), Some(bp)) => (ip, sp, bp),
             _ => {
-                (*s).flags = flags | sample_flags::NO_USER_REGS;
+                (*h).flags = flags | sample_flags::NO_USER_REGS;
                 (0, 0, 0)
             }
         };
-        (*s).ip = ip;
-        (*s).sp = sp;
-        (*s).bp = bp;
+        (*h).ip = ip;
+        (*h).sp = sp;
+        (*h).bp = bp;
         // Kernel stack of the interrupted context (empty in user mode).
-        (*s).kernel_bytes = bpf_get_stack(
+        (*h).kernel_bytes = bpf_get_stack(
             ctx,
-            (*s).kernel_stack.as_mut_ptr().cast(),
+            (*h).kernel_stack.as_mut_ptr().cast(),
             (KERNEL_FRAMES * 8) as u32,
             0,
         ) as i32;
         // The user stack, page by page from the stack pointer's page up,
         // until a page cannot be read (the top of the stack).
         let base = sp & !(STACK_PAGE as u64 - 1);
-        (*s).stack_base = base;
+        (*h).stack_base = base;
         let dst = (*s).user_stack.as_mut_ptr();
         let mut pages = 0u32;
         if sp != 0 {
@@ -111,13 +122,17 @@ pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time
                 pages += 1;
             }
         }
-        (*s).user_pages = pages;
-        if let Some(stats) = stats() {
-            stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
-        }
+        (*h).user_pages = pages;
+        pages
+    };
+    if let Some(stats) = stats() {
+        stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
     }
-    entry.submit(BPF_RB_NO_WAKEUP);
-    true
+    // SAFETY: the scratch value is `size_of::<ProfileSample>()` bytes, and
+    // `sample_record_bytes` is at most that (it clamps the pages again,
+    // which also gives the verifier its bound).
+    let record = unsafe { core::slice::from_raw_parts(s as *const u8, sample_record_bytes(pages)) };
+    PROFILE_SAMPLES.output::<[u8]>(record, BPF_RB_NO_WAKEUP).is_ok()
 }
 
 /// Sends a small record; false when the ring buffer is full.

@@ -41,6 +41,9 @@ fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::V
     args.extend_from_slice(cmd);
     let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
+    // Every ring record was read back whole (a sample's length is its head
+    // plus the stack pages it says it holds).
+    assert!(!r.stdout.contains("records unreadable"), "{}", r.stdout);
     assert!(check_every_pprof(dir) >= 2, "no pprof files in {}", dir.display());
     (read_bmf(&out), r.stdout)
 }

@@ -32,7 +32,9 @@ pub struct ProfileConfig {
 
 /// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
 /// CPU (user space drains it every 25 ms), at least 32 records, a power of
-/// two (the kernel's rule for ring buffers).
+/// two (the kernel's rule for ring buffers). Counted as if every record
+/// held a whole 32 KiB stack; records hold only the pages copied, so
+/// in practice it holds two to three times that.
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
     let per_sec =
@@ -45,11 +47,14 @@ pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
 /// load: a page of ring and nothing when profiling is off (the map is in
 /// the object either way).
 pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> anyhow::Result<()> {
-    let bytes = match config {
-        Some(c) => ring_bytes(c, aya::util::nr_cpus().map_err(|(_, e)| e)?),
-        None => RING_BYTES_OFF,
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let (bytes, scratch_slots) = match config {
+        Some(c) => (ring_bytes(c, cpus), cpus as u32),
+        None => (RING_BYTES_OFF, 1),
     };
     loader.map_max_entries(maps::PROFILE_SAMPLES, bytes);
+    // Indexed by CPU number: one slot per possible CPU.
+    loader.map_max_entries(maps::PROFILE_SCRATCH, scratch_slots);
     // The loader keeps a reference until load: statics.
     static OFF: u32 = 0;
     static RUNQ: u32 = sched_mode::RUNQ;

@@ -9,8 +9,8 @@ use std::{
 };
 
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, RUNQ_BINS, STACK_PAGE, STACK_PAGES, SchedCounts, SchedRecord,
-    sample_flags, sched_kind,
+    KERNEL_FRAMES, RUNQ_BINS, SAMPLE_HEAD_BYTES, SampleHead, SchedCounts, SchedRecord,
+    sample_flags, sample_record_bytes, sched_kind,
 };
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 
@@ -97,7 +97,8 @@ pub struct Collected {
     pub runq: RunqWaits,
     /// cpu-clock samples taken inside it (the sampling rate's numerator).
     pub samples_in_window: u64,
-    /// Records of no known size (never expected).
+    /// Records of no known size, or a sample whose length is not that of
+    /// its stack pages (never expected).
     pub malformed: u64,
     /// Time spent unwinding and counting, ns.
     pub unwind_ns: u64,
@@ -113,18 +114,24 @@ impl Collected {
             self.sched(r);
             return;
         }
-        let aligned = bytes.as_ptr().align_offset(std::mem::align_of::<ProfileSample>()) == 0;
-        if bytes.len() < std::mem::size_of::<ProfileSample>() || !aligned {
+        // A sample: its head, then the `user_pages` pages of stack copied.
+        if bytes.len() < SAMPLE_HEAD_BYTES {
             self.malformed += 1;
             return;
         }
-        // SAFETY: a whole, aligned record written by the kernel side as a
-        // `ProfileSample` (plain integers: any bytes are valid).
-        let s = unsafe { &*(bytes.as_ptr() as *const ProfileSample) };
-        if s.flags & sample_flags::OFF_CPU == 0 && window.overlap(s.time_ns, 1) == 1 {
+        // SAFETY: at least a head's bytes, written by the kernel side as a
+        // `SampleHead` (plain integers: any bytes are valid; read unaligned,
+        // no alignment is assumed).
+        let head = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SampleHead) };
+        let stack = &bytes[SAMPLE_HEAD_BYTES..];
+        if bytes.len() != sample_record_bytes(head.user_pages) {
+            self.malformed += 1;
+            return;
+        }
+        if head.flags & sample_flags::OFF_CPU == 0 && window.overlap(head.time_ns, 1) == 1 {
             self.samples_in_window += 1;
         }
-        self.sample(s, frames);
+        self.sample(&head, stack, frames);
     }
 
     fn sched(&mut self, r: SchedRecord) {
@@ -142,17 +149,16 @@ impl Collected {
 
     /// Unwinds one sample: an on-CPU one is counted, an off-CPU one waits
     /// for its end.
-    pub fn sample(&mut self, s: &ProfileSample, frames: &mut Vec<Frame>) {
+    pub fn sample(&mut self, s: &SampleHead, user_stack: &[u8], frames: &mut Vec<Frame>) {
         let started = Instant::now();
         frames.clear();
         if s.flags & sample_flags::NO_USER_REGS == 0 {
-            let copied = (s.user_pages as usize).min(STACK_PAGES) * STACK_PAGE;
             let user = UserRegsAndStack {
                 ip: s.ip,
                 sp: s.sp,
                 bp: s.bp,
                 stack_base: s.stack_base,
-                stack: &s.user_stack[..copied],
+                stack: user_stack,
             };
             self.walker.user_frames(s.tgid, s.execs, &user, frames);
         } else {
@@ -222,4 +228,39 @@ pub fn drain_until_stopped(
         std::thread::sleep(DRAIN_EVERY);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample's record as the kernel side sends it: its head, then
+    /// `pages` pages of stack.
+    fn sample_record(head: &SampleHead, pages: usize) -> Vec<u8> {
+        // SAFETY: a #[repr(C)] struct of integers without padding.
+        let head = unsafe {
+            std::slice::from_raw_parts((head as *const SampleHead).cast::<u8>(), SAMPLE_HEAD_BYTES)
+        };
+        let mut bytes = head.to_vec();
+        bytes.resize(SAMPLE_HEAD_BYTES + pages * agent_common::profile::STACK_PAGE, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_sample_is_its_head_and_the_pages_it_holds() {
+        // SAFETY: integers only: all zeroes is a valid head.
+        let mut head: SampleHead = unsafe { std::mem::zeroed() };
+        head.flags = sample_flags::NO_USER_REGS; // nothing to unwind
+        head.user_pages = 2;
+        head.time_ns = 5;
+        let window = Window::starting(0);
+        let mut c = Collected::default();
+        let mut frames = Vec::new();
+        c.record(&sample_record(&head, 2), &mut frames, &window);
+        assert_eq!((c.samples, c.samples_in_window, c.malformed), (1, 1, 0));
+        // A length that is not the head's pages: counted, not read.
+        c.record(&sample_record(&head, 1), &mut frames, &window);
+        c.record(&sample_record(&head, 0)[..SAMPLE_HEAD_BYTES - 8], &mut frames, &window);
+        assert_eq!((c.samples, c.malformed), (1, 2));
+    }
 }

@@ -216,6 +216,8 @@ pub struct ProfileReport {
     /// the cpu-clock samples taken in it.
     pub window_ns: u64,
     pub samples_in_window: u64,
+    /// Ring records user space could not read (see `Collected::malformed`).
+    pub malformed: u64,
 }
 
 /// A phase to cut out: name and `[start, end)` on CLOCK_MONOTONIC.
@@ -296,6 +298,7 @@ impl Profile {
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
             window_ns: self.window_ns,
             samples_in_window: c.samples_in_window,
+            malformed: c.malformed,
             unwind_us_per_sample: c.unwind_ns as f64
                 / 1e3
                 / (c.samples + self.counters.off_cpu_stacks).max(1) as f64,

@@ -83,11 +83,15 @@ impl ProfileReport {
                 agent_common::profile::OFF_CPU_STACKS_PER_SEC
             );
         }
-        if c.ring_full > 0 || c.off_cpu_unsampled > 0 {
+        if c.ring_full > 0 || c.off_cpu_unsampled > 0 || self.malformed > 0 {
+            let unreadable = match self.malformed {
+                0 => String::new(),
+                n => format!("; {n} records unreadable (a bug: please report it)"),
+            };
             let _ = writeln!(
                 out,
                 "  lost: {} records (ring buffer full); {} chosen blocks without a stack (over {} \
-                 stacks/s per CPU)",
+                 stacks/s per CPU){unreadable}",
                 c.ring_full,
                 c.off_cpu_unsampled,
                 agent_common::profile::OFF_CPU_STACKS_PER_SEC_MAX
