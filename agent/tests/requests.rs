@@ -143,6 +143,25 @@ fn status_codes_and_resets_are_errors() {
     assert_eq!(bmf_value(&bmf, "errors/count", "count"), 51.0);
 }
 
+/// Responses sent with `writev` (head and body in one call, as nginx sends
+/// them): the kernel copies from an iovec array, and the status read
+/// follows its first base. Every one of them is a 503.
+#[test]
+fn status_of_a_writev_response_is_read() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start(
+        "two-write-server",
+        &["--work-ms", "0", "--nodelay", "--writev", "--status", "503"],
+    );
+    let url = format!("http://{}/", server.addr());
+    let (bmf, _) = measure_during(server.pid, "writev", || {
+        let load = http_load(&url, &["--requests", "50", "--connections", "2"]);
+        assert_eq!(load.requests, 50);
+    });
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 50.0);
+    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 50.0, "every writev's status");
+}
+
 /// A response sent from a constant the server never read itself: before
 /// the kernel's copy its page is not mapped, so `tcp_sendmsg_locked` cannot
 /// read the status line then; it is read again at the end of the exchange,
