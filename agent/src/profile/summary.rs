@@ -83,16 +83,24 @@ impl ProfileReport {
                 agent_common::profile::OFF_CPU_STACKS_PER_SEC
             );
         }
-        if c.ring_full > 0 || c.off_cpu_unsampled > 0 || self.malformed > 0 {
-            let unreadable = match self.malformed {
-                0 => String::new(),
-                n => format!("; {n} records unreadable (a bug: please report it)"),
-            };
+        // Losses, only when there are some: what the profile is missing.
+        let mut lost = Vec::new();
+        if c.ring_full > 0 {
+            lost.push(format!("{} records (ring buffer full)", c.ring_full));
+        }
+        if self.malformed > 0 {
+            lost.push(format!("{} records unreadable (a bug: please report it)", self.malformed));
+        }
+        if !lost.is_empty() {
+            let _ = writeln!(out, "  lost: {}", lost.join("; "));
+        }
+        // Not a loss: a chosen block over the cap keeps its time in its
+        // thread's exact total, which the thread's stacks share.
+        if c.off_cpu_unsampled > 0 {
             let _ = writeln!(
                 out,
-                "  lost: {} records (ring buffer full); {} chosen blocks without a stack (over {} \
-                 stacks/s per CPU){unreadable}",
-                c.ring_full,
+                "  {} chosen blocks got no stack (over the cap of {} stacks/s per CPU); their time \
+                 is in their threads' totals",
                 c.off_cpu_unsampled,
                 agent_common::profile::OFF_CPU_STACKS_PER_SEC_MAX
             );
