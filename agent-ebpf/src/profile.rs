@@ -125,14 +125,18 @@ pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time
         (*h).user_pages = pages;
         pages
     };
-    if let Some(stats) = stats() {
-        stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
-    }
     // SAFETY: the scratch value is `size_of::<ProfileSample>()` bytes, and
     // `sample_record_bytes` is at most that (it clamps the pages again,
     // which also gives the verifier its bound).
     let record = unsafe { core::slice::from_raw_parts(s as *const u8, sample_record_bytes(pages)) };
-    PROFILE_SAMPLES.output::<[u8]>(record, BPF_RB_NO_WAKEUP).is_ok()
+    if PROFILE_SAMPLES.output::<[u8]>(record, BPF_RB_NO_WAKEUP).is_err() {
+        return false;
+    }
+    // Bytes of the stacks sent, as the stacks are counted.
+    if let Some(stats) = stats() {
+        stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
+    }
+    true
 }
 
 /// Sends a small record; false when the ring buffer is full.
