@@ -8,8 +8,6 @@
 
 use std::collections::HashMap;
 
-use crate::probes::cpu::process_cpu_ns;
-
 /// Each live thread's `(ns on CPU, ns waiting on a run queue)` and the
 /// thread group's CPU clock, read at one instant.
 #[derive(Clone, Debug, Default)]
@@ -30,7 +28,7 @@ impl Snapshot {
             let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
             threads.insert(tid, (fields.next().unwrap_or(0), fields.next().unwrap_or(0)));
         }
-        Some(Snapshot { threads, group_cpu_ns: process_cpu_ns(pid)? })
+        Some(Snapshot { threads, group_cpu_ns: crate::procfs::process_cpu_ns(pid).ok()? })
     }
 }
 
