@@ -137,6 +137,30 @@ fn parse_human_ns(s: &str) -> f64 {
     }
 }
 
+/// The agent attached to `pid` for `secs` with run-queue waits only
+/// (`--no-off-cpu`), profiles into `dir`, BMF into `out`.
+fn attach_runq_only(pid: u32, secs: &str, dir: &Path, out: &Path) -> Agent {
+    let pid = pid.to_string();
+    Agent::spawn(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--duration",
+        secs,
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--no-off-cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// The summary's run-queue line of a run that succeeded.
+fn runq_summary_line(r: &AgentOutput) -> &str {
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r.stdout.lines().find(|l| l.contains("run-queue wait total")).expect("summary line")
+}
+
 /// Run-queue waits (three busy threads on two cores wait a lot) add up to
 /// the kernel's own `run_delay` in /proc/PID/task/*/schedstat within 10 %
 /// (the waits are read from that same counter at each switch-out: this
@@ -146,23 +170,9 @@ fn parse_human_ns(s: &str) -> f64 {
 fn runq_waits_add_up_to_proc_schedstat() {
     let Some(_serial) = privileged() else { return };
     let target = common::Target::start("cpu-burner", &["--threads", "3", "--late-threads", "0"]);
-    let dir = profile_dir("runq");
-    let out = out_path("profile-runq");
-    let r = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &target.pid.to_string(),
-        "--duration",
-        "3",
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--no-off-cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .wait(RUN_TIMEOUT);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let line = r.stdout.lines().find(|l| l.contains("run-queue wait total")).expect("summary line");
+    let (dir, out) = (profile_dir("runq"), out_path("profile-runq"));
+    let r = attach_runq_only(target.pid, "3", &dir, &out).wait(RUN_TIMEOUT);
+    let line = runq_summary_line(&r);
     let agent = parse_human_ns(
         line.split("run-queue wait total").nth(1).unwrap().split('(').next().unwrap(),
     );
@@ -188,27 +198,14 @@ fn runq_waits_add_up_to_proc_schedstat() {
 fn the_summary_says_when_proc_misses_exited_threads() {
     let Some(_serial) = privileged() else { return };
     let server = common::Target::start("demo-server", &[]);
-    let dir = profile_dir("runq-exited");
-    let out = out_path("profile-runq-exited");
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &server.pid.to_string(),
-        "--duration",
-        "5",
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--no-off-cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (dir, out) = (profile_dir("runq-exited"), out_path("profile-runq-exited"));
+    let agent = attach_runq_only(server.pid, "5", &dir, &out);
     agent.wait_attached();
     let url = format!("http://{}/", server.addr());
     for _ in 0..3 {
         common::http_load(&url, &["--requests", "20000"]);
     }
     let r = agent.wait(RUN_TIMEOUT);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let line = r.stdout.lines().find(|l| l.contains("run-queue wait total")).expect("summary line");
+    let line = runq_summary_line(&r);
     assert!(line.contains("threads that exited during the run used"), "{line}");
 }
