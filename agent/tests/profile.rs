@@ -9,44 +9,12 @@
 mod common;
 mod profile_common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
-use profile_common::{Folded, Pprof, check_every_pprof, check_svg, profile_dir};
-
-/// How long one profiled run may take to end.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Runs `perf-agent run --profile-dir DIR --profile-hz HZ --duration SECS
-/// -- CMD...`; checks every pprof it wrote with the independent decoder;
-/// returns the BMF and the agent's stdout.
-fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::Value, String) {
-    let out = out_path(&format!("profile-{}", dir.file_name().unwrap().to_string_lossy()));
-    let mut args = vec![
-        "run",
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--profile-hz",
-        hz,
-        "--duration",
-        secs,
-        "--out",
-        out.to_str().unwrap(),
-        "--",
-    ];
-    args.extend_from_slice(cmd);
-    let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
-    assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
-    // Every ring record was read back whole (a sample's length is its head
-    // plus the stack pages it says it holds).
-    assert!(!r.stdout.contains("records unreadable"), "{}", r.stdout);
-    assert!(check_every_pprof(dir) >= 2, "no pprof files in {}", dir.display());
-    (read_bmf(&out), r.stdout)
-}
+use profile_common::{
+    Folded, Pprof, RUN_TIMEOUT, cc, check_every_pprof, check_svg, profile_dir, profile_run,
+};
 
 /// The 3:1 fixture: leaf shares within ±3 points of 75/25, ≥ 95 % of the
 /// samples unwound to `main`; folded total = BMF samples. Sampled at
@@ -116,23 +84,6 @@ fn rust_release_without_frame_pointers_three_to_one() {
         stdout.contains("profile_target::leaf_a"),
         "summary lists the top functions:\n{stdout}"
     );
-}
-
-/// `cc` builds `sources` into `dir/name` with `flags` (libraries last).
-fn cc(dir: &Path, name: &str, sources: &[&str], flags: &[&str], libs: &[&str]) -> PathBuf {
-    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c");
-    std::fs::create_dir_all(dir).unwrap();
-    let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(flags)
-        .args(sources.iter().map(|s| c_dir.join(s)))
-        .arg("-o")
-        .arg(&out)
-        .args(libs)
-        .status()
-        .unwrap_or_else(|e| panic!("running cc (install a C compiler, e.g. gcc): {e}"));
-    assert!(status.success(), "cc {flags:?} {sources:?} failed");
-    out
 }
 
 fn c_three_to_one(test: &str, frame_pointer_flag: &str) {

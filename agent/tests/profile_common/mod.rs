@@ -1,6 +1,8 @@
-//! Reading profiles back, for `tests/profile.rs` and
-//! `tests/profile_offcpu.rs`: folded stacks parsed, SVG parsed as XML,
-//! pprof decoded by Google's own protobuf (`pprof.rs`).
+//! Profiling runs and reading profiles back, for `tests/profile.rs`,
+//! `tests/profile_images.rs` and `tests/profile_offcpu.rs`: `run
+//! --profile-dir` of a command, C fixtures built with `cc`, folded stacks
+//! parsed, SVG parsed as XML, pprof decoded by Google's own protobuf
+//! (`pprof.rs`).
 #![allow(dead_code)]
 
 mod pprof;
@@ -11,7 +13,58 @@ pub use pprof::{Pprof, check_every_pprof};
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
 };
+
+use crate::common::{Agent, out_path, read_bmf};
+
+/// How long one profiled run may take to end.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `perf-agent run --profile-dir DIR --profile-hz HZ --duration SECS
+/// -- CMD...`; checks every pprof it wrote with the independent decoder;
+/// returns the BMF and the agent's stdout.
+pub fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::Value, String) {
+    let out = out_path(&format!("profile-{}", dir.file_name().unwrap().to_string_lossy()));
+    let mut args = vec![
+        "run",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--profile-hz",
+        hz,
+        "--duration",
+        secs,
+        "--out",
+        out.to_str().unwrap(),
+        "--",
+    ];
+    args.extend_from_slice(cmd);
+    let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
+    // Every ring record was read back whole (a sample's length is its head
+    // plus the stack pages it says it holds).
+    assert!(!r.stdout.contains("records unreadable"), "{}", r.stdout);
+    assert!(check_every_pprof(dir) >= 2, "no pprof files in {}", dir.display());
+    (read_bmf(&out), r.stdout)
+}
+
+/// `cc` builds `sources` into `dir/name` with `flags` (libraries last).
+pub fn cc(dir: &Path, name: &str, sources: &[&str], flags: &[&str], libs: &[&str]) -> PathBuf {
+    let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/c");
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(flags)
+        .args(sources.iter().map(|s| c_dir.join(s)))
+        .arg("-o")
+        .arg(&out)
+        .args(libs)
+        .status()
+        .unwrap_or_else(|e| panic!("running cc (install a C compiler, e.g. gcc): {e}"));
+    assert!(status.success(), "cc {flags:?} {sources:?} failed");
+    out
+}
 
 /// A fresh, empty profile directory.
 pub fn profile_dir(test: &str) -> PathBuf {
