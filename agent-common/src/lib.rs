@@ -400,7 +400,9 @@ pub struct ConnState {
     pub sk: u64,
     /// Outbound: up to when the call's time was already credited to its parent.
     pub credited_until_ns: u64,
-    pub bytes_in: u64,
+    /// Bytes the exchange's sends copy at most (see `tcp_sendmsg_locked`).
+    /// Reads are not counted: the receive hook (`tcp_rcv_space_adjust`)
+    /// does not see a read's length.
     pub bytes_out: u64,
     /// Outbound: the inbound connection (sock address) the call serves.
     pub parent_sk: u64,
@@ -487,8 +489,11 @@ pub struct NetEvent {
     pub first_response_ns: u64,
     pub end_ns: u64,
     pub upstream_ns: u64,
-    /// Bytes read and written in the exchange, saturating at `u32::MAX`.
+    /// Requests and calls: 0 (the receive hook does not see a read's
+    /// length); deliveries: see [`event_kind::DELIVERY`].
     pub bytes_in: u32,
+    /// Requests and calls: bytes the exchange's sends copy at most,
+    /// saturating at `u32::MAX`.
     pub bytes_out: u32,
     pub kind: u32,
     pub status: u32,
@@ -639,7 +644,7 @@ mod user {
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
 const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32 * 4);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 16 * 8 + 16 * 4);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 15 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);
 const _: () = assert!(core::mem::size_of::<EventRingPos>() == 64);

@@ -72,7 +72,7 @@ pub mod programs {
     pub const SCHED_SWITCH: &str = "sched_switch";
     pub const RSS_STAT: &str = "rss_stat";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
-    pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
+    pub const TCP_RCV_SPACE_ADJUST: &str = "tcp_rcv_space_adjust";
     pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
     pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
@@ -94,7 +94,7 @@ pub mod programs {
         SCHED_SWITCH,
         RSS_STAT,
         INET_SOCK_SET_STATE,
-        SOCK_RECV_LENGTH,
+        TCP_RCV_SPACE_ADJUST,
         TCP_SENDMSG_LOCKED,
         TCP_RECEIVE_RESET,
         TCP_SEND_RESET,

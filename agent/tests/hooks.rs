@@ -46,7 +46,7 @@ fn default_mode_attaches_no_syscall_hook() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     eprintln!("programs held: {names:?}");
     // The check can fail: the programs it looks for are there.
-    for expected in ["sock_recv_lengt", "tcp_sendmsg_loc", "rss_stat"] {
+    for expected in ["tcp_rcv_space_a", "tcp_sendmsg_loc", "rss_stat"] {
         assert!(names.contains(expected), "{expected} missing from {names:?}");
     }
     assert!(syscall_hooks(&names).is_empty(), "syscall hooks in the default mode: {names:?}");
@@ -129,7 +129,7 @@ fn attach_with(
         .map(|p| p.name.clone())
         .collect();
     let size = |name: &str| programs.iter().find(|p| p.name == name).map_or(0, |p| p.xlated_len);
-    let sizes = [size("sock_recv_lengt"), size("tcp_sendmsg_loc")];
+    let sizes = [size("tcp_rcv_space_a"), size("tcp_sendmsg_loc")];
     (read_bmf(&out), r.stdout, hooks, sizes)
 }
 
@@ -168,8 +168,8 @@ fn delivery_hooks_and_bookkeeping_only_with_delivery() {
     let app = bmf_value(&bmf, "latency/p50", "latency");
     assert!(delivered >= app, "delivered p50 {delivered} ns < app p50 {app} ns");
     assert!(summary.contains("where the time goes (p50"), "{summary}");
-    eprintln!("verified bytes (sock_recv_length, tcp_sendmsg_locked): off {off:?}, on {on:?}");
-    for (i, name) in ["sock_recv_length", "tcp_sendmsg_locked"].iter().enumerate() {
+    eprintln!("verified bytes (tcp_rcv_space_adjust, tcp_sendmsg_locked): off {off:?}, on {on:?}");
+    for (i, name) in ["tcp_rcv_space_adjust", "tcp_sendmsg_locked"].iter().enumerate() {
         assert!(off[i] > 0 && off[i] < on[i], "{name}: {} bytes off vs {} on", off[i], on[i]);
     }
 }

@@ -51,7 +51,7 @@ fn bpftool_show(what: &str) -> Vec<serde_json::Value> {
 fn snapshot_attached(agent: &Agent) -> BpfObjects {
     let objects = bpf_objects(agent.pid);
     // The default mode's 7: the exec hook, rss_stat, inet_sock_set_state,
-    // sock_recv_length, tcp_sendmsg_locked and the two reset hooks.
+    // tcp_rcv_space_adjust, tcp_sendmsg_locked and the two reset hooks.
     assert!(
         objects.progs.len() >= 7 && objects.links.len() >= 7,
         "expected the agent's programs and links in its fdinfo: {objects:?}"
@@ -64,7 +64,7 @@ fn snapshot_attached(agent: &Agent) -> BpfObjects {
                 .filter_map(|p| p["name"].as_str().map(str::to_string))
                 .collect();
             // bpftool shows the BTF name, or the kernel's, truncated to 15 bytes.
-            for want in ["rss_stat", "sock_recv_length", "inet_sock_set_state"] {
+            for want in ["rss_stat", "tcp_rcv_space_adjust", "inet_sock_set_state"] {
                 assert!(
                     names
                         .iter()

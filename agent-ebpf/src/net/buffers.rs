@@ -8,7 +8,7 @@
 //!   machine pays for it.
 //! - Receives, only with `--health-path`/`--ready-path`:
 //!   `syscalls:sys_enter_{read,recvfrom,readv,recvmsg}` record the buffer a
-//!   read will fill, per thread (`sock_recv_length` has no buffer). While
+//!   read will fill, per thread (`tcp_rcv_space_adjust` has no buffer). While
 //!   attached they run for every such system call of the machine, so user
 //!   space detaches them once the milestones they serve are reached.
 
@@ -70,17 +70,17 @@ pub(super) fn chunk_bytes(msg: *const u8, size_goal: i32) -> u64 {
 #[map]
 static READ_BUF: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
 
-/// `PATH_HEALTH` / `PATH_READY` for a request whose first `received` bytes
-/// the current thread just read; 0 when no path is watched.
+/// `PATH_HEALTH` / `PATH_READY` for a request whose first bytes the current
+/// thread just read; 0 when no path is watched.
 #[inline(always)]
-pub(super) fn request_path_flags(received: u64) -> u32 {
+pub(super) fn request_path_flags() -> u32 {
     let m = read_const(&PATH_MATCH);
     if m.health_len == 0 && m.ready_len == 0 {
         return 0;
     }
     let tid = config::current_tgid_tid().1;
     let Some(&buf) = (unsafe { READ_BUF.get(&tid) }) else { return 0 };
-    http::path_flags(m, buf, received) & (conn_flags::PATH_HEALTH | conn_flags::PATH_READY)
+    http::path_flags(m, buf) & (conn_flags::PATH_HEALTH | conn_flags::PATH_READY)
 }
 
 /// How a read syscall names the bytes it fills.

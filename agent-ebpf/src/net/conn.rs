@@ -75,7 +75,6 @@ static UPSTREAM_WAIT: LruHashMap<ParentRef, u64> = LruHashMap::with_max_entries(
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 pub(super) const IPPROTO_TCP: u16 = 6;
-const MSG_PEEK: i32 = 2;
 
 /// `sk`'s state, if it is tracked. A socket no BPF program gave storage
 /// (nearly every socket of the machine that is not the target's) has a NULL
@@ -124,7 +123,6 @@ pub(super) fn track(sk: Sock, dir: u32, flags: u32, owner: u32) -> Option<&'stat
 fn reset_exchange(c: &mut ConnState) {
     put(&mut c.first_response_ns, 0);
     put(&mut c.last_response_ns, 0);
-    put(&mut c.bytes_in, 0);
     put(&mut c.bytes_out, 0);
     put(&mut c.response_buf, 0);
     put(&mut c.status, 0);
@@ -256,34 +254,26 @@ fn adopt(sk: Sock, first_op_is_read: bool) -> Option<&'static mut ConnState> {
     Some(c)
 }
 
-/// The arguments of `sock_recv_length` when this is a read with data:
-/// `(sk, bytes)`. The return value is a load from the context: EAGAIN
-/// reads, as tokio makes until a socket is drained, leave there, whoever
-/// makes them.
-#[inline(always)]
-fn data_read(ctx: &BtfTracePointContext) -> Option<(Sock, u64)> {
-    let ret: i32 = ctx.arg(1);
-    if ret <= 0 {
-        return None; // EAGAIN, errors and EOF carry no data
-    }
-    let flags: i32 = ctx.arg(2);
-    if flags & MSG_PEEK != 0 {
-        return None; // the data will be read again
-    }
-    Some((ctx.arg(0), ret as u64))
-}
-
 /// The current thread's id (a helper call: only where it is needed).
 #[inline(always)]
 fn current_tid() -> u32 {
     config::current_tgid_tid().1
 }
 
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let Some((sk, bytes)) = data_read(&ctx) else {
-        return 0;
-    };
+/// `TP_PROTO(struct sock *sk)`: TCP's receive loop, right after each
+/// socket buffer's bytes were copied to the reader (`tcp_recvmsg_locked`;
+/// also splice and zero-copy receives), in the reader's context. It runs
+/// only for TCP reads that return data: reads that find nothing (EAGAIN, as
+/// nginx makes after each keep-alive request), EOF, and every other
+/// protocol's receives (Unix, UDP, netlink) anywhere on the machine run no
+/// program at all, where `sock_recv_length` ran one for each. A read that
+/// takes several buffers runs it once per buffer; only the first can start
+/// a request. A `MSG_PEEK` read runs it too: a request starts when its
+/// first bytes are first seen, peeked or read (counts are unchanged: a
+/// request starts only on an idle connection).
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn tcp_rcv_space_adjust(ctx: BtfTracePointContext) -> i32 {
+    let sk: Sock = ctx.arg(0);
     // Only the target's sockets have storage: anyone else's leave on a load.
     let Some(c) = conn_or_adopt(sk, true) else {
         return 0;
@@ -294,9 +284,8 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
             finish_exchange(c, true); // keep-alive: the previous request is done
         }
         if c.phase == phase::IDLE {
-            start_request(c, t, bytes);
+            start_request(c, t);
         }
-        c.bytes_in += bytes;
     } else {
         // Outbound: the upstream's response arriving.
         if c.phase == phase::REQUEST {
@@ -305,7 +294,6 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
         }
         if c.phase == phase::RESPONSE {
             c.last_response_ns = t;
-            c.bytes_in += bytes;
             credit_parent(c, t);
         }
     }
@@ -314,14 +302,14 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 
 /// The first bytes of a request arrived on inbound connection `c`.
 #[inline(always)]
-fn start_request(c: &mut ConnState, t: u64, bytes: u64) {
+fn start_request(c: &mut ConnState, t: u64) {
     c.phase = phase::REQUEST;
     c.start_ns = t;
     reset_exchange(c);
     delivery::request_started(c);
     c.seq = c.seq.wrapping_add(1);
     c.flags &= !(conn_flags::PATH_HEALTH | conn_flags::PATH_READY);
-    c.flags |= buffers::request_path_flags(bytes);
+    c.flags |= buffers::request_path_flags();
     // Node mode: upstream calls this thread makes from now on serve this
     // request (updated in place: an insert costs far more). Only for a
     // target with upstreams: a lookup per request otherwise.

@@ -38,23 +38,29 @@ pub(super) fn status_at(buf: u64) -> Option<u32> {
 /// Room for the request line's method, path and the byte after the path
 /// (a multiple of 8: it is cleared a word at a time, `zero_words`).
 const REQUEST_HEAD: usize = 144;
+const PAGE: u64 = 4096;
 
 /// Scratch for the first bytes of a request (too large for the BPF stack).
 #[map]
 static REQUEST_LINE: PerCpuArray<[u8; REQUEST_HEAD]> = PerCpuArray::with_max_entries(1, 0);
 
-/// `PATH_HEALTH` / `PATH_READY` for a request whose first `received` bytes
-/// are at user address `buf`: `METHOD SP PATH (SP | ?)`.
+/// `PATH_HEALTH` / `PATH_READY` for a request whose first bytes were just
+/// copied to user address `buf`: `METHOD SP PATH (SP | ?)`.
 #[inline(always)]
-pub(super) fn path_flags(m: &PathMatch, buf: u64, received: u64) -> u32 {
+pub(super) fn path_flags(m: &PathMatch, buf: u64) -> u32 {
     let Some(head) = REQUEST_LINE.get_ptr_mut(0) else { return 0 };
     let head = unsafe { &mut *head };
-    // Only the bytes the read returned: past them the buffer's page may not
-    // be mapped yet, and a fault-free read of it would fail.
-    let n = if received < REQUEST_HEAD as u64 { received as usize } else { REQUEST_HEAD };
-    if n == 0 {
-        return 0;
-    }
+    // Up to the end of `buf`'s page: the read just copied its first bytes
+    // there, so that page is mapped, and a fault-free read of the next one
+    // might fail. (The receive hook does not see how many bytes the read
+    // returned; bytes past them are the buffer's old contents, but the
+    // method, path and the byte after it are a request's first bytes.)
+    let page_left = PAGE - (buf & (PAGE - 1));
+    // Bounded after a volatile reload: LLVM folds a plain `min` into
+    // arithmetic the verifier cannot bound (it then sees up to 4096 bytes
+    // for a 144-byte buffer).
+    let n = unsafe { core::ptr::read_volatile(&page_left) } as usize;
+    let n = if n > REQUEST_HEAD { REQUEST_HEAD } else { n };
     zero_words(head); // not `fill(0)`: a memset call (see `access::put`)
     if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head[..n]) }.is_err() {
         return 0;

@@ -9,8 +9,9 @@
 //!   connection), →SYN_SENT in the target (an outbound one), →FIN_WAIT1,
 //!   →LAST_ACK and →CLOSE (the end); `tcp_receive_reset` /
 //!   `tcp_send_reset` (BTF tracepoints): errors.
-//! - [`conn`]: `sock_recv_length` (BTF tracepoint, `(struct sock *sk, int
-//!   ret, int flags)`): every read on a socket, in the caller's context;
+//! - [`conn`]: `tcp_rcv_space_adjust` (BTF tracepoint, `(struct sock
+//!   *sk)`): each socket buffer a TCP read copies, in the reader's context
+//!   (no run for reads that return nothing, nor for other protocols);
 //!   `tcp_sendmsg_locked` (BTF tracepoint, TCP sends only, per chunk, in the
 //!   sender's context, before the copy): every TCP write, and where the
 //!   first bytes of a response are (`msg->msg_iter`, [`buffers`]), for its
@@ -25,8 +26,8 @@
 //!
 //! A request (inbound) is: first read with data → first write (TTFB) → last
 //! write before the next read with data, or before the close. Reads that
-//! return nothing (EAGAIN, as tokio does until the socket is drained) are
-//! ignored. Completed requests and upstream calls go to user space through
+//! return nothing (EAGAIN, as nginx makes after each keep-alive request)
+//! run no program. Completed requests and upstream calls go to user space through
 //! [`ring`], a per-CPU event ring that user space maps and drains every
 //! interval (`agent/src/event_ring.rs`): no wake-ups, no lock, no shared
 //! cache line. [`http`] parses status lines and request paths.

@@ -31,7 +31,7 @@ pub(super) fn emit(kind: u32, c: &ConnState, end_ns: u64, upstream_ns: u64, extr
         first_response_ns: c.first_response_ns,
         end_ns,
         upstream_ns,
-        bytes_in: saturate(c.bytes_in),
+        bytes_in: 0,
         bytes_out: saturate(c.bytes_out),
         kind,
         status: c.status,

@@ -339,14 +339,14 @@ mod tests {
 
     /// LLVM turns runs of zero stores into `memset` calls, which bpf-linker
     /// links to a byte-at-a-time loop: 40 bytes of state cleared that way
-    /// made `sock_recv_length` ~200 ns slower per request. The programs that
+    /// made the receive program ~200 ns slower per request. The programs that
     /// run per socket call, per context switch or per TCP state change must
     /// call none of the memory builtins.
     #[test]
     fn hot_programs_call_no_byte_loop_builtins() {
         let builtins = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
         for section in [
-            "tp_btf/sock_recv_length",
+            "tp_btf/tcp_rcv_space_adjust",
             "tp_btf/tcp_sendmsg_locked",
             // With --profile-dir, also off-CPU and run-queue work.
             "tp_btf/sched_switch",
@@ -367,7 +367,9 @@ mod tests {
         // The reader itself works: the relocations of a hot program name
         // its maps.
         assert!(
-            relocation_targets(EBPF_OBJECT, "tp_btf/sock_recv_length").iter().any(|s| s == "CONNS")
+            relocation_targets(EBPF_OBJECT, "tp_btf/tcp_rcv_space_adjust")
+                .iter()
+                .any(|s| s == "CONNS")
         );
         // The profiling's scheduler work is in `sched_switch` itself.
         assert!(

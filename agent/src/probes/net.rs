@@ -84,7 +84,7 @@ pub fn offsets(tracefs_root: &Path, btf: &Btf, o: &mut TracepointOffsets) -> any
 /// tracker first, so connections are classified before data flows).
 const BTF_HOOKS: [&str; 5] = [
     programs::INET_SOCK_SET_STATE,
-    programs::SOCK_RECV_LENGTH,
+    programs::TCP_RCV_SPACE_ADJUST,
     programs::TCP_SENDMSG_LOCKED,
     programs::TCP_RECEIVE_RESET,
     programs::TCP_SEND_RESET,
@@ -406,7 +406,7 @@ impl NetProbe {
             first_response_ns: c.first_response_ns,
             end_ns: c.last_response_ns,
             upstream_ns,
-            bytes_in: c.bytes_in.min(u32::MAX.into()) as u32,
+            bytes_in: 0,
             bytes_out: c.bytes_out.min(u32::MAX.into()) as u32,
             kind: if inbound { event_kind::REQUEST } else { event_kind::UPSTREAM_CALL },
             status: c.status,

@@ -288,7 +288,7 @@ mod tests {
         let mut r = super::super::test_report(EndReason::DurationElapsed);
         let mut probe = super::super::test_program(programs::TCP_PROBE, 100, 10_000);
         probe.recursion_misses = 7;
-        let mut recv = super::super::test_program(programs::SOCK_RECV_LENGTH, 100, 10_000);
+        let mut recv = super::super::test_program(programs::TCP_RCV_SPACE_ADJUST, 100, 10_000);
         recv.recursion_misses = 2;
         r.programs = vec![probe, recv];
         r.kernel.net.stats.deliveries_dropped = 5;

@@ -389,7 +389,7 @@ mod tests {
         assert!(!render(&r).contains("  dropped:"));
         let mut missed = test_program("inet_sock_set_state", 1000, 0);
         missed.recursion_misses = 5;
-        r.programs = vec![missed, test_program("sock_recv_length", 10, 0)];
+        r.programs = vec![missed, test_program("tcp_rcv_space_adjust", 10, 0)];
         r.window.lost_events = 2;
         let s = render(&r);
         assert!(s.contains("dropped events 7"), "{s}");

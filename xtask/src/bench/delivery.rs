@@ -30,7 +30,7 @@ const DELIVERY_PROGRAMS: [&str; 3] = ["sk_data_ready", "tcp_probe", "tcp_retrans
 /// The socket programs that call the delivery bookkeeping
 /// (`agent-ebpf/src/net/delivery.rs`).
 const BOOKKEEPING_PROGRAMS: [&str; 3] =
-    ["sock_recv_length", "tcp_sendmsg_locked", "inet_sock_set_state"];
+    ["tcp_rcv_space_adjust", "tcp_sendmsg_locked", "inet_sock_set_state"];
 const DELIVERY: &[&str] = &["--delivery"];
 /// Pairs of cost runs, and the length of each (at the cost scenario's rate):
 /// tens of thousands of runs of each hook per run, ~15 s in all.
@@ -201,14 +201,14 @@ mod tests {
         let floor = (FLOOR_PROGRAM, 50.0, 1000.0);
         let round = Round {
             default: run(
-                &[("sock_recv_length", 120.0, 100.0), ("sched_switch", 70.0, 5000.0), floor],
+                &[("tcp_rcv_space_adjust", 120.0, 100.0), ("sched_switch", 70.0, 5000.0), floor],
                 100.0,
             ),
             delivery: run(
                 &[
                     ("sk_data_ready", 80.0, 200.0),
                     ("tcp_probe", 140.0, 200.0),
-                    ("sock_recv_length", 150.0, 100.0),
+                    ("tcp_rcv_space_adjust", 150.0, 100.0),
                     ("sched_switch", 90.0, 9000.0),
                     floor,
                 ],
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(value("overhead/delivery_ns_per_request_net"), Some(240.0));
         assert_eq!(value("overhead/delivery/prog_ns/tcp_probe"), Some(140.0));
         assert!(value("overhead/delivery/prog_ns/tcp_retransmit_skb").is_none());
-        assert_eq!(value("overhead/delivery/prog_ns_added/sock_recv_length"), Some(30.0));
+        assert_eq!(value("overhead/delivery/prog_ns_added/tcp_rcv_space_adjust"), Some(30.0));
         // With: 240 + (150 − 50) × 100 ÷ 100 = 340; without: (120 − 50) × 1.
         // sched_switch, which --delivery does not change, does not count.
         assert_eq!(value("overhead/delivery_added_ns_per_request"), Some(270.0));
