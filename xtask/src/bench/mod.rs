@@ -197,6 +197,7 @@ fn run_scenarios(options: &Options, results: &mut Results) -> Result<()> {
         agent: bins.join("perf-agent"),
         http_load: bins.join("http-load"),
         demo_server: bins.join("demo-server"),
+        unix_pingpong: bins.join("unix-pingpong"),
         logs,
         agent_runs: 0,
         bpf_stats: false,

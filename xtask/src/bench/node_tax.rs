@@ -1,13 +1,16 @@
 //! The node tax: how much the agent slows processes it does not measure.
 //!
 //! Hooks that fire for every process on the machine (scheduler, socket and
-//! syscall tracepoints) make everyone pay, not only the target. Two unrelated
-//! workloads run without the agent, with it attached in its default mode to
-//! an idle target (`sleep`), and with it attached with `--health-path` to a
-//! demo-server whose startup has completed (its `/health` answered):
+//! syscall tracepoints) make everyone pay, not only the target. Three
+//! unrelated workloads run without the agent, with it attached in its
+//! default mode to an idle target (`sleep`), and with it attached with
+//! `--health-path` to a demo-server whose startup has completed (its
+//! `/health` answered):
 //! - syscall-bound: `dd bs=1` from /dev/zero to /dev/null, 2 syscalls a byte;
 //! - socket-bound: a loopback pair that is not the target, a fresh
-//!   demo-server and http-load over keep-alive connections.
+//!   demo-server and http-load over keep-alive connections;
+//! - Unix-socket-bound: `unix-pingpong`, two threads bouncing a byte over a
+//!   Unix socket pair, each reading without blocking first (EAGAIN reads).
 //!
 //! The measure is their CPU time (utime + stime from `wait4`, exact), which
 //! is what the tax adds to; elapsed time is shown too, but on two shared
@@ -39,6 +42,8 @@ use crate::process::KillOnDrop;
 const DD_BYTES: u64 = 3_000_000;
 /// Keep-alive requests of the loopback pair per run.
 const PAIR_REQUESTS: u64 = 100_000;
+/// Round trips of the Unix-socket workload per run (~2 s pinned).
+const UNIX_ROUND_TRIPS: u64 = 200_000;
 const HEALTH_PATH: &str = "/health";
 /// Unrelated workloads' CPU with ÷ without the agent (issue 12).
 const GOAL_NODE_TAX_RATIO: f64 = 1.01;
@@ -62,6 +67,8 @@ struct Workloads {
     /// The pair's (client + server) CPU per request, ns.
     pair_cpu_per_request: f64,
     pair_rps: f64,
+    /// `unix-pingpong`'s CPU per round trip, ns.
+    unix_cpu_per_round_trip: f64,
 }
 
 /// One round: the workloads in each mode.
@@ -75,9 +82,10 @@ pub fn run_scenario(env: &mut Env, rounds: usize, results: &mut Results) -> Resu
     // A 1 % goal needs more rounds than the others' 5 to be told from noise.
     let rounds = rounds.max(MIN_ROUNDS);
     println!(
-        "\n== node tax: `dd bs=1 count={DD_BYTES}` and a loopback demo-server + http-load pair \
-         ({PAIR_REQUESTS} requests), without the agent, with it on an idle `sleep`, and with \
-         --health-path on a started demo-server ({rounds} rounds, the workloads pinned to one CPU)"
+        "\n== node tax: `dd bs=1 count={DD_BYTES}`, a loopback demo-server + http-load pair \
+         ({PAIR_REQUESTS} requests) and unix-pingpong ({UNIX_ROUND_TRIPS} round trips), without \
+         the agent, with it on an idle `sleep`, and with --health-path on a started demo-server \
+         ({rounds} rounds, the workloads pinned to one CPU)"
     );
     let mut sleep = Command::new("sleep");
     sleep.arg("100000").stdin(Stdio::null());
@@ -97,13 +105,15 @@ pub fn run_scenario(env: &mut Env, rounds: usize, results: &mut Results) -> Resu
         for mode in order {
             let w = session(env, mode, idle.id(), &started)?;
             println!(
-                "  round {} {:<11} dd {:.3} s CPU ({:.3} s elapsed), pair {:.2} µs CPU/request ({:.0} req/s)",
+                "  round {} {:<11} dd {:.3} s CPU ({:.3} s elapsed), pair {:.2} µs CPU/request \
+                 ({:.0} req/s), unix {:.2} µs CPU/round trip",
                 round + 1,
                 format!("{mode:?}:"),
                 w.dd_cpu_ns / 1e9,
                 w.dd_wall_ns / 1e9,
                 w.pair_cpu_per_request / 1e3,
-                w.pair_rps
+                w.pair_rps,
+                w.unix_cpu_per_round_trip / 1e3,
             );
             *match mode {
                 Mode::Without => &mut without,
@@ -162,7 +172,8 @@ fn workloads(env: &Env) -> Result<Workloads> {
     let _pinned = Pinned::to_last_cpu()?;
     let (dd_cpu_ns, dd_wall_ns) = dd()?;
     let (pair_cpu_per_request, pair_rps) = loopback_pair(env)?;
-    Ok(Workloads { dd_cpu_ns, dd_wall_ns, pair_cpu_per_request, pair_rps })
+    let unix_cpu_per_round_trip = unix_pingpong(env)?;
+    Ok(Workloads { dd_cpu_ns, dd_wall_ns, pair_cpu_per_request, pair_rps, unix_cpu_per_round_trip })
 }
 
 /// `dd bs=1`: its CPU time and elapsed time, ns.
@@ -180,6 +191,22 @@ fn dd() -> Result<(f64, f64)> {
         Some(s) if s.success() => Ok((reaped.cpu_ns, wall)),
         Some(s) => bail!("`{}` failed ({s})", describe(&cmd)),
         None => bail!("`{}` did not finish within 60 s", describe(&cmd)),
+    }
+}
+
+/// `unix-pingpong`: its CPU per round trip, ns.
+fn unix_pingpong(env: &Env) -> Result<f64> {
+    check_interrupted()?;
+    let mut cmd = Command::new(&env.unix_pingpong);
+    cmd.args(["--round-trips", &UNIX_ROUND_TRIPS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let child =
+        KillOnDrop::new(cmd.spawn().with_context(|| format!("cannot start `{}`", describe(&cmd)))?);
+    match child.reap(Duration::from_secs(120))? {
+        (Some(s), reaped) if s.success() => Ok(reaped.cpu_ns / UNIX_ROUND_TRIPS as f64),
+        (Some(s), _) => bail!("`{}` failed ({s})", describe(&cmd)),
+        (None, _) => bail!("`{}` did not finish within 120 s", describe(&cmd)),
     }
 }
 
@@ -209,6 +236,7 @@ fn rows(results: &mut Results, rounds: &[Round]) {
         |mode: Mode, f: fn(&Workloads) -> f64| each(rounds, move |r| f(r.of(mode)) / f(&r.without));
     let dd_cpu: fn(&Workloads) -> f64 = |w| w.dd_cpu_ns;
     let pair_cpu: fn(&Workloads) -> f64 = |w| w.pair_cpu_per_request;
+    let unix_cpu: fn(&Workloads) -> f64 = |w| w.unix_cpu_per_round_trip;
     let on_sleep = "agent on an idle `sleep`";
     let on_started = "agent with --health-path on a demo-server whose /health answered";
     let goals = [
@@ -216,6 +244,8 @@ fn rows(results: &mut Results, rounds: &[Round]) {
         ("dd_cpu_ratio_health_path", Mode::HealthPath, dd_cpu, on_started),
         ("loopback_cpu_per_request_ratio", Mode::Default, pair_cpu, on_sleep),
         ("loopback_cpu_per_request_ratio_health_path", Mode::HealthPath, pair_cpu, on_started),
+        ("unix_cpu_per_round_trip_ratio", Mode::Default, unix_cpu, on_sleep),
+        ("unix_cpu_per_round_trip_ratio_health_path", Mode::HealthPath, unix_cpu, on_started),
     ];
     for (name, mode, f, note) in goals {
         let row = results.add_spread(format!("overhead/node_tax/{name}"), "ratio", &ratio(mode, f));
@@ -251,4 +281,11 @@ fn rows(results: &mut Results, rounds: &[Round]) {
             &each(rounds, |r| r.without.pair_cpu_per_request),
         )
         .note = format!("a fresh demo-server + http-load, {PAIR_REQUESTS} keep-alive requests");
+    results
+        .add_spread(
+            "node_tax/unix_cpu_per_round_trip_without_agent",
+            "latency",
+            &each(rounds, |r| r.without.unix_cpu_per_round_trip),
+        )
+        .note = format!("unix-pingpong, {UNIX_ROUND_TRIPS} round trips on one CPU");
 }

@@ -13,6 +13,8 @@ pub struct Env {
     pub agent: PathBuf,
     pub http_load: PathBuf,
     pub demo_server: PathBuf,
+    /// The node tax's Unix-socket workload.
+    pub unix_pingpong: PathBuf,
     pub logs: PathBuf,
     /// Agent runs so far: numbers each run's files under `logs`.
     pub agent_runs: usize,
