@@ -58,7 +58,7 @@ pub enum Scenario {
     DemoServer,
     /// Throughput at saturation on nginx, installed with apt-get if missing (~40 s).
     Nginx,
-    /// Unrelated syscall- and socket-bound processes with and without the agent (~1½ min).
+    /// Unrelated syscall-, TCP- and Unix-socket-bound processes with and without the agent (~2½ min).
     NodeTax,
     /// What --profile-dir adds: CPU on a busy target, throughput on demo-server (~1½ min).
     Profile,
