@@ -266,26 +266,22 @@ fn rows(results: &mut Results, rounds: &[Round]) {
             &ratio(Mode::Default, |w| w.pair_rps),
         )
         .note = format!("the pair's req/s, with ÷ without; {on_sleep}");
-    let dd_note = format!("dd bs=1 count={DD_BYTES}: 2 syscalls a byte");
-    results
-        .add_spread(
-            "node_tax/dd_cpu_without_agent",
-            "latency",
-            &each(rounds, |r| r.without.dd_cpu_ns),
-        )
-        .note = dd_note;
-    results
-        .add_spread(
-            "node_tax/loopback_cpu_per_request_without_agent",
-            "latency",
-            &each(rounds, |r| r.without.pair_cpu_per_request),
-        )
-        .note = format!("a fresh demo-server + http-load, {PAIR_REQUESTS} keep-alive requests");
-    results
-        .add_spread(
-            "node_tax/unix_cpu_per_round_trip_without_agent",
-            "latency",
-            &each(rounds, |r| r.without.unix_cpu_per_round_trip),
-        )
-        .note = format!("unix-pingpong, {UNIX_ROUND_TRIPS} round trips on one CPU");
+    // Each workload's own cost without the agent: what the ratios divide by.
+    let baselines = [
+        ("dd_cpu_without_agent", dd_cpu, format!("dd bs=1 count={DD_BYTES}: 2 syscalls a byte")),
+        (
+            "loopback_cpu_per_request_without_agent",
+            pair_cpu,
+            format!("a fresh demo-server + http-load, {PAIR_REQUESTS} keep-alive requests"),
+        ),
+        (
+            "unix_cpu_per_round_trip_without_agent",
+            unix_cpu,
+            format!("unix-pingpong, {UNIX_ROUND_TRIPS} round trips on one CPU"),
+        ),
+    ];
+    for (name, f, note) in baselines {
+        let values = each(rounds, |r| f(&r.without));
+        results.add_spread(format!("node_tax/{name}"), "latency", &values).note = note;
+    }
 }
