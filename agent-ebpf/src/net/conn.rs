@@ -264,7 +264,7 @@ fn current_tid() -> u32 {
 /// socket buffer's bytes were copied to the reader (`tcp_recvmsg_locked`;
 /// also splice and zero-copy receives), in the reader's context. It runs
 /// only for TCP reads that return data: reads that find nothing (EAGAIN, as
-/// nginx makes after each keep-alive request), EOF, and every other
+/// an event loop makes when a socket has nothing left), EOF, and every other
 /// protocol's receives (Unix, UDP, netlink) anywhere on the machine run no
 /// program at all, where `sock_recv_length` ran one for each. A read that
 /// takes several buffers runs it once per buffer; only the first can start

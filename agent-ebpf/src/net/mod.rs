@@ -26,11 +26,11 @@
 //!
 //! A request (inbound) is: first read with data → first write (TTFB) → last
 //! write before the next read with data, or before the close. Reads that
-//! return nothing (EAGAIN, as nginx makes after each keep-alive request)
-//! run no program. Completed requests and upstream calls go to user space through
-//! [`ring`], a per-CPU event ring that user space maps and drains every
-//! interval (`agent/src/event_ring.rs`): no wake-ups, no lock, no shared
-//! cache line. [`http`] parses status lines and request paths.
+//! return nothing (EAGAIN, as an event loop makes when a socket has nothing
+//! left) run no program. Completed requests and upstream calls go to user
+//! space through [`ring`], a per-CPU event ring that user space maps and
+//! drains every interval (`agent/src/event_ring.rs`): no wake-ups, no lock,
+//! no shared cache line. [`http`] parses status lines and request paths.
 
 mod buffers;
 mod conn;
