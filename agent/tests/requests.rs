@@ -143,23 +143,37 @@ fn status_codes_and_resets_are_errors() {
     assert_eq!(bmf_value(&bmf, "errors/count", "count"), 51.0);
 }
 
+/// `requests` requests over `connections` keep-alive connections to a
+/// fresh `fixture args`, whose every response is a 5xx: the agent counts
+/// each and reads each one's status (`why` names how, for the message).
+fn every_status_read(
+    fixture: &str,
+    args: &[&str],
+    label: &str,
+    (requests, connections): (u32, u32),
+    why: &str,
+) {
+    let server = Target::start(fixture, args);
+    let url = format!("http://{}/", server.addr());
+    let (bmf, _) = measure_during(server.pid, label, || {
+        let load = http_load(
+            &url,
+            &["--requests", &requests.to_string(), "--connections", &connections.to_string()],
+        );
+        assert_eq!(load.requests, u64::from(requests));
+    });
+    assert_eq!(bmf_value(&bmf, "requests/count", "count"), f64::from(requests));
+    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), f64::from(requests), "{why}");
+}
+
 /// Responses sent with `writev` (head and body in one call, as nginx sends
 /// them): the kernel copies from an iovec array, and the status read
 /// follows its first base. Every one of them is a 503.
 #[test]
 fn status_of_a_writev_response_is_read() {
     let Some(_serial) = privileged() else { return };
-    let server = Target::start(
-        "two-write-server",
-        &["--work-ms", "0", "--nodelay", "--writev", "--status", "503"],
-    );
-    let url = format!("http://{}/", server.addr());
-    let (bmf, _) = measure_during(server.pid, "writev", || {
-        let load = http_load(&url, &["--requests", "50", "--connections", "2"]);
-        assert_eq!(load.requests, 50);
-    });
-    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 50.0);
-    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 50.0, "every writev's status");
+    let args = ["--work-ms", "0", "--nodelay", "--writev", "--status", "503"];
+    every_status_read("two-write-server", &args, "writev", (50, 2), "every writev's status");
 }
 
 /// A response sent from a constant the server never read itself: before
@@ -172,23 +186,17 @@ fn status_of_a_never_touched_constant_response_is_read() {
     let Some(_serial) = privileged() else { return };
     // One request, then the client closes: the exchange ends at the
     // server's close.
-    let server = Target::start("demo-server", &["--static-503"]);
-    let url = format!("http://{}/", server.addr());
-    let (bmf, _) = measure_during(server.pid, "static-close", || {
-        let load = http_load(&url, &["--requests", "1", "--connections", "1"]);
-        assert_eq!(load.requests, 1);
-    });
-    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 1.0);
-    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 1.0, "the status at the close");
+    let static_503 = ["--static-503"];
+    every_status_read(
+        "demo-server",
+        &static_503,
+        "static-close",
+        (1, 1),
+        "the status at the close",
+    );
     // A fresh server, 20 keep-alive requests: the first ends at the second's read.
-    let server = Target::start("demo-server", &["--static-503"]);
-    let url = format!("http://{}/", server.addr());
-    let (bmf, _) = measure_during(server.pid, "static-keepalive", || {
-        let load = http_load(&url, &["--requests", "20", "--connections", "1"]);
-        assert_eq!(load.requests, 20);
-    });
-    assert_eq!(bmf_value(&bmf, "requests/count", "count"), 20.0);
-    assert_eq!(bmf_value(&bmf, "errors/http_5xx", "count"), 20.0, "every status, the first too");
+    let why = "every status, the first too";
+    every_status_read("demo-server", &static_503, "static-keepalive", (20, 1), why);
 }
 
 /// One keep-alive GET on `s`; the response read whole (demo-server's has a
