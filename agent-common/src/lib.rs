@@ -50,6 +50,10 @@ pub mod globals {
     /// [`profile::sched_mode`](super::profile::sched_mode) (0 without
     /// `--profile-dir`).
     pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
+    /// `u32`: off-CPU stacks per CPU and second that block sampling aims
+    /// at (`--profile-hz`, the on-CPU rate; see
+    /// [`OffCpuBudget`](super::profile::OffCpuBudget)).
+    pub const OFF_CPU_STACKS_PER_SEC: &str = "OFF_CPU_STACKS_PER_SEC";
     /// `u32`: 1 with `--delivery` (issue 14's queue/drain/delivered/accept
     /// wait and retransmits). 0: the socket programs skip the delivery
     /// bookkeeping (the verifier prunes it) and its three hooks are not
@@ -244,6 +248,12 @@ pub struct TracepointOffsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
+    /// `task_struct.sched_info.last_arrival` (BTF; 0 without
+    /// `CONFIG_SCHED_INFO`): when the thread was last switched in, on the
+    /// same run-queue clock. Profiling's `sched_switch` ends a thread's
+    /// block there, at the thread's next switch-out, rather than looking
+    /// its state up again at the switch-in (`agent-ebpf/src/offcpu.rs`).
+    pub task_last_arrival: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -643,7 +653,7 @@ mod user {
 // No padding: sizes equal the sum of field sizes.
 const _: () = assert!(core::mem::size_of::<RssCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<RssStats>() == 32);
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 33 * 4);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 15 * 8 + 16 * 4);
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 4 * 8 + 6 * 4);
 const _: () = assert!(core::mem::size_of::<EventSlot>() == 64);

@@ -113,7 +113,8 @@ pub struct SchedRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSched {
     /// When it blocked (every block, chosen or not), on the switch clock
-    /// (the run queue's, `agent-ebpf/src/offcpu.rs`); 0: not blocked.
+    /// (the run queue's, `agent-ebpf/src/offcpu.rs`); 0: no block waiting
+    /// to be counted (the thread's next switch-out counts it).
     pub blocked_ns: u64,
     /// When the current block's stack was sent, CLOCK_MONOTONIC (its
     /// `ProfileSample::time_ns`): the block's [`SchedRecord`] repeats it,
@@ -124,7 +125,8 @@ pub struct ThreadSched {
     /// the slice that ends at the second.
     pub run_delay_ns: u64,
     /// Its exact time off CPU so far, ns: every block, switch-out to
-    /// switch-in (sent with each [`SchedRecord`]).
+    /// switch-in, counted at the switch-out after (sent with each
+    /// [`SchedRecord`]).
     pub off_cpu_ns: u64,
     /// 1 when the stack of the current block was sent.
     pub sampled: u32,
@@ -205,7 +207,8 @@ pub fn runq_bin(v: u64) -> usize {
 /// `one_in` times its time (an unbiased estimate of every block's time
 /// per stack); `one_in` is set every [`OFF_CPU_PERIOD_NS`] from the blocks
 /// of the period before, and raised within a period as its blocks pass
-/// that, so that about [`OFF_CPU_STACKS_PER_SEC`] are chosen (1 while
+/// that, so that about the aimed-at number of stacks are chosen (the
+/// global `OFF_CPU_STACKS_PER_SEC`: `--profile-hz`, 1 in `one_in` while
 /// blocks are fewer: every block is then sampled). A token
 /// bucket refilled at twice that rate caps the copies (a burst before
 /// `one_in` catches up): a chosen block it refuses sends nothing (its time
@@ -219,27 +222,48 @@ pub struct OffCpuBudget {
     pub credit_ns: u64,
     /// Start of the current period, ns.
     pub period_start_ns: u64,
+    /// ns of refill time one stack costs ([`off_cpu_stack_cost_ns`]), set
+    /// at each period's start from the aim (a division the blocks in
+    /// between do not pay).
+    pub stack_cost_ns: u64,
     /// Blocks seen in the current period.
     pub blocks: u32,
     /// 1 in how many blocks is chosen now (at least 1 once a block was seen).
     pub one_in: u32,
+    /// Stacks aimed at per period ([`off_cpu_stacks_per_period`]).
+    pub per_period: u32,
+    pub _pad: u32,
 }
 
-/// Stacks per CPU and second that block sampling aims at (each is a copy
-/// of up to 33 KiB and the kernel's unwinding of its own stack).
-pub const OFF_CPU_STACKS_PER_SEC: u64 = 200;
-/// Most stacks sent per CPU and second when target threads block (the
-/// token bucket's rate, twice the aim).
-pub const OFF_CPU_STACKS_PER_SEC_MAX: u64 = 2 * OFF_CPU_STACKS_PER_SEC;
 /// How often the sampling rate of blocks follows their number, ns.
 pub const OFF_CPU_PERIOD_NS: u64 = 100_000_000;
 
-/// `one_in` for the next period after `blocks` blocks in one: the blocks
-/// over the stacks aimed at per period, rounded down, at least 1.
+/// Stacks per CPU and period that block sampling aims at, for an aim of
+/// `stacks_per_sec` per CPU (rounded up, at least 1).
 #[inline(always)]
-pub fn off_cpu_one_in(blocks: u32) -> u32 {
-    const PER_PERIOD: u32 = (OFF_CPU_STACKS_PER_SEC * OFF_CPU_PERIOD_NS / 1_000_000_000) as u32;
-    let n = blocks / PER_PERIOD;
+pub fn off_cpu_stacks_per_period(stacks_per_sec: u32) -> u32 {
+    let n = (u64::from(stacks_per_sec) * OFF_CPU_PERIOD_NS).div_ceil(1_000_000_000);
+    if n == 0 { 1 } else { n as u32 }
+}
+
+/// Most stacks sent per CPU and second when target threads block, for an
+/// aim of `stacks_per_sec`: the token bucket's rate, twice the aim.
+#[inline(always)]
+pub fn off_cpu_stacks_per_sec_max(stacks_per_sec: u32) -> u64 {
+    2 * u64::from(if stacks_per_sec == 0 { 1 } else { stacks_per_sec })
+}
+
+/// ns of the token bucket's refill time one stack costs.
+#[inline(always)]
+pub fn off_cpu_stack_cost_ns(stacks_per_sec: u32) -> u64 {
+    1_000_000_000 / off_cpu_stacks_per_sec_max(stacks_per_sec)
+}
+
+/// `one_in` after `blocks` blocks in a period that aims at `per_period`
+/// stacks: the blocks over the aim, rounded down, at least 1.
+#[inline(always)]
+pub fn off_cpu_one_in(blocks: u32, per_period: u32) -> u32 {
+    let n = blocks.checked_div(per_period).unwrap_or(blocks);
     if n == 0 { 1 } else { n }
 }
 
@@ -291,7 +315,7 @@ const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<ThreadSched>() == 48);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
-const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 32);
+const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 48);
 const _: () = assert!(SAMPLE_HEAD_BYTES == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8);
 const _: () =
     assert!(core::mem::size_of::<ProfileSample>() == SAMPLE_HEAD_BYTES + STACK_PAGE * STACK_PAGES);
@@ -318,10 +342,23 @@ mod tests {
 
     #[test]
     fn blocks_are_chosen_one_in_their_number_over_the_aim() {
-        let per_period = (OFF_CPU_STACKS_PER_SEC / 10) as u32;
-        assert_eq!(off_cpu_one_in(0), 1);
-        assert_eq!(off_cpu_one_in(per_period * 2 - 1), 1, "under twice the aim: all");
-        assert_eq!(off_cpu_one_in(per_period * 2), 2);
-        assert_eq!(off_cpu_one_in(per_period * 50 + 3), 50);
+        // 99 stacks/s (the default --profile-hz): 10 per 100 ms period.
+        let per_period = off_cpu_stacks_per_period(99);
+        assert_eq!(per_period, 10);
+        assert_eq!(off_cpu_stacks_per_period(0), 1);
+        assert_eq!(off_cpu_stacks_per_period(1), 1);
+        assert_eq!(off_cpu_stacks_per_period(1000), 100);
+        assert_eq!(off_cpu_one_in(0, per_period), 1);
+        assert_eq!(off_cpu_one_in(per_period * 2 - 1, per_period), 1, "under twice the aim: all");
+        assert_eq!(off_cpu_one_in(per_period * 2, per_period), 2);
+        assert_eq!(off_cpu_one_in(per_period * 50 + 3, per_period), 50);
+        assert_eq!(off_cpu_one_in(7, 0), 7, "no division by zero");
+    }
+
+    #[test]
+    fn the_bucket_refills_at_twice_the_aim() {
+        assert_eq!(off_cpu_stacks_per_sec_max(99), 198);
+        assert_eq!(off_cpu_stack_cost_ns(99), 1_000_000_000 / 198);
+        assert_eq!(off_cpu_stack_cost_ns(0), 500_000_000);
     }
 }

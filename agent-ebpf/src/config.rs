@@ -47,6 +47,7 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     task_cfs_rq: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,
+    task_last_arrival: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -1,7 +1,7 @@
 //! Off-CPU stacks and run-queue waits (`--profile-dir`; stacks unless
 //! `--no-off-cpu`), done inside the agent's one `sched_switch` program
-//! (`sched.rs` calls [`switched_out`] and [`switched_in`] for target threads
-//! when `PROFILE_SCHED` is set): a second program on the same tracepoint
+//! (`sched.rs` calls [`switched_out`] for target threads when
+//! `PROFILE_SCHED` is set): a second program on the same tracepoint
 //! would pay the tracepoint's dispatch and the target check again on every
 //! switch. User-space twin: `agent/src/probes/profile.rs`, read by
 //! `agent/src/profile/`.
@@ -12,13 +12,26 @@
 //! thread leaves a CPU not runnable) is timed, switch-out to switch-in:
 //! the thread's exact total off CPU grows by it, and so does a per-CPU
 //! total. The block may also be chosen, at random, 1 in `one_in` (about
-//! `OFF_CPU_STACKS_PER_SEC` per CPU, see [`OffCpuBudget`]): then its stack
-//! is sent (a [`ProfileSample`](agent_common::profile::ProfileSample)
-//! flagged `OFF_CPU`), and when the thread next runs a `SchedRecord` with
-//! how long it was off times `one_in`, and the thread's exact total. User
-//! space splits each thread's exact time among its stacks in proportion
-//! to those weighted times (`agent/src/profile/offcpu.rs`). A chosen block
-//! whose stack the token bucket refused is only counted.
+//! `OFF_CPU_STACKS_PER_SEC` per CPU, `--profile-hz`, see [`OffCpuBudget`]):
+//! then its stack is sent (a
+//! [`ProfileSample`](agent_common::profile::ProfileSample) flagged
+//! `OFF_CPU`), and once it has ended a `SchedRecord` with how long it was
+//! off times `one_in`, and the thread's exact total. User space splits
+//! each thread's exact time among its stacks in proportion to those
+//! weighted times (`agent/src/profile/offcpu.rs`). A chosen block whose
+//! stack the token bucket refused is only counted.
+//!
+//! A block's end is not taken at the switch-in that ends it: the program
+//! would have to look the thread's storage up there too, and that lookup
+//! (~40 ns, the cache misses of a thread that has just woken) was the
+//! largest single part of profiling's cost per block. The kernel records
+//! the switch-in itself: `sched_info.last_arrival`, on the same run-queue
+//! clock as [`switch_clock`]. At the thread's next switch-out, which looks
+//! its storage up anyway, the block ends there (the same ns as at the
+//! switch-in) and is counted. So a block is counted, and its record sent,
+//! one running slice late: a thread still running at the end of a window
+//! has its last block in no total yet (user space counts a sampled one
+//! to the window's end, `agent/src/profile/collect.rs`).
 //!
 //! Run-queue waits need no wake-up hook: the kernel itself adds each wait
 //! to the thread's `sched_info.run_delay` when the thread is switched in
@@ -29,9 +42,9 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    OFF_CPU_PERIOD_NS, OFF_CPU_STACKS_PER_SEC_MAX, OffCpuBudget, ProfileStats, RUNQ_BINS,
-    SchedCounts, SchedRecord, ThreadSched, off_cpu_one_in, runq_bin, sample_flags, sched_kind,
-    sched_mode,
+    OFF_CPU_PERIOD_NS, OffCpuBudget, ProfileStats, RUNQ_BINS, SchedCounts, SchedRecord,
+    ThreadSched, off_cpu_one_in, off_cpu_stack_cost_ns, off_cpu_stacks_per_period, runq_bin,
+    sample_flags, sched_kind, sched_mode,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
@@ -45,6 +58,11 @@ use crate::{access::load_field, config::offset, profile};
 /// [`sched_mode`] bits, set by user space before load.
 #[unsafe(no_mangle)]
 static PROFILE_SCHED: u32 = 0;
+
+/// Off-CPU stacks per CPU and second aimed at, set by user space before
+/// load (`--profile-hz`).
+#[unsafe(no_mangle)]
+static OFF_CPU_STACKS_PER_SEC: u32 = 0;
 
 /// What profiling work `sched_switch` does; 0 when profiling is off (a
 /// constant to the verifier, which then removes the calls).
@@ -108,9 +126,10 @@ fn thread_sched(task: *const u8, create: bool) -> Option<&'static mut ThreadSche
 const TASK_DEAD: u32 = 0x80;
 
 /// A target thread `prev` (`tid`) leaves this CPU at `now` (the switch
-/// clock, [`switch_clock`]): the run-queue wait before the slice that ends;
-/// if it blocks, when, and maybe its stack (`ctx`: the tracepoint's
-/// context, for the kernel stack).
+/// clock, [`switch_clock`]): the end of its last block, if that is not
+/// counted yet; the run-queue wait before the slice that ends; if it
+/// blocks, when, and maybe its stack (`ctx`: the tracepoint's context, for
+/// the kernel stack).
 #[inline(always)]
 pub(crate) fn switched_out(
     ctx: *mut c_void,
@@ -123,6 +142,9 @@ pub(crate) fn switched_out(
     let mode = mode();
     let Some(stats) = profile::stats() else { return };
     let Some(t) = thread_sched(prev, true) else { return };
+    if t.blocked_ns != 0 {
+        block_ended(t, block_end(prev, t.blocked_ns, now), tid);
+    }
     if mode & sched_mode::RUNQ != 0 {
         let at = offset!(task_run_delay);
         if at != 0 {
@@ -173,21 +195,33 @@ pub(crate) fn switched_out(
 #[inline(always)]
 fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
     if now.saturating_sub(b.period_start_ns) >= OFF_CPU_PERIOD_NS {
-        b.one_in = off_cpu_one_in(b.blocks);
+        // SAFETY: a plain global; volatile so the compiler keeps the load.
+        let aim = unsafe { core::ptr::read_volatile(&OFF_CPU_STACKS_PER_SEC) };
+        b.per_period = off_cpu_stacks_per_period(aim);
+        b.stack_cost_ns = off_cpu_stack_cost_ns(aim);
+        b.one_in = off_cpu_one_in(b.blocks, b.per_period);
         b.blocks = 0;
         b.period_start_ns = now;
     }
     b.blocks += 1;
     // Within a period too: when blocks move to this CPU, the last period's
-    // rate would let far more through than aimed at.
-    let so_far = off_cpu_one_in(b.blocks);
-    if so_far > b.one_in {
-        b.one_in = so_far;
+    // rate would let far more through than aimed at. `one_in` rises when
+    // `blocks / per_period` passes it, tested with a product: this runs at
+    // every block of a target thread, and a division costs more than the
+    // rest of this function.
+    if u64::from(b.blocks) >= u64::from(b.per_period) * (u64::from(b.one_in) + 1) {
+        b.one_in = off_cpu_one_in(b.blocks, b.per_period);
     }
     let one_in = b.one_in;
-    // SAFETY: a helper without side effects.
-    if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
-        return 0;
+    // Chosen when a uniform 32-bit draw falls in the first `1 / one_in` of
+    // its range (a multiply and a shift rather than `% one_in`; the
+    // probability is off by under `one_in / 2^32`).
+    if one_in > 1 {
+        // SAFETY: a helper without side effects.
+        let draw = u64::from(unsafe { bpf_get_prandom_u32() });
+        if (draw * u64::from(one_in)) >> 32 != 0 {
+            return 0;
+        }
     }
     one_in
 }
@@ -206,19 +240,31 @@ fn count_runq_wait(stats: &mut ProfileStats, wait: u64) {
     }
 }
 
-/// A target thread `next` (`tid`) runs again at `now` (the switch clock):
-/// the end of its block, added to its exact total and this CPU's; its
-/// record if its stack was sent.
+/// When the block that began at `blocked_ns` ended: `prev`'s last
+/// switch-in (`sched_info.last_arrival`, the run-queue clock [`switch_clock`]
+/// reads, of the CPU that ran it), which is the switch-in that ended it
+/// since `prev` is switching out now. `now` (this switch-out: one running
+/// slice late) when the kernel lacks the field or the switch clock, or when
+/// the reading is not inside the block's bounds (the kernel skips the
+/// update when no wait was queued: never seen after a block).
 #[inline(always)]
-pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
-    if mode() & sched_mode::OFF_CPU == 0 {
-        return;
+fn block_end(prev: *const u8, blocked_ns: u64, now: u64) -> u64 {
+    let (at, clock) = (offset!(task_last_arrival), offset!(rq_clock));
+    if at == 0 || clock == 0 {
+        return now;
     }
-    let Some(t) = thread_sched(next, false) else { return };
-    if t.blocked_ns == 0 {
-        return;
-    }
-    let off = now.saturating_sub(t.blocked_ns);
+    // SAFETY: `prev` is the tracepoint's task, `at` the offset of its
+    // `sched_info.last_arrival` (an unsigned long long).
+    let arrival = unsafe { load_field::<u64>(prev, at) };
+    if arrival >= blocked_ns && arrival <= now { arrival } else { now }
+}
+
+/// `tid`'s block that began at `t.blocked_ns` ended at `end`: its time
+/// into the thread's exact total and this CPU's; its record if its stack
+/// was sent.
+#[inline(always)]
+fn block_ended(t: &mut ThreadSched, end: u64, tid: u32) {
+    let off = end.saturating_sub(t.blocked_ns);
     t.off_cpu_ns += off;
     if let Some(c) = SCHED_COUNTS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot.
@@ -240,25 +286,27 @@ pub(crate) fn switched_in(next: *const u8, tid: u32, now: u64) {
         }
     }
     t.blocked_ns = 0;
+    t.sampled = 0;
 }
 
-/// ns of budget one stack costs, and the most that can be saved up (a
-/// burst of 25 stacks: what the ring holds room for).
-const STACK_COST_NS: u64 = 1_000_000_000 / OFF_CPU_STACKS_PER_SEC_MAX;
-const MAX_CREDIT_NS: u64 = 25 * STACK_COST_NS;
+/// Stacks of credit that can be saved up: a burst of 25, what the ring
+/// holds room for.
+const MAX_CREDIT_STACKS: u64 = 25;
 
-/// One stack copy from this CPU's budget: a token bucket refilled at
-/// `OFF_CPU_STACKS_PER_SEC_MAX`, so stacks are spread over time rather
-/// than spent in a burst.
+/// One stack copy from this CPU's budget: a token bucket refilled at twice
+/// the aim (`b.stack_cost_ns` per stack, set by [`choose`] at each
+/// period's start), so stacks are spread over time rather than spent in a
+/// burst.
 #[inline(always)]
 fn take_budget(b: &mut OffCpuBudget, now: u64) -> bool {
-    let credit = (b.credit_ns + now.saturating_sub(b.last_ns)).min(MAX_CREDIT_NS);
+    let cost = b.stack_cost_ns;
+    let credit = (b.credit_ns + now.saturating_sub(b.last_ns)).min(MAX_CREDIT_STACKS * cost);
     b.last_ns = now;
-    if credit < STACK_COST_NS {
+    if credit < cost {
         b.credit_ns = credit;
         return false;
     }
-    b.credit_ns = credit - STACK_COST_NS;
+    b.credit_ns = credit - cost;
     true
 }
 

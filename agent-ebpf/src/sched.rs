@@ -16,32 +16,26 @@ use crate::{
 };
 
 /// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct
-/// *next, unsigned int prev_state)`. The common path (neither task is the
-/// target's) is an array lookup the verifier inlines and two loads.
+/// *next, unsigned int prev_state)`. Only the task leaving the CPU is
+/// looked at: everything is done at a target thread's switch-outs (a
+/// block's end too, read back from the kernel's own record of the switch-in
+/// that ended it, see `offcpu.rs`), so the common path (the task is not the
+/// target's) is an array lookup the verifier inlines and one load.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let target = config::target_tgid();
     if target == 0 || offcpu::mode() == 0 {
         return 0;
     }
-    let (prev, next): (*const u8, *const u8) = (ctx.arg(1), ctx.arg(2));
-    // Read once, when a profiling path first needs it.
-    let mut now = 0;
-    // SAFETY (every load_field below): `prev` and `next` are the
-    // tracepoint's `struct task_struct *` arguments, and the offsets are of
-    // fields of that struct with these types.
+    let prev: *const u8 = ctx.arg(1);
+    // SAFETY (both load_field calls): `prev` is the tracepoint's `struct
+    // task_struct *` argument, and the offsets are of fields of that struct
+    // with these types.
     if unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target {
         let tid = unsafe { load_field::<u32>(prev, offset!(task_pid)) };
-        now = offcpu::switch_clock(prev);
+        let now = offcpu::switch_clock(prev);
         let (preempted, prev_state) = (ctx.arg::<u8>(0) != 0, ctx.arg::<u32>(3));
         offcpu::switched_out(ctx.as_ptr(), prev, (target, tid), prev_state, preempted, now);
-    }
-    if unsafe { load_field::<u32>(next, offset!(task_tgid)) } == target {
-        let tid = unsafe { load_field::<u32>(next, offset!(task_pid)) };
-        if now == 0 {
-            now = offcpu::switch_clock(next);
-        }
-        offcpu::switched_in(next, tid, now);
     }
     0
 }

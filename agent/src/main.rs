@@ -272,7 +272,7 @@ struct CommonArgs {
     /// and off-CPU ones (`<phase>.offcpu.*`, weighted in ns blocked).
     #[arg(long, value_name = "DIR")]
     profile_dir: Option<PathBuf>,
-    /// Profiling samples per second per CPU (with --profile-dir).
+    /// Profiling samples per second per CPU (with --profile-dir); off-CPU stacks are taken at about the same rate.
     #[arg(long, value_name = "HZ", default_value_t = perf_agent::profile::DEFAULT_HZ, requires = "profile_dir")]
     profile_hz: u32,
     /// With --profile-dir: no off-CPU profiles (stacks where threads block,

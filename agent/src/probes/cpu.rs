@@ -16,8 +16,8 @@ use crate::btf::Btf;
 
 /// The `task_struct` fields the kernel side loads: `tgid`, `pid` and
 /// `se.sum_exec_runtime` (the exec hook, profiling), `sched_info.run_delay`
-/// and the way to the run queue's clock (`se.cfs_rq`, `cfs_rq.rq`,
-/// `rq.clock`) when profiling.
+/// and `.last_arrival`, and the way to the run queue's clock (`se.cfs_rq`,
+/// `cfs_rq.rq`, `rq.clock`) when profiling.
 pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Result<()> {
     o.task_sum_exec_runtime = btf.field_offset("task_struct", &["se", "sum_exec_runtime"])?;
     o.task_pid = btf.field_offset("task_struct", &["pid"])?;
@@ -30,6 +30,10 @@ pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Re
     o.task_cfs_rq = btf.field_offset("task_struct", &["se", "cfs_rq"]).unwrap_or(0);
     o.cfs_rq_rq = btf.field_offset("cfs_rq", &["rq"]).unwrap_or(0);
     o.rq_clock = btf.field_offset("rq", &["clock"]).unwrap_or(0);
+    // Where a block of a target thread ends (`TracepointOffsets::task_last_arrival`);
+    // 0: at the thread's next switch-out instead.
+    o.task_last_arrival =
+        btf.field_offset("task_struct", &["sched_info", "last_arrival"]).unwrap_or(0);
     Ok(())
 }
 

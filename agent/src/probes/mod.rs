@@ -93,7 +93,7 @@ pub(crate) fn load_object(
     let kernel_btf =
         aya::Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
     net::size_event_ring(&mut loader, ring_shape);
-    profile::configure(&mut loader, settings.profile)?;
+    profile::configure(&mut loader, &settings.profile)?;
     if let Some(max_targets) = settings.target_set {
         loader.map_max_entries(agent_common::names::maps::TARGETS, max_targets);
         loader.override_global(globals::TARGET_SET, &1u32, true);

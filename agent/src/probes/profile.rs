@@ -7,7 +7,7 @@ use agent_common::{
     globals,
     names::{maps, programs},
     profile::{
-        OFF_CPU_STACKS_PER_SEC_MAX, ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts,
+        ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts, off_cpu_stacks_per_sec_max,
         sched_mode,
     },
 };
@@ -30,6 +30,15 @@ pub struct ProfileConfig {
     pub off_cpu: bool,
 }
 
+impl ProfileConfig {
+    /// The most off-CPU stacks per CPU and second (0 without off-CPU). The
+    /// aim is `hz` too: a blocked stack costs what a sample does, so the
+    /// one rate bounds both (`docs/performance.md`, ninth session).
+    pub fn off_cpu_stacks_per_sec_max(&self) -> u64 {
+        if self.off_cpu { off_cpu_stacks_per_sec_max(self.hz) } else { 0 }
+    }
+}
+
 /// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
 /// CPU (user space drains it every 25 ms), at least 32 records, a power of
 /// two (the kernel's rule for ring buffers). Counted as if every record
@@ -37,8 +46,7 @@ pub struct ProfileConfig {
 /// in practice it holds two to three times that.
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
-    let per_sec =
-        config.hz as usize + if config.off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
+    let per_sec = config.hz as usize + config.off_cpu_stacks_per_sec_max() as usize;
     let records = (per_sec * cpus).div_ceil(20).max(32);
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
@@ -46,9 +54,12 @@ pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
 /// Sizes the ring and sets what `sched_switch` does for profiling before
 /// load: a page of ring and nothing when profiling is off (the map is in
 /// the object either way).
-pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> anyhow::Result<()> {
+pub fn configure<'a>(
+    loader: &mut EbpfLoader<'a>,
+    config: &'a Option<ProfileConfig>,
+) -> anyhow::Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let (bytes, scratch_slots) = match config {
+    let (bytes, scratch_slots) = match *config {
         Some(c) => (ring_bytes(c, cpus), cpus as u32),
         None => (RING_BYTES_OFF, 1),
     };
@@ -65,6 +76,9 @@ pub fn configure(loader: &mut EbpfLoader<'_>, config: Option<ProfileConfig>) -> 
         Some(_) => &RUNQ,
     };
     loader.override_global(globals::PROFILE_SCHED, mode, true);
+    if let Some(c) = config {
+        loader.override_global(globals::OFF_CPU_STACKS_PER_SEC, &c.hz, true);
+    }
     // `THREAD_SCHED` is a task-storage map, which aya 0.14 creates but has
     // no user-space type for (it calls it unsupported); user space never
     // reads it.
@@ -145,7 +159,7 @@ mod tests {
         for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
             let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            let rate = hz as usize + if off_cpu { OFF_CPU_STACKS_PER_SEC_MAX as usize } else { 0 };
+            let rate = hz as usize + if off_cpu { 2 * hz as usize } else { 0 };
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }

@@ -182,7 +182,9 @@ impl Collected {
 
     /// Blocks still going on at `end_ns` count until then, if their thread
     /// still lives: a thread that exited blocked on its way out (and its
-    /// process may be gone) does not.
+    /// process may be gone) does not. (The kernel counts a block at its
+    /// thread's next switch-out, so one that ended while its thread has
+    /// run since without leaving a CPU is counted here to the end too.)
     pub fn close(&mut self, end_ns: u64) {
         for (tid, b) in std::mem::take(&mut self.pending) {
             if std::path::Path::new(&format!("/proc/{}/task/{tid}", b.tgid)).exists() {

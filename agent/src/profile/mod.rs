@@ -205,6 +205,8 @@ pub struct ProfileReport {
     pub phases: Vec<PhaseProfile>,
     pub counters: ProfileCounters,
     pub off_cpu: bool,
+    /// `--profile-hz`: samples per CPU-second, and the off-CPU stacks aimed at.
+    pub hz: u32,
     /// Σ run-queue waits seen inside the ground truth's window (from the
     /// profiler's start to just before detaching), and the `/proc` ground
     /// truth over it.
@@ -293,6 +295,7 @@ impl Profile {
             phases: out,
             counters: self.counters,
             off_cpu: opts.off_cpu,
+            hz: opts.hz,
             runq_total_ns: self.runq_in_window_ns,
             proc_run_delay: self.proc_run_delay,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
