@@ -1,7 +1,7 @@
 //! CPU profiling (`--profile-dir`): what the `perf_event` program on
 //! cpu-clock sends user space for each sample of the target, and its
-//! counters. Kernel side: `agent-ebpf/src/profile.rs`; user space:
-//! `agent/src/probes/profile.rs` and `agent/src/profile/`.
+//! counters. Kernel side: `agent-ebpf/src/{cpu_clock,profile,offcpu}.rs`;
+//! user space: `agent/src/probes/profile.rs` and `agent/src/profile/`.
 
 /// Bytes in one page of the copied user stack.
 pub const STACK_PAGE: usize = 4096;

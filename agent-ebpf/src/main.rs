@@ -6,7 +6,8 @@
 //! - [`memory`]: `kmem:rss_stat` → RSS and its peak. (Page faults need no
 //!   program: user space reads the kernel's counters in `/proc/PID/stat`.)
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
-//! - [`profile`]: perf cpu-clock → stack samples (`--profile-dir`).
+//! - [`cpu_clock`]: perf cpu-clock → stack samples (`--profile-dir`),
+//!   built and sent by [`profile`].
 //! - [`sched`]: `sched_switch`, attached only when profiling; it calls
 //!   [`offcpu`] → off-CPU stacks, run-queue waits. (CPU time needs no
 //!   program: user space reads the target's process CPU clock.)
@@ -32,6 +33,7 @@ mod exec;
 mod memory;
 mod net;
 // CPU profiling (issue 15), attached only with --profile-dir.
+mod cpu_clock;
 mod offcpu;
 mod profile;
 mod sched;

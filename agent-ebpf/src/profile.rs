@@ -1,10 +1,10 @@
-//! CPU profiling (`--profile-dir`): a `perf_event` program on the cpu-clock
-//! software event of every CPU, at `--profile-hz`. For a sample that lands
-//! in the target it sends user space the thread's user registers, its
+//! CPU profiling (`--profile-dir`): the samples both profiling hooks send
+//! (`cpu_clock.rs` at each cpu-clock sample of a target thread, `offcpu.rs`
+//! when one blocks). A sample holds the thread's user registers, its
 //! kernel stack and a copy of the top of its user stack; user space unwinds
 //! the copy with the binaries' `.eh_frame` (`agent/src/profile/`), so
-//! binaries built without frame pointers unwind too. Attached only when
-//! profiling is on. User-space twin: `agent/src/probes/profile.rs`.
+//! binaries built without frame pointers unwind too. User-space twin:
+//! `agent/src/probes/profile.rs`.
 
 use core::ffi::c_void;
 
@@ -13,19 +13,17 @@ use agent_common::profile::{
     sample_record_bytes,
 };
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_task_pt_regs,
         },
     },
-    macros::{map, perf_event},
+    macros::map,
     maps::{Array, PerCpuArray, RingBuf},
-    programs::PerfEventContext,
 };
 
-use crate::config::{self, TARGET};
+use crate::config::TARGET;
 
 /// Resized by user space before load (`RING_BYTES_OFF` when profiling is off).
 #[map]
@@ -50,20 +48,6 @@ const PT_REGS_SP: usize = 19 * 8;
 
 /// Makes the ring buffer not wake its reader: user space polls it.
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
-
-#[perf_event]
-pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
-    let Some(tid) = config::target_thread() else { return 0 };
-    let Some(stats) = PROFILE_STATS.get_ptr_mut(0) else { return 0 };
-    // SAFETY: a per-CPU slot of this CPU; programs do not nest on one CPU.
-    let stats = unsafe { &mut *stats };
-    if send_stack(ctx.as_ptr(), config::target_tgid(), tid, 0, unsafe { bpf_ktime_get_ns() }) {
-        stats.sent += 1;
-    } else {
-        stats.ring_full += 1;
-    }
-    0
-}
 
 /// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
 /// target): its user registers, its kernel stack at `ctx`, its user stack.

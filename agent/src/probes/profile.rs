@@ -1,7 +1,8 @@
 //! Profiling probe (`--profile-dir`): the `perf_event` program on the
 //! cpu-clock software event of every online CPU, sampling at
-//! `--profile-hz`. Kernel side: `agent-ebpf/src/profile.rs`. What the
-//! samples become is `crate::profile`.
+//! `--profile-hz`. Kernel side: `agent-ebpf/src/cpu_clock.rs` (the
+//! program) and `profile.rs` (the samples). What the samples become is
+//! `crate::profile`.
 
 use agent_common::{
     globals,

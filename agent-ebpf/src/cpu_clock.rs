@@ -1,0 +1,31 @@
+//! The cpu-clock `perf_event` program of every CPU, at `--profile-hz`,
+//! attached only when profiling (`--profile-dir`): a sample of the target
+//! thread that is running (`profile.rs` builds and sends it), and the end
+//! of that thread's last block if it is not counted yet (`offcpu.rs`).
+//! User-space twin: `agent/src/probes/profile.rs`.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_current_task_btf},
+    macros::perf_event,
+    programs::PerfEventContext,
+};
+
+use crate::{config, offcpu, profile};
+
+#[perf_event]
+pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
+    let Some(tid) = config::target_thread() else { return 0 };
+    let Some(stats) = profile::stats() else { return 0 };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if profile::send_stack(ctx.as_ptr(), config::target_tgid(), tid, 0, now) {
+        stats.sent += 1;
+    } else {
+        stats.ring_full += 1;
+    }
+    // SAFETY: a helper without arguments; the current task, BTF-typed.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    offcpu::running(task, tid);
+    0
+}
