@@ -13,14 +13,15 @@ pub const STACK_PAGES: usize = 8;
 /// `perf_event_max_stack` is 127 by default).
 pub const KERNEL_FRAMES: usize = 128;
 
-/// Bits of [`ProfileSample::flags`].
+/// Bits of [`SampleHead::flags`].
 pub mod sample_flags {
     /// The task's user registers could not be read: no user stack.
     pub const NO_USER_REGS: u32 = 1;
     /// Taken when the thread blocked (`sched_switch`, not running), not by
     /// the cpu-clock: its weight is the time until it runs again, sent
-    /// later in an [`OffCpuEnd`](super::OffCpuEnd) with the same `tid` and
-    /// `time_ns`.
+    /// later in a [`SchedRecord`](super::SchedRecord) of kind
+    /// [`OFF_CPU_END`](super::sched_kind::OFF_CPU_END) with the same `tid`
+    /// and `time_ns`.
     pub const OFF_CPU: u32 = 2;
 }
 

@@ -63,7 +63,7 @@ fn is_executable(p: &Path) -> bool {
 
 impl GatedChild {
     /// Forks; the child blocks until [`GatedChild::release`], then execs
-    /// `argv` (argv[0] resolved through PATH). Call before any thread exists.
+    /// `argv` (`argv[0]` resolved through PATH). Call before any thread exists.
     pub fn spawn(argv: &[String]) -> anyhow::Result<GatedChild> {
         let program = resolve(&argv[0])?;
         let c_program = CString::new(program.as_os_str().as_bytes())?;

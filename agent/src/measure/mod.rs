@@ -1,5 +1,5 @@
 //! What each subcommand does: check the input, pick the target, attach,
-//! then sample until the end, detach and report ([`finish`]). Every error
+//! then sample until the end, detach and report ([`finish`](mod@finish)). Every error
 //! that bad input can cause is raised before anything is attached.
 
 mod finish;
