@@ -234,3 +234,15 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn rel_err(a: f64, b: f64) -> f64 {
     ((a - b) / b).abs()
 }
+
+/// The number just before `before` on the summary line that starts with
+/// `line_prefix` (`summary_number(out, "connections:", " inbound")`: the
+/// `N` of `N inbound`).
+pub fn summary_number(stdout: &str, line_prefix: &str, before: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .unwrap_or_else(|| panic!("no {line_prefix:?} line in\n{stdout}"));
+    let at = line.find(before).unwrap_or_else(|| panic!("no {before:?} in {line:?}"));
+    line[..at].split_whitespace().last().unwrap().trim_end_matches(',').parse().unwrap()
+}
