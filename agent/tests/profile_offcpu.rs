@@ -55,8 +55,9 @@ fn off_cpu_time_per_function_matches_the_fixture() {
     let Some(_serial) = privileged() else { return };
     let dir = profile_dir("offcpu");
     let out = out_path("profile-offcpu");
-    let (_, acct) = run_offcpu_target(&dir, &out, &[]);
+    let (r, acct) = run_offcpu_target(&dir, &out, &[]);
     let folded = Folded::read(&dir.join("run.offcpu.folded"));
+    let sites = blocking_sites(&r.stdout);
     for (function, key) in [
         ("offcpu_target::sleep_ten_ms", "sleep_ns"),
         ("offcpu_target::wait_for_lock", "lock_wait_ns"),
@@ -67,6 +68,14 @@ fn off_cpu_time_per_function_matches_the_fixture() {
             (agent - truth).abs() <= 0.10 * truth,
             "{function}: {agent:.0} ns off CPU, fixture says {truth:.0} ({acct})"
         );
+        // The summary names the function with the call it blocked in, at
+        // its share of the folded file (printed to 0.1 %).
+        let share = agent * 100.0 / folded.total() as f64;
+        let (site, percent) = sites
+            .iter()
+            .find(|(site, _)| site.ends_with(function))
+            .unwrap_or_else(|| panic!("{function} is not a blocking site in\n{}", r.stdout));
+        assert!((percent - share).abs() <= 0.1, "{site}: {percent} %, folded says {share:.2} %");
     }
     // Weighted in ns: the stacks' leaves are where the kernel switched out.
     assert!(
@@ -123,6 +132,20 @@ fn off_cpu_time_is_estimated_from_sampled_blocks() {
         (agent - truth).abs() <= 0.10 * truth,
         "nap: {agent:.0} ns off CPU estimated, fixture says {truth:.0} ({acct}; {counts})"
     );
+}
+
+/// The summary's off-CPU blocking sites: (`call ← caller ← caller`, %).
+fn blocking_sites(stdout: &str) -> Vec<(String, f64)> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.contains("off-CPU sites of "))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| {
+            let (percent, site) = l.trim().split_once("  ").expect("`percent  site`");
+            (site.to_string(), percent.parse().expect("a percentage"))
+        })
+        .collect()
 }
 
 /// `human_ns` text back to ns.

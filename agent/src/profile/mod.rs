@@ -44,7 +44,7 @@ use aya::maps::{MapData, PerCpuArray};
 use crate::probes::profile::{ProfileCounters, ProfileProbe, read_counters};
 use aggregate::StackCounts;
 use collect::Collected;
-use output::{Folded, FunctionShare};
+use output::{BlockingSite, Folded, FunctionShare};
 use runq::RunqSummary;
 use symbols::Symbolizer;
 use unwind::Frame;
@@ -63,6 +63,10 @@ pub struct ProfileOptions {
 pub const DEFAULT_HZ: u32 = 99;
 /// Highest `--profile-hz` accepted.
 pub const MAX_HZ: u32 = 10_000;
+/// Callers shown with each blocking site in the summary: the call that
+/// blocked is mostly a libc wrapper (`syscall`, `epoll_wait`); two callers
+/// reach the code that chose to wait.
+const BLOCKING_SITE_CALLERS: usize = 2;
 
 impl ProfileOptions {
     /// Checks the options before anything is attached: the rate, and that
@@ -186,7 +190,8 @@ pub struct PhaseProfile {
     pub top: Vec<FunctionShare>,
     /// ns the target's threads spent blocked (with `--no-off-cpu`: 0).
     pub off_cpu_ns: u64,
-    pub off_cpu_top: Vec<FunctionShare>,
+    /// Where the blocked time was spent, from user code's side.
+    pub off_cpu_sites: Vec<BlockingSite>,
     pub runq: Option<RunqSummary>,
 }
 
@@ -280,7 +285,7 @@ impl Profile {
                 let data = pprof::encode(&stacks, &off, modules, vdso, &mut sym)?;
                 pprof::write(dir, &format!("{stem}.offcpu"), &data)?;
                 p.off_cpu_ns = folded.total;
-                p.off_cpu_top = output::top_functions(&folded.folded);
+                p.off_cpu_sites = output::blocking_sites(&folded.folded, BLOCKING_SITE_CALLERS);
             }
             Ok(p)
         };

@@ -116,6 +116,45 @@ pub fn top_functions(folded: &Folded) -> Vec<FunctionShare> {
     out
 }
 
+/// Where blocked time was spent from user code's side: an off-CPU
+/// stack's innermost user-space frame (the call that entered the kernel and
+/// blocked) with up to `callers` of its callers, and its share of the time.
+/// The kernel's part, always the scheduler's path at its leaf, is left
+/// out: by "self" every off-CPU stack ends in `__schedule`, and by "total"
+/// the roots (`_start`, `main`) top every list; the flame graph keeps all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockingSite {
+    /// `innermost ← caller ← caller's caller`.
+    pub site: String,
+    /// % of the time blocked.
+    pub percent: f64,
+}
+
+/// Off-CPU time by [`BlockingSite`], highest first. A stack with no user
+/// frame (a kernel-only stack) is `[kernel]`.
+pub fn blocking_sites(folded: &Folded, callers: usize) -> Vec<BlockingSite> {
+    let total: u64 = folded.values().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut by_site: HashMap<String, u64> = HashMap::new();
+    for (stack, &ns) in folded {
+        let user: Vec<&str> = stack.split(';').filter(|f| !f.ends_with("_[k]")).collect();
+        let site = if user.is_empty() {
+            "[kernel]".to_string()
+        } else {
+            user.iter().rev().take(callers + 1).copied().collect::<Vec<_>>().join(" ← ")
+        };
+        *by_site.entry(site).or_default() += ns;
+    }
+    let mut out: Vec<BlockingSite> = by_site
+        .into_iter()
+        .map(|(site, ns)| BlockingSite { site, percent: ns as f64 * 100.0 / total as f64 })
+        .collect();
+    out.sort_by(|a, b| b.percent.total_cmp(&a.percent).then_with(|| a.site.cmp(&b.site)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +166,32 @@ mod tests {
         assert_eq!(file_safe("../x"), "%2E.%2Fx");
         assert_eq!(file_safe("a b%"), "a%20b%25");
         assert_eq!(file_safe(""), "%00");
+    }
+
+    #[test]
+    fn blocking_sites_are_the_innermost_user_frames_with_their_callers() {
+        let folded: Folded = [
+            ("_start;main;serve;wait_for_work;syscall;do_syscall_64_[k];__schedule_[k]", 70),
+            ("_start;main;flush;write_all;do_syscall_64_[k];__schedule_[k]", 20),
+            ("_start;main;serve;wait_for_work;syscall;entry_[k];__schedule_[k]", 5),
+            ("kthread_[k];__schedule_[k]", 5),
+        ]
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
+        let sites = blocking_sites(&folded, 2);
+        let got: Vec<(&str, f64)> = sites.iter().map(|b| (b.site.as_str(), b.percent)).collect();
+        assert_eq!(
+            got,
+            [
+                // Two kernel paths, one user site: summed.
+                ("syscall ← wait_for_work ← serve", 75.0),
+                ("write_all ← flush ← main", 20.0),
+                ("[kernel]", 5.0),
+            ]
+        );
+        assert_eq!(blocking_sites(&folded, 0)[1].site, "write_all");
+        assert!(blocking_sites(&Folded::new(), 2).is_empty());
     }
 
     #[test]

@@ -113,15 +113,12 @@ impl ProfileReport {
         if self.off_cpu {
             let _ = writeln!(
                 out,
-                "  off-CPU top functions of {} (self %, total % of time blocked):",
+                "  off-CPU sites of {} (% of time blocked: the call that blocked ← its \
+                 callers):",
                 top.name
             );
-            for f in top.off_cpu_top.iter().take(5) {
-                let _ = writeln!(
-                    out,
-                    "    {:>5.1} {:>5.1}  {}",
-                    f.self_percent, f.total_percent, f.name
-                );
+            for b in top.off_cpu_sites.iter().take(5) {
+                let _ = writeln!(out, "    {:>5.1}  {}", b.percent, b.site);
             }
         }
         let stacks = c.sent + c.off_cpu_stacks;
