@@ -3,8 +3,8 @@
 //! `.pb.gz` present in both is compared), or two files. For each pair: a
 //! differential flame graph (`<stem>.diff.svg`: NEW's stacks, coloured by
 //! how their share changed, BASE scaled to NEW's total) and a table of the
-//! functions whose share grew or shrank most (`<stem>.diff.txt`, also
-//! printed).
+//! functions whose self share grew or shrank most, or for off-CPU
+//! profiles the blocking sites (`<stem>.diff.txt`, also printed).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -113,12 +113,47 @@ fn pairs(base: &Path, new: &Path) -> anyhow::Result<Vec<(String, PathBuf, PathBu
     }
 }
 
-/// Self shares compared, largest growth first.
-pub fn share_changes(base: &Folded, new: &Folded) -> Vec<ShareChange> {
-    let self_share = |f: &Folded| -> HashMap<String, f64> {
-        output::top_functions(f).into_iter().map(|s| (s.name, s.self_percent)).collect()
+/// What a table compares: on-CPU, functions' self shares; off-CPU, the
+/// blocking sites' shares of the time blocked (every off-CPU stack's leaf
+/// is the scheduler's `__schedule`, whose self share is always 100 %).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compared {
+    SelfShares,
+    BlockingSites,
+}
+
+impl Compared {
+    /// By the profile's stem: `<phase>.offcpu` (or a file named so) is
+    /// off-CPU.
+    fn of(stem: &str) -> Compared {
+        if stem.ends_with(".offcpu") { Compared::BlockingSites } else { Compared::SelfShares }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Compared::SelfShares => "functions by change of self share (points)",
+            Compared::BlockingSites => {
+                "blocking sites (the call that blocked ← its callers) by change of share of the \
+                 time blocked (points)"
+            }
+        }
+    }
+}
+
+/// Shares compared, largest growth first.
+pub fn share_changes(base: &Folded, new: &Folded, compared: Compared) -> Vec<ShareChange> {
+    let shares = |f: &Folded| -> HashMap<String, f64> {
+        match compared {
+            Compared::SelfShares => {
+                output::top_functions(f).into_iter().map(|s| (s.name, s.self_percent)).collect()
+            }
+            Compared::BlockingSites => output::blocking_sites(f, super::BLOCKING_SITE_CALLERS)
+                .into_iter()
+                .map(|b| (b.site, b.percent))
+                .collect(),
+        }
     };
-    let (b, n) = (self_share(base), self_share(new));
+    let (b, n) = (shares(base), shares(new));
     let names: BTreeSet<&String> = b.keys().chain(n.keys()).collect();
     let mut out: Vec<ShareChange> = names
         .into_iter()
@@ -134,9 +169,9 @@ pub fn share_changes(base: &Folded, new: &Folded) -> Vec<ShareChange> {
 }
 
 /// The table of one pair.
-fn table(stem: &str, changes: &[ShareChange]) -> String {
+fn table(stem: &str, compared: Compared, changes: &[ShareChange]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{stem}: functions by change of self share (points)");
+    let _ = writeln!(out, "{stem}: {}", compared.heading());
     let mut section = |title: &str, rows: &mut dyn Iterator<Item = &ShareChange>| {
         let _ = writeln!(out, "  {title}:");
         let _ = writeln!(out, "    {:>7} {:>7} {:>7}  function", "base %", "new %", "change");
@@ -179,7 +214,8 @@ pub fn diff(base: &Path, new: &Path, out: &Path) -> anyhow::Result<String> {
         let svg = output::flame_graph(&text, &title)?;
         let path = out.join(format!("{stem}.diff.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
-        let t = table(&stem, &share_changes(&before, &after));
+        let compared = Compared::of(&stem);
+        let t = table(&stem, compared, &share_changes(&before, &after, compared));
         let path = out.join(format!("{stem}.diff.txt"));
         std::fs::write(&path, &t).with_context(|| format!("writing {}", path.display()))?;
         report.push_str(&t);
@@ -199,13 +235,35 @@ mod tests {
     fn the_function_that_doubled_tops_the_growth_table() {
         let base = folded(&[("main;a", 20), ("main;b", 20), ("main;c", 20)]);
         let new = folded(&[("main;a", 20), ("main;b", 20), ("main;c", 40)]);
-        let c = share_changes(&base, &new);
+        let c = share_changes(&base, &new, Compared::of("run.cpu"));
         assert_eq!(c[0].name, "c");
         assert!((c[0].delta() - (50.0 - 100.0 / 3.0)).abs() < 1e-9);
         assert!(c.last().unwrap().delta() < 0.0);
-        let t = table("run.cpu", &c);
+        let t = table("run.cpu", Compared::SelfShares, &c);
         let grew = t.lines().nth(3).unwrap();
         assert!(grew.ends_with("  c"), "{t}");
+    }
+
+    #[test]
+    fn off_cpu_profiles_compare_blocking_sites() {
+        let base = folded(&[
+            ("main;serve;read;do_syscall_64_[k];__schedule_[k]", 60),
+            ("main;flush;fsync;do_syscall_64_[k];__schedule_[k]", 40),
+        ]);
+        let new = folded(&[
+            ("main;serve;read;do_syscall_64_[k];__schedule_[k]", 40),
+            ("main;flush;fsync;do_syscall_64_[k];__schedule_[k]", 60),
+        ]);
+        let compared = Compared::of("steady.offcpu");
+        assert_eq!(compared, Compared::BlockingSites);
+        let c = share_changes(&base, &new, compared);
+        assert_eq!(c[0].name, "fsync ← flush ← main");
+        assert!((c[0].delta() - 20.0).abs() < 1e-9);
+        assert_eq!(c[1].name, "read ← serve ← main");
+        // Self shares would show the scheduler at 100 % in both.
+        let by_self = share_changes(&base, &new, Compared::SelfShares);
+        assert!(by_self.iter().all(|c| c.delta() == 0.0), "{by_self:?}");
+        assert!(table("steady.offcpu", compared, &c).contains("blocking sites"));
     }
 
     #[test]

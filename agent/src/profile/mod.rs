@@ -63,10 +63,10 @@ pub struct ProfileOptions {
 pub const DEFAULT_HZ: u32 = 99;
 /// Highest `--profile-hz` accepted.
 pub const MAX_HZ: u32 = 10_000;
-/// Callers shown with each blocking site in the summary: the call that
+/// Callers shown with each blocking site (the summary, `diff`): the call that
 /// blocked is mostly a libc wrapper (`syscall`, `epoll_wait`); two callers
 /// reach the code that chose to wait.
-const BLOCKING_SITE_CALLERS: usize = 2;
+pub(crate) const BLOCKING_SITE_CALLERS: usize = 2;
 
 impl ProfileOptions {
     /// Checks the options before anything is attached: the rate, and that
