@@ -407,7 +407,8 @@ fn signals_write_results_once_and_leave_nothing_attached() {
 }
 
 /// The destination vanishes during the run: the results are written to a
-/// fallback file in $TMPDIR, its path printed, exit status 6.
+/// fallback file in $TMPDIR, and the profiles to a fallback directory
+/// there, their paths printed, exit status 6.
 #[test]
 fn results_survive_a_destination_that_became_unwritable() {
     let Some(_serial) = privileged() else { return };
@@ -416,7 +417,8 @@ fn results_survive_a_destination_that_became_unwritable() {
     let (dest, fallback) = (base.join("dest"), base.join("fallback"));
     fs::create_dir_all(&dest).unwrap();
     fs::create_dir_all(&fallback).unwrap();
-    let (out, phases) = (dest.join("bench.json"), dest.join("phases.json"));
+    let (out, phases, profiles) =
+        (dest.join("bench.json"), dest.join("phases.json"), dest.join("profiles"));
     let agent = Agent::spawn_env(
         &[
             "attach",
@@ -428,6 +430,8 @@ fn results_survive_a_destination_that_became_unwritable() {
             out.to_str().unwrap(),
             "--phases-json",
             phases.to_str().unwrap(),
+            "--profile-dir",
+            profiles.to_str().unwrap(),
         ],
         &[("TMPDIR", fallback.to_str().unwrap())],
     );
@@ -455,6 +459,21 @@ fn results_survive_a_destination_that_became_unwritable() {
     let doc: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&phases_file).unwrap()).unwrap();
     assert!(doc["phases"].is_array(), "{doc}");
+    // The profiles: every file of the run's, and the BMF rows that count
+    // them, which the folded file agrees with.
+    let profile_dir = find("-profiles");
+    assert!(
+        r.stderr.contains(&format!("the profiles are in {} instead", profile_dir.display())),
+        "{}",
+        r.stderr
+    );
+    for file in ["run.cpu.folded", "run.cpu.svg", "run.cpu.pb.gz", "run.offcpu.folded"] {
+        assert!(profile_dir.join(file).is_file(), "no {file} in {}", profile_dir.display());
+    }
+    let folded = fs::read_to_string(profile_dir.join("run.cpu.folded")).unwrap();
+    let samples: u64 =
+        folded.lines().map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum();
+    assert_eq!(bmf_value(&read_bmf(&bmf_file), "profile/samples", "count"), samples as f64);
     let _ = fs::remove_dir_all(&base);
 }
 

@@ -97,7 +97,8 @@ pub(super) fn finish(
     if let Some((s, stats)) = &cgroup_stats {
         print!("{}", s.summary(stats));
     }
-    let profile = profiling::write(profile, opts, &r, last_t)?;
+    let profiles = profiling::write(profile, opts, &r, last_t);
+    let profile = profiles.report;
     let mut doc = report::metrics::document(&r);
     if let Some((_, stats)) = &cgroup_stats {
         cgroup::add_metrics(&mut doc, stats, r.window.mean_rss_bytes);
@@ -105,7 +106,8 @@ pub(super) fn finish(
     profiling::add_metrics(profile.as_ref(), &mut doc);
     let profile_dir = profile.as_ref().map(|p| p.dir.as_path());
     outcome.results_elsewhere =
-        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile_dir)?;
+        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile_dir)?
+            || profiles.elsewhere;
     if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
         eprintln!("perf-agent: {message}");
     }

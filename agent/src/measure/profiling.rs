@@ -21,18 +21,75 @@ pub(super) fn start(probes: &mut Probes, pid: u32) -> anyhow::Result<Option<Prof
     probes.take_profile_probe().map(|p| Profiler::start(p, pid)).transpose()
 }
 
+/// What became of the profiles.
+pub(super) struct Written {
+    pub report: Option<ProfileReport>,
+    /// Not where `--profile-dir` said (a fallback directory, or nowhere):
+    /// the exit status says the results went elsewhere.
+    pub elsewhere: bool,
+}
+
 /// `--profile-dir`: the whole run and each phase (cut at the last sample,
-/// `last_t`), written; the summary's section printed.
+/// `last_t`), written; the summary's section printed. A profile is never
+/// lost for want of its directory (removed or unwritable since the start):
+/// it goes to `perf-agent-<pid>-<unix s>-profiles` in the first fallback
+/// directory that takes it (`$TMPDIR`, then the current one), named on
+/// stderr, as `--out` does. Nor does a profile that cannot be written
+/// anywhere cost the run's other results: that is an error message, and
+/// the rest is still written.
 pub(super) fn write(
     profile: Option<Profile>,
     opts: &MeasureOptions,
     r: &RunReport,
     last_t: u64,
-) -> anyhow::Result<Option<ProfileReport>> {
-    let (Some(profile), Some(options)) = (profile, &opts.profile) else { return Ok(None) };
-    let report = write_profiles(&profile, options, r, last_t)?;
-    print!("{}", report.summary(r.canonical.as_ref().map(|c| c.0.as_str())));
-    Ok(Some(report))
+) -> Written {
+    let (Some(profile), Some(options)) = (profile, &opts.profile) else {
+        return Written { report: None, elsewhere: false };
+    };
+    let (report, elsewhere) = match write_profiles(&profile, options, r, last_t) {
+        Ok(report) => (Some(report), false),
+        Err(e) => {
+            eprintln!(
+                "perf-agent: error: cannot write the profiles to {}: {e:#}",
+                options.dir.display()
+            );
+            (write_elsewhere(&profile, options, r, last_t), true)
+        }
+    };
+    if let Some(report) = &report {
+        print!("{}", report.summary(r.canonical.as_ref().map(|c| c.0.as_str())));
+    }
+    Written { report, elsewhere }
+}
+
+/// The profiles in the first fallback directory that takes them.
+fn write_elsewhere(
+    profile: &Profile,
+    options: &ProfileOptions,
+    r: &RunReport,
+    last_t: u64,
+) -> Option<ProfileReport> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = format!("perf-agent-{}-{secs}-profiles", std::process::id());
+    for dir in crate::output::fallback_dirs() {
+        let fallback = ProfileOptions { dir: dir.join(&name), ..options.clone() };
+        let written = std::fs::create_dir_all(&fallback.dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| write_profiles(profile, &fallback, r, last_t));
+        match written {
+            Ok(report) => {
+                eprintln!("perf-agent: the profiles are in {} instead", fallback.dir.display());
+                return Some(report);
+            }
+            Err(e) => eprintln!(
+                "perf-agent: error: cannot write the profiles to {} either: {e:#}",
+                fallback.dir.display()
+            ),
+        }
+    }
+    None
 }
 
 fn write_profiles(
