@@ -279,6 +279,11 @@ struct CommonArgs {
     /// weighted by the time blocked); run-queue waits are still measured.
     #[arg(long, requires = "profile_dir")]
     no_off_cpu: bool,
+    /// With --profile-dir: where the debug files of stripped modules are
+    /// found by build-id (DIR/.build-id/ab/cdef….debug, as gdb's
+    /// debug-file-directory: what distributions' -dbg/-dbgsym packages install).
+    #[arg(long, value_name = "DIR", default_value = perf_agent::profile::DEFAULT_DEBUG_DIR, requires = "profile_dir")]
+    debug_dir: PathBuf,
     /// Also measure where each request's time goes outside the application:
     /// receive queue, drain until the client's ACK, delivered, accept wait,
     /// retransmits (three more kernel hooks on every TCP socket; ~0.34 µs of
@@ -314,6 +319,7 @@ impl CommonArgs {
                 dir,
                 hz: self.profile_hz,
                 off_cpu: !self.no_off_cpu,
+                debug_dir: self.debug_dir,
             }),
             delivery: self.delivery,
         }

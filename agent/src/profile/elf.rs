@@ -1,5 +1,6 @@
 //! What the unwinder needs from one ELF file: its unwind sections and load
-//! segments, read once per file and shared between address spaces.
+//! segments, read once per file and shared between address spaces; and
+//! what names it: its GNU build-id and the debug file shipped apart.
 
 use std::{ops::Range, sync::Arc};
 
@@ -161,4 +162,29 @@ mod own_maps_tests {
         let svma = here - info.bias(m.start, m.offset).unwrap();
         assert!(info.text.unwrap().svma.contains(&svma));
     }
+}
+
+/// The GNU build-id of an ELF image (its `.note.gnu.build-id`).
+pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
+    let file = object::File::parse(data).ok()?;
+    file.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// The GNU build-id of an open ELF file.
+pub fn file_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
+    // SAFETY: a read-only mapping of a file we keep open.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    build_id(&map)
+}
+
+/// The path of the debug file for `build_id` under `root` (a `.build-id`
+/// directory: `root/ab/cdef….debug`, where Debian's `-dbg`/`-dbgsym` and
+/// Fedora's `-debuginfo` packages install them), whether or not it exists.
+pub fn debug_file_path(root: &std::path::Path, build_id: &[u8]) -> Option<std::path::PathBuf> {
+    let (first, rest) = build_id.split_first()?;
+    if rest.is_empty() {
+        return None;
+    }
+    let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(root.join(format!("{first:02x}")).join(format!("{rest}.debug")))
 }

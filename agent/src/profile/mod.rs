@@ -56,6 +56,9 @@ pub struct ProfileOptions {
     pub hz: u32,
     /// Off-CPU profiles too (default; `--no-off-cpu` turns them off).
     pub off_cpu: bool,
+    /// `--debug-dir`: where debug files shipped apart from their stripped
+    /// modules are found by build-id (`DIR/.build-id/ab/cdef….debug`).
+    pub debug_dir: PathBuf,
 }
 
 /// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
@@ -63,6 +66,9 @@ pub struct ProfileOptions {
 pub const DEFAULT_HZ: u32 = 99;
 /// Highest `--profile-hz` accepted.
 pub const MAX_HZ: u32 = 10_000;
+/// Default `--debug-dir`: where distributions install debug files (gdb's
+/// `debug-file-directory`).
+pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 /// Callers shown with each blocking site (the summary, `diff`): the call that
 /// blocked is mostly a libc wrapper (`syscall`, `epoll_wait`); two callers
 /// reach the code that chose to wait.
@@ -245,7 +251,7 @@ impl Profile {
         let started = Instant::now();
         let c = &self.collected;
         let (modules, vdso) = (&c.walker.modules, c.walker.vdso.as_deref());
-        let mut sym = Symbolizer::new(modules, vdso);
+        let mut sym = Symbolizer::new(modules, vdso, &opts.debug_dir);
         let cpu = pprof::Kind {
             values: &[("samples", "count"), ("cpu", "nanoseconds")],
             value_of: |n, period| vec![n, n * period],

@@ -7,7 +7,6 @@
 use std::{collections::HashMap, io::Write as _, path::Path};
 
 use anyhow::Context as _;
-use object::Object as _;
 
 use super::{
     symbols::Symbolizer,
@@ -196,16 +195,12 @@ fn mapping(p: &mut Pb, b: &mut Builder, id: u64, path: &str, build_id: &str) {
 
 /// The GNU build-id of module `i`, hex.
 fn build_id(modules: &Modules, vdso: Option<&[u8]>, i: usize) -> Option<String> {
-    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    if modules.paths[i] == "[vdso]" {
-        let file = object::File::parse(vdso?).ok()?;
-        return file.build_id().ok().flatten().map(hex);
-    }
-    let file = modules.files[i].as_ref()?;
-    // SAFETY: a read-only mapping of a file we keep open.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    let obj = object::File::parse(&*map).ok()?;
-    obj.build_id().ok().flatten().map(hex)
+    let id = if modules.paths[i] == "[vdso]" {
+        super::elf::build_id(vdso?)?
+    } else {
+        super::elf::file_build_id(modules.files[i].as_ref()?)?
+    };
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes `<dir>/<stem>.pb.gz`.

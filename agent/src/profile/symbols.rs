@@ -1,13 +1,20 @@
 //! Names for frames, after sampling: ELF symbol tables and DWARF (inlined
 //! functions become frames of their own), Rust and C++ demangled; the
-//! kernel's from `/proc/kallsyms`. A frame with no symbol keeps its place as
-//! `module+0xADDRESS` (the address as the file states it).
+//! kernel's from `/proc/kallsyms`. A stripped module is read from its debug
+//! file when the distribution's debug package installed one (found by
+//! build-id under `--debug-dir`'s `.build-id`, `/usr/lib/debug` by default,
+//! as gdb and perf do). A frame
+//! with no symbol keeps its place as `module+0xADDRESS` (the address as the
+//! file states it).
 
 use std::{collections::HashMap, os::fd::AsRawFd as _};
 
 use object::{Object as _, ObjectSymbol as _};
 
-use super::unwind::{Frame, Modules};
+use super::{
+    elf,
+    unwind::{Frame, Modules},
+};
 
 /// One module's symbol source.
 enum Source {
@@ -24,14 +31,29 @@ pub struct Symbolizer<'m> {
     sources: HashMap<u32, Source>,
     kallsyms: Vec<(u64, String)>,
     cache: HashMap<Frame, Vec<String>>,
+    /// `--debug-dir`'s `.build-id` directory.
+    debug_root: std::path::PathBuf,
 }
 
 impl<'m> Symbolizer<'m> {
-    pub fn new(modules: &'m Modules, vdso: Option<&'m [u8]>) -> Symbolizer<'m> {
+    /// `debug_dir`: debug files are looked up as
+    /// `debug_dir/.build-id/ab/cdef….debug`.
+    pub fn new(
+        modules: &'m Modules,
+        vdso: Option<&'m [u8]>,
+        debug_dir: &std::path::Path,
+    ) -> Symbolizer<'m> {
         let kallsyms = std::fs::read_to_string("/proc/kallsyms")
             .map(|t| parse_kallsyms(&t))
             .unwrap_or_default();
-        Symbolizer { modules, vdso, sources: HashMap::new(), kallsyms, cache: HashMap::new() }
+        Symbolizer {
+            modules,
+            vdso,
+            sources: HashMap::new(),
+            kallsyms,
+            cache: HashMap::new(),
+            debug_root: debug_dir.join(".build-id"),
+        }
     }
 
     /// The names of a frame, outermost first (several when functions were
@@ -76,9 +98,18 @@ impl<'m> Symbolizer<'m> {
                 return self.vdso.map_or(Source::Missing, |v| Source::Symbols(elf_symbols(v)));
             }
             let Some(file) = &self.modules.files[module as usize] else { return Source::Missing };
-            // The file as we opened it while the target ran.
-            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            addr2line::Loader::new(path).map_or(Source::Missing, |l| Source::Dwarf(Box::new(l)))
+            // The debug file has the same addresses, and the symbol table
+            // and DWARF that stripping took out (libc's internal functions,
+            // such as its memcpy variants, are in no dynamic symbol table).
+            let debug = elf::file_build_id(file)
+                .and_then(|id| elf::debug_file_path(&self.debug_root, &id))
+                .filter(|p| p.is_file());
+            let loaded = match debug {
+                Some(path) => addr2line::Loader::new(path),
+                // The file as we opened it while the target ran.
+                None => addr2line::Loader::new(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            };
+            loaded.map_or(Source::Missing, |l| Source::Dwarf(Box::new(l)))
         })
     }
 }
@@ -161,6 +192,15 @@ mod tests {
         assert_eq!(syms.len(), 3);
         assert_eq!(lookup(&syms, 0xffffffff81000150), Some("do_thing"));
         assert_eq!(lookup(&syms, 0xffffffff80000000), None);
+    }
+
+    #[test]
+    fn debug_files_are_found_by_build_id() {
+        let root = std::path::Path::new("/usr/lib/debug/.build-id");
+        let p = elf::debug_file_path(root, &[0x93, 0xac, 0x61, 0x0e]).unwrap();
+        assert_eq!(p, root.join("93").join("ac610e.debug"));
+        assert_eq!(elf::debug_file_path(root, &[0x93]), None);
+        assert_eq!(elf::debug_file_path(root, &[]), None);
     }
 
     #[test]

@@ -319,7 +319,11 @@ mod tests {
     fn unwinds_this_thread_to_its_start() {
         let mut walker = StackWalker::default();
         let frames = unwind_here(&mut walker);
-        let mut sym = Symbolizer::new(&walker.modules, walker.vdso.as_deref());
+        let mut sym = Symbolizer::new(
+            &walker.modules,
+            walker.vdso.as_deref(),
+            std::path::Path::new(crate::profile::DEFAULT_DEBUG_DIR),
+        );
         let names: Vec<String> = frames.iter().flat_map(|&f| sym.names(f).to_vec()).collect();
         assert_ne!(frames[0], Frame::Truncated, "{names:#?}");
         assert!(names.iter().any(|n| n.ends_with("unwind_here")), "{names:#?}");

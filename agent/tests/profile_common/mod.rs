@@ -26,6 +26,17 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// -- CMD...`; checks every pprof it wrote with the independent decoder;
 /// returns the BMF and the agent's stdout.
 pub fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_json::Value, String) {
+    profile_run_with(dir, hz, secs, &[], cmd)
+}
+
+/// [`profile_run`] with more of the agent's options (`agent_args`).
+pub fn profile_run_with(
+    dir: &Path,
+    hz: &str,
+    secs: &str,
+    agent_args: &[&str],
+    cmd: &[&str],
+) -> (serde_json::Value, String) {
     let out = out_path(&format!("profile-{}", dir.file_name().unwrap().to_string_lossy()));
     let mut args = vec![
         "run",
@@ -37,8 +48,9 @@ pub fn profile_run(dir: &Path, hz: &str, secs: &str, cmd: &[&str]) -> (serde_jso
         secs,
         "--out",
         out.to_str().unwrap(),
-        "--",
     ];
+    args.extend_from_slice(agent_args);
+    args.push("--");
     args.extend_from_slice(cmd);
     let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "perf-agent failed:\n{}\n{}", r.stdout, r.stderr);
