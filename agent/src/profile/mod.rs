@@ -29,7 +29,7 @@ pub mod unwind;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -75,11 +75,21 @@ pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 pub(crate) const BLOCKING_SITE_CALLERS: usize = 2;
 
 impl ProfileOptions {
-    /// Checks the options before anything is attached: the rate, and that
-    /// the directory exists (or can be made) and is writable.
+    /// Checks the options before anything is attached: the rate, that the
+    /// directory exists (or can be made) and is writable, and that a
+    /// `--debug-dir` other than the default is a directory (a typo there
+    /// would only show as unnamed frames at the end; the default may be
+    /// missing: no debug package installed).
     pub fn check(&self) -> anyhow::Result<()> {
         if self.hz == 0 || self.hz > MAX_HZ {
             bail!("--profile-hz {}: give 1 to {MAX_HZ} samples per second per CPU", self.hz);
+        }
+        if self.debug_dir != Path::new(DEFAULT_DEBUG_DIR) && !self.debug_dir.is_dir() {
+            bail!(
+                "--debug-dir {}: not a directory; give the directory that holds .build-id/ \
+                 (default {DEFAULT_DEBUG_DIR})",
+                self.debug_dir.display()
+            );
         }
         let d = &self.dir;
         if d.exists() && !d.is_dir() {
@@ -370,4 +380,39 @@ fn trim_tracing_frames(folded: Folded) -> Folded {
         *out.entry(line).or_default() += n;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> ProfileOptions {
+        ProfileOptions {
+            dir: dir.to_path_buf(),
+            hz: DEFAULT_HZ,
+            off_cpu: true,
+            debug_dir: DEFAULT_DEBUG_DIR.into(),
+        }
+    }
+
+    #[test]
+    fn bad_options_are_named_with_their_fix() {
+        let tmp =
+            std::env::temp_dir().join(format!("perf-agent-profile-opts-{}", std::process::id()));
+        let dir = tmp.join("profiles");
+        assert!(options(&dir).check().is_ok());
+        assert!(dir.is_dir(), "created");
+        let err = |o: ProfileOptions| o.check().unwrap_err().to_string();
+        assert!(
+            err(ProfileOptions { hz: 0, ..options(&dir) }).starts_with("--profile-hz 0: give 1 to")
+        );
+        assert!(err(ProfileOptions { hz: MAX_HZ + 1, ..options(&dir) }).contains("give 1 to"));
+        let file = tmp.join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(err(options(&file)).contains("is not a directory"));
+        let missing = tmp.join("no-such-debug");
+        let e = err(ProfileOptions { debug_dir: missing, ..options(&dir) });
+        assert!(e.starts_with("--debug-dir ") && e.contains("holds .build-id/"), "{e}");
+        let _ = std::fs::remove_dir_all(tmp);
+    }
 }
