@@ -126,6 +126,30 @@ fn run_page_draws_every_phase_and_shows_the_bmf_numbers() {
         assert!(file.is_file(), "{href}: {} does not exist", file.display());
     }
     assert!(links.contains(&"prof/ramp%252Fsteady.cpu.svg"), "{links:?}");
+
+    // Under each phase's links, its top functions and blocking sites: the
+    // steady phase's first function has the largest leaf share of its
+    // folded file, and is a row of the page.
+    let steady = data["profiles"].as_array().unwrap().iter().find(|p| p["phase"] == "ramp/steady");
+    let steady = steady.expect("ramp/steady in the page's profiles");
+    let folded = fs::read_to_string(profiles.join("ramp%2Fsteady.cpu.folded")).unwrap();
+    let mut leaves: std::collections::HashMap<&str, u64> = Default::default();
+    for line in folded.lines() {
+        let (stack, n) = line.rsplit_once(' ').unwrap();
+        *leaves.entry(stack.rsplit(';').next().unwrap()).or_default() += n.parse::<u64>().unwrap();
+    }
+    let total: u64 = leaves.values().sum();
+    let most =
+        *leaves.values().max().expect("samples in ramp/steady") as f64 * 100.0 / total as f64;
+    let first = &steady["top"][0];
+    assert!((first["self"].as_f64().unwrap() - most).abs() < 1e-9, "{first} vs {most} %");
+    let rows = tags(&dom, "tr");
+    assert!(
+        rows.iter().any(|t| t.attr("data-function") == first["name"].as_str()),
+        "{first} is not a row of the page"
+    );
+    let site = steady["blocked"][0]["site"].as_str().expect("a blocking site of ramp/steady");
+    assert!(rows.iter().any(|t| t.attr("data-site") == Some(site)), "{site} is not a row");
     fs::remove_dir_all(&dir).unwrap();
 }
 

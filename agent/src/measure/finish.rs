@@ -104,9 +104,8 @@ pub(super) fn finish(
         cgroup::add_metrics(&mut doc, stats, r.window.mean_rss_bytes);
     }
     profiling::add_metrics(profile.as_ref(), &mut doc);
-    let profile_dir = profile.as_ref().map(|p| p.dir.as_path());
     outcome.results_elsewhere =
-        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile_dir)?
+        write_results(opts, &r, &doc, epoch_offset_ns, series.as_ref(), profile.as_ref())?
             || profiles.elsewhere;
     if let Some(message) = cgroup_stats.as_ref().and_then(|(s, stats)| s.oom_message(stats)) {
         eprintln!("perf-agent: {message}");
@@ -242,7 +241,7 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
 }
 
 /// Writes `--out` (`doc`), `--phases-json` and `--report` (from `series`,
-/// linking the profiles in `profile_dir`). A measurement is never lost:
+/// showing `profile`'s tops and linking its files). A measurement is never lost:
 /// what cannot go where asked goes to a fallback file named on stderr, and
 /// the return value (`true`) says so, for the exit status.
 fn write_results(
@@ -251,7 +250,7 @@ fn write_results(
     doc: &BmfReport,
     epoch_offset_ns: i128,
     series: Option<&Series>,
-    profile_dir: Option<&std::path::Path>,
+    profile: Option<&crate::profile::ProfileReport>,
 ) -> anyhow::Result<bool> {
     let mut elsewhere = false;
     if let Some(out) = &opts.out {
@@ -267,7 +266,7 @@ fn write_results(
             != output::Written::AtPath;
     }
     if let (Some(path), Some(series)) = (&opts.report, series) {
-        let page = RunPage { report: r, series, doc, profile_dir, path };
+        let page = RunPage { report: r, series, doc, profile, path };
         elsewhere |= write_file(path, &page.render())?;
     }
     Ok(elsewhere)

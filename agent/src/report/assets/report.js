@@ -264,11 +264,31 @@
     return svg;
   }
 
+  // Per phase: its files, then (folded) its top functions and where its
+  // threads blocked, the summary's two lists for every phase.
   function profileLinks(profiles) {
     var ul = el('ul', { 'class': 'links' });
     profiles.forEach(function (p) {
       var li = add(el('li', { 'data-profile': p.phase }), el('strong', {}, p.phase + ': '));
       p.links.forEach(function (l) { add(li, el('a', { href: l.href }, l.label)); });
+      if ((p.top && p.top.length) || (p.blocked && p.blocked.length)) {
+        var det = add(el('details', {}), el('summary', {}, 'top functions and blocking sites'));
+        if (p.top && p.top.length) {
+          var t = add(el('table', { 'class': 'top', 'data-top': 'on-cpu' }), headRow([{ text: 'on-CPU function' }, { text: 'self %' }, { text: 'total %' }]));
+          p.top.forEach(function (f) {
+            add(t, add(el('tr', { 'data-function': f.name }), el('td', {}, f.name), el('td', {}, f.self.toFixed(1)), el('td', {}, f.total.toFixed(1))));
+          });
+          add(det, t);
+        }
+        if (p.blocked && p.blocked.length) {
+          var b = add(el('table', { 'class': 'top', 'data-top': 'off-cpu' }), headRow([{ text: 'blocked in (call ← callers)' }, { text: '% of time blocked' }]));
+          p.blocked.forEach(function (s) {
+            add(b, add(el('tr', { 'data-site': s.site }), el('td', {}, s.site), el('td', {}, s.percent.toFixed(1))));
+          });
+          add(det, b);
+        }
+        add(li, det);
+      }
       add(ul, li);
     });
     return ul;

@@ -1,13 +1,23 @@
 //! The page of one run: timelines with the phases as bands, the startup
-//! waterfall, the per-phase table (server beside k6), links to the CPU
-//! profiles, and the BMF document the tables read their numbers from.
+//! waterfall, the per-phase table (server beside k6), the CPU profiles
+//! (links to each phase's files, its top functions and where it blocked),
+//! and the BMF document the tables read their numbers from.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 
 use super::{href, page, page_dir, relative, series::Series};
-use crate::{bmf::BmfReport, profile::output::file_safe, report::RunReport};
+use crate::{
+    bmf::BmfReport,
+    profile::{PhaseProfile, ProfileReport, output::file_safe},
+    report::RunReport,
+};
+
+/// Top functions and blocking sites shown per phase (the summary prints
+/// the canonical phase's; the page, every phase's, folded under its links).
+const TOP_FUNCTIONS: usize = 8;
+const TOP_BLOCKING_SITES: usize = 4;
 
 /// What one run's page is made of.
 pub struct RunPage<'a> {
@@ -15,8 +25,9 @@ pub struct RunPage<'a> {
     pub series: &'a Series,
     /// The document written to `--out` (with the cgroup's and profile's rows).
     pub doc: &'a BmfReport,
-    /// `--profile-dir`, when profiles were written.
-    pub profile_dir: Option<&'a Path>,
+    /// The profiles, when they were written (`--profile-dir`, or where
+    /// they went instead).
+    pub profile: Option<&'a ProfileReport>,
     /// Where the page goes (its links are relative to its directory).
     pub path: &'a Path,
 }
@@ -95,14 +106,20 @@ impl RunPage<'_> {
     }
 
     /// Per phase (and `run`, the whole run), the profile files that exist,
-    /// as links relative to the page.
+    /// as links relative to the page, and the phase's top functions and
+    /// blocking sites.
     fn profile_links(&self) -> Vec<Value> {
-        let Some(dir) = self.profile_dir else { return Vec::new() };
+        let Some(profile) = self.profile else { return Vec::new() };
+        let dir = profile.dir.as_path();
         let from = page_dir(self.path);
         let names =
             std::iter::once("run").chain(self.report.phases.iter().map(|p| p.phase.name.as_str()));
         names
             .filter_map(|name| {
+                let shares = std::iter::once(&profile.run)
+                    .chain(&profile.phases)
+                    .find(|p| p.name == name)
+                    .map_or_else(|| json!({}), top_of);
                 let links: Vec<Value> = ["cpu", "offcpu"]
                     .iter()
                     .flat_map(|kind| ["svg", "folded", "pb.gz"].map(|ext| format!("{kind}.{ext}")))
@@ -113,10 +130,34 @@ impl RunPage<'_> {
                         )
                     })
                     .collect();
-                (!links.is_empty()).then(|| json!({ "phase": name, "links": links }))
+                (!links.is_empty()).then(|| {
+                    json!({
+                        "phase": name,
+                        "links": links,
+                        "top": shares.get("top"),
+                        "blocked": shares.get("blocked"),
+                    })
+                })
             })
             .collect()
     }
+}
+
+/// A phase's top functions (self and total %) and blocking sites (%).
+fn top_of(p: &PhaseProfile) -> Value {
+    let top: Vec<Value> = p
+        .top
+        .iter()
+        .take(TOP_FUNCTIONS)
+        .map(|f| json!({ "name": f.name, "self": f.self_percent, "total": f.total_percent }))
+        .collect();
+    let blocked: Vec<Value> = p
+        .off_cpu_sites
+        .iter()
+        .take(TOP_BLOCKING_SITES)
+        .map(|b| json!({ "site": b.site, "percent": b.percent }))
+        .collect();
+    json!({ "top": top, "blocked": blocked })
 }
 
 /// `startup/to_first_accept` → `accept`.
@@ -135,6 +176,7 @@ mod tests {
         bmf::Measure,
         outcome::EndReason,
         phases::{Phase, PhaseReport},
+        profile::output::{BlockingSite, FunctionShare},
         report::test_report,
         requests::RequestLog,
         startup::Startup,
@@ -169,11 +211,25 @@ mod tests {
         std::fs::create_dir_all(dir.join("prof")).unwrap();
         std::fs::write(dir.join("prof").join("ramp%2F%3Csteady%3E.cpu.svg"), "<svg/>").unwrap();
         let path = dir.join("report.html");
+        let steady = PhaseProfile {
+            name: "ramp/<steady>".into(),
+            top: vec![FunctionShare {
+                name: "hot".into(),
+                self_percent: 60.0,
+                total_percent: 70.0,
+            }],
+            off_cpu_sites: vec![BlockingSite {
+                site: "read ← serve ← main".into(), percent: 90.0
+            }],
+            ..Default::default()
+        };
+        let profile =
+            ProfileReport { dir: dir.join("prof"), phases: vec![steady], ..Default::default() };
         let page = RunPage {
             report: &r,
             series: &series,
             doc: &doc,
-            profile_dir: Some(&dir.join("prof")),
+            profile: Some(&profile),
             path: &path,
         };
         let d = page.data();
@@ -193,6 +249,8 @@ mod tests {
         let links = &d["profiles"][0];
         assert_eq!(links["phase"], "ramp/<steady>", "run has no file, so is left out");
         assert_eq!(links["links"][0]["href"], "prof/ramp%252F%253Csteady%253E.cpu.svg");
+        assert_eq!(links["top"][0], json!({ "name": "hot", "self": 60.0, "total": 70.0 }));
+        assert_eq!(links["blocked"][0], json!({ "site": "read ← serve ← main", "percent": 90.0 }));
         let html = page.render();
         assert!(!html.contains("<steady>") && html.contains("ramp/\\u003csteady\\u003e"));
         let _ = std::fs::remove_dir_all(&dir);
