@@ -93,7 +93,9 @@ pub mod sched_kind {
 /// Small ring-buffer records of the `sched_switch` program, told apart
 /// from a [`ProfileSample`] by their size: sent only for blocks whose
 /// stack was sent (everything else is counted in maps). `duration_ns` is
-/// the block's time times its weight ([`OffCpuBudget`]);
+/// the block's time times its weight ([`OffCpuBudget`]), `block_ns` the
+/// block's time itself (user space places the record at the block's end,
+/// `time_ns + block_ns`, where the kernel's totals count it too);
 /// `thread_off_cpu_ns` the thread's exact time off CPU so far, every block
 /// (chosen or not) included, up to the end of this one.
 #[repr(C)]
@@ -101,6 +103,7 @@ pub mod sched_kind {
 pub struct SchedRecord {
     pub time_ns: u64,
     pub duration_ns: u64,
+    pub block_ns: u64,
     pub thread_off_cpu_ns: u64,
     pub tid: u32,
     /// [`sched_kind`].
@@ -313,7 +316,7 @@ mod user {
 }
 
 const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
-const _: () = assert!(core::mem::size_of::<SchedRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<SchedRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<ThreadSched>() == 48);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
 const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 48);

@@ -295,6 +295,7 @@ fn block_ended(t: &mut ThreadSched, end: u64, tid: u32) {
             // The stack's time, which pairs the two in user space.
             time_ns: t.stack_ns,
             duration_ns: off * u64::from(t.weight),
+            block_ns: off,
             thread_off_cpu_ns: t.off_cpu_ns,
             tid,
             kind: sched_kind::OFF_CPU_END,

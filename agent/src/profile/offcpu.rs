@@ -21,6 +21,12 @@
 //! window, or its blocks after its last chosen one) is the difference
 //! between the exact total of all threads and what the threads' records
 //! account for: it is shown as `[stack not sampled]`.
+//!
+//! Everything is placed in time where the block ended: the kernel's
+//! per-CPU totals can only be (they grow at each block's end), so the
+//! records are too, and a block still going on at the end of the run is
+//! placed there. A phase's off-CPU time is that of the blocks that ended
+//! in it; a block that spans phases counts whole in the last.
 
 use std::collections::HashMap;
 
@@ -31,10 +37,10 @@ use super::{aggregate::StackCounts, unwind::Frame};
 struct ThreadBlocks {
     /// The thread's exact total at its last record, ns.
     last_total_ns: u64,
-    /// Weighted ns (block time × N) per stack, at the blocks' start.
+    /// Weighted ns (block time × N) per stack, at the blocks' end.
     weighted: StackCounts,
     /// The thread's exact ns since its record before, at each record's
-    /// block start (the one stack `[]`).
+    /// block end (the one stack `[]`).
     exact: StackCounts,
 }
 
@@ -50,8 +56,9 @@ pub struct OffCpuTimes {
 }
 
 impl OffCpuTimes {
-    /// A sampled block of `tid` that began at `time_ns` in `stack`: its
-    /// time × N, and the thread's exact total when it ended.
+    /// A sampled block of `tid` in `stack` that ended at `time_ns` (where
+    /// [`OffCpuTimes::all_blocks`] counts it too): its time × N, and the
+    /// thread's exact total then.
     pub fn sampled(
         &mut self,
         tid: u32,
@@ -78,7 +85,7 @@ impl OffCpuTimes {
         self.all.add_weighted(time_ns, &[], ns);
     }
 
-    /// A block still going on at the end: `ns` from its start `time_ns`.
+    /// A block still going on at the end (`time_ns`): `ns` since its start.
     pub fn ongoing(&mut self, time_ns: u64, stack: &[Frame], ns: u64) {
         self.ongoing.add_weighted(time_ns, stack, ns);
     }
