@@ -139,7 +139,11 @@ pub fn blocking_sites(folded: &Folded, callers: usize) -> Vec<BlockingSite> {
     }
     let mut by_site: HashMap<String, u64> = HashMap::new();
     for (stack, &ns) in folded {
-        let user: Vec<&str> = stack.split(';').filter(|f| !f.ends_with("_[k]")).collect();
+        let mut user: Vec<&str> = stack.split(';').filter(|f| !f.ends_with("_[k]")).collect();
+        // A function inlined into one of its own name (glibc's `__libc_recv`
+        // in `__libc_recv`, from its DWARF), or a function calling itself,
+        // is one caller, not two.
+        user.dedup();
         let site = if user.is_empty() {
             "[kernel]".to_string()
         } else {
@@ -174,7 +178,8 @@ mod tests {
             ("_start;main;serve;wait_for_work;syscall;do_syscall_64_[k];__schedule_[k]", 70),
             ("_start;main;flush;write_all;do_syscall_64_[k];__schedule_[k]", 20),
             ("_start;main;serve;wait_for_work;syscall;entry_[k];__schedule_[k]", 5),
-            ("kthread_[k];__schedule_[k]", 5),
+            ("kthread_[k];__schedule_[k]", 4),
+            ("main;recv_loop;__libc_recv;__libc_recv;do_syscall_64_[k];__schedule_[k]", 1),
         ]
         .into_iter()
         .map(|(s, n)| (s.to_string(), n))
@@ -187,7 +192,8 @@ mod tests {
                 // Two kernel paths, one user site: summed.
                 ("syscall ← wait_for_work ← serve", 75.0),
                 ("write_all ← flush ← main", 20.0),
-                ("[kernel]", 5.0),
+                ("[kernel]", 4.0),
+                ("__libc_recv ← recv_loop ← main", 1.0),
             ]
         );
         assert_eq!(blocking_sites(&folded, 0)[1].site, "write_all");
