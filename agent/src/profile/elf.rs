@@ -177,6 +177,18 @@ pub fn file_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
     build_id(&map)
 }
 
+/// The GNU build-id of an open ELF file that has no symbol table
+/// (`.symtab`: stripped), whose names are then only in a debug file.
+pub fn stripped_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
+    // SAFETY: a read-only mapping of a file we keep open.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    let obj = object::File::parse(&*map).ok()?;
+    if obj.symbol_table().is_some() {
+        return None;
+    }
+    obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
 /// The path of the debug file for `build_id` under `root` (a `.build-id`
 /// directory: `root/ab/cdef….debug`, where Debian's `-dbg`/`-dbgsym` and
 /// Fedora's `-debuginfo` packages install them), whether or not it exists.
