@@ -13,7 +13,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
 use profile_common::{
-    Folded, Pprof, RUN_TIMEOUT, cc, check_every_pprof, check_svg, profile_dir, profile_run,
+    Folded, Pprof, RUN_TIMEOUT, assert_three_to_one, cc, check_every_pprof, check_svg, profile_dir,
+    profile_run,
 };
 
 /// The 3:1 fixture: leaf shares within ±3 points of 75/25, ≥ 95 % of the
@@ -37,12 +38,8 @@ fn check_three_to_one(
     assert!(total >= 1500, "only {total} samples in {RATIO_SECS} s at {RATIO_HZ} Hz");
     let leaves = folded.self_counts();
     let (a, b) = (leaves.get(&*format!("{leaf}a")), leaves.get(&*format!("{leaf}b")));
-    let (a, b) = (*a.unwrap_or(&0) as f64, *b.unwrap_or(&0) as f64);
-    let share_a = a * 100.0 / (a + b);
-    assert!(
-        (share_a - 75.0).abs() <= 3.0,
-        "leaf_a {share_a:.1} % of the two leaves, expected 75 ± 3 ({a} vs {b}); leaves {leaves:?}"
-    );
+    let (a, b) = (*a.unwrap_or(&0), *b.unwrap_or(&0));
+    assert_three_to_one(a, b, &leaves);
     let rooted = folded.with_frame(is_main);
     assert!(
         rooted as f64 >= 0.95 * total as f64,
@@ -54,7 +51,7 @@ fn check_three_to_one(
     // The pprof decodes; its totals and leaves match the folded file's.
     let pprof = Pprof::read(&dir.join("run.cpu.pb.gz"));
     assert_eq!(pprof.total(0), total, "pprof samples vs folded");
-    assert_eq!(pprof.leaf_total(&format!("{leaf}a"), 0) as f64, a);
+    assert_eq!(pprof.leaf_total(&format!("{leaf}a"), 0), a);
     // Second value: CPU ns, the sampling period per sample.
     let period: u64 = 1_000_000_000 / RATIO_HZ.parse::<u64>().unwrap();
     assert_eq!(pprof.total(1), total * period, "cpu ns = samples × period");

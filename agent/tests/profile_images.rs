@@ -12,7 +12,7 @@ mod profile_common;
 use std::{collections::HashMap, path::Path, process::Command};
 
 use common::{bmf_value, privileged};
-use profile_common::{Folded, cc, profile_dir, profile_run, profile_run_with};
+use profile_common::{Folded, assert_three_to_one, cc, profile_dir, profile_run, profile_run_with};
 
 /// Text symbols of `binary` from binutils' `nm`, sorted by address.
 fn nm_text_symbols(binary: &Path) -> Vec<(u64, String)> {
@@ -82,12 +82,7 @@ fn a_stripped_binary_keeps_its_frames_as_offsets() {
         }
     }
     let (a, b) = (leaves.get("leaf_a").copied(), leaves.get("leaf_b").copied());
-    let (a, b) = (a.unwrap_or(0) as f64, b.unwrap_or(0) as f64);
-    let share_a = a * 100.0 / (a + b);
-    assert!(
-        (share_a - 75.0).abs() <= 3.0,
-        "leaf_a {share_a:.1} % of the two leaves, expected 75 ± 3; leaves {leaves:?}"
-    );
+    assert_three_to_one(a.unwrap_or(0), b.unwrap_or(0), &leaves);
     assert!(
         through_main as f64 >= 0.95 * total as f64,
         "{through_main} of {total} samples unwound to main: {:#?}",
@@ -143,12 +138,7 @@ fn a_stripped_binary_is_named_from_its_debug_file() {
     assert_eq!(total as f64, bmf_value(&bmf, "profile/samples", "count"));
     let leaves = folded.leaf_user_counts();
     let (a, b) = (leaves.get("leaf_a").copied(), leaves.get("leaf_b").copied());
-    let (a, b) = (a.unwrap_or(0) as f64, b.unwrap_or(0) as f64);
-    let share_a = a * 100.0 / (a + b);
-    assert!(
-        (share_a - 75.0).abs() <= 3.0,
-        "leaf_a {share_a:.1} % of the two leaves, expected 75 ± 3; leaves {leaves:?}"
-    );
+    assert_three_to_one(a.unwrap_or(0), b.unwrap_or(0), &leaves);
     let through_main = folded.with_frame(|f| f == "main");
     assert!(
         through_main as f64 >= 0.95 * total as f64,

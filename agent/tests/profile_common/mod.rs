@@ -166,3 +166,13 @@ pub fn check_svg(path: &Path, functions: &[&str]) {
         assert!(text.contains(f), "{} does not name {f}", path.display());
     }
 }
+
+/// The 3:1 fixture's two leaves, `a` and `b` samples: `a`'s share within
+/// ±3 points of 75 % (`leaves`: what to show when it is not).
+pub fn assert_three_to_one(a: u64, b: u64, leaves: &dyn std::fmt::Debug) {
+    let share_a = a as f64 * 100.0 / (a + b) as f64;
+    assert!(
+        (share_a - 75.0).abs() <= 3.0,
+        "leaf_a {share_a:.1} % of the two leaves, expected 75 ± 3 ({a} vs {b}); leaves {leaves:?}"
+    );
+}
