@@ -88,7 +88,21 @@ pub mod sched_kind {
     /// blocked (the key of its [`ProfileSample`](super::ProfileSample)),
     /// `duration_ns` until it ran.
     pub const OFF_CPU_END: u32 = 1;
+    /// A block of at least [`OFF_CPU_LONG_BLOCK_NS`](super::OFF_CPU_LONG_BLOCK_NS)
+    /// whose stack was not taken ended: no stack, `time_ns` its end
+    /// (CLOCK_MONOTONIC), `block_ns` its time, `thread_off_cpu_ns` the
+    /// thread's exact total. It lets user space give the thread's time to
+    /// the thread's own stacks where no sampled block of it ended (the
+    /// last wait of a busy thread, chosen with the small chance its busy
+    /// period set, was all `[stack not sampled]`).
+    pub const OFF_CPU_LONG_END: u32 = 2;
 }
+
+/// The shortest unsampled block that sends a
+/// [`sched_kind::OFF_CPU_LONG_END`] record: one sampling period at the
+/// default 99 Hz. At most `OFF_CPU_STACKS_PER_SEC` such records per CPU and
+/// second (the per-period aim, [`OffCpuBudget::long_records`]).
+pub const OFF_CPU_LONG_BLOCK_NS: u64 = 10_000_000;
 
 /// Small ring-buffer records of the `sched_switch` program, told apart
 /// from a [`ProfileSample`] by their size: sent only for blocks whose
@@ -236,7 +250,9 @@ pub struct OffCpuBudget {
     pub one_in: u32,
     /// Stacks aimed at per period ([`off_cpu_stacks_per_period`]).
     pub per_period: u32,
-    pub _pad: u32,
+    /// [`sched_kind::OFF_CPU_LONG_END`] records sent in the current
+    /// period (at most `per_period`).
+    pub long_records: u32,
 }
 
 /// How often the sampling rate of blocks follows their number, ns.

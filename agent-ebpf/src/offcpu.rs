@@ -19,7 +19,10 @@
 //! off times `one_in`, and the thread's exact total. User space splits
 //! each thread's exact time among its stacks in proportion to those
 //! weighted times (`agent/src/profile/offcpu.rs`). A chosen block whose
-//! stack the token bucket refused is only counted.
+//! stack the token bucket refused is only counted. An unchosen block of at
+//! least `OFF_CPU_LONG_BLOCK_NS` sends a record without a stack (a few per
+//! CPU and period at most), so user space can give its thread's time to
+//! the thread's stacks where no sampled block of it ended.
 //!
 //! A block's end is not taken at the switch-in that ends it: the program
 //! would have to look the thread's storage up there too, and that lookup
@@ -41,9 +44,9 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    OFF_CPU_PERIOD_NS, OffCpuBudget, ProfileStats, RUNQ_BINS, SchedCounts, SchedRecord,
-    ThreadSched, off_cpu_one_in, off_cpu_stack_cost_ns, off_cpu_stacks_per_period, runq_bin,
-    sample_flags, sched_kind, sched_mode,
+    OFF_CPU_LONG_BLOCK_NS, OFF_CPU_PERIOD_NS, OffCpuBudget, ProfileStats, RUNQ_BINS, SchedCounts,
+    SchedRecord, ThreadSched, off_cpu_one_in, off_cpu_stack_cost_ns, off_cpu_stacks_per_period,
+    runq_bin, sample_flags, sched_kind, sched_mode,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
@@ -200,6 +203,7 @@ fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
         b.stack_cost_ns = off_cpu_stack_cost_ns(aim);
         b.one_in = off_cpu_one_in(b.blocks, b.per_period);
         b.blocks = 0;
+        b.long_records = 0;
         b.period_start_ns = now;
     }
     b.blocks += 1;
@@ -290,8 +294,8 @@ fn block_ended(t: &mut ThreadSched, end: u64, tid: u32) {
         // SAFETY: this CPU's slot.
         unsafe { (*c).off_cpu_ns += off };
     }
-    if t.sampled != 0 {
-        let record = SchedRecord {
+    let record = if t.sampled != 0 {
+        Some(SchedRecord {
             // The stack's time, which pairs the two in user space.
             time_ns: t.stack_ns,
             duration_ns: off * u64::from(t.weight),
@@ -299,15 +303,42 @@ fn block_ended(t: &mut ThreadSched, end: u64, tid: u32) {
             thread_off_cpu_ns: t.off_cpu_ns,
             tid,
             kind: sched_kind::OFF_CPU_END,
-        };
-        if !profile::send_sched(record)
-            && let Some(stats) = profile::stats()
-        {
-            stats.ring_full += 1;
-        }
+        })
+    } else if off >= OFF_CPU_LONG_BLOCK_NS && long_record_allowed() {
+        Some(SchedRecord {
+            time_ns: self::now(),
+            duration_ns: 0,
+            block_ns: off,
+            thread_off_cpu_ns: t.off_cpu_ns,
+            tid,
+            kind: sched_kind::OFF_CPU_LONG_END,
+        })
+    } else {
+        None
+    };
+    if let Some(record) = record
+        && !profile::send_sched(record)
+        && let Some(stats) = profile::stats()
+    {
+        stats.ring_full += 1;
     }
     t.blocked_ns = 0;
     t.sampled = 0;
+}
+
+/// Whether this CPU may send one more long unsampled block's record in
+/// this period (at most the period's stack aim; [`choose`] starts the
+/// periods).
+#[inline(always)]
+fn long_record_allowed() -> bool {
+    let Some(b) = OFF_CPU_BUDGET.get_ptr_mut(0) else { return false };
+    // SAFETY: a per-CPU slot of this CPU.
+    let b = unsafe { &mut *b };
+    if b.long_records >= b.per_period {
+        return false;
+    }
+    b.long_records += 1;
+    true
 }
 
 /// Stacks of credit that can be saved up: a burst of 25, what the ring

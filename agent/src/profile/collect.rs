@@ -148,6 +148,9 @@ impl Collected {
                 let end_ns = r.time_ns.saturating_add(r.block_ns);
                 self.off_cpu.sampled(r.tid, end_ns, &stack, r.duration_ns, r.thread_off_cpu_ns);
             }
+            sched_kind::OFF_CPU_LONG_END => {
+                self.off_cpu.unsampled(r.tid, r.time_ns, r.thread_off_cpu_ns);
+            }
             _ => self.malformed += 1,
         }
     }

@@ -44,6 +44,18 @@ struct ThreadBlocks {
     exact: StackCounts,
 }
 
+impl ThreadBlocks {
+    /// The thread's exact total reached `total_ns` at `time_ns`: its
+    /// growth since the record before goes there.
+    fn exact_since(&mut self, time_ns: u64, total_ns: u64) {
+        // A total below the last one is a new thread that reused the tid.
+        let since =
+            if total_ns >= self.last_total_ns { total_ns - self.last_total_ns } else { total_ns };
+        self.last_total_ns = total_ns;
+        self.exact.add_weighted(time_ns, &[], since);
+    }
+}
+
 /// Off-CPU time of a run, per thread and stack, cut into windows at the end.
 #[derive(Default)]
 pub struct OffCpuTimes {
@@ -68,15 +80,15 @@ impl OffCpuTimes {
         thread_total_ns: u64,
     ) {
         let t = self.threads.entry(tid).or_default();
-        // A total below the last one is a new thread that reused the tid.
-        let since = if thread_total_ns >= t.last_total_ns {
-            thread_total_ns - t.last_total_ns
-        } else {
-            thread_total_ns
-        };
-        t.last_total_ns = thread_total_ns;
         t.weighted.add_weighted(time_ns, stack, weighted_ns);
-        t.exact.add_weighted(time_ns, &[], since);
+        t.exact_since(time_ns, thread_total_ns);
+    }
+
+    /// A long block of `tid` whose stack was not taken ended at `time_ns`
+    /// (`sched_kind::OFF_CPU_LONG_END`): the thread's exact total then.
+    /// Its time goes to the thread's stacks like the rest of its time.
+    pub fn unsampled(&mut self, tid: u32, time_ns: u64, thread_total_ns: u64) {
+        self.threads.entry(tid).or_default().exact_since(time_ns, thread_total_ns);
     }
 
     /// `ns` of blocks of any thread that ended by `time_ns` since the last
@@ -96,9 +108,14 @@ impl OffCpuTimes {
         let mut out: HashMap<Box<[Frame]>, u64> = HashMap::new();
         let mut accounted: u64 = 0;
         for t in self.threads.values() {
-            let weighted = t.weighted.window(range);
-            let total_weight: u64 = weighted.values().sum();
             let exact: u64 = t.exact.window(range).values().sum();
+            // A window in which none of the thread's sampled blocks ended
+            // (only long unsampled ones): its stacks over the whole run.
+            let mut weighted = t.weighted.window(range);
+            if weighted.values().sum::<u64>() == 0 && exact > 0 {
+                weighted = t.weighted.window(None);
+            }
+            let total_weight: u64 = weighted.values().sum();
             if total_weight == 0 {
                 continue;
             }
@@ -173,6 +190,25 @@ mod tests {
         assert_eq!(ns_of(&first, &stack(3)), 0);
         let second = o.estimate(Some((200_000_000, 300_000_000)));
         assert_eq!(ns_of(&second, &stack(3)), 4_000);
+    }
+
+    #[test]
+    fn a_long_unsampled_block_goes_to_its_threads_stacks() {
+        let mut o = OffCpuTimes::default();
+        // Thread 7 blocked in two places while busy (weights 3:1), then
+        // waited 2 s unsampled; thread 8 has no stack at all.
+        o.sampled(7, 1_000_000_000, &stack(2), 300, 1_000);
+        o.sampled(7, 1_100_000_000, &stack(3), 100, 2_000);
+        o.unsampled(7, 5_000_000_000, 2_002_000);
+        o.unsampled(8, 5_000_000_000, 7_000);
+        o.all_blocks(5_050_000_000, 2_000_000 + 7_000);
+        let late = o.estimate(Some((4_000_000_000, 6_000_000_000)));
+        assert_eq!(ns_of(&late, &stack(2)), 1_500_000);
+        assert_eq!(ns_of(&late, &stack(3)), 500_000);
+        assert_eq!(ns_of(&late, &[Frame::Unsampled]), 7_000, "thread 8's");
+        // The window of the sampled blocks keeps only their own time.
+        let early = o.estimate(Some((0, 2_000_000_000)));
+        assert_eq!(ns_of(&early, &stack(2)) + ns_of(&early, &stack(3)), 2_000);
     }
 
     #[test]
