@@ -105,8 +105,9 @@ pub mod sched_kind {
 pub const OFF_CPU_LONG_BLOCK_NS: u64 = 10_000_000;
 
 /// Small ring-buffer records of the `sched_switch` program, told apart
-/// from a [`ProfileSample`] by their size: sent only for blocks whose
-/// stack was sent (everything else is counted in maps). `duration_ns` is
+/// from a [`ProfileSample`] by their size: sent for blocks whose stack was
+/// sent, and for long ones whose stack was not ([`sched_kind`]; everything
+/// else is counted in maps). `duration_ns` is
 /// the block's time times its weight ([`OffCpuBudget`]), `block_ns` the
 /// block's time itself (user space places the record at the block's end,
 /// `time_ns + block_ns`, where the kernel's totals count it too);
