@@ -200,31 +200,27 @@ fn deep_recursion_is_counted_as_truncated() {
     assert!((pct - truncated as f64 * 100.0 / total as f64).abs() < 1e-6, "{pct} vs folded");
     assert!(pct >= 90.0, "{pct} % truncated at 300 × 512 bytes of stack");
     // Cut stacks keep their innermost frames: the leaf and many recursions.
-    // (Samples at a shallow depth unwind to `main` and are not cut. One that
-    // came right after the exec once stopped in libc, unplaced because the
-    // first read of the mappings preceded the loader's mapping of libc: the
-    // profiler now reads them again at once for such an address. One that
-    // landed in the dynamic loader before `main`, whose start-up stack is
-    // deeper than the pages copied, was cut there: honestly marked, and not
-    // the recursion this checks. One, in CI, landed while the kernel was
-    // faulting in the very stack page `sp` pointed into, as the recursion
-    // grew into it: the copy starts at that page, which could not be read
-    // yet, so only the leaf was known; also honestly marked.)
-    let in_loader = |f: &String| f.starts_with("ld-linux") || f.starts_with("_dl_");
+    // Only stacks in the recursion are checked. (Samples at a shallow depth
+    // unwind to `main` and are not cut. One that came right after the exec
+    // once stopped in libc, unplaced because the first read of the
+    // mappings preceded the loader's mapping of libc: the profiler now
+    // reads them again at once for such an address. Samples in the dynamic
+    // loader before `main`, whose start-up stack is deeper than the pages
+    // copied, are cut there: honestly marked, and with no recursion in
+    // them. One, in CI, landed while the kernel was faulting in the very
+    // stack page `sp` pointed into, as the recursion grew into it: the copy
+    // starts at that page, which could not be read yet, so only the leaf
+    // was known; also honestly marked.)
+    let recursions = |f: &[String]| f.iter().filter(|x| x.contains("recurse")).count();
     let faulting_in_its_stack = |f: &[String]| {
         let user = f[1..].iter().filter(|x| !x.ends_with("_[k]")).count();
         user == 1 && f.iter().any(|x| x == "exc_page_fault_[k]")
     };
-    let cut: Vec<_> = folded
+    let shallow: Vec<_> = folded
         .stacks
         .iter()
-        .filter(|(f, _)| {
-            f[0] == "[truncated]" && !f[1..].iter().all(in_loader) && !faulting_in_its_stack(f)
-        })
-        .collect();
-    let shallow: Vec<_> = cut
-        .iter()
-        .filter(|(f, _)| f.iter().filter(|x| x.contains("recurse")).count() < 20)
+        .filter(|(f, _)| f[0] == "[truncated]" && recursions(f) > 0 && !faulting_in_its_stack(f))
+        .filter(|(f, _)| recursions(f) < 20)
         .collect();
     assert!(shallow.is_empty(), "truncated stacks keep their inner frames:\n{shallow:#?}");
     let row = stdout.lines().find(|l| l.starts_with("  run ")).expect("summary row of the run");
