@@ -79,7 +79,6 @@ fn k6_phases_add_up_and_match_the_plan() {
     let parts = ["idle", "ramp/ramp-up", "ramp/steady", "ramp/ramp-down", "cooldown"];
     let sum: f64 = parts.iter().map(|p| count(p)).sum();
     assert_eq!(sum, http_reqs, "phases {parts:?} must add up to k6's http_reqs");
-    assert_eq!(count("idle"), 0.0);
 
     // Phase edges agree with what k6 actually did, within 50 ms.
     let phases: serde_json::Value =
@@ -96,6 +95,11 @@ fn k6_phases_add_up_and_match_the_plan() {
     let points = k6_points(&k6_json);
     assert_eq!(points.len() as f64, http_reqs);
     const MS50: i128 = 50_000_000;
+    // Idle holds no request but those k6 started before idle's end: the
+    // edge is anchored where k6's log line reaches the agent, which can
+    // trail its first request (below; one CI run had one in idle).
+    let early = points.iter().filter(|p| p.1 < edge["idle"].1).count();
+    assert!(count("idle") <= early as f64, "{} in idle, k6 started {early} before", count("idle"));
     for (scenario, phase_start, phase_end) in
         [("ramp", "ramp/ramp-up", "ramp/ramp-down"), ("burst", "burst", "burst")]
     {
