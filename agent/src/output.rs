@@ -83,6 +83,15 @@ pub fn fallback_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The name of a fallback for `name` (a file, or the profiles' directory):
+/// `perf-agent-<pid>-<unix s>-<name>`, unique to this run.
+pub fn fallback_name(name: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("perf-agent-{}-{secs}-{name}", std::process::id())
+}
+
 /// Writes `contents` to `path`; if that fails, to
 /// `<dir>/perf-agent-<pid>-<unix s>-<file name>` in the first of
 /// `fallback_dirs` that works, saying so on stderr. An error only when
@@ -97,11 +106,8 @@ pub fn write_results(
         Err(e) => e,
     };
     let _ = fs::remove_file(temp_path(path));
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let name = path.file_name().map_or_else(|| "results.json".into(), |n| n.to_string_lossy());
-    let file = format!("perf-agent-{}-{secs}-{name}", std::process::id());
+    let file = fallback_name(&name);
     let mut tried = Vec::new();
     for dir in fallback_dirs {
         let fallback = dir.join(&file);

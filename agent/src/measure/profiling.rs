@@ -69,10 +69,7 @@ fn write_elsewhere(
     r: &RunReport,
     last_t: u64,
 ) -> Option<ProfileReport> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = format!("perf-agent-{}-{secs}-profiles", std::process::id());
+    let name = crate::output::fallback_name("profiles");
     for dir in crate::output::fallback_dirs() {
         let fallback = ProfileOptions { dir: dir.join(&name), ..options.clone() };
         let written = std::fs::create_dir_all(&fallback.dir)
