@@ -166,27 +166,34 @@ mod own_maps_tests {
 
 /// The GNU build-id of an ELF image (its `.note.gnu.build-id`).
 pub fn build_id(data: &[u8]) -> Option<Vec<u8>> {
-    let file = object::File::parse(data).ok()?;
-    file.build_id().ok().flatten().map(<[u8]>::to_vec)
+    id_of(&object::File::parse(data).ok()?)
+}
+
+fn id_of(obj: &object::File) -> Option<Vec<u8>> {
+    obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+}
+
+/// `f` of an open ELF file, mapped and parsed.
+fn parsed<T>(file: &std::fs::File, f: impl FnOnce(&object::File) -> Option<T>) -> Option<T> {
+    // SAFETY: a read-only mapping of a file we keep open.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    f(&object::File::parse(&*map).ok()?)
 }
 
 /// The GNU build-id of an open ELF file.
 pub fn file_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
-    // SAFETY: a read-only mapping of a file we keep open.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    build_id(&map)
+    parsed(file, id_of)
 }
 
 /// The GNU build-id of an open ELF file that has no symbol table
 /// (`.symtab`: stripped), whose names are then only in a debug file.
 pub fn stripped_build_id(file: &std::fs::File) -> Option<Vec<u8>> {
-    // SAFETY: a read-only mapping of a file we keep open.
-    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
-    let obj = object::File::parse(&*map).ok()?;
-    if obj.symbol_table().is_some() {
-        return None;
-    }
-    obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+    parsed(file, |obj| if obj.symbol_table().is_some() { None } else { id_of(obj) })
+}
+
+/// Bytes as lower-case hex, as build-ids are written.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The path of the debug file for `build_id` under `root` (a `.build-id`
@@ -197,6 +204,5 @@ pub fn debug_file_path(root: &std::path::Path, build_id: &[u8]) -> Option<std::p
     if rest.is_empty() {
         return None;
     }
-    let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
-    Some(root.join(format!("{first:02x}")).join(format!("{rest}.debug")))
+    Some(root.join(format!("{first:02x}")).join(format!("{}.debug", hex(rest))))
 }

@@ -200,7 +200,7 @@ fn build_id(modules: &Modules, vdso: Option<&[u8]>, i: usize) -> Option<String> 
     } else {
         super::elf::file_build_id(modules.files[i].as_ref()?)?
     };
-    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+    Some(super::elf::hex(&id))
 }
 
 /// Writes `<dir>/<stem>.pb.gz`.
