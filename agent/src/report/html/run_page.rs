@@ -116,10 +116,11 @@ impl RunPage<'_> {
             std::iter::once("run").chain(self.report.phases.iter().map(|p| p.phase.name.as_str()));
         names
             .filter_map(|name| {
-                let shares = std::iter::once(&profile.run)
+                let (top, blocked) = std::iter::once(&profile.run)
                     .chain(&profile.phases)
                     .find(|p| p.name == name)
-                    .map_or_else(|| json!({}), top_of);
+                    .map(top_of)
+                    .unzip();
                 let links: Vec<Value> = ["cpu", "offcpu"]
                     .iter()
                     .flat_map(|kind| ["svg", "folded", "pb.gz"].map(|ext| format!("{kind}.{ext}")))
@@ -134,8 +135,8 @@ impl RunPage<'_> {
                     json!({
                         "phase": name,
                         "links": links,
-                        "top": shares.get("top"),
-                        "blocked": shares.get("blocked"),
+                        "top": top,
+                        "blocked": blocked,
                     })
                 })
             })
@@ -144,7 +145,7 @@ impl RunPage<'_> {
 }
 
 /// A phase's top functions (self and total %) and blocking sites (%).
-fn top_of(p: &PhaseProfile) -> Value {
+fn top_of(p: &PhaseProfile) -> (Vec<Value>, Vec<Value>) {
     let top: Vec<Value> = p
         .top
         .iter()
@@ -157,7 +158,7 @@ fn top_of(p: &PhaseProfile) -> Value {
         .take(TOP_BLOCKING_SITES)
         .map(|b| json!({ "site": b.site, "percent": b.percent }))
         .collect();
-    json!({ "top": top, "blocked": blocked })
+    (top, blocked)
 }
 
 /// `startup/to_first_accept` → `accept`.
