@@ -254,6 +254,9 @@ pub struct OffCpuBudget {
     /// [`sched_kind::OFF_CPU_LONG_END`] records sent in the current
     /// period (at most `per_period`).
     pub long_records: u32,
+    /// This CPU's xorshift64 state for the draws that choose blocks (0:
+    /// not seeded yet).
+    pub rng: u64,
 }
 
 /// How often the sampling rate of blocks follows their number, ns.
@@ -336,7 +339,7 @@ const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<SchedRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<ThreadSched>() == 48);
 const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
-const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 48);
+const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 56);
 const _: () = assert!(SAMPLE_HEAD_BYTES == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8);
 const _: () =
     assert!(core::mem::size_of::<ProfileSample>() == SAMPLE_HEAD_BYTES + STACK_PAGE * STACK_PAGES);

@@ -219,14 +219,32 @@ fn choose(b: &mut OffCpuBudget, now: u64) -> u32 {
     // Chosen when a uniform 32-bit draw falls in the first `1 / one_in` of
     // its range (a multiply and a shift rather than `% one_in`; the
     // probability is off by under `one_in / 2^32`).
-    if one_in > 1 {
-        // SAFETY: a helper without side effects.
-        let draw = u64::from(unsafe { bpf_get_prandom_u32() });
-        if (draw * u64::from(one_in)) >> 32 != 0 {
-            return 0;
-        }
+    if one_in > 1 && (u64::from(draw(b)) * u64::from(one_in)) >> 32 != 0 {
+        return 0;
     }
     one_in
+}
+
+/// A uniform 32-bit draw from this CPU's xorshift64 generator (seeded
+/// once from the kernel's). `bpf_get_prandom_u32` here, once per block of
+/// a target thread, cost 16-23 ns per `sched_switch` run on average (a
+/// saturated demo-server, interleaved builds, `docs/performance.md`):
+/// ~0.3 % of the server's CPU per request. This is a few instructions on
+/// the line the block's other counters hold already. The draws need to be
+/// independent of the blocks' order (no aliasing with a thread that
+/// blocks in A, B, A, B ...), not unpredictable.
+#[inline(always)]
+fn draw(b: &mut OffCpuBudget) -> u32 {
+    let mut x = b.rng;
+    if x == 0 {
+        // SAFETY: a helper without side effects. Never 0 after the OR.
+        x = u64::from(unsafe { bpf_get_prandom_u32() }) << 32 | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b.rng = x;
+    (x >> 32) as u32
 }
 
 /// One run-queue wait of `wait` ns, into this CPU's histogram.
