@@ -19,13 +19,17 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
     let Some(stats) = profile::stats() else { return 0 };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if profile::send_stack(ctx.as_ptr(), config::target_tgid(), tid, 0, now) {
+    // SAFETY: a helper without arguments; the current task, BTF-typed.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let mut state = offcpu::thread_state(task);
+    let ids = (config::target_tgid(), tid);
+    if profile::send_stack(ctx.as_ptr(), ids, 0, now, state.as_deref_mut()) {
         stats.sent += 1;
     } else {
         stats.ring_full += 1;
     }
-    // SAFETY: a helper without arguments; the current task, BTF-typed.
-    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    offcpu::running(task, tid);
+    if let Some(t) = state {
+        offcpu::running(task, t, tid);
+    }
     0
 }

@@ -179,7 +179,7 @@ pub(crate) fn switched_out(
     if !take_budget(b, now) {
         stats.off_cpu_unsampled += 1;
     } else if let stack_ns = self::now()
-        && profile::send_stack(ctx, tgid, tid, sample_flags::OFF_CPU, stack_ns)
+        && profile::send_stack(ctx, (tgid, tid), sample_flags::OFF_CPU, stack_ns, Some(&mut *t))
     {
         // `prev` is the current task: its stack is the blocking one.
         stats.off_cpu_stacks += 1;
@@ -261,25 +261,32 @@ fn count_runq_wait(stats: &mut ProfileStats, wait: u64) {
     }
 }
 
-/// A target thread `task` (the current task, BTF-typed; `tid`) is running
-/// at a cpu-clock sample: a block of it not counted yet has ended, at its
-/// last switch-in (it has not left a CPU since). Counted here too, not only
-/// at its next switch-out, which a thread that runs on without leaving its
-/// CPU may not reach before a window ends (its block would then count as
-/// still going on, and spill into the phases it ran through). One storage
-/// lookup per sample of the target, ~200 a second.
+/// A target thread `task` (the current task, BTF-typed; `tid`; its state
+/// `t`) is running at a cpu-clock sample: a block of it not counted yet
+/// has ended, at its last switch-in (it has not left a CPU since). Counted
+/// here too, not only at its next switch-out, which a thread that runs on
+/// without leaving its CPU may not reach before a window ends (its block
+/// would then count as still going on, and spill into the phases it ran
+/// through).
 #[inline(always)]
-pub(crate) fn running(task: *const u8, tid: u32) {
+pub(crate) fn running(task: *const u8, t: &mut ThreadSched, tid: u32) {
     if mode() & sched_mode::OFF_CPU == 0 {
         return;
     }
-    let Some(t) = thread_sched(task, false) else { return };
     // This CPU's run-queue clock: at or after the switch-in that ended the
     // block, which was on this CPU.
     let now = switch_clock(task);
     if t.blocked_ns != 0 && now != 0 {
         block_ended(t, block_end(task, t.blocked_ns, now), tid);
     }
+}
+
+/// `task`'s state (the current task at a cpu-clock sample, BTF-typed), if
+/// it has switched out since profiling began. One storage lookup per
+/// sample of the target, ~200 a second.
+#[inline(always)]
+pub(crate) fn thread_state(task: *const u8) -> Option<&'static mut ThreadSched> {
+    thread_sched(task, false)
 }
 
 /// When the block that began at `blocked_ns` ended: `prev`'s last

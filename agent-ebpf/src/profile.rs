@@ -9,8 +9,8 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, sample_flags,
-    sample_record_bytes,
+    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, ThreadSched,
+    sample_flags, sample_record_bytes,
 };
 use aya_ebpf::{
     helpers::{
@@ -50,11 +50,19 @@ const PT_REGS_SP: usize = 19 * 8;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
-/// target): its user registers, its kernel stack at `ctx`, its user stack.
+/// target): its user registers, its kernel stack at `ctx`, its user stack
+/// (up to its end as `thread` knows it, and records where it found it:
+/// see [`ThreadSched::stack_top`]; `None`: the thread has no state yet).
 /// Built in this CPU's scratch, then sent as one record holding only the
 /// stack pages copied. False when the ring buffer is full.
 #[inline(always)]
-pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time_ns: u64) -> bool {
+pub(crate) fn send_stack(
+    ctx: *mut c_void,
+    (tgid, tid): (u32, u32),
+    flags: u32,
+    time_ns: u64,
+    thread: Option<&mut ThreadSched>,
+) -> bool {
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(s) = PROFILE_SCRATCH.get_ptr_mut(cpu) else { return false };
@@ -91,16 +99,25 @@ pub(crate) fn send_stack(ctx: *mut c_void, tgid: u32, tid: u32, flags: u32, time
             0,
         ) as i32;
         // The user stack, page by page from the stack pointer's page up,
-        // until a page cannot be read (the top of the stack).
+        // until a page cannot be read (the top of the stack) or up to the
+        // top the thread's last copies found.
         let base = sp & !(STACK_PAGE as u64 - 1);
         (*h).stack_base = base;
         let dst = (*s).user_stack.as_mut_ptr();
         let mut pages = 0u32;
+        let mut thread = thread;
+        let limit = thread.as_deref_mut().map_or(STACK_PAGES, |t| t.stack_pages_to_copy(base));
         if sp != 0 {
             for i in 0..STACK_PAGES {
+                if i >= limit {
+                    break;
+                }
                 let src = (base + (i * STACK_PAGE) as u64) as *const _;
                 if bpf_probe_read_user(dst.add(i * STACK_PAGE).cast(), STACK_PAGE as u32, src) != 0
                 {
+                    if let Some(t) = thread.as_deref_mut() {
+                        t.stack_top = src as u64;
+                    }
                     break;
                 }
                 pages += 1;
