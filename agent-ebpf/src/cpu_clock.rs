@@ -21,7 +21,9 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a helper without arguments; the current task, BTF-typed.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    let mut state = offcpu::thread_state(task);
+    // Its state, if it has switched out since profiling began: one storage
+    // lookup per sample of the target, ~200 a second.
+    let mut state = offcpu::thread_sched(task, false);
     let ids = (config::target_tgid(), tid);
     if profile::send_stack(ctx.as_ptr(), ids, 0, now, state.as_deref_mut()) {
         stats.sent += 1;

@@ -110,11 +110,12 @@ static SCHED_COUNTS: PerCpuArray<SchedCounts> = PerCpuArray::with_max_entries(1,
 #[map]
 static OFF_CPU_BUDGET: PerCpuArray<OffCpuBudget> = PerCpuArray::with_max_entries(1, 0);
 
-/// `task`'s state (a BTF-typed `struct task_struct *`, a `sched_switch`
-/// argument), made zeroed when `create` and missing. The task storage
+/// `task`'s state (a BTF-typed `struct task_struct *`: a `sched_switch`
+/// argument, or the current task at a cpu-clock sample), made zeroed when
+/// `create` and missing. The task storage
 /// helper returns NULL rather than nest when this CPU is already in it.
 #[inline(always)]
-fn thread_sched(task: *const u8, create: bool) -> Option<&'static mut ThreadSched> {
+pub(crate) fn thread_sched(task: *const u8, create: bool) -> Option<&'static mut ThreadSched> {
     let map = core::ptr::addr_of!(THREAD_SCHED) as *mut c_void;
     let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
     // SAFETY: `task` is a tracepoint's task pointer; with a NULL value the
@@ -279,14 +280,6 @@ pub(crate) fn running(task: *const u8, t: &mut ThreadSched, tid: u32) {
     if t.blocked_ns != 0 && now != 0 {
         block_ended(t, block_end(task, t.blocked_ns, now), tid);
     }
-}
-
-/// `task`'s state (the current task at a cpu-clock sample, BTF-typed), if
-/// it has switched out since profiling began. One storage lookup per
-/// sample of the target, ~200 a second.
-#[inline(always)]
-pub(crate) fn thread_state(task: *const u8) -> Option<&'static mut ThreadSched> {
-    thread_sched(task, false)
 }
 
 /// When the block that began at `blocked_ns` ended: `prev`'s last

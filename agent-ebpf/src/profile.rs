@@ -61,7 +61,7 @@ pub(crate) fn send_stack(
     (tgid, tid): (u32, u32),
     flags: u32,
     time_ns: u64,
-    thread: Option<&mut ThreadSched>,
+    mut thread: Option<&mut ThreadSched>,
 ) -> bool {
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -105,7 +105,6 @@ pub(crate) fn send_stack(
         (*h).stack_base = base;
         let dst = (*s).user_stack.as_mut_ptr();
         let mut pages = 0u32;
-        let mut thread = thread;
         let limit = thread.as_deref_mut().map_or(STACK_PAGES, |t| t.stack_pages_to_copy(base));
         if sp != 0 {
             for i in 0..STACK_PAGES {
