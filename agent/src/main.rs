@@ -272,9 +272,15 @@ struct CommonArgs {
     /// and off-CPU ones (`<phase>.offcpu.*`, weighted in ns blocked).
     #[arg(long, value_name = "DIR")]
     profile_dir: Option<PathBuf>,
-    /// Profiling samples per second per CPU (with --profile-dir); off-CPU stacks are taken at about the same rate.
+    /// Profiling samples per second per CPU (with --profile-dir).
     #[arg(long, value_name = "HZ", default_value_t = perf_agent::profile::DEFAULT_HZ, requires = "profile_dir")]
     profile_hz: u32,
+    /// With --profile-dir: off-CPU stacks aimed at per second per CPU
+    /// (default: a quarter of --profile-hz, 25). Each costs several
+    /// samples' time (its kernel stack is unwound inside the scheduler);
+    /// every block is timed whatever the rate, the stacks share that time.
+    #[arg(long, value_name = "HZ", requires = "profile_dir", conflicts_with = "no_off_cpu")]
+    off_cpu_hz: Option<u32>,
     /// With --profile-dir: no off-CPU profiles (stacks where threads block,
     /// weighted by the time blocked); run-queue waits are still measured.
     #[arg(long, requires = "profile_dir")]
@@ -319,6 +325,9 @@ impl CommonArgs {
                 dir,
                 hz: self.profile_hz,
                 off_cpu: !self.no_off_cpu,
+                off_cpu_hz: self
+                    .off_cpu_hz
+                    .unwrap_or_else(|| perf_agent::profile::default_off_cpu_hz(self.profile_hz)),
                 debug_dir: self.debug_dir,
             }),
             delivery: self.delivery,

@@ -31,6 +31,12 @@ fn usage_errors_exit_2_without_root() {
         (&["attach", "--pid", "1", "--wait-exec", "x"], "cannot be used"),
         (&["attach", "--pid", "1", "--", "extra"], "--k6"),
         (&["run"], "CMD"),
+        (&["attach", "--pid", "1", "--off-cpu-hz", "5"], "--profile-dir"),
+        (
+            &["attach", "--pid", "1", "--profile-dir", "/tmp", "--off-cpu-hz", "5", "--no-off-cpu"],
+            "cannot be used",
+        ),
+        (&["attach", "--pid", "1", "--profile-dir", "/tmp", "--off-cpu-hz", "x"], "--off-cpu-hz"),
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, expected) in usage {
@@ -65,6 +71,10 @@ fn bad_input_fails_before_attaching_with_a_clear_error() {
         (&["attach", "--pid", "1", "--force", "--k6-results", dir], "is a directory"),
         (&["attach", "--pid", "1", "--force", "--phases-json", dir], "is a directory"),
         (&["attach", "--pid", "1", "--force", "--k6", "/nonexistent/script.js"], "no such script"),
+        (
+            &["attach", "--pid", "1", "--force", "--profile-dir", dir, "--off-cpu-hz", "0"],
+            "--off-cpu-hz 0",
+        ),
     ];
     for (args, expected) in input {
         let r = Agent::spawn(args).wait(Duration::from_secs(20));

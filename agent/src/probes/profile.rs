@@ -24,19 +24,19 @@ use super::{
 };
 
 /// What to sample: cpu-clock at `hz` per CPU; stacks of blocked threads
-/// too when `off_cpu` (run-queue waits always).
+/// too when `off_cpu`, about `off_cpu_hz` per CPU (run-queue waits always).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProfileConfig {
     pub hz: u32,
     pub off_cpu: bool,
+    pub off_cpu_hz: u32,
 }
 
 impl ProfileConfig {
-    /// The most off-CPU stacks per CPU and second (0 without off-CPU). The
-    /// aim is `hz` too: a blocked stack costs what a sample does, so the
-    /// one rate bounds both (`docs/performance.md`, ninth session).
+    /// The most off-CPU stacks per CPU and second (0 without off-CPU): the
+    /// token bucket's rate, twice the aim `off_cpu_hz`.
     pub fn off_cpu_stacks_per_sec_max(&self) -> u64 {
-        if self.off_cpu { off_cpu_stacks_per_sec_max(self.hz) } else { 0 }
+        if self.off_cpu { off_cpu_stacks_per_sec_max(self.off_cpu_hz) } else { 0 }
     }
 }
 
@@ -78,7 +78,7 @@ pub fn configure<'a>(
     };
     loader.override_global(globals::PROFILE_SCHED, mode, true);
     if let Some(c) = config {
-        loader.override_global(globals::OFF_CPU_STACKS_PER_SEC, &c.hz, true);
+        loader.override_global(globals::OFF_CPU_STACKS_PER_SEC, &c.off_cpu_hz, true);
     }
     // `THREAD_SCHED` is a task-storage map, which aya 0.14 creates but has
     // no user-space type for (it calls it unsupported); user space never
@@ -157,10 +157,12 @@ mod tests {
     #[test]
     fn ring_is_a_power_of_two_holding_50_ms() {
         let record = std::mem::size_of::<ProfileSample>() + 8;
-        for (hz, cpus, off_cpu) in [(99, 2, true), (99, 64, false), (999, 2, true), (1, 1, false)] {
-            let b = ring_bytes(ProfileConfig { hz, off_cpu }, cpus) as usize;
+        for (hz, cpus, off_cpu, off_cpu_hz) in
+            [(99, 2, true, 25), (99, 64, false, 25), (999, 2, true, 999), (1, 1, false, 1)]
+        {
+            let b = ring_bytes(ProfileConfig { hz, off_cpu, off_cpu_hz }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            let rate = hz as usize + if off_cpu { 2 * hz as usize } else { 0 };
+            let rate = hz as usize + if off_cpu { 2 * off_cpu_hz as usize } else { 0 };
             assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }

@@ -56,6 +56,9 @@ pub struct ProfileOptions {
     pub hz: u32,
     /// Off-CPU profiles too (default; `--no-off-cpu` turns them off).
     pub off_cpu: bool,
+    /// `--off-cpu-hz`: off-CPU stacks aimed at per CPU and second
+    /// ([`default_off_cpu_hz`] unless given).
+    pub off_cpu_hz: u32,
     /// `--debug-dir`: where debug files shipped apart from their stripped
     /// modules are found by build-id (`DIR/.build-id/ab/cdef….debug`).
     pub debug_dir: PathBuf,
@@ -64,8 +67,21 @@ pub struct ProfileOptions {
 /// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
 /// 100 Hz timers in the target.
 pub const DEFAULT_HZ: u32 = 99;
-/// Highest `--profile-hz` accepted.
+/// Highest `--profile-hz` (and `--off-cpu-hz`) accepted.
 pub const MAX_HZ: u32 = 10_000;
+
+/// Default `--off-cpu-hz` for a `--profile-hz`: a quarter of it, at least
+/// 1 (25 at 99 Hz). An off-CPU stack costs more than a cpu-clock sample:
+/// its kernel stack is unwound from inside the scheduler, through ~20
+/// frames whose unwind tables (ORC) are cold by then. When the host's
+/// memory was contended that unwinding came to ~30 µs a stack, a third of
+/// `sched_switch`'s time at 99 a second (`docs/performance.md`, twelfth
+/// session). Every block is timed whatever the rate: the stacks only share
+/// their thread's exact total, so fewer of them coarsen the split, never
+/// the total.
+pub fn default_off_cpu_hz(hz: u32) -> u32 {
+    hz.div_ceil(4).max(1)
+}
 /// Default `--debug-dir`: where distributions install debug files (gdb's
 /// `debug-file-directory`).
 pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
@@ -83,6 +99,13 @@ impl ProfileOptions {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.hz == 0 || self.hz > MAX_HZ {
             bail!("--profile-hz {}: give 1 to {MAX_HZ} samples per second per CPU", self.hz);
+        }
+        if self.off_cpu && (self.off_cpu_hz == 0 || self.off_cpu_hz > MAX_HZ) {
+            bail!(
+                "--off-cpu-hz {}: give 1 to {MAX_HZ} off-CPU stacks per second per CPU (or \
+                 --no-off-cpu for none)",
+                self.off_cpu_hz
+            );
         }
         if self.debug_dir != Path::new(DEFAULT_DEBUG_DIR) && !self.debug_dir.is_dir() {
             bail!(
@@ -226,8 +249,10 @@ pub struct ProfileReport {
     pub phases: Vec<PhaseProfile>,
     pub counters: ProfileCounters,
     pub off_cpu: bool,
-    /// `--profile-hz`: samples per CPU-second, and the off-CPU stacks aimed at.
+    /// `--profile-hz`: samples per CPU-second.
     pub hz: u32,
+    /// `--off-cpu-hz`: the off-CPU stacks aimed at per CPU-second.
+    pub off_cpu_hz: u32,
     /// Σ run-queue waits seen inside the ground truth's window (from the
     /// profiler's start to just before detaching), and the `/proc` ground
     /// truth over it.
@@ -317,6 +342,7 @@ impl Profile {
             counters: self.counters,
             off_cpu: opts.off_cpu,
             hz: opts.hz,
+            off_cpu_hz: opts.off_cpu_hz,
             runq_total_ns: self.runq_in_window_ns,
             proc_run_delay: self.proc_run_delay,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -391,6 +417,7 @@ mod tests {
             dir: dir.to_path_buf(),
             hz: DEFAULT_HZ,
             off_cpu: true,
+            off_cpu_hz: default_off_cpu_hz(DEFAULT_HZ),
             debug_dir: DEFAULT_DEBUG_DIR.into(),
         }
     }
@@ -407,6 +434,10 @@ mod tests {
             err(ProfileOptions { hz: 0, ..options(&dir) }).starts_with("--profile-hz 0: give 1 to")
         );
         assert!(err(ProfileOptions { hz: MAX_HZ + 1, ..options(&dir) }).contains("give 1 to"));
+        let e = err(ProfileOptions { off_cpu_hz: 0, ..options(&dir) });
+        assert!(e.starts_with("--off-cpu-hz 0: give 1 to") && e.contains("--no-off-cpu"), "{e}");
+        // Without off-CPU profiles the rate is not used.
+        assert!(ProfileOptions { off_cpu: false, off_cpu_hz: 0, ..options(&dir) }.check().is_ok());
         let file = tmp.join("a-file");
         std::fs::write(&file, b"").unwrap();
         assert!(err(options(&file)).contains("is not a directory"));
@@ -414,5 +445,13 @@ mod tests {
         let e = err(ProfileOptions { debug_dir: missing, ..options(&dir) });
         assert!(e.starts_with("--debug-dir ") && e.contains("holds .build-id/"), "{e}");
         let _ = std::fs::remove_dir_all(tmp);
+    }
+
+    #[test]
+    fn off_cpu_stacks_default_to_a_quarter_of_the_sampling_rate() {
+        assert_eq!(default_off_cpu_hz(DEFAULT_HZ), 25);
+        assert_eq!(default_off_cpu_hz(1), 1);
+        assert_eq!(default_off_cpu_hz(4), 1);
+        assert_eq!(default_off_cpu_hz(MAX_HZ), 2_500);
     }
 }

@@ -78,7 +78,7 @@ impl ProfileReport {
                 out,
                 "  off-CPU: {} blocks, {} stacks taken (about {} per CPU and second aimed at; each \
                  thread's exact time off CPU is split among its stacks by them)",
-                c.off_cpu_blocks, c.off_cpu_stacks, self.hz
+                c.off_cpu_blocks, c.off_cpu_stacks, self.off_cpu_hz
             );
         }
         // Losses, only when there are some: what the profile is missing.
@@ -100,7 +100,7 @@ impl ProfileReport {
                 "  {} chosen blocks got no stack (over the cap of {} stacks/s per CPU); their time \
                  is in their threads' totals",
                 c.off_cpu_unsampled,
-                agent_common::profile::off_cpu_stacks_per_sec_max(self.hz)
+                agent_common::profile::off_cpu_stacks_per_sec_max(self.off_cpu_hz)
             );
         }
         let top =
