@@ -17,7 +17,15 @@
 //!   other (their order alternating), and the median of those ratios is
 //!   given with its distribution-free 95 % confidence interval, so a
 //!   machine whose speed drifts between rounds widens the interval rather
-//!   than moving the median.
+//!   than moving the median;
+//! - on demo-server at saturation again, `--rounds` runs with profiling and
+//!   `kernel.bpf_stats_enabled` on: profiling's kernel time there, which
+//!   the throughput ratio carries but cannot resolve on a shared VM (its
+//!   rounds move by more than 10 % with the host): `sched_switch` ns per
+//!   run and the profiling programs' ns per request, both net of the
+//!   statistics' floor, and that time as a share of the machine's busy CPU
+//!   over the load (each run's numerator and denominator slowed alike by
+//!   the host, so the share is steadier than either).
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
@@ -289,6 +297,7 @@ fn throughput(
         ratios.push(ratio);
         cpu_ratios.push(cpu_ratio);
     }
+    kernel_cost(env, rounds / THROUGHPUT_ROUNDS_PER_ROUND, pid, profiling, &mut saturate, results)?;
     server.stop()?;
     let row = results.add_spread("profile/throughput_ratio", "ratio", &ratios);
     row.goal = Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
@@ -302,6 +311,65 @@ fn throughput(
     row.note = spread_note(&cpu_ratios);
     println!("  server CPU per request ratio: median {:.3}; {}", row.value, row.note);
     Ok(())
+}
+
+/// Profiling's kernel time on the saturated demo-server (`pid`, loaded by
+/// `saturate`), from `rounds` agent runs with profiling and the statistics
+/// on: `sched_switch` ns per run, the profiling programs' ns per request,
+/// and their share of the machine's busy CPU over the load (all net of
+/// the statistics' floor; the programs' time over the whole agent run,
+/// a little more than the load's, so the share errs high).
+fn kernel_cost(
+    env: &mut Env,
+    rounds: usize,
+    pid: u32,
+    profiling: &[&str],
+    saturate: &mut dyn FnMut(&Env) -> Result<Option<Load>>,
+    results: &mut Results,
+) -> Result<()> {
+    println!("  profiling's kernel time ({rounds} runs, kernel.bpf_stats_enabled on):");
+    let bpf_stats_before = std::mem::replace(&mut env.bpf_stats, true);
+    let runs: Result<Vec<_>> = (0..rounds)
+        .map(|_| {
+            check_interrupted()?;
+            let (run, load, _) = follow(env, pid, profiling, saturate)?;
+            Ok((run, load.expect("a load run")))
+        })
+        .collect();
+    env.bpf_stats = bpf_stats_before;
+    let mut rows = (Vec::new(), Vec::new(), Vec::new());
+    for (round, (run, load)) in runs?.iter().enumerate() {
+        let (switch, share) = kernel_cost_of(run, load).ok_or_else(|| {
+            anyhow!(
+                "the agent's BMF has no `agent/prog_ns/{SCHED_SWITCH_PROGRAM}` or \
+                 `agent/prog_ns/{FLOOR_PROGRAM}` row although kernel.bpf_stats_enabled was 1"
+            )
+        })?;
+        println!(
+            "  run {}: sched_switch {switch:.1} ns per run; profiling {:.0} ns per request, \
+             {:.2} % of the machine's busy CPU",
+            round + 1,
+            share * load.busy_per_request(),
+            share * 100.0
+        );
+        rows.0.push(switch);
+        rows.1.push(share * load.busy_per_request());
+        rows.2.push(share);
+    }
+    results.add_spread("profile/sched_switch_ns_per_run", "latency", &rows.0);
+    results.add_spread("profile/bpf_ns_per_request", "latency", &rows.1);
+    results.add_spread("profile/bpf_machine_share", "ratio", &rows.2);
+    Ok(())
+}
+
+/// `sched_switch`'s ns per run net of the floor, and the profiling
+/// programs' time as a share of the machine's busy CPU during `load`.
+fn kernel_cost_of(run: &AgentRun, load: &Load) -> Option<(f64, f64)> {
+    let (floor, _) = run.programs.get(FLOOR_PROGRAM)?;
+    let (switch, _) = run.programs.get(SCHED_SWITCH_PROGRAM)?;
+    // Without profiling `sched_switch` is not attached: all of it counts.
+    let bpf_ns = profile_bpf_ns(run, &AgentRun::default())?;
+    Some((switch - floor, bpf_ns / load.busy_ns))
 }
 
 /// `95 % CI of the median a–b, IQR c–d, n rounds` of per-round ratios.
@@ -338,6 +406,26 @@ mod tests {
             }
         );
         assert!(parse_cost("nothing").is_none());
+    }
+
+    #[test]
+    fn the_kernel_cost_on_demo_server_is_net_of_the_floor() {
+        let mut run = AgentRun::default();
+        for (name, ns, runs) in [
+            ("profile_cpu_clock", 5040.0, 100.0),
+            ("sched_switch", 140.0, 200_000.0),
+            (FLOOR_PROGRAM, 40.0, 200_000.0),
+        ] {
+            run.programs.insert(name.to_string(), (ns, runs));
+        }
+        let load = Load { requests: 100_000.0, busy_ns: 2.1e9, ..Load::default() };
+        // 100 ns × 200,000 + 5,000 ns × 100 = 20.5 ms of 2.1 s busy.
+        let (switch, share) = kernel_cost_of(&run, &load).unwrap();
+        assert_eq!(switch, 100.0);
+        assert!((share - 20.5e6 / 2.1e9).abs() < 1e-12, "{share}");
+        assert!((share * load.busy_per_request() - 205.0).abs() < 1e-9);
+        run.programs.remove(SCHED_SWITCH_PROGRAM);
+        assert_eq!(kernel_cost_of(&run, &load), None, "no sched_switch row");
     }
 
     #[test]
