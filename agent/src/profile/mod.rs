@@ -82,6 +82,7 @@ pub const MAX_HZ: u32 = 10_000;
 pub fn default_off_cpu_hz(hz: u32) -> u32 {
     hz.div_ceil(4).max(1)
 }
+
 /// Default `--debug-dir`: where distributions install debug files (gdb's
 /// `debug-file-directory`).
 pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
