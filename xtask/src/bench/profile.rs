@@ -160,14 +160,21 @@ fn cpu_bound(
         Ok(None)
     };
     // Every agent run of this part with the statistics on (both sides: the
-    // agent-CPU comparison stays like for like); restored below.
-    let bpf_stats_before = std::mem::replace(&mut env.bpf_stats, true);
-    let pairs = cpu_bound_rounds(env, rounds, pid, profiling, &mut wait);
-    env.bpf_stats = bpf_stats_before;
-    let pairs = pairs?;
+    // agent-CPU comparison stays like for like).
+    let pairs =
+        with_bpf_stats(env, |env| cpu_bound_rounds(env, rounds, pid, profiling, &mut wait))?;
     drop(child);
     record_cpu_bound(results, &pairs);
     Ok(())
+}
+
+/// `f`'s agent runs with `kernel.bpf_stats_enabled` on; `env` as it was
+/// after, whatever `f` returned.
+fn with_bpf_stats<T>(env: &mut Env, f: impl FnOnce(&mut Env) -> Result<T>) -> Result<T> {
+    let before = std::mem::replace(&mut env.bpf_stats, true);
+    let result = f(env);
+    env.bpf_stats = before;
+    result
 }
 
 /// One round: the agent without and with profiling, its summary's cost
@@ -328,17 +335,17 @@ fn kernel_cost(
     results: &mut Results,
 ) -> Result<()> {
     println!("  profiling's kernel time ({rounds} runs, kernel.bpf_stats_enabled on):");
-    let bpf_stats_before = std::mem::replace(&mut env.bpf_stats, true);
-    let runs: Result<Vec<_>> = (0..rounds)
-        .map(|_| {
-            check_interrupted()?;
-            let (run, load, _) = follow(env, pid, profiling, saturate)?;
-            Ok((run, load.expect("a load run")))
-        })
-        .collect();
-    env.bpf_stats = bpf_stats_before;
+    let runs = with_bpf_stats(env, |env| {
+        (0..rounds)
+            .map(|_| {
+                check_interrupted()?;
+                let (run, load, _) = follow(env, pid, profiling, saturate)?;
+                Ok((run, load.expect("a load run")))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     let mut rows = (Vec::new(), Vec::new(), Vec::new());
-    for (round, (run, load)) in runs?.iter().enumerate() {
+    for (round, (run, load)) in runs.iter().enumerate() {
         let (switch, share) = kernel_cost_of(run, load).ok_or_else(|| {
             anyhow!(
                 "the agent's BMF has no `agent/prog_ns/{SCHED_SWITCH_PROGRAM}` or \
@@ -408,16 +415,22 @@ mod tests {
         assert!(parse_cost("nothing").is_none());
     }
 
+    /// An agent run whose statistics gave these `(program, ns per run, runs)`.
+    fn run_with(programs: &[(&str, f64, f64)]) -> AgentRun {
+        let mut run = AgentRun::default();
+        for &(name, ns, runs) in programs {
+            run.programs.insert(name.to_string(), (ns, runs));
+        }
+        run
+    }
+
     #[test]
     fn the_kernel_cost_on_demo_server_is_net_of_the_floor() {
-        let mut run = AgentRun::default();
-        for (name, ns, runs) in [
+        let mut run = run_with(&[
             ("profile_cpu_clock", 5040.0, 100.0),
             ("sched_switch", 140.0, 200_000.0),
             (FLOOR_PROGRAM, 40.0, 200_000.0),
-        ] {
-            run.programs.insert(name.to_string(), (ns, runs));
-        }
+        ]);
         let load = Load { requests: 100_000.0, busy_ns: 2.1e9, ..Load::default() };
         // 100 ns × 200,000 + 5,000 ns × 100 = 20.5 ms of 2.1 s busy.
         let (switch, share) = kernel_cost_of(&run, &load).unwrap();
@@ -430,23 +443,17 @@ mod tests {
 
     #[test]
     fn the_profiling_programs_bpf_time_sums_their_runs_less_the_floor() {
-        let mut on = AgentRun::default();
-        for (name, ns, runs) in [
+        let mut on = run_with(&[
             ("profile_cpu_clock", 3040.0, 10.0),
             ("sched_switch", 80.0, 1000.0),
             (FLOOR_PROGRAM, 40.0, 900.0),
-        ] {
-            on.programs.insert(name.to_string(), (ns, runs));
-        }
-        let mut off = AgentRun::default();
-        off.programs.insert("sched_switch".to_string(), (75.0, 2000.0));
-        off.programs.insert(FLOOR_PROGRAM.to_string(), (45.0, 1800.0));
+        ]);
+        let off = run_with(&[("sched_switch", 75.0, 2000.0), (FLOOR_PROGRAM, 45.0, 1800.0)]);
         // sched_switch: 40 net ns per run with profiling, 30 without.
         assert_eq!(profile_bpf_ns(&on, &off), Some(3000.0 * 10.0 + 10.0 * 1000.0));
         // Without profiling `sched_switch` is not attached: all its time
         // (40 net ns per run) is profiling's.
-        let mut off_without_switch = AgentRun::default();
-        off_without_switch.programs.insert(FLOOR_PROGRAM.to_string(), (45.0, 1800.0));
+        let off_without_switch = run_with(&[(FLOOR_PROGRAM, 45.0, 1800.0)]);
         assert_eq!(profile_bpf_ns(&on, &off_without_switch), Some(3000.0 * 10.0 + 40.0 * 1000.0));
         on.programs.remove(FLOOR_PROGRAM);
         assert_eq!(profile_bpf_ns(&on, &off), None, "no floor: no net cost");
