@@ -352,15 +352,15 @@ fn kernel_cost(
                  `agent/prog_ns/{FLOOR_PROGRAM}` row although kernel.bpf_stats_enabled was 1"
             )
         })?;
+        let per_request = share * load.busy_per_request();
         println!(
-            "  run {}: sched_switch {switch:.1} ns per run; profiling {:.0} ns per request, \
-             {:.2} % of the machine's busy CPU",
+            "  run {}: sched_switch {switch:.1} ns per run; profiling {per_request:.0} ns per \
+             request, {:.2} % of the machine's busy CPU",
             round + 1,
-            share * load.busy_per_request(),
             share * 100.0
         );
         rows.0.push(switch);
-        rows.1.push(share * load.busy_per_request());
+        rows.1.push(per_request);
         rows.2.push(share);
     }
     results.add_spread("profile/sched_switch_ns_per_run", "latency", &rows.0);
