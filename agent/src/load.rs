@@ -7,7 +7,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    k6::{K6Outcome, Markers, plan, results::ClientResults, run_phases},
+    k6::{K6Outcome, Markers, cpu::ClientCpu, plan, results::ClientResults, run_phases},
     phases::Phase,
     startup::Startup,
 };
@@ -50,6 +50,8 @@ pub struct LoadReport {
     /// The phase standing for "under load", and its VU count if known.
     pub canonical: Option<(String, Option<u64>)>,
     pub client: Option<ClientResults>,
+    /// k6's own CPU time, when the agent ran it.
+    pub client_cpu: Option<ClientCpu>,
     /// k6's exit status when it ran to its end by itself.
     pub k6_status: Option<std::process::ExitStatus>,
     /// What k6 did that its plan did not say
@@ -85,6 +87,7 @@ pub fn plan_phases(inputs: PhaseInputs) -> (Vec<Phase>, LoadReport) {
             None => outcome.markers.test_start_ns.map(|_| ("load".into(), None)),
         };
         report.client = outcome.results;
+        report.client_cpu = Some(outcome.cpu);
         report.k6_status = outcome.status;
     } else if let Some(client) = inputs.k6_results {
         phases.extend(phases_from_results(&client, first_ns, last_ns, inputs.epoch_offset_ns));
@@ -296,6 +299,7 @@ mod tests {
             idle_start_ns: Some(4 * S),
             status: Some(std::process::ExitStatus::from_raw(99 << 8)),
             results: Some(ClientResults { http_reqs: 7, ..Default::default() }),
+            cpu: ClientCpu::default(),
         };
         // Followed from exec: ready at 6 s, after the listen that opened idle.
         let startup = Startup {

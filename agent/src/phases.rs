@@ -3,7 +3,10 @@
 //! log. Pure.
 
 use crate::{
-    k6::results::{ClientResults, ClientStats},
+    k6::{
+        cpu::ClientCpu,
+        results::{ClientResults, ClientStats},
+    },
     requests::{RequestLog, RequestStats},
     timeline::{self, Sample, WindowStats},
 };
@@ -53,18 +56,22 @@ pub fn measure(phases: &[Phase], samples: &[Sample], log: &RequestLog) -> Vec<Ph
         .collect()
 }
 
-/// Gives each phase k6's requests that ended in it. `offset`: CLOCK_REALTIME
-/// − CLOCK_MONOTONIC, to place the phase edges on k6's wall clock; a phase
+/// Gives each phase k6's requests that ended in it, and k6's CPU in it when
+/// known (`cpu`: the agent ran k6). `offset`: CLOCK_REALTIME −
+/// CLOCK_MONOTONIC, to place the phase edges on k6's wall clock; a phase
 /// cut by the end of the run ends at the last sample, `last_t`.
 pub fn add_client_windows(
     reports: &mut [PhaseReport],
     client: &ClientResults,
+    cpu: Option<&ClientCpu>,
     last_t: u64,
     offset: i128,
 ) {
     for p in reports {
         let (start, end) = (p.phase.start_ns, p.phase.end_ns.min(last_t));
-        p.client = Some(client.window(start as i128 + offset, end as i128 + offset));
+        let mut stats = client.window(start as i128 + offset, end as i128 + offset);
+        stats.cpu_percent = cpu.and_then(|c| c.percent(start, end));
+        p.client = Some(stats);
     }
 }
 

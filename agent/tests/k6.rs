@@ -7,6 +7,23 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 
+/// CPU time the machine was busy so far (all CPUs: /proc/stat's first line
+/// less idle and iowait), ns.
+fn machine_busy_ns() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks.iter().sum::<f64>() - ticks[3] - ticks[4]) * 1e9 / hz
+}
+
 fn k6_points(path: &std::path::Path) -> Vec<(String, i128, i128)> {
     // (scenario, start ns, end ns) of each http_req_duration point.
     let text = std::fs::read_to_string(path).expect("k6 json output");
@@ -47,6 +64,7 @@ fn k6_phases_add_up_and_match_the_plan() {
     let phases_json = out_path("k6-phases");
     let k6_json = out_path("k6-points");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/stages.js");
+    let busy_before = machine_busy_ns();
     let r = run_agent(&[
         "attach",
         "--pid",
@@ -66,6 +84,7 @@ fn k6_phases_add_up_and_match_the_plan() {
         "--env",
         &format!("TARGET_URL=http://{}/", server.addr()),
     ]);
+    let busy_ns = machine_busy_ns() - busy_before;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     eprintln!("{}", r.stdout);
     let bmf = read_bmf(&out);
@@ -92,6 +111,26 @@ fn k6_phases_add_up_and_match_the_plan() {
             (p["name"].as_str().unwrap().to_string(), (n("start_unix_ns"), n("end_unix_ns")))
         })
         .collect();
+    // k6's own CPU (`client/cpu_percent`): some in each stage of the ramp,
+    // and over the phases that tile the run never more than the whole
+    // machine was busy (/proc/stat, which counts k6 with the server and the
+    // agent; 10 ms ticks per CPU, and k6's reading is linear between
+    // samples: 5 % and 50 ms of slack).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut k6_cpu_ns = 0.0;
+    for phase in parts {
+        let percent = bmf_value(&bmf, &format!("client/cpu_percent@{phase}"), "cpu-percent");
+        assert!((0.0..=100.0 * cpus).contains(&percent), "k6 cpu {percent} % in {phase}");
+        if phase.starts_with("ramp/") {
+            assert!(percent > 0.0, "k6 used no CPU in {phase}");
+        }
+        let (start, end) = edge[phase];
+        k6_cpu_ns += percent / 100.0 * (end - start) as f64;
+    }
+    assert!(
+        k6_cpu_ns <= busy_ns * 1.05 + 50e6,
+        "k6 {k6_cpu_ns} ns of CPU, the machine was busy {busy_ns} ns"
+    );
     let points = k6_points(&k6_json);
     assert_eq!(points.len() as f64, http_reqs);
     const MS50: i128 = 50_000_000;

@@ -8,6 +8,7 @@
 //! agent timestamps as the lines arrive on k6's stderr (`--log-format json
 //! -v`): millisecond-exact, where k6's once-a-second `vus` metric is not.
 
+pub mod cpu;
 pub mod inspect;
 pub mod plan;
 pub mod results;
@@ -24,7 +25,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use self::results::ClientResults;
+use self::{cpu::ClientCpu, results::ClientResults};
 
 use crate::{
     clock::monotonic_ns,
@@ -122,6 +123,8 @@ pub struct K6Driver {
     plan: Vec<plan::Scenario>,
     markers: Arc<Mutex<Markers>>,
     exit_status: Option<ExitStatus>,
+    /// k6's CPU clock, read at every tick while it runs.
+    cpu: ClientCpu,
     /// k6 was stopped by the agent (the run ended first): its exit status
     /// says so, not how the load test went.
     stopped_early: bool,
@@ -140,6 +143,8 @@ pub struct K6Outcome {
     pub status: Option<ExitStatus>,
     /// k6's `--out json` results (its temporary file is deleted).
     pub results: Option<ClientResults>,
+    /// k6's own CPU time over the run.
+    pub cpu: ClientCpu,
 }
 
 impl K6Driver {
@@ -174,6 +179,7 @@ impl K6Driver {
             plan,
             markers: Arc::default(),
             exit_status: None,
+            cpu: ClientCpu::default(),
             stopped_early: false,
         }
     }
@@ -209,6 +215,7 @@ impl K6Driver {
             idle_start_ns: self.idle_start_ns,
             status: self.exit_status.filter(|_| !self.stopped_early),
             results,
+            cpu: std::mem::take(&mut self.cpu),
         }
     }
 
@@ -250,10 +257,16 @@ impl Controller for K6Driver {
             State::Idle { until_ns } => {
                 if now_ns >= *until_ns {
                     let child = self.spawn()?;
+                    self.cpu.record(now_ns, 0);
                     self.state = State::Running { child };
                 }
             }
             State::Running { child } => {
+                // Before reaping it: an exited k6's clock still reads its
+                // total until then.
+                if let Ok(cpu_ns) = crate::procfs::process_cpu_ns(child.id()) {
+                    self.cpu.record(now_ns, cpu_ns);
+                }
                 if let Some(status) = child.try_wait()? {
                     self.exit_status = Some(status);
                     self.markers.lock().unwrap_or_else(|e| e.into_inner()).exited_ns = Some(now_ns);

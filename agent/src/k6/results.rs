@@ -150,6 +150,7 @@ impl ClientResults {
             count: in_window.len() as u64,
             duration: Percentiles::of(&mut duration),
             waiting: Percentiles::of(&mut waiting),
+            cpu_percent: None,
         }
     }
 
@@ -176,6 +177,9 @@ pub struct ClientStats {
     pub count: u64,
     pub duration: Percentiles,
     pub waiting: Percentiles,
+    /// k6's own CPU over the window, % of one core (`k6::cpu`); `None`
+    /// when the agent did not run k6 (`--k6-results`).
+    pub cpu_percent: Option<f64>,
 }
 
 #[cfg(test)]

@@ -194,7 +194,13 @@ fn build_report(run: FinishedRun) -> anyhow::Result<(RunReport, Outcome)> {
     });
     let mut phase_reports = phases::measure(&phase_list, &result.samples, &result.log);
     if let Some(client) = &load.client {
-        phases::add_client_windows(&mut phase_reports, client, last_t, run.epoch_offset_ns);
+        phases::add_client_windows(
+            &mut phase_reports,
+            client,
+            load.client_cpu.as_ref(),
+            last_t,
+            run.epoch_offset_ns,
+        );
     }
     let outcome = Outcome {
         end: result.end,

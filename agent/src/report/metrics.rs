@@ -64,6 +64,9 @@ fn add_client_metrics(b: &mut BmfReport, suffix: &str, c: &ClientStats) {
     b.add(format!("client/requests{suffix}"), Measure::Count, c.count as f64);
     add_percentiles(b, "client/latency_", suffix, &c.duration);
     add_percentiles(b, "client/ttfb_", suffix, &c.waiting);
+    if let Some(cpu) = c.cpu_percent {
+        b.add(format!("client/cpu_percent{suffix}"), Measure::CpuPercent, cpu);
+    }
 }
 
 /// Each phase under `<metric>@<phase>`; an idle phase that ran to its end

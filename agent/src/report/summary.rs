@@ -262,15 +262,17 @@ fn load_totals(out: &mut String, r: &RunReport) {
 /// k6's client-side numbers beside the agent's server-side ones.
 pub fn client_table(phases: &[PhaseReport]) -> String {
     let mut out = String::from(
-        "client (k6) vs server (perf-agent): k6 times include the network and the client's own \
-         time (tens of µs on loopback); the server's start at its first read of the request\n",
+        "client (k6) vs server (perf-agent): k6 times include the network and k6's own time \
+         (tens of µs on loopback, more when k6 itself is busy: its CPU, % of one core, is \
+         beside them); the server's start at its first read of the request\n",
     );
     let _ = writeln!(
         out,
-        "{:<20} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<20} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "phase",
         "k6 reqs",
         "agent",
+        "k6 cpu %",
         "k6 p50",
         "agent p50",
         "k6 p95",
@@ -283,10 +285,11 @@ pub fn client_table(phases: &[PhaseReport]) -> String {
         let q = &p.requests;
         let _ = writeln!(
             out,
-            "{:<20} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<20} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             p.phase.name,
             c.count,
             q.count,
+            c.cpu_percent.map_or("-".into(), |v| format!("{v:.1}")),
             human_ns(c.duration.p50),
             human_ns(q.latency.p50),
             human_ns(c.duration.p95),
