@@ -12,7 +12,9 @@
 # its own target directory (a full build, a few minutes), then reads the
 # iterator 1000-2000 times per case. The loader's arguments:
 #   iter_spike PID READS COPY(0|1) all|pid
-# COPY 1: a user-stack copy (8 KiB) and the kernel stack of every thread;
+# COPY 1: a user-stack copy (two pages from the stack pointer's, page by
+# page up to the stack's top) and the kernel stack of every thread, and
+# on the last read the blocked threads' stacks unwound and named;
 # `pid`: the link is created with `bpf_iter_link_info.task.pid`, so only
 # PID's threads are visited (aya 0.14's `Iter::attach` passes no link
 # info: the loader makes the link with the raw `BPF_LINK_CREATE`).
@@ -55,6 +57,16 @@ for mode in all pid; do
 done
 kill "$load" "$server" 2>/dev/null || true
 wait 2>/dev/null || true
+
+echo "== offcpu-target: the blocked threads' stacks, unwound and named by the"
+echo "   agent's own StackWalker and Symbolizer (6 runs of 2 reads, counted)"
+"$bin/offcpu-target" --seconds 8 --nappers 2 > /dev/null &
+target_pid=$!
+sleep 0.7
+for run in 1 2 3 4 5 6; do
+    "$spike" "$target_pid" 2 1 pid | grep '^    ' | sed 's/.*__rust_begin_short_backtrace;//'
+done | sort | uniq -c
+wait "$target_pid" 2>/dev/null || true
 
 for nappers in 0 20 60; do
     "$bin/offcpu-target" --seconds 8 --nappers "$nappers" > /dev/null &
