@@ -7,23 +7,6 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 
-/// CPU time the machine was busy so far (all CPUs: /proc/stat's first line
-/// less idle and iowait), ns.
-fn machine_busy_ns() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks.iter().sum::<f64>() - ticks[3] - ticks[4]) * 1e9 / hz
-}
-
 fn k6_points(path: &std::path::Path) -> Vec<(String, i128, i128)> {
     // (scenario, start ns, end ns) of each http_req_duration point.
     let text = std::fs::read_to_string(path).expect("k6 json output");
@@ -64,7 +47,7 @@ fn k6_phases_add_up_and_match_the_plan() {
     let phases_json = out_path("k6-phases");
     let k6_json = out_path("k6-points");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/stages.js");
-    let busy_before = machine_busy_ns();
+    let busy_before = perf_agent::procfs::machine_busy_ns().unwrap();
     let r = run_agent(&[
         "attach",
         "--pid",
@@ -84,7 +67,7 @@ fn k6_phases_add_up_and_match_the_plan() {
         "--env",
         &format!("TARGET_URL=http://{}/", server.addr()),
     ]);
-    let busy_ns = machine_busy_ns() - busy_before;
+    let busy_ns = (perf_agent::procfs::machine_busy_ns().unwrap() - busy_before) as f64;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     eprintln!("{}", r.stdout);
     let bmf = read_bmf(&out);
@@ -114,8 +97,8 @@ fn k6_phases_add_up_and_match_the_plan() {
     // k6's own CPU (`client/cpu_percent`): some in each stage of the ramp,
     // and over the phases that tile the run never more than the whole
     // machine was busy (/proc/stat, which counts k6 with the server and the
-    // agent; 10 ms ticks per CPU, and k6's reading is linear between
-    // samples: 5 % and 50 ms of slack).
+    // agent, less steal as k6's clock is; 10 ms ticks per CPU, and k6's
+    // reading is linear between samples: 5 % and 50 ms of slack).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut k6_cpu_ns = 0.0;
     for phase in parts {
