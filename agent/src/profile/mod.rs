@@ -250,8 +250,6 @@ pub struct ProfileReport {
     pub phases: Vec<PhaseProfile>,
     pub counters: ProfileCounters,
     pub off_cpu: bool,
-    /// `--profile-hz`: samples per CPU-second.
-    pub hz: u32,
     /// `--off-cpu-hz`: the off-CPU stacks aimed at per CPU-second.
     pub off_cpu_hz: u32,
     /// Σ run-queue waits seen inside the ground truth's window (from the
@@ -342,7 +340,6 @@ impl Profile {
             phases: out,
             counters: self.counters,
             off_cpu: opts.off_cpu,
-            hz: opts.hz,
             off_cpu_hz: opts.off_cpu_hz,
             runq_total_ns: self.runq_in_window_ns,
             proc_run_delay: self.proc_run_delay,
