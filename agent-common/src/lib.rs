@@ -60,14 +60,8 @@ pub mod globals {
     /// one-target modes): the verifier prunes the set's code, so their
     /// filter is still one array lookup and a compare.
     pub const TARGET_SET: &str = "TARGET_SET";
-    /// `u32`: what `sched_switch` does for profiling, bits of
-    /// [`profile::sched_mode`](super::profile::sched_mode) (0 without
-    /// `--profile-dir`).
+    /// `u32`: 1 when `sched_switch` times run-queue waits (`--profile-dir`).
     pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
-    /// `u32`: off-CPU stacks per CPU and second that block sampling aims
-    /// at (`--profile-hz`, the on-CPU rate; see
-    /// [`OffCpuBudget`](super::profile::OffCpuBudget)).
-    pub const OFF_CPU_STACKS_PER_SEC: &str = "OFF_CPU_STACKS_PER_SEC";
     /// `u32`: 1 with `--delivery` (issue 14's queue/drain/delivered/accept
     /// wait and retransmits). 0: the socket programs skip the delivery
     /// bookkeeping (the verifier prunes it) and its three hooks are not

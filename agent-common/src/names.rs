@@ -26,8 +26,15 @@ pub mod maps {
     pub const PROFILE_SCRATCH: &str = "PROFILE_SCRATCH";
     /// One-slot `PERCPU_ARRAY` of the profiling programs' counters.
     pub const PROFILE_STATS: &str = "PROFILE_STATS";
-    /// One-slot `PERCPU_ARRAY` of `profile::SchedCounts`: run-queue waits and off-CPU time not sent as records.
+    /// One-slot `PERCPU_ARRAY` of `profile::SchedCounts`: run-queue waits.
     pub const SCHED_COUNTS: &str = "SCHED_COUNTS";
+    /// Off-CPU ticks: one-slot `ARRAY` of `profile::TickConfig` (the tick's
+    /// draw), `LRU_HASH` tid → switches of the last block whose stack user
+    /// space has, and the one-slot `ARRAY` of `profile::ProfileSample`
+    /// where the iterator builds a stack.
+    pub const OFF_CPU_TICK: &str = "OFF_CPU_TICK";
+    pub const OFF_CPU_STACKED: &str = "OFF_CPU_STACKED";
+    pub const OFF_CPU_SCRATCH: &str = "OFF_CPU_SCRATCH";
     /// Node mode (`serve`): the targets, by tgid (`HASH` of `TargetMember`).
     pub const TARGETS: &str = "TARGETS";
     /// Node mode: command names / exec'd paths / cgroup ids → selector index.
@@ -38,7 +45,7 @@ pub mod maps {
     /// while `TARGETS` was full.
     pub const TARGETS_REFUSED: &str = "TARGETS_REFUSED";
     /// Every map user space looks up by name.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 24] = [
         TARGET,
         RSS_COUNTERS,
         RSS_STATS,
@@ -55,6 +62,9 @@ pub mod maps {
         PROFILE_SCRATCH,
         PROFILE_STATS,
         SCHED_COUNTS,
+        OFF_CPU_TICK,
+        OFF_CPU_STACKED,
+        OFF_CPU_SCRATCH,
         TARGETS,
         EXEC_COMMS,
         EXEC_PATHS,
@@ -87,9 +97,12 @@ pub mod programs {
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     /// The `perf_event` program on cpu-clock of every CPU.
     pub const PROFILE_CPU_CLOCK: &str = "profile_cpu_clock";
-    /// Every program of the object. (Off-CPU stacks and run-queue waits
-    /// are done by `SCHED_SWITCH` itself when profiling.)
-    pub const ALL: [&str; 17] = [
+    /// The sleepable task iterator of off-CPU ticks (read, not attached to
+    /// a hook).
+    pub const PROFILE_OFFCPU_TICKS: &str = "profile_offcpu_ticks";
+    /// Every program of the object. (Run-queue waits and steal time are
+    /// counted by `SCHED_SWITCH` itself when profiling.)
+    pub const ALL: [&str; 18] = [
         SCHED_PROCESS_EXEC,
         SCHED_SWITCH,
         RSS_STAT,
@@ -104,6 +117,7 @@ pub mod programs {
         SYS_ENTER_RECVMSG,
         STATS_FLOOR,
         PROFILE_CPU_CLOCK,
+        PROFILE_OFFCPU_TICKS,
         SK_DATA_READY,
         TCP_PROBE,
         TCP_RETRANSMIT_SKB,

@@ -68,24 +68,44 @@ pub struct TracepointOffsets {
     pub skb_ack_seq: u32,
     /// `task_struct.sched_info.run_delay` (BTF; 0 when the kernel has no
     /// `CONFIG_SCHED_INFO`): the kernel's running total of the time a
-    /// thread waited on a run queue, read at each switch-out of a target
-    /// thread when profiling (`--profile-dir`).
+    /// thread waited on a run queue, read at each off-CPU tick
+    /// (`agent-ebpf/src/offcpu_ticks.rs`), with `se.sum_exec_runtime`.
     pub task_run_delay: u32,
     /// `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock` (BTF; 0 when
     /// the kernel lacks them, without `CONFIG_FAIR_GROUP_SCHED`): the
     /// scheduler's clock as `__schedule` read it for the switch under way,
     /// which profiling's `sched_switch` reaches through the switching task
     /// in three plain loads instead of a `bpf_ktime_get_ns` call (~90 ns
-    /// here) at each switch of a target thread.
+    /// here) at each switch-in of a target thread; the off-CPU ticks read
+    /// a thread's run queue's clocks the same way.
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
-    /// `task_struct.sched_info.last_arrival` (BTF; 0 without
-    /// `CONFIG_SCHED_INFO`): when the thread was last switched in, on the
-    /// same run-queue clock. Profiling's `sched_switch` ends a thread's
-    /// block there, at the thread's next switch-out, rather than looking
-    /// its state up again at the switch-in (`agent-ebpf/src/offcpu.rs`).
+    /// `task_struct.__state`, `.on_cpu`, `.nvcsw`, `.nivcsw` (BTF): whether
+    /// a thread is off CPU at an off-CPU tick, and its switches so far
+    /// (`agent-ebpf/src/offcpu_ticks.rs`).
+    pub task_state: u32,
+    pub task_on_cpu: u32,
+    pub task_nvcsw: u32,
+    pub task_nivcsw: u32,
+    /// `task_struct.on_rq` (BTF): runnable (queued or running).
+    pub task_on_rq: u32,
+    /// `task_struct.se.exec_start`, `.sched_info.last_queued` and
+    /// `rq.clock_task` (BTF): whether a runnable thread waiting for a CPU
+    /// was woken (in the tail of a block) or preempted, at an off-CPU tick.
+    pub task_exec_start: u32,
+    pub task_last_queued: u32,
+    pub rq_clock_task: u32,
+    /// `task_struct.start_time` (BTF, `CLOCK_MONOTONIC` ns at its fork): a
+    /// thread born while profiling has its off-CPU time counted from its
+    /// start, not from the first tick that saw it.
+    pub task_start_time: u32,
+    /// `task_struct.sched_info.last_arrival` and `.se.prev_sum_exec_runtime`
+    /// (BTF; 0 without `CONFIG_SCHED_INFO`): when a thread's running slice
+    /// began, on the run-queue clock and in its CPU time: what the slice
+    /// lost to steal time, at its switch-out and at off-CPU ticks.
     pub task_last_arrival: u32,
+    pub task_prev_sum_exec_runtime: u32,
 }
 
 /// Where a `syscalls:sys_enter_*` record holds the system call's second
@@ -105,4 +125,4 @@ mod user {
 }
 
 // No padding: sizes equal the sum of field sizes.
-const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 33 * 4);
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 43 * 4);

@@ -1,6 +1,7 @@
 //! CPU profiling (`--profile-dir`): what the `perf_event` program on
-//! cpu-clock sends user space for each sample of the target, and its
-//! counters. Kernel side: `agent-ebpf/src/{cpu_clock,profile,offcpu}.rs`;
+//! cpu-clock sends user space for each sample of the target, what the
+//! off-CPU ticks' task iterator writes, and their counters. Kernel side:
+//! `agent-ebpf/src/{cpu_clock,profile,offcpu_ticks,sched}.rs`;
 //! user space: `agent/src/probes/profile.rs` and `agent/src/profile/`.
 
 /// Bytes in one page of the copied user stack.
@@ -17,11 +18,8 @@ pub const KERNEL_FRAMES: usize = 128;
 pub mod sample_flags {
     /// The task's user registers could not be read: no user stack.
     pub const NO_USER_REGS: u32 = 1;
-    /// Taken when the thread blocked (`sched_switch`, not running), not by
-    /// the cpu-clock: its weight is the time until it runs again, sent
-    /// later in a [`SchedRecord`](super::SchedRecord) of kind
-    /// [`OFF_CPU_END`](super::sched_kind::OFF_CPU_END) with the same `tid`
-    /// and `time_ns`.
+    /// Taken by an off-CPU tick of a blocked thread, not by the cpu-clock
+    /// (`agent-ebpf/src/offcpu_ticks.rs`).
     pub const OFF_CPU: u32 = 2;
 }
 
@@ -82,96 +80,30 @@ pub const fn sample_record_bytes(user_pages: u32) -> usize {
     SAMPLE_HEAD_BYTES + pages * STACK_PAGE
 }
 
-/// Bits of [`SchedRecord::kind`].
-pub mod sched_kind {
-    /// A blocked target thread whose stack was sent ran again: `time_ns` it
-    /// blocked (the key of its [`ProfileSample`](super::ProfileSample)),
-    /// `duration_ns` until it ran.
-    pub const OFF_CPU_END: u32 = 1;
-    /// A block of at least [`OFF_CPU_LONG_BLOCK_NS`](super::OFF_CPU_LONG_BLOCK_NS)
-    /// whose stack was not taken ended: no stack, `time_ns` its end
-    /// (CLOCK_MONOTONIC), `block_ns` its time, `thread_off_cpu_ns` the
-    /// thread's exact total. It lets user space give the thread's time to
-    /// the thread's own stacks where no sampled block of it ended (the
-    /// last wait of a busy thread, chosen with the small chance its busy
-    /// period set, was all `[stack not sampled]`).
-    pub const OFF_CPU_LONG_END: u32 = 2;
-}
-
-/// The shortest unsampled block that sends a
-/// [`sched_kind::OFF_CPU_LONG_END`] record: one sampling period at the
-/// default 99 Hz. At most `OFF_CPU_STACKS_PER_SEC` such records per CPU and
-/// second (the per-period aim, [`OffCpuBudget::long_records`]).
-pub const OFF_CPU_LONG_BLOCK_NS: u64 = 10_000_000;
-
-/// Small ring-buffer records of the `sched_switch` program, told apart
-/// from a [`ProfileSample`] by their size: sent for blocks whose stack was
-/// sent, and for long ones whose stack was not ([`sched_kind`]; everything
-/// else is counted in maps). `duration_ns` is
-/// the block's time times its weight ([`OffCpuBudget`]), `block_ns` the
-/// block's time itself (user space places the record at the block's end,
-/// `time_ns + block_ns`, where the kernel's totals count it too);
-/// `thread_off_cpu_ns` the thread's exact time off CPU so far, every block
-/// (chosen or not) included, up to the end of this one.
+/// Where a sampled target thread's user stack ends, kept in the thread's
+/// own BPF task storage (map `THREAD_STACK`; freed with the thread) by the
+/// programs that copy its stack (`agent-ebpf/src/profile.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SchedRecord {
-    pub time_ns: u64,
-    pub duration_ns: u64,
-    pub block_ns: u64,
-    pub thread_off_cpu_ns: u64,
-    pub tid: u32,
-    /// [`sched_kind`].
-    pub kind: u32,
-}
-
-/// Scheduling state of one target thread, kept in the thread's own BPF
-/// task storage (map `THREAD_SCHED`; freed with the thread), updated in
-/// place by `sched_switch`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadSched {
-    /// When it blocked (every block, chosen or not), on the switch clock
-    /// (the run queue's, `agent-ebpf/src/offcpu.rs`); 0: no block waiting
-    /// to be counted (the thread's next switch-out counts it).
-    pub blocked_ns: u64,
-    /// When the current block's stack was sent, CLOCK_MONOTONIC (its
-    /// `ProfileSample::time_ns`): the block's [`SchedRecord`] repeats it,
-    /// and user space pairs the two by it.
-    pub stack_ns: u64,
-    /// The kernel's `sched_info.run_delay` of the thread at its last
-    /// switch-out: the growth by the next one is the run-queue wait before
-    /// the slice that ends at the second.
-    pub run_delay_ns: u64,
-    /// Its exact time off CPU so far, ns: every block, switch-out to
-    /// switch-in, counted at the switch-out after (sent with each
-    /// [`SchedRecord`]).
-    pub off_cpu_ns: u64,
-    /// 1 when the stack of the current block was sent.
-    pub sampled: u32,
-    /// 1 once `run_delay_ns` holds a reading (a thread's first switch-out
-    /// seen only records it).
-    pub known: u32,
-    /// What the current block's time is multiplied by (its sampling's
-    /// `one_in`); 0: not chosen.
-    pub weight: u32,
-    /// Stacks of the thread copied since its stack's end was last probed
-    /// (`stack_top`).
-    pub stack_copies: u32,
+pub struct ThreadStack {
     /// The end of the thread's user stack, as the copy of a stack last
     /// found it (the first page above it could not be read); 0: not known.
     /// A copy then stops there rather than try the page above, whose
     /// failed read costs a page fault (~3 µs, more than copying two
     /// pages); every [`STACK_END_PROBE_EVERY`]th copy tries it again.
     pub stack_top: u64,
+    /// Stacks of the thread copied since its stack's end was last probed
+    /// (`stack_top`).
+    pub stack_copies: u32,
+    pub _pad: u32,
 }
 
 /// How often a copy of a thread's stack probes past its known end
-/// ([`ThreadSched::stack_top`]), in copies: a wrong end (a page that
+/// ([`ThreadStack::stack_top`]), in copies: a wrong end (a page that
 /// could not be read for another reason) lasts at most this many.
 pub const STACK_END_PROBE_EVERY: u32 = 32;
 
-impl ThreadSched {
+impl ThreadStack {
     /// How many pages of the thread's stack to copy from `base` (the stack
     /// pointer's page) up, for one more copy: up to its known end, or
     /// [`STACK_PAGES`] (until a read fails) when the end is not known, not
@@ -192,28 +124,15 @@ impl ThreadSched {
     }
 }
 
-/// Bits of the `PROFILE_SCHED` global: what the `sched_switch` program
-/// does for profiling (set by user space before load; 0 without
-/// `--profile-dir`, and the verifier then drops that code).
-pub mod sched_mode {
-    /// Run-queue waits (`sched/runq_wait_*`).
-    pub const RUNQ: u32 = 1;
-    /// Off-CPU stacks and times (not with `--no-off-cpu`).
-    pub const OFF_CPU: u32 = 2;
-}
-
 /// Bins of the run-queue wait histogram ([`runq_bin`]): values up to
 /// 2^40 ns (18 minutes), longer ones in the last bin.
 pub const RUNQ_BINS: usize = 16 + 37 * 16;
 
-/// What the `sched_switch` program counts rather than sends when profiling
-/// (map `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
+/// What the `sched_switch` program counts when profiling (map
+/// `SCHED_COUNTS`, one slot per CPU), read by user space every 100 ms.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SchedCounts {
-    /// ns off CPU of the target's threads, exact: every block, switch-out
-    /// to switch-in, counted at its end.
-    pub off_cpu_ns: u64,
     /// Run-queue waits per [`runq_bin`].
     pub runq: [u64; RUNQ_BINS],
 }
@@ -255,94 +174,18 @@ pub fn runq_bin(v: u64) -> usize {
     if bin as usize >= RUNQ_BINS { RUNQ_BINS - 1 } else { bin as usize }
 }
 
-/// Per CPU (map `OFF_CPU_BUDGET`): how blocks are chosen for a stack. Each
-/// block is chosen with probability `1 / one_in` and then weighs
-/// `one_in` times its time (an unbiased estimate of every block's time
-/// per stack); `one_in` is set every [`OFF_CPU_PERIOD_NS`] from the blocks
-/// of the period before, and raised within a period as its blocks pass
-/// that, so that about the aimed-at number of stacks are chosen (the
-/// global `OFF_CPU_STACKS_PER_SEC`: `--profile-hz`, 1 in `one_in` while
-/// blocks are fewer: every block is then sampled). A token
-/// bucket refilled at twice that rate caps the copies (a burst before
-/// `one_in` catches up): a chosen block it refuses sends nothing (its time
-/// is in its thread's exact total all the same).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OffCpuBudget {
-    /// When the bucket was last refilled, ns.
-    pub last_ns: u64,
-    /// Budget saved up, in ns of refill time.
-    pub credit_ns: u64,
-    /// Start of the current period, ns.
-    pub period_start_ns: u64,
-    /// ns of refill time one stack costs ([`off_cpu_stack_cost_ns`]), set
-    /// at each period's start from the aim (a division the blocks in
-    /// between do not pay).
-    pub stack_cost_ns: u64,
-    /// Blocks seen in the current period.
-    pub blocks: u32,
-    /// 1 in how many blocks is chosen now (at least 1 once a block was seen).
-    pub one_in: u32,
-    /// Stacks aimed at per period ([`off_cpu_stacks_per_period`]).
-    pub per_period: u32,
-    /// [`sched_kind::OFF_CPU_LONG_END`] records sent in the current
-    /// period (at most `per_period`).
-    pub long_records: u32,
-    /// This CPU's xorshift64 state for the draws that choose blocks (0:
-    /// not seeded yet).
-    pub rng: u64,
-}
-
-/// How often the sampling rate of blocks follows their number, ns.
-pub const OFF_CPU_PERIOD_NS: u64 = 100_000_000;
-
-/// Stacks per CPU and period that block sampling aims at, for an aim of
-/// `stacks_per_sec` per CPU (rounded up, at least 1).
-#[inline(always)]
-pub fn off_cpu_stacks_per_period(stacks_per_sec: u32) -> u32 {
-    let n = (u64::from(stacks_per_sec) * OFF_CPU_PERIOD_NS).div_ceil(1_000_000_000);
-    if n == 0 { 1 } else { n as u32 }
-}
-
-/// Most stacks sent per CPU and second when target threads block, for an
-/// aim of `stacks_per_sec`: the token bucket's rate, twice the aim.
-#[inline(always)]
-pub fn off_cpu_stacks_per_sec_max(stacks_per_sec: u32) -> u64 {
-    2 * u64::from(if stacks_per_sec == 0 { 1 } else { stacks_per_sec })
-}
-
-/// ns of the token bucket's refill time one stack costs.
-#[inline(always)]
-pub fn off_cpu_stack_cost_ns(stacks_per_sec: u32) -> u64 {
-    1_000_000_000 / off_cpu_stacks_per_sec_max(stacks_per_sec)
-}
-
-/// `one_in` after `blocks` blocks in a period that aims at `per_period`
-/// stacks: the blocks over the aim, rounded down, at least 1.
-#[inline(always)]
-pub fn off_cpu_one_in(blocks: u32, per_period: u32) -> u32 {
-    let n = blocks.checked_div(per_period).unwrap_or(blocks);
-    if n == 0 { 1 } else { n }
-}
-
 /// Per-CPU counters of the profiling programs (map `PROFILE_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProfileStats {
     /// Samples of the target sent to user space.
     pub sent: u64,
-    /// Samples, block stacks or sched records lost: the ring buffer was full.
+    /// Samples lost: the ring buffer was full.
     pub ring_full: u64,
-    /// Blocks of target threads (all of them, chosen or not).
-    pub off_cpu_blocks: u64,
-    /// Stacks sent when a target thread blocked.
-    pub off_cpu_stacks: u64,
-    /// Blocks chosen whose stack was not sent (over the token bucket).
-    pub off_cpu_unsampled: u64,
     /// Run-queue waits counted, and their total, ns.
     pub runq_waits: u64,
     pub runq_total_ns: u64,
-    /// User stack bytes copied into samples sent (cpu-clock and blocks).
+    /// User stack bytes copied into samples sent.
     pub stack_bytes: u64,
 }
 
@@ -350,9 +193,117 @@ impl ProfileStats {
     /// Adds another CPU's counters, field by field (see
     /// [`crate::add_u64_fields`]).
     pub fn accumulate(&mut self, other: &ProfileStats) {
-        // SAFETY: `repr(C)`, eight `u64` fields, nothing else.
+        // SAFETY: `repr(C)`, five `u64` fields, nothing else.
         unsafe { crate::add_u64_fields(self, other) }
     }
+}
+
+/// Off-CPU by wall-clock ticks (`agent-ebpf/src/offcpu_ticks.rs`): what
+/// the task iterator writes for each target thread at a tick, followed in
+/// its output by a [`SampleHead`] and its `user_pages` pages when `flags`
+/// has [`tick_flags::STACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickThread {
+    /// The thread's context switches so far (`nvcsw + nivcsw`): unchanged
+    /// between two ticks, the thread has not run in between, so a blocked
+    /// thread is still in the same block.
+    pub switches: u64,
+    /// Of those, the ones it was preempted at (`nivcsw`).
+    pub preemptions: u64,
+    /// When the iterator read this thread (`bpf_ktime_get_ns`), and when
+    /// the thread began (`start_time`), both `CLOCK_MONOTONIC` ns.
+    pub time_ns: u64,
+    pub start_ns: u64,
+    /// Its CPU time so far (`se.sum_exec_runtime`, plus the running
+    /// slice's part not yet added when it is on a CPU).
+    pub exec_ns: u64,
+    /// Its run-queue waits so far (`sched_info.run_delay`, plus the
+    /// current wait's part when it is waiting). With `exec_ns` and the
+    /// wall clock, its exact time asleep: what is neither run nor waited.
+    pub run_delay_ns: u64,
+    /// Time stolen from its CPUs while it ran (by the hypervisor: steal
+    /// time), so far: in neither its CPU time nor its waits. Summed at its
+    /// switch-outs by `sched_switch` ([`StolenSlot`]), plus the running
+    /// slice's part when it is on a CPU.
+    pub stolen_ns: u64,
+    pub tid: u32,
+    /// [`tick_flags`].
+    pub flags: u32,
+}
+
+/// Time stolen from one thread's running slices on one CPU (map
+/// `THREAD_STOLEN`, per CPU, slot `tid % STOLEN_SLOTS`): at a target
+/// thread's switch-out, its slice's run-queue clock less its CPU time (the
+/// scheduler's task clock skips steal time). A slot another thread holds
+/// is taken over (its sum starts again), so with more than
+/// [`STOLEN_SLOTS`] threads some sums restart; user space sees a sum fall
+/// and counts from there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StolenSlot {
+    pub stolen_ns: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+/// Slots of `THREAD_STOLEN` per CPU (a power of two).
+pub const STOLEN_SLOTS: u32 = 1024;
+
+/// CPUs whose `THREAD_STOLEN` slots an off-CPU tick sums at most.
+pub const TICK_MAX_CPUS: u32 = 512;
+
+/// Bits of [`TickThread::flags`].
+pub mod tick_flags {
+    /// Off CPU at the tick: not on a CPU, and sleeping
+    /// (`TASK_INTERRUPTIBLE` or `TASK_UNINTERRUPTIBLE`), or woken inside a
+    /// system call and waiting for a CPU (the end of a block).
+    pub const BLOCKED: u32 = 1;
+    /// Blocked and chosen by the tick's draw ([`tick_selected`]): its
+    /// stack stands for the thread's blocked ticks.
+    pub const SELECTED: u32 = 2;
+    /// A stack follows (selected, and a block whose stack user space did
+    /// not have yet).
+    pub const STACK: u32 = 4;
+    /// Blocked because woken and waiting for a CPU (not asleep): the
+    /// block's tail, part of `run_delay_ns`.
+    pub const WOKEN: u32 = 8;
+    /// In a run queue waiting for a CPU, woken or preempted.
+    pub const WAITING: u32 = 16;
+}
+
+/// What user space sets before each tick's read (map `OFF_CPU_TICK`, one
+/// slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickConfig {
+    /// This tick's draw: a blocked thread is selected when
+    /// `tick_selected(seed, tid, threshold)`.
+    pub seed: u64,
+    /// Selection probability × 2^32 (`u32::MAX`: every blocked thread).
+    pub threshold: u32,
+    pub _pad: u32,
+}
+
+/// Pages of user stack an off-CPU tick copies at most: its whole record
+/// (a [`TickThread`], the head, the pages) must fit the iterator's output
+/// buffer, 32 KiB per object (`bpf_iter`'s `seq_file`), or the read fails.
+pub const TICK_STACK_PAGES: usize = 7;
+
+/// Whether blocked thread `tid` is selected at a tick with `seed`: a
+/// 64-bit mix of the two (splitmix64's finalizer), its top 32 bits under
+/// `threshold`. The same on both sides of the kernel boundary; decided
+/// from the tick's inputs only, so an object the iterator shows twice (its
+/// output overflowed the buffer) gets the same answer.
+#[inline(always)]
+pub fn tick_selected(seed: u64, tid: u32, threshold: u32) -> bool {
+    let mut x = seed ^ u64::from(tid);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    threshold == u32::MAX || ((x >> 32) as u32) < threshold
 }
 
 /// Smallest ring buffer, used when profiling is off (the map exists in the
@@ -364,16 +315,22 @@ mod user {
     // SAFETY: #[repr(C)], integers only, no padding (asserted below).
     unsafe impl aya::Pod for super::ProfileStats {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::SchedRecord {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::SchedCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TickConfig {}
 }
 
-const _: () = assert!(core::mem::size_of::<ProfileStats>() == 8 * 8);
-const _: () = assert!(core::mem::size_of::<SchedRecord>() == 40);
-const _: () = assert!(core::mem::size_of::<ThreadSched>() == 56);
-const _: () = assert!(core::mem::size_of::<SchedCounts>() == 8 + RUNQ_BINS * 8);
-const _: () = assert!(core::mem::size_of::<OffCpuBudget>() == 56);
+const _: () = assert!(core::mem::size_of::<ProfileStats>() == 5 * 8);
+const _: () = assert!(core::mem::size_of::<ThreadStack>() == 16);
+const _: () = assert!(core::mem::size_of::<SchedCounts>() == RUNQ_BINS * 8);
+const _: () = assert!(core::mem::size_of::<TickThread>() == 64);
+const _: () = assert!(core::mem::size_of::<TickConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<StolenSlot>() == 16);
+const _: () = assert!(STOLEN_SLOTS.is_power_of_two());
+const _: () = assert!(
+    core::mem::size_of::<TickThread>() + SAMPLE_HEAD_BYTES + TICK_STACK_PAGES * STACK_PAGE
+        <= 32 * 1024
+);
 const _: () = assert!(SAMPLE_HEAD_BYTES == 5 * 8 + 6 * 4 + KERNEL_FRAMES * 8);
 const _: () =
     assert!(core::mem::size_of::<ProfileSample>() == SAMPLE_HEAD_BYTES + STACK_PAGE * STACK_PAGES);
@@ -399,25 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_chosen_one_in_their_number_over_the_aim() {
-        // 99 stacks/s (the default --profile-hz): 10 per 100 ms period.
-        let per_period = off_cpu_stacks_per_period(99);
-        assert_eq!(per_period, 10);
-        assert_eq!(off_cpu_stacks_per_period(0), 1);
-        assert_eq!(off_cpu_stacks_per_period(1), 1);
-        assert_eq!(off_cpu_stacks_per_period(1000), 100);
-        assert_eq!(off_cpu_one_in(0, per_period), 1);
-        assert_eq!(off_cpu_one_in(per_period * 2 - 1, per_period), 1, "under twice the aim: all");
-        assert_eq!(off_cpu_one_in(per_period * 2, per_period), 2);
-        assert_eq!(off_cpu_one_in(per_period * 50 + 3, per_period), 50);
-        assert_eq!(off_cpu_one_in(7, 0), 7, "no division by zero");
-    }
-
-    #[test]
     fn stack_copies_stop_at_the_known_end_and_probe_again_now_and_then() {
         const P: u64 = STACK_PAGE as u64;
         let base = 0x7f00_0000_0000u64;
-        let mut t = ThreadSched::default();
+        let mut t = ThreadStack::default();
         assert_eq!(t.stack_pages_to_copy(base), STACK_PAGES, "end not known");
         t.stack_top = base + 3 * P;
         assert_eq!(t.stack_pages_to_copy(base), 3);
@@ -432,9 +374,21 @@ mod tests {
     }
 
     #[test]
-    fn the_bucket_refills_at_twice_the_aim() {
-        assert_eq!(off_cpu_stacks_per_sec_max(99), 198);
-        assert_eq!(off_cpu_stack_cost_ns(99), 1_000_000_000 / 198);
-        assert_eq!(off_cpu_stack_cost_ns(0), 500_000_000);
+    fn tick_draws_select_their_share_of_threads() {
+        let n = 100_000u32;
+        for (threshold, share) in [(u32::MAX / 4, 0.25), (u32::MAX / 2, 0.5)] {
+            for seed in [1u64, 0xdead_beef, 7 << 40] {
+                let chosen = (0..n).filter(|&tid| tick_selected(seed, tid, threshold)).count();
+                let got = chosen as f64 / f64::from(n);
+                assert!((got - share).abs() < 0.01, "seed {seed}: {got} for {share}");
+            }
+        }
+        assert!((0..1000).all(|tid| tick_selected(3, tid, u32::MAX)), "all");
+        assert!(!(0..1000).any(|tid| tick_selected(3, tid, 0)), "none");
+        // Another seed selects other threads (independent draws per tick).
+        let same = (0..1000)
+            .filter(|&t| tick_selected(1, t, u32::MAX / 2) == tick_selected(2, t, u32::MAX / 2))
+            .count();
+        assert!((400..600).contains(&same), "{same} of 1000 alike");
     }
 }

@@ -47,7 +47,17 @@ pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets {
     task_cfs_rq: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,
+    task_state: 0,
+    task_on_cpu: 0,
+    task_nvcsw: 0,
+    task_nivcsw: 0,
+    task_on_rq: 0,
+    task_exec_start: 0,
+    task_last_queued: 0,
+    rq_clock_task: 0,
+    task_start_time: 0,
     task_last_arrival: 0,
+    task_prev_sum_exec_runtime: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -1,8 +1,7 @@
 //! The cpu-clock `perf_event` program of every CPU, at `--profile-hz`,
 //! attached only when profiling (`--profile-dir`): a sample of the target
-//! thread that is running (`profile.rs` builds and sends it), and the end
-//! of that thread's last block if it is not counted yet (`offcpu.rs`).
-//! User-space twin: `agent/src/probes/profile.rs`.
+//! thread that is running (`profile.rs` builds and sends it). User-space
+//! twin: `agent/src/probes/profile.rs`.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -11,7 +10,7 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 
-use crate::{config, offcpu, profile};
+use crate::{config, profile};
 
 #[perf_event]
 pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
@@ -21,17 +20,14 @@ pub fn profile_cpu_clock(ctx: PerfEventContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a helper without arguments; the current task, BTF-typed.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
-    // Its state, if it has switched out since profiling began: one storage
+    // Where its stack ends, as its last copies found it: one storage
     // lookup per sample of the target, ~200 a second.
-    let mut state = offcpu::thread_sched(task, false);
+    let state = profile::thread_stack(task);
     let ids = (config::target_tgid(), tid);
-    if profile::send_stack(ctx.as_ptr(), ids, 0, now, state.as_deref_mut()) {
+    if profile::send_stack(ctx.as_ptr(), ids, 0, now, state) {
         stats.sent += 1;
     } else {
         stats.ring_full += 1;
-    }
-    if let Some(t) = state {
-        offcpu::running(task, t, tid);
     }
     0
 }

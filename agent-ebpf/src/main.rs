@@ -8,9 +8,11 @@
 //! - [`net`]: socket tracepoints → requests, upstream calls, errors.
 //! - [`cpu_clock`]: perf cpu-clock → stack samples (`--profile-dir`),
 //!   built and sent by [`profile`].
-//! - [`sched`]: `sched_switch`, attached only when profiling; it calls
-//!   [`offcpu`] → off-CPU stacks, run-queue waits. (CPU time needs no
-//!   program: user space reads the target's process CPU clock.)
+//! - [`sched`]: `sched_switch`, attached only when profiling → run-queue
+//!   waits. (CPU time needs no program: user space reads the target's
+//!   process CPU clock.)
+//! - [`offcpu_ticks`]: a task iterator user space reads at each off-CPU
+//!   tick (`--profile-dir`) → blocked threads' states and stacks.
 //! - [`stats`]: an empty program, attached only while the kernel's run-time
 //!   statistics are on: the statistics' own cost per run.
 //!
@@ -34,7 +36,7 @@ mod memory;
 mod net;
 // CPU profiling (issue 15), attached only with --profile-dir.
 mod cpu_clock;
-mod offcpu;
+mod offcpu_ticks;
 mod profile;
 mod sched;
 mod stats;

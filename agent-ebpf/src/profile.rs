@@ -1,6 +1,6 @@
-//! CPU profiling (`--profile-dir`): the samples both profiling hooks send
-//! (`cpu_clock.rs` at each cpu-clock sample of a target thread, `offcpu.rs`
-//! when one blocks). A sample holds the thread's user registers, its
+//! CPU profiling (`--profile-dir`): the samples the cpu-clock program
+//! sends (`cpu_clock.rs`, at each sample of a target thread; the off-CPU
+//! ticks build theirs the same way, `offcpu_ticks.rs`). A sample holds the thread's user registers, its
 //! kernel stack and a copy of the top of its user stack; user space unwinds
 //! the copy with the binaries' `.eh_frame` (`agent/src/profile/`), so
 //! binaries built without frame pointers unwind too. User-space twin:
@@ -9,17 +9,19 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SchedRecord, ThreadSched,
-    sample_flags, sample_record_bytes,
+    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, ThreadStack, sample_flags,
+    sample_record_bytes,
 };
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::{
         bpf_get_smp_processor_id, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_task_btf, bpf_get_stack, bpf_probe_read_user, bpf_task_pt_regs,
+            bpf_task_storage_get,
         },
     },
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, PerCpuArray, RingBuf},
 };
 
@@ -33,12 +35,61 @@ static PROFILE_SAMPLES: RingBuf = RingBuf::with_byte_size(agent_common::profile:
 static PROFILE_STATS: PerCpuArray<ProfileStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// One [`ProfileSample`] per possible CPU (resized by user space before
-/// load), indexed by CPU: a per-CPU array cannot hold 33 KiB values. The
-/// two programs that fill it never interrupt each other on one CPU
-/// (`sched_switch` runs with interrupts off, the cpu-clock program in
-/// the timer's interrupt).
+/// load), indexed by CPU: a per-CPU array cannot hold 33 KiB values. Only
+/// the cpu-clock program fills it (in the timer's interrupt: it does not
+/// nest on one CPU).
 #[map]
 static PROFILE_SCRATCH: Array<ProfileSample> = Array::with_max_entries(1, 0);
+
+/// A `BPF_MAP_TYPE_TASK_STORAGE` map declared in BTF, which aya-ebpf 0.2
+/// has no type for (the layout `btf_map_def!` gives its storage maps:
+/// the loader reads the map's kind from the fields' types).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholders read by the loader only, never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        use core::ptr::null;
+        TaskStorage {
+            r#type: null(),
+            key: null(),
+            value: null(),
+            max_entries: null(),
+            map_flags: null(),
+        }
+    }
+}
+
+/// Each sampled target thread's user stack end, as its copies found it
+/// (the kernel keeps it with the `task_struct`: no hash to look up, freed
+/// with the thread, so a reused tid starts afresh).
+#[btf_map]
+static THREAD_STACK: TaskStorage<ThreadStack> = TaskStorage::new();
+
+/// `task`'s [`ThreadStack`] (a BTF-typed `struct task_struct *`), made
+/// zeroed when missing. The task storage helper returns NULL rather than
+/// nest when this CPU is already in it.
+#[inline(always)]
+pub(crate) fn thread_stack(task: *const u8) -> Option<&'static mut ThreadStack> {
+    let map = core::ptr::addr_of!(THREAD_STACK) as *mut c_void;
+    let flags = u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    // SAFETY: `task` is a trusted task pointer; with a NULL value the
+    // kernel zeroes a new entry.
+    let p = unsafe { bpf_task_storage_get(map, task as *mut _, core::ptr::null_mut(), flags) };
+    // SAFETY: the thread's own entry; its stack is copied by one program
+    // at a time (a cpu-clock sample while it runs, a tick while it does
+    // not).
+    (!p.is_null()).then(|| unsafe { &mut *(p as *mut ThreadStack) })
+}
 
 /// x86_64 `struct pt_regs` offsets (the architecture's layout, fixed by its
 /// entry code): `bp`, `ip`, `sp`.
@@ -52,7 +103,7 @@ pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 /// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
 /// target): its user registers, its kernel stack at `ctx`, its user stack
 /// (up to its end as `thread` knows it, and records where it found it:
-/// see [`ThreadSched::stack_top`]; `None`: the thread has no state yet).
+/// see [`ThreadStack::stack_top`]; `None`: no storage could be had).
 /// Built in this CPU's scratch, then sent as one record holding only the
 /// stack pages copied. False when the ring buffer is full.
 #[inline(always)]
@@ -61,7 +112,7 @@ pub(crate) fn send_stack(
     (tgid, tid): (u32, u32),
     flags: u32,
     time_ns: u64,
-    mut thread: Option<&mut ThreadSched>,
+    mut thread: Option<&mut ThreadStack>,
 ) -> bool {
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -137,12 +188,6 @@ pub(crate) fn send_stack(
         stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
     }
     true
-}
-
-/// Sends a small record; false when the ring buffer is full.
-#[inline(always)]
-pub(crate) fn send_sched(record: SchedRecord) -> bool {
-    PROFILE_SAMPLES.output::<SchedRecord>(&record, BPF_RB_NO_WAKEUP).is_ok()
 }
 
 /// This CPU's counters.

@@ -277,8 +277,9 @@ struct CommonArgs {
     profile_hz: u32,
     /// With --profile-dir: off-CPU stacks aimed at per second per CPU
     /// (default: a quarter of --profile-hz, 25). Each costs several
-    /// samples' time (its kernel stack is unwound inside the scheduler);
-    /// every block is timed whatever the rate, the stacks share that time.
+    /// samples' time (a blocked thread's stack copied from its memory);
+    /// each thread's time off CPU is counted whatever the rate, the stacks
+    /// share it.
     #[arg(long, value_name = "HZ", requires = "profile_dir", conflicts_with = "no_off_cpu")]
     off_cpu_hz: Option<u32>,
     /// With --profile-dir: no off-CPU profiles (stacks where threads block,

@@ -50,6 +50,16 @@ fn set_policy(policy: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes the calling thread `SCHED_OTHER` again: a thread whose wake-ups
+/// must come on time (the off-CPU ticks: a `SCHED_BATCH` tick runs when a
+/// CPU goes idle, i.e. just as target threads block, and saw them blocked
+/// more often than they are). A refusal is a warning.
+pub fn run_as_other() {
+    if let Err(e) = set_policy(libc::SCHED_OTHER) {
+        eprintln!("perf-agent: warning: cannot switch the off-CPU ticks to SCHED_OTHER ({e})");
+    }
+}
+
 /// The calling thread's policy (tests).
 pub fn current_policy() -> libc::c_int {
     // SAFETY: a plain system call on the calling thread.

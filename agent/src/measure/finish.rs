@@ -57,7 +57,7 @@ pub(super) fn finish(
     };
     let mut driver = k6_driver(opts, k6_ready.as_ref(), target.exec_ns.is_some());
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
-    let mut profiler = profiling::start(&mut probes, target.pid)?;
+    let mut profiler = profiling::start(&mut probes, target.pid, opts)?;
     let result = session::run(&mut probes, pidfd, &config, controller)?;
     let programs = probes.program_stats();
     if let Some(p) = profiler.as_mut() {

@@ -12,17 +12,32 @@ use crate::{
 impl MeasureOptions {
     /// What the profiling programs are attached for (`None`: not at all).
     pub(super) fn profile_config(&self) -> Option<ProfileConfig> {
-        self.profile.as_ref().map(|p| ProfileConfig {
-            hz: p.hz,
-            off_cpu: p.off_cpu,
-            off_cpu_hz: p.off_cpu_hz,
-        })
+        self.profile.as_ref().map(|p| ProfileConfig { hz: p.hz })
     }
 }
 
-/// Starts draining the sampler's ring, before the sampling loop.
-pub(super) fn start(probes: &mut Probes, pid: u32) -> anyhow::Result<Option<Profiler>> {
-    probes.take_profile_probe().map(|p| Profiler::start(p, pid)).transpose()
+/// Starts draining the sampler's ring, before the sampling loop; off-CPU
+/// ticks too unless `--no-off-cpu`: at `--profile-hz`, taking about
+/// `--off-cpu-hz` stacks of new blocks per CPU and second.
+pub(super) fn start(
+    probes: &mut Probes,
+    pid: u32,
+    opts: &MeasureOptions,
+) -> anyhow::Result<Option<Profiler>> {
+    let Some(probe) = probes.take_profile_probe() else { return Ok(None) };
+    let ticks = match &opts.profile {
+        Some(p) if p.off_cpu => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            Some(crate::profile::offcpu_ticks::OffCpuTicker::new(
+                probes.offcpu_ticks(pid)?,
+                std::time::Duration::from_secs_f64(1.0 / f64::from(p.hz.max(1))),
+                f64::from(p.off_cpu_hz) * cpus / f64::from(p.hz.max(1)),
+                crate::clock::monotonic_ns(),
+            ))
+        }
+        _ => None,
+    };
+    Profiler::start(probe, pid, ticks).map(Some)
 }
 
 /// What became of the profiles.

@@ -30,10 +30,21 @@ pub fn offsets(btf: &Btf, o: &mut agent_common::TracepointOffsets) -> anyhow::Re
     o.task_cfs_rq = btf.field_offset("task_struct", &["se", "cfs_rq"]).unwrap_or(0);
     o.cfs_rq_rq = btf.field_offset("cfs_rq", &["rq"]).unwrap_or(0);
     o.rq_clock = btf.field_offset("rq", &["clock"]).unwrap_or(0);
-    // Where a block of a target thread ends (`TracepointOffsets::task_last_arrival`);
-    // 0: at the thread's next switch-out instead.
+    // Off-CPU ticks (`TracepointOffsets::task_state`).
+    o.task_state = btf.field_offset("task_struct", &["__state"])?;
+    o.task_on_cpu = btf.field_offset("task_struct", &["on_cpu"])?;
+    o.task_nvcsw = btf.field_offset("task_struct", &["nvcsw"])?;
+    o.task_nivcsw = btf.field_offset("task_struct", &["nivcsw"])?;
+    o.task_on_rq = btf.field_offset("task_struct", &["on_rq"])?;
+    o.task_exec_start = btf.field_offset("task_struct", &["se", "exec_start"])?;
+    o.task_last_queued =
+        btf.field_offset("task_struct", &["sched_info", "last_queued"]).unwrap_or(0);
+    o.rq_clock_task = btf.field_offset("rq", &["clock_task"]).unwrap_or(0);
+    o.task_start_time = btf.field_offset("task_struct", &["start_time"])?;
     o.task_last_arrival =
         btf.field_offset("task_struct", &["sched_info", "last_arrival"]).unwrap_or(0);
+    o.task_prev_sum_exec_runtime =
+        btf.field_offset("task_struct", &["se", "prev_sum_exec_runtime"])?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Loading and attaching the eBPF programs of `agent-ebpf`, one module per
 //! probe family with the same name as its kernel side
 //! (`memory.rs` ↔ [`memory`], `net/` ↔ [`net`], [`open_sockets`] and
-//! [`adoption`], `exec.rs` ↔ [`exec`], `sched.rs` and `offcpu.rs` ↔
-//! [`profile`]; [`cpu`] has no program: it reads the target's process CPU
-//! clock). [`hook`] loads and
+//! [`adoption`], `exec.rs` ↔ [`exec`], `cpu_clock.rs` and `sched.rs` ↔
+//! [`profile`], `offcpu_ticks.rs` ↔ [`offcpu_ticks`]; [`cpu`] has no
+//! program: it reads the target's process CPU clock). [`hook`] loads and
 //! attaches any of them; names come from `agent_common::names`.
 //!
 //! The object is configured before load through `const volatile` globals
@@ -19,6 +19,7 @@ pub mod hook;
 mod mapping;
 pub mod memory;
 pub mod net;
+pub mod offcpu_ticks;
 mod open_sockets;
 pub mod profile;
 mod since;
@@ -177,6 +178,9 @@ impl Probes {
         let profile = profile
             .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
             .transpose()?;
+        if profile.is_some() {
+            offcpu_ticks::load(&mut ebpf, &kernel_btf)?;
+        }
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })
@@ -224,6 +228,11 @@ impl Probes {
     pub fn drain_final(&mut self, log: &mut RequestLog) -> u64 {
         self.net.drain_last(log);
         self.net.drain_open_exchanges(self.pid, log)
+    }
+
+    /// The off-CPU tick iterator bound to the target `pid` (`--profile-dir`).
+    pub fn offcpu_ticks(&mut self, pid: u32) -> anyhow::Result<offcpu_ticks::OffCpuTicks> {
+        offcpu_ticks::OffCpuTicks::bind(&mut self.ebpf, pid)
     }
 
     /// The cpu-clock sampler's ring and counters, once (`--profile-dir`).
@@ -348,7 +357,7 @@ mod tests {
         for section in [
             "tp_btf/tcp_rcv_space_adjust",
             "tp_btf/tcp_sendmsg_locked",
-            // With --profile-dir, also off-CPU and run-queue work.
+            // With --profile-dir, run-queue waits.
             "tp_btf/sched_switch",
             "tp_btf/inet_sock_set_state",
             // Per segment / readable event of every socket (issue 14).
@@ -371,11 +380,11 @@ mod tests {
                 .iter()
                 .any(|s| s == "CONNS")
         );
-        // The profiling's scheduler work is in `sched_switch` itself.
+        // The run-queue waits are counted in `sched_switch` itself.
         assert!(
             relocation_targets(EBPF_OBJECT, "tp_btf/sched_switch")
                 .iter()
-                .any(|s| s == "THREAD_SCHED")
+                .any(|s| s == "SCHED_COUNTS")
         );
     }
 

@@ -1,16 +1,14 @@
 //! Profiling probe (`--profile-dir`): the `perf_event` program on the
 //! cpu-clock software event of every online CPU, sampling at
-//! `--profile-hz`. Kernel side: `agent-ebpf/src/cpu_clock.rs` (the
-//! program) and `profile.rs` (the samples). What the samples become is
-//! `crate::profile`.
+//! `--profile-hz`, and `sched_switch` for run-queue waits. Kernel side:
+//! `agent-ebpf/src/cpu_clock.rs` (the program), `profile.rs` (the
+//! samples) and `sched.rs`. Off-CPU ticks are `offcpu_ticks.rs` here. What
+//! the samples become is `crate::profile`.
 
 use agent_common::{
     globals,
     names::{maps, programs},
-    profile::{
-        ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts, off_cpu_stacks_per_sec_max,
-        sched_mode,
-    },
+    profile::{ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -23,38 +21,27 @@ use super::{
     take_map,
 };
 
-/// What to sample: cpu-clock at `hz` per CPU; stacks of blocked threads
-/// too when `off_cpu`, about `off_cpu_hz` per CPU (run-queue waits always).
+/// What to sample: cpu-clock at `hz` per CPU (run-queue waits always).
+/// Off-CPU ticks are set up apart (`super::offcpu_ticks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProfileConfig {
     pub hz: u32,
-    pub off_cpu: bool,
-    pub off_cpu_hz: u32,
 }
 
-impl ProfileConfig {
-    /// The most off-CPU stacks per CPU and second (0 without off-CPU): the
-    /// token bucket's rate, twice the aim `off_cpu_hz`.
-    pub fn off_cpu_stacks_per_sec_max(&self) -> u64 {
-        if self.off_cpu { off_cpu_stacks_per_sec_max(self.off_cpu_hz) } else { 0 }
-    }
-}
-
-/// Ring buffer bytes: room for 50 ms of samples at the highest rate on every
-/// CPU (user space drains it every 25 ms), at least 32 records, a power of
-/// two (the kernel's rule for ring buffers). Counted as if every record
-/// held a whole 32 KiB stack; records hold only the pages copied, so
-/// in practice it holds two to three times that.
+/// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (user
+/// space drains it every 25 ms), at least 32 records, a power of two (the
+/// kernel's rule for ring buffers). Counted as if every record held a
+/// whole 32 KiB stack; records hold only the pages copied, so in practice
+/// it holds two to three times that.
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
-    let per_sec = config.hz as usize + config.off_cpu_stacks_per_sec_max() as usize;
-    let records = (per_sec * cpus).div_ceil(20).max(32);
+    let records = (config.hz as usize * cpus).div_ceil(20).max(32);
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
 
-/// Sizes the ring and sets what `sched_switch` does for profiling before
-/// load: a page of ring and nothing when profiling is off (the map is in
-/// the object either way).
+/// Sizes the ring and turns `sched_switch`'s work on before load: a page
+/// of ring and nothing when profiling is off (the map is in the object
+/// either way).
 pub fn configure<'a>(
     loader: &mut EbpfLoader<'a>,
     config: &'a Option<ProfileConfig>,
@@ -69,18 +56,10 @@ pub fn configure<'a>(
     loader.map_max_entries(maps::PROFILE_SCRATCH, scratch_slots);
     // The loader keeps a reference until load: statics.
     static OFF: u32 = 0;
-    static RUNQ: u32 = sched_mode::RUNQ;
-    static RUNQ_AND_OFF_CPU: u32 = sched_mode::RUNQ | sched_mode::OFF_CPU;
-    let mode = match config {
-        None => &OFF,
-        Some(c) if c.off_cpu => &RUNQ_AND_OFF_CPU,
-        Some(_) => &RUNQ,
-    };
-    loader.override_global(globals::PROFILE_SCHED, mode, true);
-    if let Some(c) = config {
-        loader.override_global(globals::OFF_CPU_STACKS_PER_SEC, &c.off_cpu_hz, true);
-    }
-    // `THREAD_SCHED` is a task-storage map, which aya 0.14 creates but has
+    static ON: u32 = 1;
+    let on = if config.is_some() { &ON } else { &OFF };
+    loader.override_global(globals::PROFILE_SCHED, on, true);
+    // `THREAD_STACK` is a task-storage map, which aya 0.14 creates but has
     // no user-space type for (it calls it unsupported); user space never
     // reads it.
     loader.allow_unsupported_maps();
@@ -94,8 +73,18 @@ pub struct ProfileProbe {
     pub sched_counts: PerCpuArray<MapData, SchedCounts>,
 }
 
-/// The profiling programs' counters summed over CPUs.
-pub type ProfileCounters = ProfileStats;
+/// The profiling programs' counters summed over CPUs, and what the
+/// off-CPU ticks counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProfileCounters {
+    pub kernel: ProfileStats,
+    /// Off-CPU ticks read, the target's blocks (voluntary switches) while
+    /// they ran, the stacks they took and those stacks' user bytes.
+    pub off_cpu_ticks: u64,
+    pub off_cpu_blocks: u64,
+    pub off_cpu_stacks: u64,
+    pub off_cpu_stack_bytes: u64,
+}
 
 impl ProfileProbe {
     /// `kernel_btf`: for `sched_switch`, a BTF tracepoint.
@@ -117,37 +106,30 @@ impl ProfileProbe {
         let event = SoftwareEvent::CpuClock;
         let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
         hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
-        // Off-CPU stacks and run-queue waits, set up by `configure`: the
-        // only use of `sched_switch` (`agent-ebpf/src/sched.rs`).
+        // Run-queue waits, turned on by `configure`: the only use of
+        // `sched_switch` (`agent-ebpf/src/sched.rs`).
         let switch = Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf };
         hook::attach(ebpf, programs::SCHED_SWITCH, switch)?;
         Ok(ProfileProbe { ring, stats, sched_counts })
     }
 }
 
-/// Reads the program's counters.
-pub fn read_counters(
-    stats: &PerCpuArray<MapData, ProfileStats>,
-) -> anyhow::Result<ProfileCounters> {
-    let mut c = ProfileCounters::default();
+/// Reads the programs' counters, summed over CPUs.
+pub fn read_counters(stats: &PerCpuArray<MapData, ProfileStats>) -> anyhow::Result<ProfileStats> {
+    let mut c = ProfileStats::default();
     for s in stats.get(&0, 0)?.iter() {
         c.accumulate(s);
     }
     Ok(c)
 }
 
-/// [`SchedCounts`] summed over CPUs: ns off CPU (every block of the
-/// target's threads, exact), run-queue waits per bin.
-pub fn read_sched_counts(
-    map: &PerCpuArray<MapData, SchedCounts>,
-) -> anyhow::Result<(u64, Vec<u64>)> {
+/// Run-queue waits per bin ([`SchedCounts`]), summed over CPUs.
+pub fn read_sched_counts(map: &PerCpuArray<MapData, SchedCounts>) -> anyhow::Result<Vec<u64>> {
     let mut runq = vec![0u64; agent_common::profile::RUNQ_BINS];
-    let mut off_cpu = 0;
     for c in map.get(&0, 0)?.iter() {
-        off_cpu += c.off_cpu_ns;
         runq.iter_mut().zip(c.runq.iter()).for_each(|(a, b)| *a += b);
     }
-    Ok((off_cpu, runq))
+    Ok(runq)
 }
 
 #[cfg(test)]
@@ -157,13 +139,10 @@ mod tests {
     #[test]
     fn ring_is_a_power_of_two_holding_50_ms() {
         let record = std::mem::size_of::<ProfileSample>() + 8;
-        for (hz, cpus, off_cpu, off_cpu_hz) in
-            [(99, 2, true, 25), (99, 64, false, 25), (999, 2, true, 999), (1, 1, false, 1)]
-        {
-            let b = ring_bytes(ProfileConfig { hz, off_cpu, off_cpu_hz }, cpus) as usize;
+        for (hz, cpus) in [(99, 2), (99, 64), (999, 2), (1, 1)] {
+            let b = ring_bytes(ProfileConfig { hz }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
-            let rate = hz as usize + if off_cpu { 2 * off_cpu_hz as usize } else { 0 };
-            assert!(b / record >= (rate * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
+            assert!(b / record >= (hz as usize * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }
     }
 }

@@ -1,16 +1,15 @@
 //! The thread draining the profiling ring buffer, and what it gathers:
-//! on-CPU stacks counted, off-CPU stacks weighted by the time blocked,
-//! run-queue waits.
+//! on-CPU stacks counted, run-queue waits, and off-CPU stacks weighted by
+//! the time blocked (read at off-CPU ticks, `offcpu_ticks.rs`).
 
 use std::{
-    collections::HashMap,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use agent_common::profile::{
-    KERNEL_FRAMES, RUNQ_BINS, SAMPLE_HEAD_BYTES, SampleHead, SchedCounts, SchedRecord,
-    sample_flags, sample_record_bytes, sched_kind,
+    KERNEL_FRAMES, RUNQ_BINS, SAMPLE_HEAD_BYTES, SampleHead, SchedCounts, sample_flags,
+    sample_record_bytes,
 };
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 
@@ -19,6 +18,7 @@ use crate::probes::profile::read_sched_counts;
 use super::{
     aggregate::StackCounts,
     offcpu::OffCpuTimes,
+    offcpu_ticks::{OffCpuTicker, TickCounts},
     runq::RunqWaits,
     unwind::{self, Frame, StackWalker, UserRegsAndStack},
 };
@@ -30,9 +30,8 @@ use super::{
 /// (4 MiB more for 50 ms drains on two CPUs). Samples carry their own
 /// times, so how late they are read changes nothing else.
 const DRAIN_EVERY: Duration = Duration::from_millis(25);
-/// How often, in drains, it reads the counts kept in maps (run-queue
-/// waits, the off-CPU total of every block): every 100 ms, the time
-/// resolution of their phases.
+/// How often, in drains, it reads the run-queue waits kept in a map:
+/// every 100 ms, the time resolution of their phases.
 const COUNTS_EVERY: u32 = 4;
 
 /// The window of the `/proc` ground truth, CLOCK_MONOTONIC ns.
@@ -71,14 +70,6 @@ impl Window {
     }
 }
 
-/// A sampled block whose end has not arrived: CLOCK_MONOTONIC ns when it
-/// began, its thread's tgid and its stack.
-struct PendingBlock {
-    start_ns: u64,
-    tgid: u32,
-    stack: Box<[Frame]>,
-}
-
 /// What the draining thread gathered.
 #[derive(Default)]
 pub struct Collected {
@@ -87,33 +78,23 @@ pub struct Collected {
     pub on_cpu: StackCounts,
     pub samples: u64,
     pub truncated: u64,
-    /// ns blocked per thread and stack (at the time the block ended).
+    /// ns off CPU per thread and stack, placed at the ticks that read them.
     pub off_cpu: OffCpuTimes,
-    /// Per tid, its sampled block whose end has not been seen yet (a
-    /// thread blocks once at a time: a newer one replaces a block whose
-    /// end was lost to a full ring, whose time the next end's thread total
-    /// still carries).
-    pending: HashMap<u32, PendingBlock>,
     pub runq: RunqWaits,
     /// cpu-clock samples taken inside it (the sampling rate's numerator).
     pub samples_in_window: u64,
     /// Records of no known size, or a sample whose length is not that of
     /// its stack pages (never expected).
     pub malformed: u64,
-    /// Time spent unwinding and counting, ns.
+    /// Time spent unwinding, ns (cpu-clock samples and off-CPU stacks).
     pub unwind_ns: u64,
+    /// What the off-CPU ticks did (none without them).
+    pub ticks: TickCounts,
 }
 
 impl Collected {
-    /// Handles one ring-buffer record.
+    /// Handles one ring-buffer record: a cpu-clock sample.
     pub fn record(&mut self, bytes: &[u8], frames: &mut Vec<Frame>, window: &Window) {
-        if bytes.len() == std::mem::size_of::<SchedRecord>() {
-            // SAFETY: a record of exactly this plain-integer type's size
-            // (read unaligned: no alignment is assumed).
-            let r = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SchedRecord) };
-            self.sched(r);
-            return;
-        }
         // A sample: its head, then the `user_pages` pages of stack copied.
         if bytes.len() < SAMPLE_HEAD_BYTES {
             self.malformed += 1;
@@ -128,36 +109,15 @@ impl Collected {
             self.malformed += 1;
             return;
         }
-        if head.flags & sample_flags::OFF_CPU == 0 && window.overlap(head.time_ns, 1) == 1 {
+        if window.overlap(head.time_ns, 1) == 1 {
             self.samples_in_window += 1;
         }
         self.sample(&head, stack, frames);
     }
 
-    fn sched(&mut self, r: SchedRecord) {
-        match r.kind {
-            sched_kind::OFF_CPU_END => {
-                let stack = match self.pending.remove(&r.tid) {
-                    Some(p) if p.start_ns == r.time_ns => p.stack,
-                    _ => [Frame::Unsampled].into(),
-                };
-                // At the block's end, where the kernel's per-CPU totals
-                // (`OffCpuTimes::all_blocks`) count its time too: placed
-                // at its start, a long block's exact time would land in
-                // an earlier phase than the totals it is split from.
-                let end_ns = r.time_ns.saturating_add(r.block_ns);
-                self.off_cpu.sampled(r.tid, end_ns, &stack, r.duration_ns, r.thread_off_cpu_ns);
-            }
-            sched_kind::OFF_CPU_LONG_END => {
-                self.off_cpu.unsampled(r.tid, r.time_ns, r.thread_off_cpu_ns);
-            }
-            _ => self.malformed += 1,
-        }
-    }
-
-    /// Unwinds one sample: an on-CPU one is counted, an off-CPU one waits
-    /// for its end.
-    pub fn sample(&mut self, s: &SampleHead, user_stack: &[u8], frames: &mut Vec<Frame>) {
+    /// A sample's frames into `frames`: user (when its registers were
+    /// read), then kernel.
+    pub(super) fn unwind(&mut self, s: &SampleHead, user_stack: &[u8], frames: &mut Vec<Frame>) {
         let started = Instant::now();
         frames.clear();
         if s.flags & sample_flags::NO_USER_REGS == 0 {
@@ -174,70 +134,66 @@ impl Collected {
         }
         let kernel = (s.kernel_bytes.max(0) as usize / 8).min(KERNEL_FRAMES);
         unwind::kernel_frames(&s.kernel_stack[..kernel], frames);
-        if s.flags & sample_flags::OFF_CPU != 0 {
-            let block =
-                PendingBlock { start_ns: s.time_ns, tgid: s.tgid, stack: frames.as_slice().into() };
-            self.pending.insert(s.tid, block);
-        } else {
-            if frames.first() == Some(&Frame::Truncated) {
-                self.truncated += 1;
-            }
-            self.samples += 1;
-            self.on_cpu.add(s.time_ns, frames);
-        }
         self.unwind_ns += started.elapsed().as_nanos() as u64;
     }
 
-    /// Blocks still going on at `end_ns` count until then, if their thread
-    /// still lives: a thread that exited blocked on its way out (and its
-    /// process may be gone) does not. (The kernel counts a block at its
-    /// thread's next switch-out, so one that ended while its thread has
-    /// run since without leaving a CPU is counted here to the end too.)
-    pub fn close(&mut self, end_ns: u64) {
-        for (tid, b) in std::mem::take(&mut self.pending) {
-            if std::path::Path::new(&format!("/proc/{}/task/{tid}", b.tgid)).exists() {
-                // At the end, like every block at its end (see `sched`).
-                let ns = end_ns.saturating_sub(b.start_ns);
-                self.off_cpu.ongoing(end_ns.saturating_sub(1), &b.stack, ns);
-            }
+    /// Unwinds one cpu-clock sample and counts it.
+    pub fn sample(&mut self, s: &SampleHead, user_stack: &[u8], frames: &mut Vec<Frame>) {
+        self.unwind(s, user_stack, frames);
+        if frames.first() == Some(&Frame::Truncated) {
+            self.truncated += 1;
         }
+        self.samples += 1;
+        self.on_cpu.add(s.time_ns, frames);
     }
 }
 
-/// The thread's body: drains every [`DRAIN_EVERY`] and reads the counts
-/// every [`COUNTS_EVERY`] drains until `stop`, then once more.
+/// The thread's body: drains every [`DRAIN_EVERY`] (or each off-CPU
+/// tick, when those come more often), reads the run-queue waits every
+/// [`COUNTS_EVERY`] drains, and ticks when due, until `stop`, then once
+/// more.
 pub fn drain_until_stopped(
     mut ring: RingBuf<MapData>,
     counts: PerCpuArray<MapData, SchedCounts>,
+    mut ticks: Option<OffCpuTicker>,
     stop: &AtomicBool,
     window: &Window,
 ) -> Collected {
     let mut c = Collected::default();
     let mut frames = Vec::with_capacity(256);
-    let mut last = (0u64, vec![0u64; RUNQ_BINS]);
-    for tick in 0u32.. {
+    let mut last = vec![0u64; RUNQ_BINS];
+    let sleep = ticks.as_ref().map_or(DRAIN_EVERY, |t| t.every().min(DRAIN_EVERY));
+    if ticks.is_some() {
+        // Not SCHED_BATCH like the rest of the agent: a batch thread runs
+        // when a CPU goes idle, i.e. as target threads block, and would
+        // see them blocked more often than they are.
+        crate::priority::run_as_other();
+    }
+    for drain in 0u32.. {
         let stopping = stop.load(Ordering::Relaxed);
         while let Some(item) = ring.next() {
             c.record(&item, &mut frames, window);
         }
-        if tick % COUNTS_EVERY == 0 || stopping {
+        if let Some(t) = ticks.as_mut() {
+            t.tick_if_due(crate::clock::monotonic_ns(), &mut c, &mut frames);
+        }
+        if drain % COUNTS_EVERY == 0 || stopping {
             // Deltas since the last read, placed at this time.
-            if let Ok((off_cpu, runq)) = read_sched_counts(&counts) {
+            if let Ok(runq) = read_sched_counts(&counts) {
                 let now = crate::clock::monotonic_ns();
-                let d = off_cpu.saturating_sub(last.0);
-                if d > 0 {
-                    c.off_cpu.all_blocks(now, d);
-                }
                 let bins: Vec<u64> =
-                    runq.iter().zip(&last.1).map(|(a, b)| a.saturating_sub(*b)).collect();
+                    runq.iter().zip(&last).map(|(a, b)| a.saturating_sub(*b)).collect();
                 c.runq.add_bins(now, &bins);
-                last = (off_cpu, runq);
+                last = runq;
             }
         }
         if stopping {
             break;
         }
-        std::thread::sleep(DRAIN_EVERY);
+        std::thread::sleep(sleep);
+    }
+    if let Some(t) = ticks {
+        c.ticks = t.counts();
     }
     c
 }
@@ -274,49 +230,5 @@ mod tests {
         c.record(&sample_record(&head, 1), &mut frames, &window);
         c.record(&sample_record(&head, 0)[..SAMPLE_HEAD_BYTES - 8], &mut frames, &window);
         assert_eq!((c.samples, c.malformed), (1, 2));
-    }
-
-    /// A sampled block that began in one phase and ended in the next is
-    /// placed at its end, where the kernel's per-CPU totals count it: the
-    /// later phase splits its time by the block's stack, none of it "not
-    /// sampled", and the earlier one has none of it. (Placed at its start,
-    /// the later phase showed it as `[stack not sampled]`: 38.8 % of a
-    /// k6 demo's ramp-up, 9.2 % since.)
-    #[test]
-    fn a_block_is_placed_where_it_ended() {
-        const S: u64 = 1_000_000_000;
-        // SAFETY: integers only: all zeroes is a valid head.
-        let mut head: SampleHead = unsafe { std::mem::zeroed() };
-        head.flags = sample_flags::NO_USER_REGS | sample_flags::OFF_CPU;
-        head.tid = 7;
-        head.time_ns = S;
-        let window = Window::starting(0);
-        let mut c = Collected::default();
-        let mut frames = Vec::new();
-        c.record(&sample_record(&head, 0), &mut frames, &window);
-        let record = SchedRecord {
-            time_ns: S,
-            duration_ns: 2 * S,
-            block_ns: 2 * S,
-            thread_off_cpu_ns: 2 * S,
-            tid: 7,
-            kind: sched_kind::OFF_CPU_END,
-        };
-        // SAFETY: a #[repr(C)] struct of integers without padding.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&record as *const SchedRecord).cast::<u8>(),
-                std::mem::size_of::<SchedRecord>(),
-            )
-        };
-        c.record(bytes, &mut frames, &window);
-        // The per-CPU totals grew by it when it ended, read soon after.
-        c.off_cpu.all_blocks(3 * S + S / 20, 2 * S);
-        let before = c.off_cpu.estimate(Some((0, 2 * S)));
-        assert!(before.is_empty(), "{before:?}");
-        let after = c.off_cpu.estimate(Some((2 * S, 4 * S)));
-        assert_eq!(after.len(), 1, "{after:?}");
-        assert_eq!(after[0].1, 2 * S);
-        assert_ne!(after[0].0[0], Frame::Unsampled, "{after:?}");
     }
 }

@@ -5,9 +5,12 @@
 //! symbolized ([`symbols`]) and written as folded stacks and flame graphs
 //! ([`output`]).
 //!
-//! With off-CPU on (the default), stacks are also taken when a target
-//! thread blocks and weighted by the time until it runs again, and every
-//! run-queue wait is timed (`agent-ebpf/src/offcpu.rs`, [`runq`]).
+//! With off-CPU on (the default), the same thread reads a task iterator
+//! bound to the target at every 1/`--profile-hz` ([`offcpu_ticks`]): each
+//! thread's time off CPU from the scheduler's counters ([`tick_totals`]),
+//! and the stacks of a few blocked threads, which split it ([`offcpu`]).
+//! Every run-queue wait is timed at the switch-in that ends it
+//! (`agent-ebpf/src/sched.rs`, [`runq`]).
 //!
 //! A thread of its own drains the ring buffer every 25 ms ([`collect`]; the
 //! kernel side does not wake it), so the sampling loop of `session.rs` is
@@ -19,12 +22,14 @@ pub mod diff;
 pub mod elf;
 pub mod maps;
 pub mod offcpu;
+pub mod offcpu_ticks;
 pub mod output;
 pub mod pprof;
 pub mod proc_truth;
 pub mod runq;
 mod summary;
 pub mod symbols;
+pub mod tick_totals;
 pub mod unwind;
 
 use std::{
@@ -72,13 +77,10 @@ pub const MAX_HZ: u32 = 10_000;
 
 /// Default `--off-cpu-hz` for a `--profile-hz`: a quarter of it, at least
 /// 1 (25 at 99 Hz). An off-CPU stack costs more than a cpu-clock sample:
-/// its kernel stack is unwound from inside the scheduler, through ~20
-/// frames whose unwind tables (ORC) are cold by then. When the host's
-/// memory was contended that unwinding came to ~30 µs a stack, a third of
-/// `sched_switch`'s time at 99 a second (`docs/performance.md`, twelfth
-/// session). Every block is timed whatever the rate: the stacks only share
-/// their thread's exact total, so fewer of them coarsen the split, never
-/// the total.
+/// the user stack is copied page by page from another thread's memory and
+/// the kernel stack unwound from its saved frame. The stacks only split
+/// their thread's total, which the scheduler's counters give whatever the
+/// rate: fewer of them coarsen the split, never the total.
 pub fn default_off_cpu_hz(hz: u32) -> u32 {
     hz.div_ceil(4).max(1)
 }
@@ -152,7 +154,11 @@ pub struct Profiler {
 impl Profiler {
     /// Starts draining; `pid`'s run-queue delay in `/proc` is read now, as
     /// the ground truth's start.
-    pub fn start(probe: ProfileProbe, pid: u32) -> anyhow::Result<Profiler> {
+    pub fn start(
+        probe: ProfileProbe,
+        pid: u32,
+        ticks: Option<offcpu_ticks::OffCpuTicker>,
+    ) -> anyhow::Result<Profiler> {
         let stop = Arc::new(AtomicBool::new(false));
         let ProfileProbe { ring, stats, sched_counts } = probe;
         let flag = stop.clone();
@@ -162,7 +168,7 @@ impl Profiler {
         let w = window.clone();
         let thread = std::thread::Builder::new()
             .name("perf-agent-profile".into())
-            .spawn(move || collect::drain_until_stopped(ring, sched_counts, &flag, &w))
+            .spawn(move || collect::drain_until_stopped(ring, sched_counts, ticks, &flag, &w))
             .context("starting the profiling thread")?;
         Ok(Profiler {
             stop,
@@ -185,26 +191,32 @@ impl Profiler {
         self.window.end(crate::clock::monotonic_ns());
     }
 
-    /// After the programs are detached: drains what is left, stops; blocks
-    /// still going on count until now.
+    /// After the programs are detached: drains what is left, stops.
     pub fn finish(mut self) -> anyhow::Result<Profile> {
         // Ended once: a process gone by now has no `/proc` snapshot, which
         // must not move the window's end.
         if !self.window.has_ended() {
             self.end_window();
         }
-        let counters = read_counters(&self.stats)?;
+        let kernel = read_counters(&self.stats)?;
         let proc_run_delay = match (&self.proc_at_start, &self.proc_at_end) {
             (Some(a), Some(b)) => Some(proc_truth::RunDelayTruth::between(a, b)),
             _ => None,
         };
         self.stop.store(true, Ordering::Relaxed);
-        let mut collected =
+        let collected =
             self.thread.join().map_err(|_| anyhow::anyhow!("the profiling thread panicked"))?;
-        collected.close(crate::clock::monotonic_ns());
+        let t = collected.ticks;
+        let counters = ProfileCounters {
+            kernel,
+            off_cpu_ticks: t.ticks,
+            off_cpu_blocks: t.blocks,
+            off_cpu_stacks: t.stacks,
+            off_cpu_stack_bytes: t.stack_bytes,
+        };
         let window_ns = self.window.duration_ns();
         let runq_in_window_ns =
-            self.runq_total_at_end.unwrap_or(counters.runq_total_ns) - self.runq_total_at_start;
+            self.runq_total_at_end.unwrap_or(kernel.runq_total_ns) - self.runq_total_at_start;
         Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns })
     }
 }

@@ -1,52 +1,48 @@
-//! Off-CPU time per stack. The kernel side times every block of a target
-//! thread (switch-out to switch-in, on the scheduler's clock: see
-//! `docs/metrics.md` for where that ends a block at its wake-up) but sends
-//! the stack of only 1
-//! in N blocks, each weighted N times its time. Summing those weights per
-//! stack is an unbiased estimate, but a noisy one: its error is that of a
-//! count of a few hundred samples a second, plus the rare long block
-//! (a wake-up followed by a long run-queue wait) that weighs N times a
-//! millisecond or more when it happens to be chosen: ±5-10 % on a
-//! thread blocking 20 000 times a second.
+//! Off-CPU time per stack. Each target thread's total comes from the
+//! scheduler's own counters, read at every off-CPU tick (`tick_totals.rs`:
+//! exact for the time asleep, the waits for a CPU after wake-ups split
+//! from those after preemptions by what the ticks saw). Its stacks come
+//! from a sample: at a tick, a few blocked threads are chosen at random
+//! and each weighs the tick's period over its chance of being chosen for
+//! the stack of its block (`offcpu_ticks.rs`). Summing those weights per
+//! stack would be an unbiased estimate, but a noisy one (a count of a few
+//! hundred samples a second).
 //!
-//! So the weights only split time, the totals are exact: each sampled
-//! block's record carries its thread's exact total so far, and a thread's
-//! exact time over a window is divided among its stacks in proportion to
-//! their weighted times in that window (a ratio estimator). A thread that
-//! always blocks in one place gets exactly its time; a thread that blocks
-//! in several gets the kernel's total split by the sample (consistent: the
-//! split converges as its sampled blocks grow; with very few of them in a
-//! window it leans to the stacks blocked most often). Time that no record
-//! of its thread carries (a thread none of whose blocks was chosen in the
-//! window, or its blocks after its last chosen one) is the difference
-//! between the exact total of all threads and what the threads' records
-//! account for: it is shown as `[stack not sampled]`.
+//! So the weights only split time, the totals are the counters': each
+//! tick's reading of a thread carries its total so far, and a thread's
+//! time over a window is divided among its stacks in proportion to their
+//! weights in that window (a ratio estimator). A thread that always
+//! blocks in one place gets all its time there; a thread that blocks in
+//! several gets its total split by the sample (consistent: the split
+//! converges as its sampled ticks grow; with very few of them in a window
+//! it leans to the stacks blocked longest). Time that no weight of its
+//! thread claims (a thread never chosen while blocked in the window) is
+//! the difference between the total of all threads and what the threads'
+//! weighted stacks account for: it is shown as `[stack not sampled]`.
 //!
-//! Everything is placed in time where the block ended: the kernel's
-//! per-CPU totals can only be (they grow at each block's end), so the
-//! records are too, and a block still going on at the end of the run is
-//! placed there. A phase's off-CPU time is that of the blocks that ended
-//! in it; a block that spans phases counts whole in the last.
+//! Everything is placed in time at the tick that read it: a phase's
+//! off-CPU time is what the ticks inside it counted (to within a tick's
+//! period at its edges).
 
 use std::collections::HashMap;
 
 use super::{aggregate::StackCounts, unwind::Frame};
 
-/// One thread's sampled blocks.
+/// One thread's sampled ticks.
 #[derive(Default)]
 struct ThreadBlocks {
-    /// The thread's exact total at its last record, ns.
+    /// The thread's total at its last reading, ns.
     last_total_ns: u64,
-    /// Weighted ns (block time × N) per stack, at the blocks' end.
+    /// Weighted ns (a tick's period over its chance) per stack, at the ticks.
     weighted: StackCounts,
-    /// The thread's exact ns since its record before, at each record's
-    /// block end (the one stack `[]`).
+    /// The thread's ns since its reading before, at each reading (the one
+    /// stack `[]`).
     exact: StackCounts,
 }
 
 impl ThreadBlocks {
-    /// The thread's exact total reached `total_ns` at `time_ns`: its
-    /// growth since the record before goes there.
+    /// The thread's total reached `total_ns` at `time_ns`: its growth
+    /// since the reading before goes there.
     fn exact_since(&mut self, time_ns: u64, total_ns: u64) {
         // A total below the last one is a new thread that reused the tid.
         let since =
@@ -60,17 +56,15 @@ impl ThreadBlocks {
 #[derive(Default)]
 pub struct OffCpuTimes {
     threads: HashMap<u32, ThreadBlocks>,
-    /// Exact ns of every block of every thread, where they were read (the
-    /// one stack `[]`).
+    /// ns off CPU of every thread, where they were read (the one stack
+    /// `[]`).
     all: StackCounts,
-    /// Blocks still going on at the end, counted as they stand.
-    ongoing: StackCounts,
 }
 
 impl OffCpuTimes {
-    /// A sampled block of `tid` in `stack` that ended at `time_ns` (where
-    /// [`OffCpuTimes::all_blocks`] counts it too): its time × N, and the
-    /// thread's exact total then.
+    /// A tick at `time_ns` chose `tid`, blocked in `stack` (where
+    /// [`OffCpuTimes::all_blocks`] counts its time too): its weight, and
+    /// the thread's total then.
     pub fn sampled(
         &mut self,
         tid: u32,
@@ -84,22 +78,16 @@ impl OffCpuTimes {
         t.exact_since(time_ns, thread_total_ns);
     }
 
-    /// A long block of `tid` whose stack was not taken ended at `time_ns`
-    /// (`sched_kind::OFF_CPU_LONG_END`): the thread's exact total then.
-    /// Its time goes to the thread's stacks like the rest of its time.
+    /// A tick at `time_ns` read `tid`'s total without choosing a stack of
+    /// it: its time goes to the thread's stacks like the rest of its time.
     pub fn unsampled(&mut self, tid: u32, time_ns: u64, thread_total_ns: u64) {
         self.threads.entry(tid).or_default().exact_since(time_ns, thread_total_ns);
     }
 
-    /// `ns` of blocks of any thread that ended by `time_ns` since the last
-    /// call (the kernel's per-CPU totals, read every 100 ms).
+    /// `ns` off CPU of all threads together, read at `time_ns` since the
+    /// last call (each tick's growth of the threads' totals).
     pub fn all_blocks(&mut self, time_ns: u64, ns: u64) {
         self.all.add_weighted(time_ns, &[], ns);
-    }
-
-    /// A block still going on at the end (`time_ns`): `ns` since its start.
-    pub fn ongoing(&mut self, time_ns: u64, stack: &[Frame], ns: u64) {
-        self.ongoing.add_weighted(time_ns, stack, ns);
     }
 
     /// ns off CPU per stack over the buckets whose middle lies in
@@ -130,9 +118,6 @@ impl OffCpuTimes {
         if rest > 0 {
             *out.entry([Frame::Unsampled].into()).or_default() += rest;
         }
-        for (id, ns) in self.ongoing.window(range) {
-            *out.entry(self.ongoing.stack(id).into()).or_default() += ns;
-        }
         let mut v: Vec<(Box<[Frame]>, u64)> = out.into_iter().filter(|(_, n)| *n > 0).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
@@ -154,8 +139,8 @@ mod tests {
     #[test]
     fn a_thread_blocking_in_one_place_gets_its_exact_time() {
         let mut o = OffCpuTimes::default();
-        // Two chosen blocks of 100 and 3000 ns weighing 50 each (an
-        // estimate of 155 µs); the thread's exact total reached 20 µs.
+        // Two chosen ticks weighing 5 and 150 µs (an estimate of 155
+        // µs); the thread's total from its counters reached 20 µs.
         o.sampled(7, 1_000, &stack(2), 100 * 50, 12_000);
         o.sampled(7, 2_000, &stack(2), 3_000 * 50, 20_000);
         o.all_blocks(3_000, 21_000);
@@ -209,12 +194,5 @@ mod tests {
         // The window of the sampled blocks keeps only their own time.
         let early = o.estimate(Some((0, 2_000_000_000)));
         assert_eq!(ns_of(&early, &stack(2)) + ns_of(&early, &stack(3)), 2_000);
-    }
-
-    #[test]
-    fn ongoing_blocks_count_as_they_stand() {
-        let mut o = OffCpuTimes::default();
-        o.ongoing(5, &stack(4), 777);
-        assert_eq!(ns_of(&o.estimate(None), &stack(4)), 777);
     }
 }

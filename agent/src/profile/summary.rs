@@ -70,38 +70,28 @@ impl ProfileReport {
             out,
             "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits{exited}",
             crate::units::human_ns(self.runq_total_ns as f64),
-            self.counters.runq_waits
+            self.counters.kernel.runq_waits
         );
         let c = &self.counters;
         if self.off_cpu {
             let _ = writeln!(
                 out,
-                "  off-CPU: {} blocks, {} stacks taken (about {} per CPU and second aimed at; each \
-                 thread's exact time off CPU is split among its stacks by them)",
-                c.off_cpu_blocks, c.off_cpu_stacks, self.off_cpu_hz
+                "  off-CPU: {} blocks, {} stacks taken at {} ticks (about {} per CPU and second \
+                 aimed at; each thread's time off CPU, from the scheduler's counters, is split \
+                 among its stacks by them)",
+                c.off_cpu_blocks, c.off_cpu_stacks, c.off_cpu_ticks, self.off_cpu_hz
             );
         }
         // Losses, only when there are some: what the profile is missing.
         let mut lost = Vec::new();
-        if c.ring_full > 0 {
-            lost.push(format!("{} records (ring buffer full)", c.ring_full));
+        if c.kernel.ring_full > 0 {
+            lost.push(format!("{} samples (ring buffer full)", c.kernel.ring_full));
         }
         if self.malformed > 0 {
             lost.push(format!("{} records unreadable (a bug: please report it)", self.malformed));
         }
         if !lost.is_empty() {
             let _ = writeln!(out, "  lost: {}", lost.join("; "));
-        }
-        // Not a loss: a chosen block over the cap keeps its time in its
-        // thread's exact total, which the thread's stacks share.
-        if c.off_cpu_unsampled > 0 {
-            let _ = writeln!(
-                out,
-                "  {} chosen blocks got no stack (over the cap of {} stacks/s per CPU); their time \
-                 is in their threads' totals",
-                c.off_cpu_unsampled,
-                agent_common::profile::off_cpu_stacks_per_sec_max(self.off_cpu_hz)
-            );
         }
         let top =
             canonical.and_then(|c| self.phases.iter().find(|p| p.name == c)).unwrap_or(&self.run);
@@ -121,13 +111,13 @@ impl ProfileReport {
                 let _ = writeln!(out, "    {:>5.1}  {}", b.percent, b.site);
             }
         }
-        let stacks = c.sent + c.off_cpu_stacks;
+        let stacks = c.kernel.sent + c.off_cpu_stacks;
         let _ = writeln!(
             out,
             "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
              unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
             self.samples_in_window as f64 / (self.window_ns.max(1) as f64 / 1e9),
-            c.stack_bytes as f64 / stacks.max(1) as f64,
+            (c.kernel.stack_bytes + c.off_cpu_stack_bytes) as f64 / stacks.max(1) as f64,
             stacks,
             self.unwind_us_per_sample,
             self.symbolize_ms

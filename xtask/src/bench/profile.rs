@@ -80,8 +80,10 @@ fn parse_cost(summary: &str) -> Option<SummaryCost> {
 /// `--profile-dir`), ns, from the agent's per-program BMF rows
 /// (`AgentRun::programs`), without the statistics' own cost per run (the
 /// floor program's average in the same run): what they cost with the
-/// statistics off. The `profile_*` programs whole, and what profiling adds
-/// to `sched_switch` (which does the off-CPU and run-queue work itself):
+/// statistics off. The `profile_*` programs whole (the cpu-clock program
+/// and the off-CPU ticks' task iterator, one run per thread it visits),
+/// and what profiling adds to `sched_switch` (which does the run-queue and
+/// steal-time work itself):
 /// its net ns per run in `on` less that in `off` (the agent without
 /// profiling; 0 when it is not attached without profiling, as now),
 /// times its runs in `on`. `None` without the rows.

@@ -1,0 +1,161 @@
+//! Off-CPU ticks in the draining thread: every 1/`--profile-hz` it reads
+//! the task iterator bound to the target (`crate::probes::offcpu_ticks`),
+//! brings each thread's time off CPU up to date from the scheduler's
+//! counters ([`super::tick_totals`]), and gives a few blocked threads'
+//! stacks the time of their threads (`super::offcpu`'s ratio estimator).
+//!
+//! Which blocked threads' stacks: a draw per tick, each blocked thread
+//! selected with the same probability, about `--off-cpu-hz` stacks per
+//! CPU and second over the new blocks the tick before found. A selected
+//! thread's tick weighs the tick's period over that probability for the
+//! stack of its block: the stack the iterator sent now, or the one it sent
+//! earlier in the same block (told by the thread's switch count), so a
+//! long block costs one stack, however many ticks select it.
+
+use std::{collections::HashMap, time::Duration, time::Instant};
+
+use agent_common::profile::tick_flags;
+
+use super::{collect::Collected, tick_totals::TickTotals, unwind::Frame};
+use crate::probes::offcpu_ticks::{OffCpuTicks, TickEntry, parse};
+
+/// What the ticks did, for the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TickCounts {
+    /// Ticks read, the target's blocks while they ran (voluntary
+    /// switches), the stacks they took and those stacks' user bytes, and
+    /// the time spent on them in user space, ns.
+    pub ticks: u64,
+    pub blocks: u64,
+    pub stacks: u64,
+    pub stack_bytes: u64,
+    pub ns: u64,
+}
+
+/// The ticks of one run.
+pub struct OffCpuTicker {
+    iterator: OffCpuTicks,
+    every: Duration,
+    /// New blocks' stacks a tick may take on average.
+    stacks_per_tick: f64,
+    totals: TickTotals,
+    /// Per tid, the stack of its block at the switch count it was taken at.
+    stacks: HashMap<u32, (u64, Box<[Frame]>)>,
+    /// Blocked threads at the last tick whose block's stack was not known:
+    /// how many stacks the next tick's draw chooses among.
+    new_blocks: u64,
+    last_ns: u64,
+    counts: TickCounts,
+    bytes: Vec<u8>,
+}
+
+impl OffCpuTicker {
+    /// Ticks every `every`, taking about `stacks_per_tick` stacks each,
+    /// from `now_ns` on (the first one at once: it is where threads that
+    /// were already there start being counted).
+    pub fn new(iterator: OffCpuTicks, every: Duration, stacks_per_tick: f64, now_ns: u64) -> Self {
+        OffCpuTicker {
+            iterator,
+            every,
+            stacks_per_tick,
+            totals: TickTotals::since(now_ns),
+            stacks: HashMap::new(),
+            new_blocks: 0,
+            last_ns: now_ns.saturating_sub(every.as_nanos() as u64),
+            counts: TickCounts::default(),
+            bytes: Vec::new(),
+        }
+    }
+
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// Ticks if one is due at `now_ns` (a tenth of a period early is due:
+    /// the thread's sleeps end a little late).
+    pub fn tick_if_due(&mut self, now_ns: u64, c: &mut Collected, frames: &mut Vec<Frame>) {
+        if now_ns.saturating_sub(self.last_ns) < self.every.as_nanos() as u64 * 9 / 10 {
+            return;
+        }
+        let started = Instant::now();
+        let p = (self.stacks_per_tick / self.new_blocks.max(1) as f64).min(1.0);
+        let threshold = if p >= 1.0 { u32::MAX } else { (p * 4_294_967_296.0) as u32 };
+        let seed = now_ns.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut bytes = std::mem::take(&mut self.bytes);
+        match self.iterator.read(seed, threshold, &mut bytes) {
+            Ok(()) => match parse(&bytes) {
+                Some(entries) => {
+                    let period = now_ns - self.last_ns;
+                    self.count(&entries, (now_ns, period, threshold), c, frames);
+                }
+                None => c.malformed += 1,
+            },
+            Err(_) => c.malformed += 1,
+        }
+        self.bytes = bytes;
+        self.last_ns = now_ns;
+        self.counts.ticks += 1;
+        self.counts.ns += started.elapsed().as_nanos() as u64;
+    }
+
+    /// One tick's threads at `now_ns`, `period_ns` after the last, read with
+    /// the draw `threshold` (selection probability × 2^32).
+    fn count(
+        &mut self,
+        entries: &[TickEntry],
+        (now_ns, period_ns, threshold): (u64, u64, u32),
+        c: &mut Collected,
+        frames: &mut Vec<Frame>,
+    ) {
+        let weight = if threshold == u32::MAX {
+            period_ns
+        } else {
+            (u128::from(period_ns) * (1u128 << 32) / u128::from(threshold.max(1))) as u64
+        };
+        let (mut new_blocks, mut grew_all) = (0u64, 0u64);
+        for e in entries {
+            let t = e.thread;
+            if let Some((head, pages)) = &e.stack {
+                self.counts.stacks += 1;
+                self.counts.stack_bytes += pages.len() as u64;
+                c.unwind(head, pages, frames);
+                self.stacks.insert(t.tid, (t.switches, frames.as_slice().into()));
+                // Not sent again while this block lasts; should the map
+                // refuse, the stack comes again and replaces this one.
+                let _ = self.iterator.have_stack(t.tid, t.switches);
+            }
+            let (total, grew) = self.totals.read(&t);
+            grew_all += grew;
+            if t.flags & tick_flags::BLOCKED == 0 {
+                if grew > 0 {
+                    c.off_cpu.unsampled(t.tid, now_ns, total);
+                }
+                continue;
+            }
+            let known = self.stacks.get(&t.tid).filter(|(s, _)| *s == t.switches);
+            if known.is_none() {
+                new_blocks += 1;
+            }
+            match known {
+                Some((_, stack)) if t.flags & tick_flags::SELECTED != 0 => {
+                    c.off_cpu.sampled(t.tid, now_ns, stack, weight, total);
+                }
+                _ => c.off_cpu.unsampled(t.tid, now_ns, total),
+            }
+        }
+        if grew_all > 0 {
+            c.off_cpu.all_blocks(now_ns, grew_all);
+        }
+        // Threads this tick did not show have exited.
+        if let Some(first) = entries.iter().map(|e| e.thread.time_ns).min() {
+            self.totals.forget_older_than(first);
+            self.stacks.retain(|tid, _| entries.iter().any(|e| e.thread.tid == *tid));
+        }
+        self.new_blocks = new_blocks;
+    }
+
+    /// What the ticks did.
+    pub fn counts(&self) -> TickCounts {
+        TickCounts { blocks: self.totals.blocks(), ..self.counts }
+    }
+}
