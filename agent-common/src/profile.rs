@@ -277,8 +277,8 @@ pub mod tick_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TickConfig {
-    /// This tick's draw: a blocked thread is selected when
-    /// `tick_selected(seed, tid, threshold)`.
+    /// The draws' seed, mixed with each read's session id: a blocked
+    /// thread is selected when `tick_selected(seed', tid, threshold)`.
     pub seed: u64,
     /// Selection probability × 2^32 (`u32::MAX`: every blocked thread).
     pub threshold: u32,

@@ -13,8 +13,9 @@
 //! The iterator may show a thread twice (when its output overflows the
 //! read's buffer, the kernel shows that object again at the next read), so
 //! every decision here comes from the tick's inputs alone: the draw's
-//! seed, and the switches of the last block whose stack user space has
-//! (map `OFF_CPU_STACKED`, which user space writes).
+//! seed (the read session's id, mixed with the one user space set), and
+//! the switches of the last block whose stack user space has (map
+//! `OFF_CPU_STACKED`, which user space writes).
 
 use core::ffi::c_void;
 
@@ -64,6 +65,10 @@ pub struct IterTaskContext {
     meta: *mut IterMeta,
     task: *const u8,
 }
+
+/// Spreads consecutive read sessions' ids over the draw's seeds (the
+/// golden ratio's 64-bit multiplier).
+const SEED_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// `TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE`: the sleeping states (with
 /// their modifier bits, e.g. `TASK_FREEZABLE`, around them).
@@ -217,7 +222,11 @@ pub extern "C" fn profile_offcpu_ticks(ctx: *mut IterTaskContext) -> i32 {
         t.flags |=
             if view.woken { tick_flags::BLOCKED | tick_flags::WOKEN } else { tick_flags::BLOCKED };
         let draw = OFF_CPU_TICK.get(0).copied().unwrap_or_default();
-        if tick_selected(draw.seed, tid, draw.threshold) {
+        // A new draw per read (its session's id), the same for an object
+        // shown twice in it.
+        // SAFETY: the iterator's metadata.
+        let seed = draw.seed ^ unsafe { (*ctx.meta).session_id }.wrapping_mul(SEED_MIX);
+        if tick_selected(seed, tid, draw.threshold) {
             t.flags |= tick_flags::SELECTED;
             // SAFETY: a map lookup by value; the result is copied.
             let stacked = unsafe { OFF_CPU_STACKED.get(&tid) }.copied();

@@ -46,9 +46,9 @@ fn ticks_see_blocked_threads_and_name_where_they_wait() {
     for tick in 0..rounds {
         // Every blocked thread selected: each new block sends its stack.
         let before = schedstat(target.pid);
-        ticks.read(tick, u32::MAX, &mut buf).unwrap();
+        let len = ticks.read(u32::MAX, &mut buf).unwrap();
         let after = schedstat(target.pid);
-        let entries = offcpu_ticks::parse(&buf).expect("whole records");
+        let entries = offcpu_ticks::parse(&buf[..len]).expect("whole records");
         assert!(!entries.is_empty(), "tick {tick} saw no thread of the target");
         // Between the two readings of /proc, give or take what a run
         // queue's clock may lag (a scheduler tick, 4 ms at 250 Hz).

@@ -17,8 +17,8 @@ impl MeasureOptions {
 }
 
 /// Starts draining the sampler's ring, before the sampling loop; off-CPU
-/// ticks too unless `--no-off-cpu`: at `--profile-hz`, taking about
-/// `--off-cpu-hz` stacks of new blocks per CPU and second.
+/// ticks too unless `--no-off-cpu`: at `--off-cpu-hz`, each taking about
+/// one stack of a new block per CPU.
 pub(super) fn start(
     probes: &mut Probes,
     pid: u32,
@@ -30,8 +30,8 @@ pub(super) fn start(
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
             Some(crate::profile::offcpu_ticks::OffCpuTicker::new(
                 probes.offcpu_ticks(pid)?,
-                std::time::Duration::from_secs_f64(1.0 / f64::from(p.hz.max(1))),
-                f64::from(p.off_cpu_hz) * cpus / f64::from(p.hz.max(1)),
+                std::time::Duration::from_secs_f64(1.0 / f64::from(p.off_cpu_hz.max(1))),
+                cpus,
                 crate::clock::monotonic_ns(),
             ))
         }

@@ -43,11 +43,17 @@ pub fn load(ebpf: &mut Ebpf, kernel_btf: &aya::Btf) -> anyhow::Result<()> {
     )
 }
 
+/// What a tick's read starts with: room for 64 threads' records and
+/// two stacks.
+const READ_BYTES: usize = 64 * 1024;
+
 /// The iterator bound to one process, and the maps a tick reads.
 pub struct OffCpuTicks {
     link: OwnedFd,
     config: Array<MapData, TickConfig>,
     stacked: HashMap<MapData, u32, u64>,
+    /// The draw's threshold last written to `config`.
+    threshold: Option<u32>,
 }
 
 impl OffCpuTicks {
@@ -69,20 +75,43 @@ impl OffCpuTicks {
             .with_context(|| format!("binding the off-CPU task iterator to pid {pid}"))?;
         let config = take_map(ebpf, maps::OFF_CPU_TICK)?.try_into()?;
         let stacked = take_map(ebpf, maps::OFF_CPU_STACKED)?.try_into()?;
-        Ok(OffCpuTicks { link, config, stacked })
+        Ok(OffCpuTicks { link, config, stacked, threshold: None })
     }
 
     /// One tick: the target's threads as the iterator sees them now, into
-    /// `out` (cleared first). `seed`, `threshold`: the tick's draw
-    /// ([`agent_common::profile::tick_selected`]).
-    pub fn read(&mut self, seed: u64, threshold: u32, out: &mut Vec<u8>) -> anyhow::Result<()> {
-        self.config.set(0, TickConfig { seed, threshold, _pad: 0 }, 0)?;
+    /// the start of `buf` (kept between ticks, grown when full); returns
+    /// how many bytes. `threshold`: the draw's selection probability ×
+    /// 2^32 ([`agent_common::profile::tick_selected`]; the kernel side
+    /// draws anew at each read), written only when it changes.
+    ///
+    /// Plain reads into a buffer that is already there: `read_to_end`
+    /// asks the file its size first (`statx`, `lseek`) and probes with
+    /// small reads, ~20 system calls a tick where this makes two or three.
+    pub fn read(&mut self, threshold: u32, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+        if self.threshold != Some(threshold) {
+            let seed = crate::clock::monotonic_ns();
+            self.config.set(0, TickConfig { seed, threshold, _pad: 0 }, 0)?;
+            self.threshold = Some(threshold);
+        }
         let mut attr = [0u8; 128];
         attr[0..4].copy_from_slice(&(self.link.as_raw_fd() as u32).to_ne_bytes());
         let iter = bpf(bpf_cmd::BPF_ITER_CREATE, &attr).context("reading the off-CPU iterator")?;
-        out.clear();
-        File::from(iter).read_to_end(out).context("reading the off-CPU iterator")?;
-        Ok(())
+        let mut file = File::from(iter);
+        if buf.len() < READ_BYTES {
+            buf.resize(READ_BYTES, 0);
+        }
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match file.read(&mut buf[len..]) {
+                Ok(0) => return Ok(len),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading the off-CPU iterator"),
+            }
+        }
     }
 
     /// User space has the stack of `tid`'s block at `switches`: the

@@ -30,9 +30,9 @@ use super::{
 /// (4 MiB more for 50 ms drains on two CPUs). Samples carry their own
 /// times, so how late they are read changes nothing else.
 const DRAIN_EVERY: Duration = Duration::from_millis(25);
-/// How often, in drains, it reads the run-queue waits kept in a map:
-/// every 100 ms, the time resolution of their phases.
-const COUNTS_EVERY: u32 = 4;
+/// How often it reads the run-queue waits kept in a map: the time
+/// resolution of their phases.
+const COUNTS_EVERY: Duration = Duration::from_millis(100);
 
 /// The window of the `/proc` ground truth, CLOCK_MONOTONIC ns.
 pub struct Window {
@@ -148,10 +148,9 @@ impl Collected {
     }
 }
 
-/// The thread's body: drains every [`DRAIN_EVERY`] (or each off-CPU
-/// tick, when those come more often), reads the run-queue waits every
-/// [`COUNTS_EVERY`] drains, and ticks when due, until `stop`, then once
-/// more.
+/// The thread's body: drains every [`DRAIN_EVERY`] and at each off-CPU
+/// tick, reads the run-queue waits every [`COUNTS_EVERY`], and ticks when
+/// due, until `stop`, then once more.
 pub fn drain_until_stopped(
     mut ring: RingBuf<MapData>,
     counts: PerCpuArray<MapData, SchedCounts>,
@@ -162,7 +161,7 @@ pub fn drain_until_stopped(
     let mut c = Collected::default();
     let mut frames = Vec::with_capacity(256);
     let mut last = vec![0u64; RUNQ_BINS];
-    let sleep = ticks.as_ref().map_or(DRAIN_EVERY, |t| t.every().min(DRAIN_EVERY));
+    let mut last_counts = std::time::Instant::now();
     if ticks.is_some() {
         // Not SCHED_BATCH like the rest of the agent: a batch thread runs
         // when a CPU goes idle, i.e. as target threads block, and would
@@ -177,7 +176,8 @@ pub fn drain_until_stopped(
         if let Some(t) = ticks.as_mut() {
             t.tick_if_due(crate::clock::monotonic_ns(), &mut c, &mut frames);
         }
-        if drain % COUNTS_EVERY == 0 || stopping {
+        if last_counts.elapsed() >= COUNTS_EVERY * 9 / 10 || drain == 0 || stopping {
+            last_counts = std::time::Instant::now();
             // Deltas since the last read, placed at this time.
             if let Ok(runq) = read_sched_counts(&counts) {
                 let now = crate::clock::monotonic_ns();
@@ -190,6 +190,9 @@ pub fn drain_until_stopped(
         if stopping {
             break;
         }
+        // Until the next drain or tick, whichever comes first.
+        let now = crate::clock::monotonic_ns();
+        let sleep = ticks.as_ref().map_or(DRAIN_EVERY, |t| t.due_in(now).min(DRAIN_EVERY));
         std::thread::sleep(sleep);
     }
     if let Some(t) = ticks {

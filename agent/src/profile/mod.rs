@@ -6,7 +6,7 @@
 //! ([`output`]).
 //!
 //! With off-CPU on (the default), the same thread reads a task iterator
-//! bound to the target at every 1/`--profile-hz` ([`offcpu_ticks`]): each
+//! bound to the target at every 1/`--off-cpu-hz` ([`offcpu_ticks`]): each
 //! thread's time off CPU from the scheduler's counters ([`tick_totals`]),
 //! and the stacks of a few blocked threads, which split it ([`offcpu`]).
 //! Every run-queue wait is timed at the switch-in that ends it

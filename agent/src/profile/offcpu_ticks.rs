@@ -1,12 +1,13 @@
-//! Off-CPU ticks in the draining thread: every 1/`--profile-hz` it reads
+//! Off-CPU ticks in the draining thread: every 1/`--off-cpu-hz` it reads
 //! the task iterator bound to the target (`crate::probes::offcpu_ticks`),
 //! brings each thread's time off CPU up to date from the scheduler's
 //! counters ([`super::tick_totals`]), and gives a few blocked threads'
 //! stacks the time of their threads (`super::offcpu`'s ratio estimator).
 //!
 //! Which blocked threads' stacks: a draw per tick, each blocked thread
-//! selected with the same probability, about `--off-cpu-hz` stacks per
-//! CPU and second over the new blocks the tick before found. A selected
+//! selected with the same probability, about one stack per CPU and tick
+//! (`--off-cpu-hz` per CPU and second) over the new blocks the tick
+//! before found. A selected
 //! thread's tick weighs the tick's period over that probability for the
 //! stack of its block: the stack the iterator sent now, or the one it sent
 //! earlier in the same block (told by the thread's switch count), so a
@@ -67,12 +68,14 @@ impl OffCpuTicker {
         }
     }
 
-    pub fn every(&self) -> Duration {
-        self.every
+    /// How long until the next tick is due at `now_ns`.
+    pub fn due_in(&self, now_ns: u64) -> Duration {
+        let next = self.last_ns.saturating_add(self.every.as_nanos() as u64);
+        Duration::from_nanos(next.saturating_sub(now_ns))
     }
 
     /// Ticks if one is due at `now_ns` (a tenth of a period early is due:
-    /// the thread's sleeps end a little late).
+    /// sleeps end a little late).
     pub fn tick_if_due(&mut self, now_ns: u64, c: &mut Collected, frames: &mut Vec<Frame>) {
         if now_ns.saturating_sub(self.last_ns) < self.every.as_nanos() as u64 * 9 / 10 {
             return;
@@ -80,10 +83,9 @@ impl OffCpuTicker {
         let started = Instant::now();
         let p = (self.stacks_per_tick / self.new_blocks.max(1) as f64).min(1.0);
         let threshold = if p >= 1.0 { u32::MAX } else { (p * 4_294_967_296.0) as u32 };
-        let seed = now_ns.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut bytes = std::mem::take(&mut self.bytes);
-        match self.iterator.read(seed, threshold, &mut bytes) {
-            Ok(()) => match parse(&bytes) {
+        match self.iterator.read(threshold, &mut bytes) {
+            Ok(len) => match parse(&bytes[..len]) {
                 Some(entries) => {
                     let period = now_ns - self.last_ns;
                     self.count(&entries, (now_ns, period, threshold), c, frames);

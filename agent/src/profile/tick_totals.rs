@@ -11,12 +11,14 @@
 //!   it per thread at its switch-outs (`TickThread::stolen_ns`), and it is
 //!   taken off too. The test VM's steal under load ran from 1 to 44 % of
 //!   its busy time.
-//! - **The wait after a wake-up, estimated:** `run_delay` holds it with
-//!   the waits of preempted threads, which are not off-CPU time (the
-//!   thread did not block). Each interval's growth of `run_delay` is split
-//!   by the share of the thread's waits the ticks saw that followed a
-//!   wake-up (all of them so far); before the ticks have seen it wait, by
-//!   its voluntary switches' share of its switches in the interval.
+//! - **The wait after a wake-up:** `run_delay` holds it with the waits of
+//!   preempted threads, which are not off-CPU time (the thread did not
+//!   block). An interval in which the thread was never preempted has only
+//!   waits after wake-ups (exact), one in which it never blocked none.
+//!   Otherwise the interval's growth of `run_delay` is split by the share
+//!   of the thread's waits the ticks saw that followed a wake-up (all of
+//!   them so far); before the ticks have seen it wait, by its voluntary
+//!   switches' share of its switches in the interval.
 //!
 //! Why not count blocked ticks alone (each adding the time since the last
 //! tick): the tick is read by a thread of the agent, which takes a CPU to
@@ -111,12 +113,19 @@ impl TickTotals {
                 c.seen_woken += 1;
             }
         }
-        let woken_share = if c.seen_waiting > 0 {
+        // Exact when the interval's switches were all of one kind; else the
+        // share of woken waits the ticks saw (before any, the voluntary
+        // switches' share).
+        let switches = t.switches.saturating_sub(p.switches);
+        let preempted = t.preemptions.saturating_sub(p.preemptions).min(switches);
+        let woken_share = if preempted == 0 {
+            1.0
+        } else if preempted == switches {
+            0.0
+        } else if c.seen_waiting > 0 {
             f64::from(c.seen_woken) / f64::from(c.seen_waiting)
         } else {
-            let switches = t.switches.saturating_sub(p.switches);
-            let preempted = t.preemptions.saturating_sub(p.preemptions).min(switches);
-            if switches == 0 { 1.0 } else { (switches - preempted) as f64 / switches as f64 }
+            (switches - preempted) as f64 / switches as f64
         };
         c.woken_ns += t.run_delay_ns.saturating_sub(p.run_delay_ns) as f64 * woken_share;
         let voluntary = |r: &TickThread| r.switches.saturating_sub(r.preemptions);
@@ -199,11 +208,15 @@ mod tests {
         t.read(&reading(100, 0, 0, (0, 0)));
         let waiting = tick_flags::WAITING;
         let woken = tick_flags::WAITING | tick_flags::WOKEN | tick_flags::BLOCKED;
-        // Seen waiting once, preempted: the 4 ms waited are not off CPU,
-        // though the switches say wake-ups.
-        assert_eq!(t.read(&flagged(reading(110, 6, 4, (2, 0)), waiting)), (0, 0));
+        // Both kinds of switch in each interval. Seen waiting once,
+        // preempted: the 4 ms waited are not off CPU, though the switches
+        // say half of them followed blocks.
+        assert_eq!(t.read(&flagged(reading(110, 6, 4, (2, 1)), waiting)), (0, 0));
         // Then seen woken: one of two, half of the next 4 ms.
-        assert_eq!(t.read(&flagged(reading(120, 12, 8, (4, 0)), woken)), (2 * MS, 2 * MS));
+        assert_eq!(t.read(&flagged(reading(120, 12, 8, (4, 2)), woken)), (2 * MS, 2 * MS));
+        // An interval without preemptions: its waits all followed blocks,
+        // whatever the ticks saw.
+        assert_eq!(t.read(&flagged(reading(130, 16, 12, (6, 2)), waiting)), (8 * MS, 6 * MS));
     }
 
     #[test]
