@@ -1,14 +1,16 @@
 //! Off-CPU time by wall-clock ticks (`--profile-dir`): a sleepable task
-//! iterator (`iter.s/task`) that user space reads once per tick, its link
-//! bound to the target's pid so that only the target's threads are
-//! visited. For each it writes a [`TickThread`]: whether it is off CPU
-//! (sleeping and not on a CPU) and its switches so far; and, for a blocked
-//! thread the tick's draw selected whose block user space has no stack of
-//! yet, that stack (a [`SampleHead`] and its pages, as the cpu-clock
-//! program sends them). Nothing runs at context switches: the cost is per
-//! tick and per target thread, not per switch of the machine
-//! (`docs/performance.md`, thirteenth session). User-space twin:
-//! `agent/src/probes/offcpu_ticks.rs`.
+//! iterator (`iter.s/task`) that user space reads once per tick
+//! (`--off-cpu-hz`), its link bound to the target's pid so that only the
+//! target's threads are visited. For each it writes a [`TickThread`]: its
+//! state (blocked, woken and waiting for a CPU, preempted), its switches,
+//! and the scheduler's counters its time off CPU is made of (CPU time,
+//! run-queue waits, time stolen from it: `sched.rs` sums the last at its
+//! switch-outs); and, for a blocked thread the tick's draw selected whose
+//! block user space has no stack of yet, that stack (a `SampleHead` and
+//! its pages, as the cpu-clock program sends them). The cost is per tick
+//! and per target thread, not per switch of the machine
+//! (`docs/performance.md`, thirteenth and fourteenth sessions). User-space
+//! twin: `agent/src/probes/offcpu_ticks.rs`.
 //!
 //! The iterator may show a thread twice (when its output overflows the
 //! read's buffer, the kernel shows that object again at the next read), so
@@ -38,7 +40,7 @@ use aya_ebpf::{
 
 use crate::{
     access::load_field,
-    config::{self, TARGET, offset},
+    config::{self, offset},
     profile,
 };
 
@@ -259,17 +261,12 @@ pub extern "C" fn profile_offcpu_ticks(ctx: *mut IterTaskContext) -> i32 {
 #[inline(always)]
 fn build_stack(task: *const u8, (tgid, tid): (u32, u32)) -> bool {
     let Some(s) = OFF_CPU_SCRATCH.get_ptr_mut(0) else { return false };
-    let execs = TARGET.get(0).map_or(0, |t| t.execs);
-    let mut thread = profile::thread_stack(task);
+    let thread = profile::thread_stack(task);
     // SAFETY: the one scratch slot (see `OFF_CPU_SCRATCH`), written in place;
     // `task` is the iterator's task (trusted), `regs` its `struct pt_regs`.
     unsafe {
         let h = &raw mut (*s).head;
-        (*h).time_ns = bpf_ktime_get_ns();
-        (*h).tgid = tgid;
-        (*h).tid = tid;
-        (*h).execs = execs;
-        (*h).flags = sample_flags::OFF_CPU;
+        profile::start_head(h, bpf_ktime_get_ns(), (tgid, tid), sample_flags::OFF_CPU);
         let regs = bpf_task_pt_regs(task as *mut _) as *const u8;
         if regs.is_null() {
             return false;
@@ -279,44 +276,18 @@ fn build_stack(task: *const u8, (tgid, tid): (u32, u32)) -> bool {
             load_field::<u64>(regs, PT_REGS_SP),
             load_field::<u64>(regs, PT_REGS_BP),
         );
-        (*h).ip = ip;
-        (*h).sp = sp;
-        (*h).bp = bp;
+        let base = profile::set_registers(h, (ip, sp, bp));
         (*h).kernel_bytes = bpf_get_task_stack(
             task as *mut _,
             (*h).kernel_stack.as_mut_ptr().cast(),
             (KERNEL_FRAMES * 8) as u32,
             0,
         ) as i32;
-        let base = sp & !(STACK_PAGE as u64 - 1);
-        (*h).stack_base = base;
-        let limit = thread
-            .as_deref_mut()
-            .map_or(TICK_STACK_PAGES, |t| t.stack_pages_to_copy(base).min(TICK_STACK_PAGES));
         let dst = (*s).user_stack.as_mut_ptr();
-        let mut pages = 0u32;
-        if sp != 0 {
-            for i in 0..TICK_STACK_PAGES {
-                if i >= limit {
-                    break;
-                }
-                let src = (base + (i * STACK_PAGE) as u64) as *const c_void;
-                let rc = bpf_copy_from_user_task(
-                    dst.add(i * STACK_PAGE).cast(),
-                    STACK_PAGE as u32,
-                    src,
-                    task as *mut _,
-                    0,
-                );
-                if rc != 0 {
-                    if let Some(t) = thread.as_deref_mut() {
-                        t.stack_top = src as u64;
-                    }
-                    break;
-                }
-                pages += 1;
-            }
-        }
+        let task = task as *mut _;
+        let pages = profile::copy_stack_pages(dst, base, TICK_STACK_PAGES, thread, |dst, src| {
+            bpf_copy_from_user_task(dst, STACK_PAGE as u32, src, task, 0)
+        });
         (*h).user_pages = pages;
     }
     true

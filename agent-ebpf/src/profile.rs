@@ -9,8 +9,8 @@
 use core::ffi::c_void;
 
 use agent_common::profile::{
-    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, ThreadStack, sample_flags,
-    sample_record_bytes,
+    KERNEL_FRAMES, ProfileSample, ProfileStats, STACK_PAGE, STACK_PAGES, SampleHead, ThreadStack,
+    sample_flags, sample_record_bytes,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, bpf_map_type},
@@ -112,22 +112,17 @@ pub(crate) fn send_stack(
     (tgid, tid): (u32, u32),
     flags: u32,
     time_ns: u64,
-    mut thread: Option<&mut ThreadStack>,
+    thread: Option<&mut ThreadStack>,
 ) -> bool {
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(s) = PROFILE_SCRATCH.get_ptr_mut(cpu) else { return false };
-    let execs = TARGET.get(0).map_or(0, |t| t.execs);
     // SAFETY: `s` is this CPU's scratch slot (see `PROFILE_SCRATCH`);
     // fields are written in place (the record is far larger than the BPF
     // stack).
     let pages = unsafe {
         let h = &raw mut (*s).head;
-        (*h).time_ns = time_ns;
-        (*h).tgid = tgid;
-        (*h).tid = tid;
-        (*h).execs = execs;
-        (*h).flags = flags;
+        start_head(h, time_ns, (tgid, tid), flags);
         // The user registers: saved at the top of the task's kernel stack,
         // whether the timer hit user mode or the kernel on its behalf.
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
@@ -139,9 +134,7 @@ pub(crate) fn send_stack(
                 (0, 0, 0)
             }
         };
-        (*h).ip = ip;
-        (*h).sp = sp;
-        (*h).bp = bp;
+        let base = set_registers(h, (ip, sp, bp));
         // Kernel stack of the interrupted context (empty in user mode).
         (*h).kernel_bytes = bpf_get_stack(
             ctx,
@@ -149,30 +142,10 @@ pub(crate) fn send_stack(
             (KERNEL_FRAMES * 8) as u32,
             0,
         ) as i32;
-        // The user stack, page by page from the stack pointer's page up,
-        // until a page cannot be read (the top of the stack) or up to the
-        // top the thread's last copies found.
-        let base = sp & !(STACK_PAGE as u64 - 1);
-        (*h).stack_base = base;
         let dst = (*s).user_stack.as_mut_ptr();
-        let mut pages = 0u32;
-        let limit = thread.as_deref_mut().map_or(STACK_PAGES, |t| t.stack_pages_to_copy(base));
-        if sp != 0 {
-            for i in 0..STACK_PAGES {
-                if i >= limit {
-                    break;
-                }
-                let src = (base + (i * STACK_PAGE) as u64) as *const _;
-                if bpf_probe_read_user(dst.add(i * STACK_PAGE).cast(), STACK_PAGE as u32, src) != 0
-                {
-                    if let Some(t) = thread.as_deref_mut() {
-                        t.stack_top = src as u64;
-                    }
-                    break;
-                }
-                pages += 1;
-            }
-        }
+        let pages = copy_stack_pages(dst, base, STACK_PAGES, thread, |dst, src| {
+            bpf_probe_read_user(dst, STACK_PAGE as u32, src)
+        });
         (*h).user_pages = pages;
         pages
     };
@@ -188,6 +161,86 @@ pub(crate) fn send_stack(
         stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
     }
     true
+}
+
+/// Starts a sample's head: when, whose (the target's tgid and the
+/// thread's tid), the target's exec count (user space reloads its
+/// mappings when it changes), what kind.
+///
+/// # Safety
+/// `h` points to a head being built.
+#[inline(always)]
+pub(crate) unsafe fn start_head(
+    h: *mut SampleHead,
+    time_ns: u64,
+    (tgid, tid): (u32, u32),
+    flags: u32,
+) {
+    let execs = TARGET.get(0).map_or(0, |t| t.execs);
+    // SAFETY: the caller's head.
+    unsafe {
+        (*h).time_ns = time_ns;
+        (*h).tgid = tgid;
+        (*h).tid = tid;
+        (*h).execs = execs;
+        (*h).flags = flags;
+    }
+}
+
+/// Puts a sample's user registers in its head, and where its copy of the
+/// user stack starts: the stack pointer's page, returned.
+///
+/// # Safety
+/// `h` points to a head being built.
+#[inline(always)]
+pub(crate) unsafe fn set_registers(h: *mut SampleHead, (ip, sp, bp): (u64, u64, u64)) -> u64 {
+    let base = sp & !(STACK_PAGE as u64 - 1);
+    // SAFETY: the caller's head.
+    unsafe {
+        (*h).ip = ip;
+        (*h).sp = sp;
+        (*h).bp = bp;
+        (*h).stack_base = base;
+    }
+    base
+}
+
+/// Copies a thread's user stack into `dst`, page by page from `base` (its
+/// stack pointer's page) up, with `copy_page(dst, src)` (0: copied), until
+/// a page cannot be read (the top of the stack, which `thread` then
+/// records), or up to the top `thread`'s last copies found, at most
+/// `max_pages`. Returns the pages copied.
+///
+/// # Safety
+/// `dst` holds `max_pages` pages.
+#[inline(always)]
+pub(crate) unsafe fn copy_stack_pages(
+    dst: *mut u8,
+    base: u64,
+    max_pages: usize,
+    mut thread: Option<&mut ThreadStack>,
+    copy_page: impl Fn(*mut c_void, *const c_void) -> i64,
+) -> u32 {
+    if base == 0 {
+        return 0;
+    }
+    let limit = thread.as_deref_mut().map_or(max_pages, |t| t.stack_pages_to_copy(base));
+    let mut pages = 0u32;
+    for i in 0..max_pages {
+        if i >= limit {
+            break;
+        }
+        let src = (base + (i * STACK_PAGE) as u64) as *const c_void;
+        // SAFETY: page `i` of `dst` (the caller's promise).
+        if copy_page(unsafe { dst.add(i * STACK_PAGE) }.cast(), src) != 0 {
+            if let Some(t) = thread.as_deref_mut() {
+                t.stack_top = src as u64;
+            }
+            break;
+        }
+        pages += 1;
+    }
+    pages
 }
 
 /// This CPU's counters.
