@@ -29,7 +29,7 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type::BPF_TRACE_ITER, bpf_cmd};
 
-use super::take_map;
+use super::{profile::read_plain, take_map};
 
 /// Loads the iterator program (before the maps are taken out of `ebpf`).
 pub fn load(ebpf: &mut Ebpf, kernel_btf: &aya::Btf) -> anyhow::Result<()> {
@@ -132,10 +132,10 @@ pub struct TickEntry<'a> {
 pub fn parse(mut bytes: &[u8]) -> Option<Vec<TickEntry<'_>>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let thread: TickThread = read(bytes)?;
+        let thread: TickThread = read_plain(bytes)?;
         bytes = &bytes[size_of::<TickThread>()..];
         let stack = if thread.flags & tick_flags::STACK != 0 {
-            let head: SampleHead = read(bytes)?;
+            let head: SampleHead = read_plain(bytes)?;
             let len = sample_record_bytes(head.user_pages);
             let pages = bytes.get(SAMPLE_HEAD_BYTES..len)?;
             bytes = &bytes[len..];
@@ -146,14 +146,6 @@ pub fn parse(mut bytes: &[u8]) -> Option<Vec<TickEntry<'_>>> {
         out.push(TickEntry { thread, stack });
     }
     Some(out)
-}
-
-/// A plain-integer `T` from the start of `bytes`, if they hold one.
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    (bytes.len() >= size_of::<T>())
-        // SAFETY: enough bytes; `T` is a `#[repr(C)]` struct of integers
-        // (any bytes are valid), read unaligned.
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// The `bpf` system call with a 128-byte `attr`; a returned fd.

@@ -114,6 +114,15 @@ impl ProfileProbe {
     }
 }
 
+/// A plain-integer `T` from the start of `bytes` (a ring record or an
+/// iterator's output), if they hold one.
+pub fn read_plain<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>())
+        // SAFETY: enough bytes; `T` is a `#[repr(C)]` struct of integers
+        // (any bytes are valid), read unaligned.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 /// Reads the programs' counters, summed over CPUs.
 pub fn read_counters(stats: &PerCpuArray<MapData, ProfileStats>) -> anyhow::Result<ProfileStats> {
     let mut c = ProfileStats::default();

@@ -13,7 +13,7 @@ use agent_common::profile::{
 };
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 
-use crate::probes::profile::read_sched_counts;
+use crate::probes::profile::{read_plain, read_sched_counts};
 
 use super::{
     aggregate::StackCounts,
@@ -96,14 +96,10 @@ impl Collected {
     /// Handles one ring-buffer record: a cpu-clock sample.
     pub fn record(&mut self, bytes: &[u8], frames: &mut Vec<Frame>, window: &Window) {
         // A sample: its head, then the `user_pages` pages of stack copied.
-        if bytes.len() < SAMPLE_HEAD_BYTES {
+        let Some(head) = read_plain::<SampleHead>(bytes) else {
             self.malformed += 1;
             return;
-        }
-        // SAFETY: at least a head's bytes, written by the kernel side as a
-        // `SampleHead` (plain integers: any bytes are valid; read unaligned,
-        // no alignment is assumed).
-        let head = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const SampleHead) };
+        };
         let stack = &bytes[SAMPLE_HEAD_BYTES..];
         if bytes.len() != sample_record_bytes(head.user_pages) {
             self.malformed += 1;

@@ -151,7 +151,8 @@ impl OffCpuTicker {
         // Threads this tick did not show have exited.
         if let Some(first) = entries.iter().map(|e| e.thread.time_ns).min() {
             self.totals.forget_older_than(first);
-            self.stacks.retain(|tid, _| entries.iter().any(|e| e.thread.tid == *tid));
+            let totals = &self.totals;
+            self.stacks.retain(|tid, _| totals.has(*tid));
         }
         self.new_blocks = new_blocks;
     }

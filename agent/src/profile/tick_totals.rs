@@ -151,6 +151,11 @@ impl TickTotals {
         self.blocks
     }
 
+    /// Whether thread `tid` was read and not forgotten.
+    pub fn has(&self, tid: u32) -> bool {
+        self.threads.contains_key(&tid)
+    }
+
     /// Forgets threads not read since `before_ns` (exited).
     pub fn forget_older_than(&mut self, before_ns: u64) {
         self.threads.retain(|_, c| c.last.time_ns >= before_ns);
