@@ -60,7 +60,8 @@ pub mod globals {
     /// one-target modes): the verifier prunes the set's code, so their
     /// filter is still one array lookup and a compare.
     pub const TARGET_SET: &str = "TARGET_SET";
-    /// `u32`: 1 when `sched_switch` times run-queue waits (`--profile-dir`).
+    /// `u32`: what `sched_switch` does ([`sched_work`](crate::profile::sched_work) bits):
+    /// nothing without `--profile-dir`.
     pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
     /// `u32`: 1 with `--delivery` (issue 14's queue/drain/delivered/accept
     /// wait and retransmits). 0: the socket programs skip the delivery

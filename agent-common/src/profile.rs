@@ -253,6 +253,16 @@ pub const STOLEN_SLOTS: u32 = 1024;
 /// CPUs whose `THREAD_STOLEN` slots an off-CPU tick sums at most.
 pub const TICK_MAX_CPUS: u32 = 512;
 
+/// Bits of the global `PROFILE_SCHED`: the work `sched_switch` does, set
+/// before load (the verifier prunes the rest).
+pub mod sched_work {
+    /// Run-queue waits into `SCHED_COUNTS` (`--profile-dir`).
+    pub const RUNQ_WAITS: u32 = 1;
+    /// Time stolen from target slices into `THREAD_STOLEN`, which only the
+    /// off-CPU ticks read (not with `--no-off-cpu`).
+    pub const STOLEN: u32 = 2;
+}
+
 /// Bits of [`TickThread::flags`].
 pub mod tick_flags {
     /// Off CPU at the tick: not on a CPU, and sleeping

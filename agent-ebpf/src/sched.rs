@@ -2,7 +2,8 @@
 //! run-queue wait a target thread ends as it is switched in, into a
 //! per-CPU histogram (`sched/runq_wait_*`); and the time stolen from the
 //! slice a target thread ends as it is switched out, into this CPU's slot
-//! for it (`THREAD_STOLEN`, read by the off-CPU ticks). User-space twin:
+//! for it (`THREAD_STOLEN`, read by the off-CPU ticks; not with
+//! `--no-off-cpu`). User-space twin:
 //! `agent/src/probes/profile.rs`.
 //!
 //! Nothing else runs at context switches. Off-CPU time comes from ticks
@@ -14,7 +15,7 @@
 //! CPU clock (`agent/src/probes/cpu.rs`).
 
 use agent_common::profile::{
-    ProfileStats, RUNQ_BINS, STOLEN_SLOTS, SchedCounts, StolenSlot, runq_bin,
+    ProfileStats, RUNQ_BINS, STOLEN_SLOTS, SchedCounts, StolenSlot, runq_bin, sched_work,
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -28,8 +29,9 @@ use crate::{
     config::{self, offset},
 };
 
-/// Set by user space before load: 1 when profiling (0: the verifier drops
-/// the work below).
+/// Set by user space before load: the [`sched_work`] to do (none without
+/// profiling; no steal without off-CPU ticks). The verifier drops the
+/// rest.
 #[unsafe(no_mangle)]
 static PROFILE_SCHED: u32 = 0;
 
@@ -48,19 +50,24 @@ pub(crate) static THREAD_STOLEN: PerCpuArray<StolenSlot> =
 /// the two tasks' tgids (fields the switch has just touched).
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let target = config::target_tgid();
     // SAFETY: a plain global; volatile so the compiler keeps the load.
-    if target == 0 || unsafe { core::ptr::read_volatile(&PROFILE_SCHED) } == 0 {
+    let work = unsafe { core::ptr::read_volatile(&PROFILE_SCHED) };
+    let target = config::target_tgid();
+    if target == 0 || work == 0 {
         return 0;
     }
     let (prev, next): (*const u8, *const u8) = (ctx.arg(1), ctx.arg(2));
     // SAFETY (each load_field): `prev` and `next` are the tracepoint's
     // `struct task_struct *` arguments, and the offsets are of fields of
     // them with these types.
-    if unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target {
+    if work & sched_work::STOLEN != 0
+        && unsafe { load_field::<u32>(prev, offset!(task_tgid)) } == target
+    {
         count_stolen(prev);
     }
-    if unsafe { load_field::<u32>(next, offset!(task_tgid)) } != target {
+    if work & sched_work::RUNQ_WAITS == 0
+        || unsafe { load_field::<u32>(next, offset!(task_tgid)) } != target
+    {
         return 0;
     }
     // Its wait: `rq->clock` (updated by `__schedule` for this switch) less

@@ -12,7 +12,7 @@ use crate::{
 impl MeasureOptions {
     /// What the profiling programs are attached for (`None`: not at all).
     pub(super) fn profile_config(&self) -> Option<ProfileConfig> {
-        self.profile.as_ref().map(|p| ProfileConfig { hz: p.hz })
+        self.profile.as_ref().map(|p| ProfileConfig { hz: p.hz, off_cpu: p.off_cpu })
     }
 }
 

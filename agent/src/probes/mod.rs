@@ -175,12 +175,12 @@ impl Probes {
         if delivery {
             delivery::attach(&mut ebpf, &kernel_btf)?;
         }
+        if profile.is_some_and(|c| c.off_cpu) {
+            offcpu_ticks::load(&mut ebpf, &kernel_btf)?;
+        }
         let profile = profile
             .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
             .transpose()?;
-        if profile.is_some() {
-            offcpu_ticks::load(&mut ebpf, &kernel_btf)?;
-        }
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
         Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })

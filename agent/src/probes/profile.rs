@@ -8,7 +8,7 @@
 use agent_common::{
     globals,
     names::{maps, programs},
-    profile::{ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts},
+    profile::{ProfileSample, ProfileStats, RING_BYTES_OFF, SchedCounts, sched_work},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,11 +21,14 @@ use super::{
     take_map,
 };
 
-/// What to sample: cpu-clock at `hz` per CPU (run-queue waits always).
-/// Off-CPU ticks are set up apart (`super::offcpu_ticks`).
+/// What to sample: cpu-clock at `hz` per CPU (run-queue waits always);
+/// `off_cpu`: the off-CPU ticks' task iterator is loaded and
+/// `sched_switch` keeps the time stolen from target slices for it (set up
+/// apart: `super::offcpu_ticks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProfileConfig {
     pub hz: u32,
+    pub off_cpu: bool,
 }
 
 /// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (user
@@ -39,8 +42,8 @@ pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     (records * record).next_power_of_two().min(1 << 30) as u32
 }
 
-/// Sizes the ring and turns `sched_switch`'s work on before load: a page
-/// of ring and nothing when profiling is off (the map is in the object
+/// Sizes the ring and sets `sched_switch`'s work before load: a page of
+/// ring and no work when profiling is off (the map is in the object
 /// either way).
 pub fn configure<'a>(
     loader: &mut EbpfLoader<'a>,
@@ -55,10 +58,15 @@ pub fn configure<'a>(
     // Indexed by CPU number: one slot per possible CPU.
     loader.map_max_entries(maps::PROFILE_SCRATCH, scratch_slots);
     // The loader keeps a reference until load: statics.
-    static OFF: u32 = 0;
-    static ON: u32 = 1;
-    let on = if config.is_some() { &ON } else { &OFF };
-    loader.override_global(globals::PROFILE_SCHED, on, true);
+    static NONE: u32 = 0;
+    static RUNQ: u32 = sched_work::RUNQ_WAITS;
+    static RUNQ_AND_STOLEN: u32 = sched_work::RUNQ_WAITS | sched_work::STOLEN;
+    let work = match config {
+        None => &NONE,
+        Some(c) if c.off_cpu => &RUNQ_AND_STOLEN,
+        Some(_) => &RUNQ,
+    };
+    loader.override_global(globals::PROFILE_SCHED, work, true);
     // `THREAD_STACK` is a task-storage map, which aya 0.14 creates but has
     // no user-space type for (it calls it unsupported); user space never
     // reads it.
@@ -149,7 +157,7 @@ mod tests {
     fn ring_is_a_power_of_two_holding_50_ms() {
         let record = std::mem::size_of::<ProfileSample>() + 8;
         for (hz, cpus) in [(99, 2), (99, 64), (999, 2), (1, 1)] {
-            let b = ring_bytes(ProfileConfig { hz }, cpus) as usize;
+            let b = ring_bytes(ProfileConfig { hz, off_cpu: true }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
             assert!(b / record >= (hz as usize * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }

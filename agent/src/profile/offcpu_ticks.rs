@@ -42,8 +42,8 @@ pub struct OffCpuTicker {
     totals: TickTotals,
     /// Per tid, the stack of its block at the switch count it was taken at.
     stacks: HashMap<u32, (u64, Box<[Frame]>)>,
-    /// Blocked threads at the last tick whose block's stack was not known:
-    /// how many stacks the next tick's draw chooses among.
+    /// Blocked threads at the last tick in blocks whose stack was not known
+    /// before it: how many stacks the next tick's draw chooses among.
     new_blocks: u64,
     last_ns: u64,
     counts: TickCounts,
@@ -117,6 +117,10 @@ impl OffCpuTicker {
         let (mut new_blocks, mut grew_all) = (0u64, 0u64);
         for e in entries {
             let t = e.thread;
+            // A block whose stack this tick took is new too: counted after
+            // the stack went in, the draws alternated between half and all
+            // of the new blocks (~1.5 times the aim).
+            let mut new_block = e.stack.is_some();
             if let Some((head, pages)) = &e.stack {
                 self.counts.stacks += 1;
                 self.counts.stack_bytes += pages.len() as u64;
@@ -135,9 +139,8 @@ impl OffCpuTicker {
                 continue;
             }
             let known = self.stacks.get(&t.tid).filter(|(s, _)| *s == t.switches);
-            if known.is_none() {
-                new_blocks += 1;
-            }
+            new_block |= known.is_none();
+            new_blocks += u64::from(new_block);
             match known {
                 Some((_, stack)) if t.flags & tick_flags::SELECTED != 0 => {
                     c.off_cpu.sampled(t.tid, now_ns, stack, weight, total);
