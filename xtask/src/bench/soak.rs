@@ -118,7 +118,7 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
             (failures, samples)
         })
     };
-    let cpu_before = procfs::cpu_ns(pid)?;
+    let cpu_before = procfs::process_cpu_clock_ns(pid)?;
     let mut sent = 0.0;
     let mut chunk = 0;
     while start.elapsed() < length {
@@ -129,7 +129,7 @@ pub fn run_scenario(env: &mut Env, results: &mut Results) -> Result<()> {
         chunk += 1;
         println!("  {:>4.0} s: {sent} requests sent", start.elapsed().as_secs_f64());
     }
-    let cpu_ns = procfs::cpu_ns(pid)? - cpu_before;
+    let cpu_ns = procfs::process_cpu_clock_ns(pid)? - cpu_before;
     let wall_ns = start.elapsed().as_nanos() as f64;
     // Two intervals: the last events drained and counted.
     thread::sleep(Duration::from_millis(2500));
@@ -200,7 +200,7 @@ fn rows(
     row.note = format!("open fds at the end − at {} s", warm.t.as_secs());
     let row = results.add("serve/soak/agent_cpu_percent", "cpu-percent", cpu_percent);
     row.goal = Goal::AtMost(GOAL_CPU_PERCENT);
-    row.note = format!("utime+stime ÷ wall, {RATE} req/s, a scrape a second");
+    row.note = format!("CPU-time clock ÷ wall, {RATE} req/s, a scrape a second");
     let row = results.add("serve/soak/requests_counted_ratio", "ratio", counted / sent);
     row.goal = Goal::Equal(1.0);
     row.note = format!("http_server_requests_total increase ÷ requests http-load sent ({sent})");
