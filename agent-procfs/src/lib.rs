@@ -1,5 +1,6 @@
 //! Reading `/proc/PID/{stat,status,task}`: the ground truth every kernel-side
-//! number is checked against, and the seed values taken at attach.
+//! number is checked against, and the seed values taken at attach. The
+//! samples read the target's files kept open (`kept`).
 //!
 //! Parsers are pure (text in, struct out) so they are unit-tested without a
 //! process; the `read_*` wrappers only add the file read.
@@ -9,6 +10,9 @@ use std::{
     io::{self, BufRead as _},
     path::PathBuf,
 };
+
+mod kept;
+pub use kept::{ProcFile, ProcessFiles};
 
 /// `PF_KTHREAD` in `/proc/PID/stat` field 9 (`flags`): the task is a kernel thread.
 const PF_KTHREAD: u64 = 0x0020_0000;

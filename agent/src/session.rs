@@ -106,11 +106,12 @@ pub fn has_exited(pidfd: &OwnedFd) -> bool {
     wait_exit(pidfd, Duration::ZERO)
 }
 
-/// Reads everything once. When `/proc` cannot be read (the target is gone),
-/// the ground-truth fields repeat `prev`'s.
+/// Reads everything once (`proc`: the target's files, kept open). When
+/// `/proc` cannot be read (the target is gone), the ground-truth fields
+/// repeat `prev`'s.
 pub fn sample(
     probes: &Probes,
-    pid: u32,
+    proc: &mut procfs::ProcessFiles,
     ticks: u64,
     prev: Option<&Sample>,
 ) -> anyhow::Result<(Sample, KernelReading)> {
@@ -130,8 +131,8 @@ pub fn sample(
     };
     // The target's namespace's counter; kept from `prev` once it is gone.
     s.listen_overflows =
-        procfs::listen_overflows(pid).unwrap_or_else(|_| prev.map_or(0, |p| p.listen_overflows));
-    match (procfs::read_stat(pid), procfs::read_status(pid)) {
+        proc.listen_overflows().unwrap_or_else(|_| prev.map_or(0, |p| p.listen_overflows));
+    match (proc.stat(), proc.status()) {
         (Ok(stat), Ok(status)) if status.vm_rss > 0 || stat.state != 'Z' => {
             s.proc_cpu_ns = stat.cpu_time_ns(ticks);
             s.proc_minor_faults = stat.minflt;
@@ -195,7 +196,8 @@ pub fn run(
             signal_marks = i + 1;
         }
     };
-    let (first, _) = sample(probes, config.pid, ticks, None)?;
+    let mut proc = procfs::ProcessFiles::open(config.pid);
+    let (first, _) = sample(probes, &mut proc, ticks, None)?;
     let mut samples = match config.start_ns {
         // ListenOverflows is the namespace's, not the target's: it starts
         // at the first reading, not at zero.
@@ -228,7 +230,7 @@ pub fn run(
         }
         if monotonic_ns() >= next_tick {
             probes.drain(&mut log);
-            let (s, k) = sample(probes, config.pid, ticks, samples.last())?;
+            let (s, k) = sample(probes, &mut proc, ticks, samples.last())?;
             let prev = *samples.last().expect("first sample");
             samples.push(s);
             progress.update(&samples[0], &s, &prev, log.count());
@@ -250,7 +252,7 @@ pub fn run(
     progress.clear();
     // The closing sample: kernel counters are final (an exited target's last
     // slice and faults are in them); /proc may be gone.
-    let (s, last_kernel) = sample(probes, config.pid, ticks, samples.last())?;
+    let (s, last_kernel) = sample(probes, &mut proc, ticks, samples.last())?;
     samples.push(s);
     let in_flight = probes.drain_final(&mut log);
     collect_marks(&mut marks);
