@@ -5,6 +5,8 @@
 //! every page fault of every process on the machine (issue 12's node tax).
 //! Formulas and errors: `docs/metrics.md#memory`.
 
+use std::cell::RefCell;
+
 use agent_common::{
     RssCounters, RssStats,
     names::{maps, programs},
@@ -62,12 +64,20 @@ pub struct MemoryProbe {
     stats: PerCpuArray<MapData, RssStats>,
     /// (minor, major) page faults.
     faults: Since<2>,
+    /// The counted process's `/proc/PID/stat`, kept open (`procfs::kept`).
+    stat: RefCell<Option<(u32, procfs::ProcFile)>>,
 }
 
 /// `pid`'s (minor, major) page faults so far, as the kernel counts them
-/// for the thread group (`None`: gone).
-fn fault_counts(pid: u32) -> Option<[u64; 2]> {
-    procfs::read_stat(pid).ok().map(|s| [s.minflt, s.majflt])
+/// for the thread group (`None`: gone), from its stat file kept in `kept`.
+fn fault_counts(kept: &RefCell<Option<(u32, procfs::ProcFile)>>, pid: u32) -> Option<[u64; 2]> {
+    let mut kept = kept.borrow_mut();
+    if kept.as_ref().is_none_or(|(p, _)| *p != pid) {
+        *kept = Some((pid, procfs::ProcFile::open(format!("/proc/{pid}/stat")).ok()?));
+    }
+    let (_, file) = kept.as_mut()?;
+    let stat = procfs::parse_stat(file.read().ok()?).ok()?;
+    Some([stat.minflt, stat.majflt])
 }
 
 impl MemoryProbe {
@@ -105,7 +115,12 @@ impl MemoryProbe {
             programs::RSS_STAT,
             Hook::TracePoint { category: "kmem", name: "rss_stat" },
         )?;
-        Ok(MemoryProbe { counters, stats, faults: Since::new(faults_since) })
+        Ok(MemoryProbe {
+            counters,
+            stats,
+            faults: Since::new(faults_since),
+            stat: RefCell::new(None),
+        })
     }
 
     /// The target was armed at its exec with these (minor, major) fault
@@ -125,7 +140,7 @@ impl MemoryProbe {
             r.foreign_updates += s.foreign_updates;
             r.unattributed += s.unattributed;
         }
-        [r.minor_faults, r.major_faults] = self.faults.read(fault_counts);
+        [r.minor_faults, r.major_faults] = self.faults.read(|pid| fault_counts(&self.stat, pid));
         // The running value can pass the per-CPU peaks only by a racing store.
         r.peak_rss_bytes = r.peak_rss_bytes.max(r.rss_bytes);
         Ok(r)
