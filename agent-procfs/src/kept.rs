@@ -1,11 +1,13 @@
 //! A process's `/proc` files kept open between samples and read again from
-//! their start with one `pread`. Opening `/proc/PID/net/netstat` and
+//! their start with `pread`. Opening `/proc/PID/net/netstat` and
 //! reading it to the end cost ~119 µs here against ~51 µs for `pread`s of
 //! the open file (the kernel renders its 4 KiB twice on a fresh file: the
 //! first pass overflows the `seq_file`'s page and is redone into two);
 //! `stat` and `status` ~7 µs less each. Ten samples a second, the agent
 //! attached to an idle process went from 0.45 to 0.33 % of a core (8
-//! interleaved 10 s runs each; `docs/performance.md`, fifteenth session).
+//! interleaved 10 s runs each), 0.30 % with the memory probe's page
+//! faults read from a kept `stat` too (`docs/performance.md`, fifteenth
+//! session).
 //! An open file also stays with the process it was opened for: a reused
 //! pid is never read by mistake.
 

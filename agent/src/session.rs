@@ -34,6 +34,11 @@ pub struct SessionConfig {
     /// `/proc/PID/stat` at `start_ns` (launch mode: read at the exec stop),
     /// so the ground truth starts where the kernel counters do.
     pub proc_at_start: Option<procfs::ProcStat>,
+    /// Printed to stderr once the first sample is taken (`perf-agent:
+    /// attached to PID …`): load started after it is measured whole. Said
+    /// before, a burst started on it could beat the first sample (a test's
+    /// listen overflows counted 11 of 24).
+    pub attached_message: String,
 }
 
 /// Something that steers a run from the sampling loop (the k6 driver).
@@ -198,6 +203,7 @@ pub fn run(
     };
     let mut proc = procfs::ProcessFiles::open(config.pid);
     let (first, _) = sample(probes, &mut proc, ticks, None)?;
+    eprintln!("{}", config.attached_message);
     let mut samples = match config.start_ns {
         // ListenOverflows is the namespace's, not the target's: it starts
         // at the first reading, not at zero.

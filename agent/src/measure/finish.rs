@@ -54,6 +54,7 @@ pub(super) fn finish(
         interval: opts.interval,
         idle_after_startup: opts.idle,
         proc_at_start: child.as_ref().and_then(|c| c.stat_at_exec.clone()),
+        attached_message: super::attached_message(target.pid, &target.comm, opts),
     };
     let mut driver = k6_driver(opts, k6_ready.as_ref(), target.exec_ns.is_some());
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);

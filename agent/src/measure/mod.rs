@@ -94,7 +94,6 @@ pub fn attach_pid(pid: u32, force: bool, opts: &MeasureOptions) -> anyhow::Resul
         }
         Err(e) => return Err(e.context(format!("attaching to PID {pid}"))),
     };
-    announce(pid, &stat.comm, opts);
     let target = Measured { pid, comm: stat.comm, exec_ns: None };
     finish(probes, &pidfd, target, None, opts, k6, None)
 }
@@ -117,7 +116,6 @@ pub fn attach_wait_exec(name: &str, opts: &MeasureOptions) -> anyhow::Result<u8>
         Ok(stat) => session::open_pidfd(pid, stat.starttime_ticks)?,
         Err(_) => bail!("PID {pid} ({name}) exec'd and exited before perf-agent could follow it"),
     };
-    announce(pid, &comm, opts);
     let target = Measured { pid, comm, exec_ns: Some(target.exec_ns) };
     finish(probes, &pidfd, target, None, opts, k6, None)
 }
@@ -162,7 +160,6 @@ pub fn run(argv: &[String], opts: &MeasureOptions, limits: &cgroup::Limits) -> a
         session::pidfd_open(pid).with_context(|| format!("pidfd_open on our child {pid}"))?;
     let comm =
         child.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    announce(pid, &comm, opts);
     let target = Measured { pid, comm, exec_ns: Some(target.exec_ns) };
     finish(probes, &pidfd, target, Some(child), opts, k6, sandbox.as_ref())
 }
@@ -176,14 +173,15 @@ fn k6_preflight(opts: &MeasureOptions) -> anyhow::Result<Option<K6Ready>> {
     Ok(Some(K6Ready { k6, plan }))
 }
 
-fn announce(pid: u32, comm: &str, opts: &MeasureOptions) {
-    eprintln!(
+/// What the session says once measuring (`SessionConfig::attached_message`).
+pub(super) fn attached_message(pid: u32, comm: &str, opts: &MeasureOptions) -> String {
+    format!(
         "perf-agent: attached to PID {pid} ({comm}){}",
         match opts.duration {
             Some(d) => format!(" for {:.1} s", d.as_secs_f64()),
             None => ", Ctrl-C to stop".into(),
         }
-    );
+    )
 }
 
 /// Waits until the exec hook armed the target. `None` on a signal.
