@@ -280,6 +280,10 @@ pub mod tick_flags {
     pub const WOKEN: u32 = 8;
     /// In a run queue waiting for a CPU, woken or preempted.
     pub const WAITING: u32 = 16;
+    /// Selected, but the stack taken was dropped: the thread ran (or was
+    /// running again) while its stack was copied, so the copy may mix two
+    /// moments of it. The block's time still counts, without a stack.
+    pub const TORN: u32 = 32;
 }
 
 /// What user space sets before each tick's read (map `OFF_CPU_TICK`, one

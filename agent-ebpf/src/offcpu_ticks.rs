@@ -233,7 +233,11 @@ pub extern "C" fn profile_offcpu_ticks(ctx: *mut IterTaskContext) -> i32 {
             // SAFETY: a map lookup by value; the result is copied.
             let stacked = unsafe { OFF_CPU_STACKED.get(&tid) }.copied();
             if stacked != Some(switches) && build_stack(task, (target, tid)) {
-                t.flags |= tick_flags::STACK;
+                t.flags |= if still_off_cpu(task, switches) {
+                    tick_flags::STACK
+                } else {
+                    tick_flags::TORN
+                };
             }
         }
     }
@@ -251,6 +255,24 @@ pub extern "C" fn profile_offcpu_ticks(ctx: *mut IterTaskContext) -> i32 {
         unsafe { bpf_seq_write(seq.cast(), s.cast::<c_void>(), len) };
     }
     0
+}
+
+/// Whether `task`, off CPU with `switches` switches before its stack was
+/// copied, still is and has not switched since: its registers and stack
+/// did not move under the copy. A target thread blocked for microseconds
+/// at a time (a server between requests) can be woken and run on another
+/// CPU while its pages are copied, which takes microseconds too; such a
+/// copy unwound into addresses in no mapping.
+#[inline(always)]
+fn still_off_cpu(task: *const u8, switches: u64) -> bool {
+    // SAFETY: the iterator's task and offsets of its fields with these
+    // types, as in `profile_offcpu_ticks`.
+    unsafe {
+        load_field::<u32>(task, offset!(task_on_cpu)) == 0
+            && load_field::<u64>(task, offset!(task_nvcsw))
+                .wrapping_add(load_field::<u64>(task, offset!(task_nivcsw)))
+                == switches
+    }
 }
 
 /// Builds blocked thread `task`'s stack in `OFF_CPU_SCRATCH`, as the

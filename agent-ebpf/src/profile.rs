@@ -97,8 +97,12 @@ const PT_REGS_BP: usize = 4 * 8;
 const PT_REGS_IP: usize = 16 * 8;
 const PT_REGS_SP: usize = 19 * 8;
 
-/// Makes the ring buffer not wake its reader: user space polls it.
-pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output` flags: wake the reader or not; `bpf_ringbuf_query`
+/// items: bytes not yet read, the ring's size.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 
 /// Sends a [`ProfileSample`] of the current task (`tgid`, `tid`, of the
 /// target): its user registers, its kernel stack at `ctx`, its user stack
@@ -153,7 +157,7 @@ pub(crate) fn send_stack(
     // `sample_record_bytes` is at most that (it clamps the pages again,
     // which also gives the verifier its bound).
     let record = unsafe { core::slice::from_raw_parts(s as *const u8, sample_record_bytes(pages)) };
-    if PROFILE_SAMPLES.output::<[u8]>(record, BPF_RB_NO_WAKEUP).is_err() {
+    if PROFILE_SAMPLES.output::<[u8]>(record, wakeup_flag()).is_err() {
         return false;
     }
     // Bytes of the stacks sent, as the stacks are counted.
@@ -161,6 +165,20 @@ pub(crate) fn send_stack(
         stats.stack_bytes += u64::from(pages) * STACK_PAGE as u64;
     }
     true
+}
+
+/// The ring's wake-up for a record about to be sent: none while it is
+/// under half full (user space reads it at its own ticks, so the target's
+/// CPUs are not woken for every sample), forced past that (user space
+/// then drains it at once, long before it fills).
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    let used = PROFILE_SAMPLES.query(BPF_RB_AVAIL_DATA);
+    if used > PROFILE_SAMPLES.query(BPF_RB_RING_SIZE) / 2 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 /// Starts a sample's head: when, whose (the target's tgid and the

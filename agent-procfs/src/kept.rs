@@ -82,6 +82,11 @@ impl ProcessFiles {
         }
     }
 
+    /// The process these files are of.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub fn stat(&mut self) -> io::Result<ProcStat> {
         let file = self.stat.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
         parse_stat(file.read()?).map_err(invalid)

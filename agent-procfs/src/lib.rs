@@ -304,6 +304,35 @@ pub fn process_cpu_ns(pid: u32) -> io::Result<u64> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// `/proc/PID/task/TID/schedstat`: the thread's ns on a CPU
+/// (`se.sum_exec_runtime`) and ns waiting on a run queue
+/// (`sched_info.run_delay`), exact.
+pub fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// [`parse_schedstat`] of thread `tid` of process `pid`.
+pub fn task_schedstat(pid: u32, tid: u32) -> io::Result<(u64, u64)> {
+    let path = proc_path(pid, &format!("task/{tid}/schedstat"));
+    parse_schedstat(&fs::read_to_string(path)?).ok_or_else(|| {
+        invalid(ParseError { file: "schedstat", what: format!("thread {tid} of {pid}") })
+    })
+}
+
+/// [`parse_schedstat`] of every live thread of process `pid`, by tid (a
+/// thread that exits while they are read is left out).
+pub fn thread_schedstats(pid: u32) -> io::Result<std::collections::HashMap<u32, (u64, u64)>> {
+    let mut out = std::collections::HashMap::new();
+    for task in fs::read_dir(proc_path(pid, "task"))?.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        if let Ok(stats) = task_schedstat(pid, tid) {
+            out.insert(tid, stats);
+        }
+    }
+    Ok(out)
+}
+
 /// How many `bpf_link` descriptors process `pid` holds: one per program
 /// attached through a link.
 pub fn bpf_link_count(pid: u32) -> io::Result<usize> {
@@ -318,6 +347,17 @@ pub fn bpf_link_count(pid: u32) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn schedstat_is_cpu_then_run_queue_ns() {
+        use super::{parse_schedstat, thread_schedstats};
+        assert_eq!(parse_schedstat("123456 789 42\n"), Some((123456, 789)));
+        assert_eq!(parse_schedstat("12"), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+        let me = std::process::id();
+        let threads = thread_schedstats(me).unwrap();
+        assert!(threads.get(&me).is_some_and(|(cpu, _)| *cpu > 0), "{threads:?}");
+    }
 
     /// Burns about `ms` of this thread's CPU.
     fn burn(ms: u64) {

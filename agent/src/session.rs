@@ -120,7 +120,8 @@ pub fn sample(
     ticks: u64,
     prev: Option<&Sample>,
 ) -> anyhow::Result<(Sample, KernelReading)> {
-    let k = probes.read()?;
+    let stat = proc.stat();
+    let k = probes.read(stat.as_ref().ok().map(|s| (proc.pid(), s)))?;
     let t_ns = monotonic_ns();
     let mut s = Sample {
         t_ns,
@@ -137,7 +138,7 @@ pub fn sample(
     // The target's namespace's counter; kept from `prev` once it is gone.
     s.listen_overflows =
         proc.listen_overflows().unwrap_or_else(|_| prev.map_or(0, |p| p.listen_overflows));
-    match (proc.stat(), proc.status()) {
+    match (stat, proc.status()) {
         (Ok(stat), Ok(status)) if status.vm_rss > 0 || stat.state != 'Z' => {
             s.proc_cpu_ns = stat.cpu_time_ns(ticks);
             s.proc_minor_faults = stat.minflt;

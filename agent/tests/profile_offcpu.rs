@@ -8,7 +8,9 @@ mod profile_common;
 
 use std::path::Path;
 
-use common::{Agent, AgentOutput, bmf_value, fixture, out_path, privileged, read_bmf};
+use common::{
+    Agent, AgentOutput, Target, bmf_value, fixture, http_load, out_path, privileged, read_bmf,
+};
 use profile_common::{Folded, check_every_pprof, check_svg, profile_dir};
 
 /// How long one profiled run may take to end.
@@ -243,4 +245,39 @@ fn the_summary_says_when_proc_misses_exited_threads() {
     let r = agent.wait(RUN_TIMEOUT);
     let line = runq_summary_line(&r);
     assert!(line.contains("threads that exited during the run used"), "{line}");
+}
+
+/// A saturated server's threads block for microseconds at a time, so one
+/// can be woken and run on another CPU while the tick copies its stack; a
+/// copy that mixes two moments of the thread unwound into addresses in no
+/// mapping (~4 % of demo-server's blocked time sat under `[unknown]+0x…`
+/// callers of `recv`). The iterator drops such stacks (and the summary
+/// counts them): every off-CPU stack left unwinds through mapped code.
+#[test]
+fn torn_off_cpu_stacks_of_a_busy_server_are_dropped_not_misread() {
+    let Some(_serial) = privileged() else { return };
+    let server = Target::start("demo-server", &[]);
+    let dir = profile_dir("offcpu-torn");
+    let out = out_path("profile-offcpu-torn");
+    let pid = server.pid.to_string();
+    let agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_attached();
+    http_load(&format!("http://{}/", server.addr()), &["--requests", "150000"]);
+    agent.signal(libc::SIGINT);
+    let r = agent.wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let folded = Folded::read(&dir.join("run.offcpu.folded"));
+    let unmapped = folded.with_frame(|f| f.starts_with("[unknown]"));
+    assert_eq!(unmapped, 0, "{unmapped} ns under unmapped frames:\n{}", r.stdout);
+    // The connection threads wait for requests in the server's own code.
+    let serving = folded.with_frame(|f| f == "fixtures::http::HeadBuffer::read_head");
+    assert!(serving > 0, "no blocked time in read_head:\n{}", r.stdout);
 }

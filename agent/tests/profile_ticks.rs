@@ -43,6 +43,9 @@ fn ticks_see_blocked_threads_and_name_where_they_wait() {
     let mut buf = Vec::new();
     let rounds = 200;
     let mut counters_checked = 0;
+    // Threads waiting for a CPU at a tick: their run-queue wait so far,
+    // which /proc shows only once the wait ends (`sched_info_arrive`).
+    let mut waits_under_way: HashMap<u32, u64> = HashMap::new();
     for tick in 0..rounds {
         // Every blocked thread selected: each new block sends its stack.
         let before = schedstat(target.pid);
@@ -51,14 +54,35 @@ fn ticks_see_blocked_threads_and_name_where_they_wait() {
         let entries = offcpu_ticks::parse(&buf[..len]).expect("whole records");
         assert!(!entries.is_empty(), "tick {tick} saw no thread of the target");
         // Between the two readings of /proc, give or take what a run
-        // queue's clock may lag (a scheduler tick, 4 ms at 250 Hz).
+        // queue's clock may lag (a scheduler tick, 4 ms at 250 Hz). A wait
+        // under way at the tick is in the tick's count but not yet in
+        // /proc's: its upper bound is checked at the first tick that finds
+        // the thread no longer waiting (so the wait has ended and /proc
+        // holds it whole).
+        const LAG: u64 = 5_000_000;
         for e in &entries {
             let t = e.thread;
             let (Some(b), Some(a)) = (before.get(&t.tid), after.get(&t.tid)) else { continue };
-            const LAG: u64 = 5_000_000;
-            for (what, got, lo, hi) in
-                [("CPU", t.exec_ns, b.0, a.0), ("run-queue wait", t.run_delay_ns, b.1, a.1)]
+            if let Some(got) = waits_under_way.get(&t.tid).copied()
+                && t.flags & tick_flags::WAITING == 0
             {
+                assert!(
+                    got <= a.1 + LAG,
+                    "thread {}: run-queue wait {got} ns at an earlier tick (waiting), /proc says \
+                     {} after the wait",
+                    t.tid,
+                    a.1
+                );
+                waits_under_way.remove(&t.tid);
+            }
+            let waiting = t.flags & tick_flags::WAITING != 0;
+            if waiting {
+                waits_under_way.insert(t.tid, t.run_delay_ns);
+            }
+            for (what, got, lo, hi) in [
+                ("CPU", t.exec_ns, b.0, a.0),
+                ("run-queue wait", t.run_delay_ns, b.1, if waiting { u64::MAX - LAG } else { a.1 }),
+            ] {
                 assert!(
                     got + LAG >= lo && got <= hi + LAG,
                     "thread {}: {what} {got} ns at the tick, /proc says {lo} then {hi}",
@@ -139,15 +163,5 @@ fn ticks_see_blocked_threads_and_name_where_they_wait() {
 /// Each thread's CPU time and run-queue wait so far, ns, from
 /// `/proc/PID/task/TID/schedstat`.
 fn schedstat(pid: u32) -> HashMap<u32, (u64, u64)> {
-    let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for task in dir.flatten() {
-        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
-        if let (Some(exec), Some(delay)) = (fields.next(), fields.next()) {
-            out.insert(tid, (exec, delay));
-        }
-    }
-    out
+    perf_agent::procfs::thread_schedstats(pid).unwrap_or_default()
 }

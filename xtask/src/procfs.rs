@@ -51,3 +51,48 @@ pub fn machine_busy_ns() -> f64 {
 pub fn bpf_link_count(pid: u32) -> usize {
     agent_procfs::bpf_link_count(pid).unwrap_or(0)
 }
+
+/// CPU time of the thread of `pid` named `name` (its `comm`, which the
+/// kernel cuts to 15 bytes), ns, exact (`agent_procfs::task_schedstat`).
+pub fn thread_cpu_ns(pid: u32, name: &str) -> Result<f64> {
+    let tasks = format!("/proc/{pid}/task");
+    for entry in std::fs::read_dir(&tasks).with_context(|| format!("cannot list {tasks}"))? {
+        let entry = entry?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        if comm.trim_end() == name {
+            let (on_cpu_ns, _) = agent_procfs::task_schedstat(pid, tid)
+                .with_context(|| format!("reading thread {tid}'s schedstat"))?;
+            return Ok(on_cpu_ns as f64);
+        }
+    }
+    anyhow::bail!("process {pid} has no thread named {name:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_named_thread_s_cpu_is_found_by_its_name() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let t = std::thread::Builder::new()
+            .name("xtask-probe-thread".into())
+            .spawn(move || {
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(20) {
+                    std::hint::black_box(0u64);
+                }
+                ready_tx.send(()).unwrap();
+                rx.recv().unwrap();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let me = std::process::id();
+        // The kernel keeps 15 bytes of the name.
+        let ns = super::thread_cpu_ns(me, "xtask-probe-thr").unwrap();
+        assert!(ns >= 10e6, "{ns} ns");
+        assert!(super::thread_cpu_ns(me, "no-such-thread").is_err());
+        tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+}

@@ -1,11 +1,10 @@
 //! Memory probe: `kmem:rss_stat` → RSS and peak (kernel side:
 //! `agent-ebpf/src/memory.rs`); minor and major page faults from the
-//! kernel's own per-process counters (`/proc/PID/stat`), read at each
-//! sample: no program, where perf software events with a BPF program ran on
-//! every page fault of every process on the machine (issue 12's node tax).
+//! kernel's own per-process counters (`/proc/PID/stat`, which the session
+//! reads once per sample for its ground truth and hands in): no program,
+//! where perf software events with a BPF program ran on every page fault
+//! of every process on the machine (issue 12's node tax).
 //! Formulas and errors: `docs/metrics.md#memory`.
-
-use std::cell::RefCell;
 
 use agent_common::{
     RssCounters, RssStats,
@@ -64,20 +63,6 @@ pub struct MemoryProbe {
     stats: PerCpuArray<MapData, RssStats>,
     /// (minor, major) page faults.
     faults: Since<2>,
-    /// The counted process's `/proc/PID/stat`, kept open (`procfs::kept`).
-    stat: RefCell<Option<(u32, procfs::ProcFile)>>,
-}
-
-/// `pid`'s (minor, major) page faults so far, as the kernel counts them
-/// for the thread group (`None`: gone), from its stat file kept in `kept`.
-fn fault_counts(kept: &RefCell<Option<(u32, procfs::ProcFile)>>, pid: u32) -> Option<[u64; 2]> {
-    let mut kept = kept.borrow_mut();
-    if kept.as_ref().is_none_or(|(p, _)| *p != pid) {
-        *kept = Some((pid, procfs::ProcFile::open(format!("/proc/{pid}/stat")).ok()?));
-    }
-    let (_, file) = kept.as_mut()?;
-    let stat = procfs::parse_stat(file.read().ok()?).ok()?;
-    Some([stat.minflt, stat.majflt])
 }
 
 impl MemoryProbe {
@@ -115,12 +100,7 @@ impl MemoryProbe {
             programs::RSS_STAT,
             Hook::TracePoint { category: "kmem", name: "rss_stat" },
         )?;
-        Ok(MemoryProbe {
-            counters,
-            stats,
-            faults: Since::new(faults_since),
-            stat: RefCell::new(None),
-        })
+        Ok(MemoryProbe { counters, stats, faults: Since::new(faults_since) })
     }
 
     /// The target was armed at its exec with these (minor, major) fault
@@ -129,7 +109,9 @@ impl MemoryProbe {
         self.faults.armed(pid, [at_exec.0, at_exec.1]);
     }
 
-    pub fn read(&self) -> anyhow::Result<MemoryReading> {
+    /// `stat`: a process's `/proc/PID/stat` read just now (`None`: gone),
+    /// whose page faults count if it is the counted process.
+    pub fn read(&self, stat: Option<(u32, &procfs::ProcStat)>) -> anyhow::Result<MemoryReading> {
         let counters = self.counters.get(&0, 0)?;
         let m = counters.member_bytes;
         let rss = m[rss_member::FILE] + m[rss_member::ANON] + m[rss_member::SHMEM];
@@ -140,7 +122,9 @@ impl MemoryProbe {
             r.foreign_updates += s.foreign_updates;
             r.unattributed += s.unattributed;
         }
-        [r.minor_faults, r.major_faults] = self.faults.read(|pid| fault_counts(&self.stat, pid));
+        [r.minor_faults, r.major_faults] = self
+            .faults
+            .read(|pid| stat.filter(|(p, _)| *p == pid).map(|(_, s)| [s.minflt, s.majflt]));
         // The running value can pass the per-CPU peaks only by a racing store.
         r.peak_rss_bytes = r.peak_rss_bytes.max(r.rss_bytes);
         Ok(r)

@@ -31,7 +31,7 @@ use agent_common::{ExecMatch, PathMatch, Target, TracepointOffsets, exec_match, 
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::requests::RequestLog;
+use crate::{procfs, requests::RequestLog};
 
 /// The eBPF object built by `agent/build.rs` (node mode loads it too:
 /// `serve::node_probes`).
@@ -203,10 +203,15 @@ impl Probes {
         Ok(Some(t))
     }
 
-    pub fn read(&self) -> anyhow::Result<KernelReading> {
+    /// `target_stat`: the target's `/proc/PID/stat` as the session just read
+    /// it (`None`: gone), for the page faults the kernel keeps there.
+    pub fn read(
+        &self,
+        target_stat: Option<(u32, &procfs::ProcStat)>,
+    ) -> anyhow::Result<KernelReading> {
         Ok(KernelReading {
             cpu: self.cpu.read(),
-            memory: self.memory.read()?,
+            memory: self.memory.read(target_stat)?,
             net: self.net.read()?,
         })
     }

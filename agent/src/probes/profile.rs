@@ -31,8 +31,8 @@ pub struct ProfileConfig {
     pub off_cpu: bool,
 }
 
-/// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (user
-/// space drains it every 25 ms), at least 32 records, a power of two (the
+/// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (the
+/// kernel side wakes user space to drain it once half full), at least 32 records, a power of two (the
 /// kernel's rule for ring buffers). Counted as if every record held a
 /// whole 32 KiB stack; records hold only the pages copied, so in practice
 /// it holds two to three times that.
@@ -92,6 +92,8 @@ pub struct ProfileCounters {
     pub off_cpu_blocks: u64,
     pub off_cpu_stacks: u64,
     pub off_cpu_stack_bytes: u64,
+    /// Stacks dropped as torn: the thread ran while they were copied.
+    pub off_cpu_torn: u64,
 }
 
 impl ProfileProbe {

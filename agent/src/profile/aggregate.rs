@@ -4,7 +4,11 @@
 //! [`MAX_BUCKETS`] buckets, neighbours merge and the width doubles (phase
 //! edges then fall on coarser boundaries; see `docs/metrics.md`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// Stacks are hashed at every sample: a fast hash (no defence against
+/// chosen keys is needed: the keys are addresses the kernel saw).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use super::unwind::Frame;
 
@@ -32,7 +36,7 @@ impl StackCounts {
     pub fn with_width(width_ns: u64) -> StackCounts {
         StackCounts {
             stacks: Vec::new(),
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             buckets: BTreeMap::new(),
             width_ns: width_ns.max(1),
         }
@@ -87,7 +91,7 @@ impl StackCounts {
     /// Samples per stack id over the buckets whose middle lies in
     /// `[start_ns, end_ns)`; `None`: the whole run.
     pub fn window(&self, range: Option<(u64, u64)>) -> HashMap<u32, u64> {
-        let mut out: HashMap<u32, u64> = HashMap::new();
+        let mut out: HashMap<u32, u64> = HashMap::default();
         for (&index, counts) in &self.buckets {
             let mid = index * self.width_ns + self.width_ns / 2;
             if range.is_some_and(|(a, b)| mid < a || mid >= b) {

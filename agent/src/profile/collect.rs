@@ -3,6 +3,7 @@
 //! the time blocked (read at off-CPU ticks, `offcpu_ticks.rs`).
 
 use std::{
+    os::fd::AsRawFd as _,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -23,13 +24,17 @@ use super::{
     unwind::{self, Frame, StackWalker, UserRegsAndStack},
 };
 
-/// How often the thread drains the ring buffer (sized for twice that,
-/// `probes::profile::ring_bytes`). Each drain is a wake-up on a CPU the
-/// target may need (at 99 Hz a drain every 10 ms found about two samples);
-/// a larger ring for rarer drains costs its size in the agent's RSS
-/// (4 MiB more for 50 ms drains on two CPUs). Samples carry their own
-/// times, so how late they are read changes nothing else.
-const DRAIN_EVERY: Duration = Duration::from_millis(25);
+// The ring buffer is drained at every off-CPU tick and every run-queue
+// read (`COUNTS_EVERY`), and at once when the kernel side finds it over
+// half full (it wakes the thread then, and only then:
+// `agent-ebpf/src/profile.rs`). Each wake-up is on a CPU the target may
+// need: draining every 25 ms on top of the ticks was about a sixth of this
+// thread's CPU on a saturated server (`docs/performance.md`, sixteenth
+// session). Samples carry their own times, so how late they are read
+// changes nothing else; the ring holds 50 ms of samples
+// (`probes::profile::ring_bytes`), so the half-full wake-up leaves 25 ms to
+// reach the thread.
+
 /// How often it reads the run-queue waits kept in a map: the time
 /// resolution of their phases.
 const COUNTS_EVERY: Duration = Duration::from_millis(100);
@@ -144,9 +149,9 @@ impl Collected {
     }
 }
 
-/// The thread's body: drains every [`DRAIN_EVERY`] and at each off-CPU
-/// tick, reads the run-queue waits every [`COUNTS_EVERY`], and ticks when
-/// due, until `stop`, then once more.
+/// The thread's body: drains the ring, ticks when due and reads the
+/// run-queue waits every [`COUNTS_EVERY`], then sleeps until the next of
+/// those or until the ring is half full; until `stop`, then once more.
 pub fn drain_until_stopped(
     mut ring: RingBuf<MapData>,
     counts: PerCpuArray<MapData, SchedCounts>,
@@ -186,15 +191,25 @@ pub fn drain_until_stopped(
         if stopping {
             break;
         }
-        // Until the next drain or tick, whichever comes first.
+        // Until the next tick or counts read, or the ring's wake-up.
         let now = crate::clock::monotonic_ns();
-        let sleep = ticks.as_ref().map_or(DRAIN_EVERY, |t| t.due_in(now).min(DRAIN_EVERY));
-        std::thread::sleep(sleep);
+        let counts_in = COUNTS_EVERY.saturating_sub(last_counts.elapsed());
+        let sleep = ticks.as_ref().map_or(counts_in, |t| t.due_in(now).min(counts_in));
+        wait_readable(&ring, sleep);
     }
     if let Some(t) = ticks {
         c.ticks = t.counts();
     }
     c
+}
+
+/// Sleeps up to `timeout` or until the kernel side wakes the ring's
+/// readers (at least a millisecond: never a spin).
+fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
+    let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd; a failure (EINTR) only ends the sleep early.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@
 //! Every run-queue wait is timed at the switch-in that ends it
 //! (`agent-ebpf/src/sched.rs`, [`runq`]).
 //!
-//! A thread of its own drains the ring buffer every 25 ms ([`collect`]; the
-//! kernel side does not wake it), so the sampling loop of `session.rs` is
-//! untouched.
+//! A thread of its own drains the ring buffer at each off-CPU tick, every
+//! 100 ms at least, and when the kernel side finds it half full
+//! ([`collect`]), so the sampling loop of `session.rs` is untouched.
 
 pub mod aggregate;
 pub mod collect;
@@ -213,6 +213,7 @@ impl Profiler {
             off_cpu_blocks: t.blocks,
             off_cpu_stacks: t.stacks,
             off_cpu_stack_bytes: t.stack_bytes,
+            off_cpu_torn: t.torn,
         };
         let window_ns = self.window.duration_ns();
         let runq_in_window_ns =

@@ -31,6 +31,9 @@ pub struct TickCounts {
     pub stacks: u64,
     pub stack_bytes: u64,
     pub ns: u64,
+    /// Stacks the iterator dropped because the thread ran while they were
+    /// copied (`tick_flags::TORN`).
+    pub torn: u64,
 }
 
 /// The ticks of one run.
@@ -121,6 +124,7 @@ impl OffCpuTicker {
             // the stack went in, the draws alternated between half and all
             // of the new blocks (~1.5 times the aim).
             let mut new_block = e.stack.is_some();
+            self.counts.torn += u64::from(t.flags & tick_flags::TORN != 0);
             if let Some((head, pages)) = &e.stack {
                 self.counts.stacks += 1;
                 self.counts.stack_bytes += pages.len() as u64;

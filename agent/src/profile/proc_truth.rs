@@ -19,15 +19,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// `None` when the process is gone.
     pub fn read(pid: u32) -> Option<Snapshot> {
-        let mut threads = HashMap::new();
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
-            threads.insert(tid, (fields.next().unwrap_or(0), fields.next().unwrap_or(0)));
-        }
+        let threads = crate::procfs::thread_schedstats(pid).ok()?;
         Some(Snapshot { threads, group_cpu_ns: crate::procfs::process_cpu_ns(pid).ok()? })
     }
 }

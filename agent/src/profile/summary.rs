@@ -74,11 +74,18 @@ impl ProfileReport {
         );
         let c = &self.counters;
         if self.off_cpu {
+            let torn = match c.off_cpu_torn {
+                0 => String::new(),
+                n => format!(
+                    "; {n} more dropped, their thread having run while they were copied (its \
+                     time counts, without a stack)"
+                ),
+            };
             let _ = writeln!(
                 out,
                 "  off-CPU: {} blocks, {} stacks taken at {} ticks (about {} per CPU and second \
                  aimed at; each thread's time off CPU, from the scheduler's counters, is split \
-                 among its stacks by them)",
+                 among its stacks by them){torn}",
                 c.off_cpu_blocks, c.off_cpu_stacks, c.off_cpu_ticks, self.off_cpu_hz
             );
         }

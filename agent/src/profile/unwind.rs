@@ -77,7 +77,12 @@ struct AddressSpace {
     execs: u32,
     placed: Vec<Placed>,
     unwinder: UnwinderX86_64<Bytes>,
+    /// The mappings it was built from, to tell a reload that changed nothing.
+    mappings: Vec<Mapping>,
     read_at: Instant,
+    /// How long after `read_at` a rate-limited reload is due: doubles at
+    /// each reload that finds the mappings unchanged.
+    reload_every: Duration,
 }
 
 /// Most frames kept per stack.
@@ -85,8 +90,13 @@ pub const MAX_FRAMES: usize = 1024;
 /// Mappings are read again at most this often when an address falls
 /// outside them on a page already known to stay outside them, or a walk
 /// stops early; at once for an address on a page not seen unplaced yet;
-/// and at every exec.
+/// and at every exec. Each such reload that finds nothing new doubles the
+/// wait, up to [`RELOAD_EVERY_MAX`]: a target with stacks that never
+/// unwind whole (a thread blocked in code without unwind data) had its
+/// mappings read five times a second, a twentieth of the profiling
+/// thread's CPU.
 const RELOAD_EVERY: Duration = Duration::from_millis(200);
+const RELOAD_EVERY_MAX: Duration = Duration::from_millis(6400);
 /// Pages of code addresses no reload placed, remembered so that they do not
 /// make the mappings be read again at every sample (JIT code).
 const MAX_UNPLACED_PAGES: usize = 4096;
@@ -103,6 +113,8 @@ pub struct StackWalker {
     /// Pages (address / [`PAGE`]) holding addresses that a reload did not
     /// place, since the last exec.
     unplaced_pages: HashSet<u64>,
+    /// The last walk's addresses (a buffer reused by every walk).
+    addrs: Vec<u64>,
 }
 
 /// A sample's user part, as the kernel copied it.
@@ -123,6 +135,7 @@ impl Default for StackWalker {
             cache: CacheX86_64::new(),
             vdso: own_vdso(),
             unplaced_pages: HashSet::new(),
+            addrs: Vec::with_capacity(128),
         }
     }
 }
@@ -142,7 +155,9 @@ impl StackWalker {
             self.unplaced_pages.clear();
             self.reload(tgid, execs);
         }
-        let (mut addrs, mut complete) = self.walk(s);
+        // The walk's buffer, kept from sample to sample (no allocation).
+        let mut addrs = std::mem::take(&mut self.addrs);
+        let mut complete = self.walk(s, &mut addrs);
         // An address on a page no reload has failed to place is new code (a
         // library mapped since the last read: right after an exec the first
         // read may come before the loader mapped libc): read the mappings
@@ -153,10 +168,10 @@ impl StackWalker {
             .any(|&a| self.place(a).is_none() && !self.unplaced_pages.contains(&(a / PAGE)))
             && self.unplaced_pages.len() < MAX_UNPLACED_PAGES;
         let unknown = addrs.iter().any(|&a| self.place(a).is_none());
-        let due = self.space.as_ref().is_some_and(|a| a.read_at.elapsed() >= RELOAD_EVERY);
+        let due = self.space.as_ref().is_some_and(|a| a.read_at.elapsed() >= a.reload_every);
         if new_unknown || ((unknown || !complete) && due) {
             self.reload(tgid, execs);
-            (addrs, complete) = self.walk(s);
+            complete = self.walk(s, &mut addrs);
             for &a in &addrs {
                 if self.place(a).is_none() {
                     self.unplaced_pages.insert(a / PAGE);
@@ -170,12 +185,17 @@ impl StackWalker {
             Some((module, svma)) => Frame::User { module, svma },
             None => Frame::Unmapped(a),
         }));
+        self.addrs = addrs;
     }
 
-    /// Lookup addresses, innermost first, and whether the walk reached the
-    /// outermost frame.
-    fn walk(&mut self, s: &UserRegsAndStack) -> (Vec<u64>, bool) {
-        let Some(space) = &self.space else { return (vec![s.ip], false) };
+    /// Lookup addresses into `addrs`, innermost first; whether the walk
+    /// reached the outermost frame.
+    fn walk(&mut self, s: &UserRegsAndStack, addrs: &mut Vec<u64>) -> bool {
+        addrs.clear();
+        let Some(space) = &self.space else {
+            addrs.push(s.ip);
+            return false;
+        };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let off = addr.checked_sub(s.stack_base).ok_or(())? as usize;
             let bytes = s.stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
@@ -183,13 +203,12 @@ impl StackWalker {
         };
         let regs = UnwindRegsX86_64::new(s.ip, s.sp, s.bp);
         let mut it = space.unwinder.iter_frames(s.ip, regs, &mut self.cache, &mut read_stack);
-        let mut addrs = Vec::new();
         loop {
             match it.next() {
                 Ok(Some(frame)) if addrs.len() < MAX_FRAMES => addrs.push(lookup_address(frame)),
-                Ok(Some(_)) => return (addrs, false),
-                Ok(None) | Err(framehop::Error::ReturnAddressIsNull) => return (addrs, true),
-                Err(_) => return (addrs, false),
+                Ok(Some(_)) => return false,
+                Ok(None) | Err(framehop::Error::ReturnAddressIsNull) => return true,
+                Err(_) => return false,
             }
         }
     }
@@ -203,10 +222,21 @@ impl StackWalker {
     }
 
     /// Reads the target's mappings again and rebuilds the unwinder (unwind
-    /// data of files already seen is reused). Keeps the old view when
-    /// `/proc` is gone (the target exited; its last samples still unwind).
+    /// data of files already seen is reused) if they changed. Keeps the old
+    /// view when `/proc` is gone (the target exited; its last samples still
+    /// unwind).
     fn reload(&mut self, tgid: u32, execs: u32) {
-        let Ok(mappings) = read_maps(tgid) else {
+        let mappings = read_maps(tgid);
+        if let Some(a) = &mut self.space
+            && a.tgid == tgid
+            && a.execs == execs
+            && mappings.as_ref().is_ok_and(|m| *m == a.mappings)
+        {
+            a.read_at = Instant::now();
+            a.reload_every = (a.reload_every * 2).min(RELOAD_EVERY_MAX);
+            return;
+        }
+        let Ok(mappings) = mappings else {
             if let Some(a) = &mut self.space {
                 a.read_at = Instant::now();
             }
@@ -236,7 +266,15 @@ impl StackWalker {
             placed.push(Placed { start: m.start, end: m.end, module, bias });
         }
         placed.sort_by_key(|p| p.start);
-        self.space = Some(AddressSpace { tgid, execs, placed, unwinder, read_at: Instant::now() });
+        self.space = Some(AddressSpace {
+            tgid,
+            execs,
+            placed,
+            unwinder,
+            mappings,
+            read_at: Instant::now(),
+            reload_every: RELOAD_EVERY,
+        });
     }
 
     /// Unwind data of a mapping's file, read once per path.
@@ -283,10 +321,11 @@ mod tests {
     use super::*;
     use crate::profile::symbols::Symbolizer;
 
-    /// Copies this thread's registers and the top of its stack, like the
+    /// Copies this thread's registers and the top of its stack (from the
+    /// base of `sp`'s page to at most `above_sp` bytes past `sp`), like the
     /// kernel side does, and unwinds them.
     #[inline(never)]
-    fn unwind_here(walker: &mut StackWalker) -> Vec<Frame> {
+    fn unwind_here(walker: &mut StackWalker, above_sp: u64) -> Vec<Frame> {
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads three registers.
         unsafe {
@@ -306,7 +345,7 @@ mod tests {
             .find(|&(a, b)| a <= sp && sp < b)
             .unwrap()
             .1;
-        let len = (end - base).min(16384) as usize;
+        let len = (end - base).min(sp - base + above_sp) as usize;
         // SAFETY: [base, base + len) is inside this thread's stack mapping.
         let stack = unsafe { std::slice::from_raw_parts(base as *const u8, len) }.to_vec();
         let regs = UserRegsAndStack { ip, sp, bp, stack_base: base, stack: &stack };
@@ -318,7 +357,7 @@ mod tests {
     #[test]
     fn unwinds_this_thread_to_its_start() {
         let mut walker = StackWalker::default();
-        let frames = unwind_here(&mut walker);
+        let frames = unwind_here(&mut walker, 16384);
         let mut sym = Symbolizer::new(
             &walker.modules,
             walker.vdso.as_deref(),
@@ -331,5 +370,32 @@ mod tests {
         // inlined into it) to the thread's start.
         assert!(names.iter().any(|n| n.starts_with("test::run_test")), "{names:#?}");
         assert!(names.iter().any(|n| n.contains("thread_start")), "{names:#?}");
+    }
+
+    #[test]
+    fn reloads_that_find_the_mappings_unchanged_back_off() {
+        let mut walker = StackWalker::default();
+        let every = |w: &StackWalker| w.space.as_ref().unwrap().reload_every;
+        let make_due = |w: &mut StackWalker| {
+            let space = w.space.as_mut().unwrap();
+            space.read_at = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        };
+        // Nothing past `sp`: the walk never reaches the root, so each time
+        // it is due the mappings are read.
+        let short = |w: &mut StackWalker| unwind_here(w, 0);
+        assert_eq!(short(&mut walker)[0], Frame::Truncated);
+        assert_eq!(every(&walker), RELOAD_EVERY);
+        for ms in [400, 800, 1600, 3200, 6400, 6400] {
+            make_due(&mut walker);
+            assert_eq!(short(&mut walker)[0], Frame::Truncated);
+            assert_eq!(every(&walker), Duration::from_millis(ms));
+        }
+        // Mappings that changed are read into a new unwinder, and the wait
+        // starts over.
+        walker.space.as_mut().unwrap().mappings.clear();
+        make_due(&mut walker);
+        short(&mut walker);
+        assert_eq!(every(&walker), RELOAD_EVERY);
+        assert!(!walker.space.as_ref().unwrap().mappings.is_empty());
     }
 }

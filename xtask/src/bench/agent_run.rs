@@ -148,6 +148,11 @@ impl RunningAgent {
         Ok(agent)
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the agent holds at least one `bpf_link` fd and their count
     /// has not changed for `quiet` (its programs are attached, or it has
     /// finished detaching some); an error after `timeout`. Returns the count.
