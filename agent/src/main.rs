@@ -291,6 +291,11 @@ struct CommonArgs {
     /// debug-file-directory: what distributions' -dbg/-dbgsym packages install).
     #[arg(long, value_name = "DIR", default_value = perf_agent::profile::DEFAULT_DEBUG_DIR, requires = "profile_dir")]
     debug_dir: PathBuf,
+    /// With --profile-dir: a FIFO (made with mkfifo) whose lines `disable`
+    /// and `enable` pause and resume profiling, as perf record's --control:
+    /// paused, its programs are detached and cost nothing.
+    #[arg(long, value_name = "FIFO", requires = "profile_dir")]
+    profile_control: Option<PathBuf>,
     /// Also measure where each request's time goes outside the application:
     /// receive queue, drain until the client's ACK, delivered, accept wait,
     /// retransmits (three more kernel hooks on every TCP socket; ~0.34 µs of
@@ -330,6 +335,7 @@ impl CommonArgs {
                     .off_cpu_hz
                     .unwrap_or_else(|| perf_agent::profile::default_off_cpu_hz(self.profile_hz)),
                 debug_dir: self.debug_dir,
+                control: self.profile_control,
             }),
             delivery: self.delivery,
         }

@@ -3,7 +3,7 @@
 //! so a reused PID can never be mistaken for the target).
 
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use crate::{
     outcome::EndReason,
     probes::{KernelReading, Probes},
     procfs,
+    profile::pause::ProfileControl,
     progress::Progress,
     requests::RequestLog,
     signals,
@@ -94,21 +95,38 @@ pub fn open_pidfd(pid: u32, starttime_ticks: u64) -> anyhow::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Waits up to `timeout` for the pidfd to become readable (target exited).
-/// Returns early, false, on a signal.
-fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+/// What ended a [`wait`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woken {
+    TargetExited,
+    /// `--profile-control` has commands to read.
+    Control,
+    /// The timeout, or a signal.
+    Timeout,
+}
+
+/// Waits up to `timeout` for the pidfd to become readable (target exited)
+/// or `control` to hold commands. Returns early on a signal.
+fn wait(pidfd: &OwnedFd, control: Option<BorrowedFd<'_>>, timeout: Duration) -> Woken {
+    let pfd = |fd: i32| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut fds = [pfd(pidfd.as_raw_fd()), pfd(control.map_or(-1, |c| c.as_raw_fd()))];
     // Rounded up: a remainder under a millisecond truncated to 0 made the
     // caller's loop spin until its next tick (about 1 ms of CPU per tick).
     let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    rc > 0 && pfd.revents & libc::POLLIN != 0
+    // SAFETY: two valid pollfds (a negative fd is skipped by poll).
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    if rc > 0 && fds[0].revents & libc::POLLIN != 0 {
+        Woken::TargetExited
+    } else if rc > 0 && fds[1].revents & libc::POLLIN != 0 {
+        Woken::Control
+    } else {
+        Woken::Timeout
+    }
 }
 
 /// True once the process behind `pidfd` has exited (without waiting).
 pub fn has_exited(pidfd: &OwnedFd) -> bool {
-    wait_exit(pidfd, Duration::ZERO)
+    wait(pidfd, None, Duration::ZERO) == Woken::TargetExited
 }
 
 /// Reads everything once (`proc`: the target's files, kept open). When
@@ -189,6 +207,7 @@ pub fn run(
     pidfd: &OwnedFd,
     config: &SessionConfig,
     mut controller: Option<&mut dyn Controller>,
+    mut profile_control: Option<&mut ProfileControl>,
 ) -> anyhow::Result<SessionResult> {
     let ticks = procfs::clock_ticks_per_sec();
     let mut log = RequestLog::with_idle_after_startup(config.idle_after_startup.as_nanos() as u64);
@@ -232,8 +251,21 @@ pub fn run(
             break EndReason::DurationElapsed;
         }
         let until = deadline.map_or(next_tick, |d| d.min(next_tick));
-        if now < until && wait_exit(pidfd, Duration::from_nanos(until - now)) {
-            break EndReason::TargetExited;
+        if now < until {
+            let control = profile_control.as_ref().map(|c| c.fd());
+            match wait(pidfd, control, Duration::from_nanos(until - now)) {
+                Woken::TargetExited => break EndReason::TargetExited,
+                Woken::Control => {
+                    let c = profile_control.as_deref_mut().expect("polled");
+                    // Never the end of the run: the profiles say how long
+                    // they were paused.
+                    if let Err(e) = c.serve(probes) {
+                        eprintln!("perf-agent: warning: --profile-control: {e:#}");
+                    }
+                    continue;
+                }
+                Woken::Timeout => {}
+            }
         }
         if monotonic_ns() >= next_tick {
             probes.drain(&mut log);

@@ -324,6 +324,99 @@ fn phases_get_their_own_profiles() {
     assert_eq!(check_every_pprof(&dir), 4);
 }
 
+/// `--profile-control FIFO`: `disable` detaches the profiling programs
+/// (one cpu-clock link per CPU and `sched_switch`'s: the agent holds that
+/// many links fewer, its programs still loaded), and a phase inside the
+/// pause has no samples; `enable` attaches them again and sampling goes on
+/// at its rate. The summary says how long profiling was paused.
+#[test]
+fn profile_control_pauses_and_resumes_sampling() {
+    let Some(_serial) = privileged() else { return };
+    let target = common::Target::start("profile-target", &["--weights", "3,1"]);
+    let dir = profile_dir("control");
+    let out = out_path("profile-control");
+    let fifo = out_path("profile-control").with_extension("fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let marks = out_path("profile-control-marks").with_extension("txt");
+    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
+    let agent = Agent::spawn_env(
+        &[
+            "attach",
+            "--pid",
+            &target.pid.to_string(),
+            "--duration",
+            "4",
+            "--profile-dir",
+            dir.to_str().unwrap(),
+            "--profile-control",
+            fifo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &marks_env,
+    );
+    agent.wait_attached();
+    let cpu_at_start = common::proc_cpu_ns(target.pid);
+    let agent_pid = agent.pid;
+    let links = || common::bpf::bpf_objects(agent_pid).links.len();
+    let programs = || common::bpf::program_names_held_by(agent_pid);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let command = |word: &str| {
+        // Opened anew each time: writers come and go.
+        std::fs::write(&fifo, format!("{word}\n")).unwrap();
+    };
+    let mark = |name: &str| {
+        let r = Command::new(agent_bin()).args(["mark", name]).envs(marks_env).output();
+        assert!(r.unwrap().status.success());
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let attached = links();
+    let cpu_at_pause = common::proc_cpu_ns(target.pid);
+    command("disable");
+    // A wrong word is warned about, not fatal.
+    command("pause-please");
+    assert!(
+        common::wait_until(Duration::from_secs(2), || links() + cpus + 1 == attached),
+        "disable: {} links, {attached} before ({cpus} CPUs)",
+        links()
+    );
+    // (The kernel keeps 15 bytes of a program's name.)
+    assert!(programs().iter().any(|p| p.starts_with("profile_cpu")), "detached, not unloaded");
+    // Marks a little inside the pause: phases are cut on 100 ms buckets.
+    std::thread::sleep(Duration::from_millis(150));
+    mark("paused");
+    std::thread::sleep(Duration::from_millis(1000));
+    mark("resumed");
+    std::thread::sleep(Duration::from_millis(150));
+    let cpu_in_pause = common::proc_cpu_ns(target.pid) - cpu_at_pause;
+    command("enable");
+    assert!(
+        common::wait_until(Duration::from_secs(2), || links() == attached),
+        "enable: {} links, {attached} before",
+        links()
+    );
+    let r = agent.wait(RUN_TIMEOUT);
+    let cpu_sampled = common::proc_cpu_ns(target.pid) - cpu_at_start - cpu_in_pause;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("unknown command \"pause-please\""), "{}", r.stderr);
+    let bmf = read_bmf(&out);
+    let paused = bmf_value(&bmf, "profile/samples@paused", "count");
+    assert_eq!(paused, 0.0, "samples while paused");
+    assert!(bmf_value(&bmf, "profile/samples@resumed", "count") > 0.0, "sampled again");
+    // 99 samples per second of the target's CPU outside the pause (its
+    // edges, taken from outside, are off by a few ms: ±15 %).
+    let run = bmf_value(&bmf, "profile/samples", "count");
+    let expected = cpu_sampled as f64 / 1e9 * 99.0;
+    assert!(
+        (run - expected).abs() <= expected * 0.15,
+        "{run} samples, {expected:.0} expected from {cpu_sampled} ns of CPU outside the pause"
+    );
+    assert!(r.stdout.contains("paused 1 times by --profile-control"), "{}", r.stdout);
+}
+
 /// `perf-agent diff`: two runs of the fixture, the second spending twice as
 /// long in `leaf_c`: it tops the growth table, from the directories and
 /// from the two pprof files alike; the differential flame graph names it.

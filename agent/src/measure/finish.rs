@@ -59,7 +59,8 @@ pub(super) fn finish(
     let mut driver = k6_driver(opts, k6_ready.as_ref(), target.exec_ns.is_some());
     let controller = driver.as_mut().map(|d| d as &mut dyn session::Controller);
     let mut profiler = profiling::start(&mut probes, target.pid, opts)?;
-    let result = session::run(&mut probes, pidfd, &config, controller)?;
+    let mut control = profiling::control(profiler.as_ref(), opts)?;
+    let result = session::run(&mut probes, pidfd, &config, controller, control.as_mut())?;
     let programs = probes.program_stats();
     if let Some(p) = profiler.as_mut() {
         p.end_window();

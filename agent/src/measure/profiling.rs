@@ -5,7 +5,7 @@ use super::MeasureOptions;
 use crate::{
     bmf::BmfReport,
     probes::{Probes, profile::ProfileConfig},
-    profile::{PhaseSpan, Profile, ProfileOptions, ProfileReport, Profiler},
+    profile::{PhaseSpan, Profile, ProfileOptions, ProfileReport, Profiler, pause::ProfileControl},
     report::RunReport,
 };
 
@@ -38,6 +38,19 @@ pub(super) fn start(
         _ => None,
     };
     Profiler::start(probe, pid, ticks).map(Some)
+}
+
+/// `--profile-control FIFO`: opened once the profiler runs (checked to be
+/// a FIFO before anything was attached: `ProfileOptions::check`).
+pub(super) fn control(
+    profiler: Option<&Profiler>,
+    opts: &MeasureOptions,
+) -> anyhow::Result<Option<ProfileControl>> {
+    let path = opts.profile.as_ref().and_then(|p| p.control.as_deref());
+    match (profiler, path) {
+        (Some(profiler), Some(path)) => ProfileControl::open(path, profiler.pauses()).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// What became of the profiles.

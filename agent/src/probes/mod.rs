@@ -124,6 +124,8 @@ pub struct Probes {
     net: net::NetProbe,
     /// The cpu-clock sampler, with `--profile-dir` (taken by the profiler).
     profile: Option<profile::ProfileProbe>,
+    /// Its hooks, with `--profile-dir`: detached while profiling is paused.
+    profile_links: Option<profile::ProfileLinks>,
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
 }
@@ -178,12 +180,14 @@ impl Probes {
         if profile.is_some_and(|c| c.off_cpu) {
             offcpu_ticks::load(&mut ebpf, &kernel_btf)?;
         }
-        let profile = profile
+        let (profile, profile_links) = profile
             .map(|c| profile::ProfileProbe::attach(&mut ebpf, &kernel_btf, c))
-            .transpose()?;
+            .transpose()?
+            .unzip();
         drop(kernel_btf);
         stats::attach_floor_if_measuring(&mut ebpf)?;
-        Ok(Probes { pid: running.unwrap_or(0), exec, cpu, memory, net, profile, ebpf })
+        let pid = running.unwrap_or(0);
+        Ok(Probes { pid, exec, cpu, memory, net, profile, profile_links, ebpf })
     }
 
     /// The target, once armed (at once for a running process).
@@ -243,6 +247,15 @@ impl Probes {
     /// The cpu-clock sampler's ring and counters, once (`--profile-dir`).
     pub fn take_profile_probe(&mut self) -> Option<profile::ProfileProbe> {
         self.profile.take()
+    }
+
+    /// Pauses profiling (detaches its programs) or resumes it; an error
+    /// without `--profile-dir`.
+    pub fn pause_profiling(&mut self, paused: bool) -> anyhow::Result<()> {
+        match self.profile_links.as_mut() {
+            Some(links) => links.set_paused(&mut self.ebpf, paused),
+            None => bail!("profiling is off (no --profile-dir): nothing to pause"),
+        }
     }
 
     /// Run counts, run time and recursion misses of every program.

@@ -17,7 +17,7 @@ use aya::{
 };
 
 use super::{
-    hook::{self, Hook},
+    hook::{self, Hook, Links},
     take_map,
 };
 
@@ -81,6 +81,59 @@ pub struct ProfileProbe {
     pub sched_counts: PerCpuArray<MapData, SchedCounts>,
 }
 
+/// The hooks profiling runs at, kept to pause it (`--profile-control`):
+/// a pause detaches them, so that it costs nothing, not even the
+/// tracepoint's dispatch at every context switch of the machine.
+pub struct ProfileLinks {
+    period: u64,
+    /// The cpu-clock events' and `sched_switch`'s links; `None` while
+    /// paused.
+    attached: Option<(Links, Links)>,
+    /// Attaching a loaded BTF tracepoint again reads no BTF: an empty one
+    /// stands in for the kernel's (too large to keep for this).
+    no_btf: aya::Btf,
+}
+
+impl ProfileLinks {
+    fn hooks(&self) -> [(&'static str, Hook<'_>); 2] {
+        let event = SoftwareEvent::CpuClock;
+        [
+            (
+                programs::PROFILE_CPU_CLOCK,
+                Hook::SampledSoftwareEventOnEveryCpu { event, period: self.period },
+            ),
+            (
+                programs::SCHED_SWITCH,
+                Hook::BtfTracePoint { name: "sched_switch", btf: &self.no_btf },
+            ),
+        ]
+    }
+
+    /// Whether the programs are detached.
+    pub fn paused(&self) -> bool {
+        self.attached.is_none()
+    }
+
+    /// Detaches the profiling programs (`paused`) or attaches them again.
+    pub fn set_paused(&mut self, ebpf: &mut Ebpf, paused: bool) -> anyhow::Result<()> {
+        if paused == self.paused() {
+            return Ok(());
+        }
+        match self.attached.take() {
+            Some((cpu_clock, switch)) => {
+                hook::unlink(ebpf, programs::PROFILE_CPU_CLOCK, cpu_clock)?;
+                hook::unlink(ebpf, programs::SCHED_SWITCH, switch)?;
+            }
+            None => {
+                let [(a, hook_a), (b, hook_b)] = self.hooks();
+                let links = (hook::link(ebpf, a, hook_a)?, hook::link(ebpf, b, hook_b)?);
+                self.attached = Some(links);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The profiling programs' counters summed over CPUs, and what the
 /// off-CPU ticks counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,7 +155,7 @@ impl ProfileProbe {
         ebpf: &mut Ebpf,
         kernel_btf: &aya::Btf,
         config: ProfileConfig,
-    ) -> anyhow::Result<ProfileProbe> {
+    ) -> anyhow::Result<(ProfileProbe, ProfileLinks)> {
         let hz = config.hz;
         let ring: RingBuf<MapData> = take_map(ebpf, maps::PROFILE_SAMPLES)?.try_into()?;
         let stats: PerCpuArray<MapData, ProfileStats> =
@@ -115,12 +168,14 @@ impl ProfileProbe {
         let period = 1_000_000_000 / u64::from(hz.max(1));
         let event = SoftwareEvent::CpuClock;
         let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
-        hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
+        let cpu_clock = hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
         // Run-queue waits, turned on by `configure`: the only use of
         // `sched_switch` (`agent-ebpf/src/sched.rs`).
         let switch = Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf };
-        hook::attach(ebpf, programs::SCHED_SWITCH, switch)?;
-        Ok(ProfileProbe { ring, stats, sched_counts })
+        let switch = hook::attach(ebpf, programs::SCHED_SWITCH, switch)?;
+        let links =
+            ProfileLinks { period, attached: Some((cpu_clock, switch)), no_btf: aya::Btf::new() };
+        Ok((ProfileProbe { ring, stats, sched_counts }, links))
     }
 }
 

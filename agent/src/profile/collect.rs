@@ -20,6 +20,7 @@ use super::{
     aggregate::StackCounts,
     offcpu::OffCpuTimes,
     offcpu_ticks::{OffCpuTicker, TickCounts},
+    pause::Pauses,
     runq::RunqWaits,
     unwind::{self, Frame, StackWalker, UserRegsAndStack},
 };
@@ -58,6 +59,11 @@ impl Window {
     /// Whether [`Window::end`] was called.
     pub fn has_ended(&self) -> bool {
         self.end_ns.load(Ordering::Relaxed) != 0
+    }
+
+    /// Its edges, ns; the end 0 while open.
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.start_ns, self.end_ns.load(Ordering::Relaxed))
     }
 
     /// Its length once ended, ns.
@@ -152,17 +158,20 @@ impl Collected {
 /// The thread's body: drains the ring, ticks when due and reads the
 /// run-queue waits every [`COUNTS_EVERY`], then sleeps until the next of
 /// those or until the ring is half full; until `stop`, then once more.
+/// No off-CPU tick runs while profiling is paused (`pauses`); the first
+/// after it only reads where the threads are (`OffCpuTicker::resume`).
 pub fn drain_until_stopped(
     mut ring: RingBuf<MapData>,
     counts: PerCpuArray<MapData, SchedCounts>,
     mut ticks: Option<OffCpuTicker>,
     stop: &AtomicBool,
-    window: &Window,
+    (window, pauses): (&Window, &Pauses),
 ) -> Collected {
     let mut c = Collected::default();
     let mut frames = Vec::with_capacity(256);
     let mut last = vec![0u64; RUNQ_BINS];
     let mut last_counts = std::time::Instant::now();
+    let mut was_paused = false;
     if ticks.is_some() {
         // Not SCHED_BATCH like the rest of the agent: a batch thread runs
         // when a CPU goes idle, i.e. as target threads block, and would
@@ -174,9 +183,15 @@ pub fn drain_until_stopped(
         while let Some(item) = ring.next() {
             c.record(&item, &mut frames, window);
         }
-        if let Some(t) = ticks.as_mut() {
-            t.tick_if_due(crate::clock::monotonic_ns(), &mut c, &mut frames);
+        let paused = pauses.is_paused();
+        if let Some(t) = ticks.as_mut().filter(|_| !paused) {
+            let now = crate::clock::monotonic_ns();
+            if was_paused {
+                t.resume(now);
+            }
+            t.tick_if_due(now, &mut c, &mut frames);
         }
+        was_paused = paused;
         if last_counts.elapsed() >= COUNTS_EVERY * 9 / 10 || drain == 0 || stopping {
             last_counts = std::time::Instant::now();
             // Deltas since the last read, placed at this time.
@@ -194,7 +209,10 @@ pub fn drain_until_stopped(
         // Until the next tick or counts read, or the ring's wake-up.
         let now = crate::clock::monotonic_ns();
         let counts_in = COUNTS_EVERY.saturating_sub(last_counts.elapsed());
-        let sleep = ticks.as_ref().map_or(counts_in, |t| t.due_in(now).min(counts_in));
+        let sleep = match ticks.as_ref().filter(|_| !paused) {
+            Some(t) => t.due_in(now).min(counts_in),
+            None => counts_in,
+        };
         wait_readable(&ring, sleep);
     }
     if let Some(t) = ticks {

@@ -24,6 +24,7 @@ pub mod maps;
 pub mod offcpu;
 pub mod offcpu_ticks;
 pub mod output;
+pub mod pause;
 pub mod pprof;
 pub mod proc_truth;
 pub mod runq;
@@ -67,6 +68,9 @@ pub struct ProfileOptions {
     /// `--debug-dir`: where debug files shipped apart from their stripped
     /// modules are found by build-id (`DIR/.build-id/ab/cdef….debug`).
     pub debug_dir: PathBuf,
+    /// `--profile-control`: a FIFO whose `disable`/`enable` lines pause
+    /// and resume profiling ([`pause`]).
+    pub control: Option<PathBuf>,
 }
 
 /// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
@@ -117,6 +121,9 @@ impl ProfileOptions {
                 self.debug_dir.display()
             );
         }
+        if let Some(fifo) = &self.control {
+            pause::check_fifo(fifo)?;
+        }
         let d = &self.dir;
         if d.exists() && !d.is_dir() {
             bail!(
@@ -145,6 +152,8 @@ pub struct Profiler {
     /// and at each edge `/proc`'s run-queue delay and the programs' total
     /// of run-queue waits.
     window: Arc<collect::Window>,
+    /// When `--profile-control` paused it (shared with the thread).
+    pauses: Arc<pause::Pauses>,
     proc_at_start: Option<proc_truth::Snapshot>,
     proc_at_end: Option<proc_truth::Snapshot>,
     runq_total_at_start: u64,
@@ -166,9 +175,11 @@ impl Profiler {
         let runq_total_at_start = read_counters(&stats)?.runq_total_ns;
         let window = Arc::new(collect::Window::starting(crate::clock::monotonic_ns()));
         let w = window.clone();
+        let pauses = Arc::new(pause::Pauses::default());
+        let p = pauses.clone();
         let thread = std::thread::Builder::new()
             .name("perf-agent-profile".into())
-            .spawn(move || collect::drain_until_stopped(ring, sched_counts, ticks, &flag, &w))
+            .spawn(move || collect::drain_until_stopped(ring, sched_counts, ticks, &flag, (&w, &p)))
             .context("starting the profiling thread")?;
         Ok(Profiler {
             stop,
@@ -176,11 +187,18 @@ impl Profiler {
             stats,
             pid,
             window,
+            pauses,
             proc_at_start,
             proc_at_end: None,
             runq_total_at_start,
             runq_total_at_end: None,
         })
+    }
+
+    /// When profiling is paused, for `--profile-control` to record its
+    /// pauses in.
+    pub fn pauses(&self) -> Arc<pause::Pauses> {
+        self.pauses.clone()
     }
 
     /// Closes the ground truth's window; call it just before detaching
@@ -218,7 +236,8 @@ impl Profiler {
         let window_ns = self.window.duration_ns();
         let runq_in_window_ns =
             self.runq_total_at_end.unwrap_or(kernel.runq_total_ns) - self.runq_total_at_start;
-        Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns })
+        let paused = self.pauses.within(self.window.bounds().0, self.window.bounds().1);
+        Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns, paused })
     }
 }
 
@@ -232,6 +251,8 @@ pub struct Profile {
     /// The profiler's window, ns, and the run-queue waits that ended in it.
     pub window_ns: u64,
     pub runq_in_window_ns: u64,
+    /// `--profile-control`'s pauses inside the window: how many, ns in all.
+    pub paused: (usize, u64),
 }
 
 /// One phase's profile, as written.
@@ -276,6 +297,8 @@ pub struct ProfileReport {
     /// the cpu-clock samples taken in it.
     pub window_ns: u64,
     pub samples_in_window: u64,
+    /// Of the window, `--profile-control`'s pauses: how many, ns in all.
+    pub paused: (usize, u64),
     /// Ring records user space could not read (see `Collected::malformed`).
     pub malformed: u64,
 }
@@ -359,6 +382,7 @@ impl Profile {
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
             window_ns: self.window_ns,
             samples_in_window: c.samples_in_window,
+            paused: self.paused,
             malformed: c.malformed,
             unwind_us_per_sample: c.unwind_ns as f64
                 / 1e3
@@ -430,6 +454,7 @@ mod tests {
             off_cpu: true,
             off_cpu_hz: default_off_cpu_hz(DEFAULT_HZ),
             debug_dir: DEFAULT_DEBUG_DIR.into(),
+            control: None,
         }
     }
 

@@ -71,6 +71,14 @@ impl OffCpuTicker {
         }
     }
 
+    /// Profiling resumes at `now_ns` after a pause (no tick ran in it):
+    /// a tick at once, which only reads where each thread is, so that the
+    /// pause counts for nothing.
+    pub fn resume(&mut self, now_ns: u64) {
+        self.totals.rebase(now_ns);
+        self.last_ns = now_ns.saturating_sub(self.every.as_nanos() as u64);
+    }
+
     /// How long until the next tick is due at `now_ns`.
     pub fn due_in(&self, now_ns: u64) -> Duration {
         let next = self.last_ns.saturating_add(self.every.as_nanos() as u64);
@@ -98,6 +106,7 @@ impl OffCpuTicker {
             Err(_) => c.malformed += 1,
         }
         self.bytes = bytes;
+        self.totals.rebased();
         self.last_ns = now_ns;
         self.counts.ticks += 1;
         self.counts.ns += started.elapsed().as_nanos() as u64;
@@ -118,6 +127,7 @@ impl OffCpuTicker {
             (u128::from(period_ns) * (1u128 << 32) / u128::from(threshold.max(1))) as u64
         };
         let (mut new_blocks, mut grew_all) = (0u64, 0u64);
+        let rebasing = self.totals.rebasing();
         for e in entries {
             let t = e.thread;
             // A block whose stack this tick took is new too: counted after
@@ -146,7 +156,9 @@ impl OffCpuTicker {
             new_block |= known.is_none();
             new_blocks += u64::from(new_block);
             match known {
-                Some((_, stack)) if t.flags & tick_flags::SELECTED != 0 => {
+                // Where a pause ends, nothing is weighed: the period was
+                // not watched.
+                Some((_, stack)) if t.flags & tick_flags::SELECTED != 0 && !rebasing => {
                     c.off_cpu.sampled(t.tid, now_ns, stack, weight, total);
                 }
                 _ => c.off_cpu.unsampled(t.tid, now_ns, total),

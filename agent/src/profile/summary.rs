@@ -54,9 +54,13 @@ impl ProfileReport {
                 p99
             );
         }
-        let truth = self
-            .proc_run_delay
-            .map_or("not readable".into(), |t| crate::units::human_ns(t.run_delay_ns as f64));
+        let (pauses, paused_ns) = self.paused;
+        let truth = match self.proc_run_delay {
+            // The programs saw none of the waits in the pauses; /proc did.
+            _ if pauses > 0 => "not comparable: profiling was paused".into(),
+            None => "not readable".into(),
+            Some(t) => crate::units::human_ns(t.run_delay_ns as f64),
+        };
         // The ground truth shows live threads only: say when it misses some.
         let exited = match self.proc_run_delay {
             Some(t) if t.misses_exited_threads() => format!(
@@ -72,6 +76,15 @@ impl ProfileReport {
             crate::units::human_ns(self.runq_total_ns as f64),
             self.counters.kernel.runq_waits
         );
+        if pauses > 0 {
+            let _ = writeln!(
+                out,
+                "  paused {pauses} times by --profile-control, {} of the {} profiled: the \
+                 profiles and their rates are of the rest",
+                crate::units::human_ns(paused_ns as f64),
+                crate::units::human_ns(self.window_ns as f64)
+            );
+        }
         let c = &self.counters;
         if self.off_cpu {
             let torn = match c.off_cpu_torn {
@@ -123,7 +136,8 @@ impl ProfileReport {
             out,
             "  cost: {:.1} samples/s, {:.0} B of user stack copied per stack ({} stacks); \
              unwinding {:.1} µs per stack; symbolizing and writing {:.0} ms",
-            self.samples_in_window as f64 / (self.window_ns.max(1) as f64 / 1e9),
+            self.samples_in_window as f64
+                / (self.window_ns.saturating_sub(paused_ns).max(1) as f64 / 1e9),
             (c.kernel.stack_bytes + c.off_cpu_stack_bytes) as f64 / stacks.max(1) as f64,
             stacks,
             self.unwind_us_per_sample,

@@ -49,6 +49,9 @@ struct ThreadClock {
     seen_woken: u32,
     /// The total last reported (never lower than the one before).
     reported_ns: u64,
+    /// Its total when profiling last resumed after a pause: what it had
+    /// before its base moved there.
+    carried_ns: u64,
 }
 
 impl ThreadClock {
@@ -61,6 +64,7 @@ impl ThreadClock {
             seen_waiting: 0,
             seen_woken: 0,
             reported_ns: 0,
+            carried_ns: 0,
         }
     }
 }
@@ -73,11 +77,33 @@ pub struct TickTotals {
     threads: HashMap<u32, ThreadClock>,
     /// Blocks counted (voluntary switches since each thread's base).
     blocks: u64,
+    /// Profiling resumed after a pause: the next reading of each thread
+    /// moves its base there, counting none of the pause.
+    rebase: bool,
 }
 
 impl TickTotals {
     pub fn since(since_ns: u64) -> TickTotals {
-        TickTotals { since_ns, threads: HashMap::new(), blocks: 0 }
+        TickTotals { since_ns, threads: HashMap::new(), blocks: 0, rebase: false }
+    }
+
+    /// Profiling resumes at `now_ns` after a pause: the readings of the
+    /// next tick (until [`TickTotals::rebased`]) count from themselves, so
+    /// the pause, whose switches no program saw (the time stolen from the
+    /// threads' slices among them), adds nothing.
+    pub fn rebase(&mut self, now_ns: u64) {
+        self.since_ns = now_ns;
+        self.rebase = true;
+    }
+
+    /// The tick after [`TickTotals::rebase`] has read every thread.
+    pub fn rebased(&mut self) {
+        self.rebase = false;
+    }
+
+    /// Whether the readings now only move the threads' bases.
+    pub fn rebasing(&self) -> bool {
+        self.rebase
     }
 
     /// A reading of thread `t`: its total off CPU so far, ns (not
@@ -105,6 +131,14 @@ impl TickTotals {
                 self.threads.get_mut(&t.tid).expect("just inserted")
             }
         };
+        if self.rebase {
+            *c = ThreadClock {
+                carried_ns: c.reported_ns,
+                reported_ns: c.reported_ns,
+                ..ThreadClock::new(*t, *t)
+            };
+            return (c.reported_ns, 0);
+        }
         let p = c.last;
         c.stolen_ns += t.stolen_ns.checked_sub(p.stolen_ns).unwrap_or(t.stolen_ns);
         if t.flags & tick_flags::WAITING != 0 {
@@ -140,7 +174,7 @@ impl TickTotals {
             t.exec_ns.saturating_sub(b.exec_ns) + t.run_delay_ns.saturating_sub(b.run_delay_ns);
         let busy = busy + c.stolen_ns;
         let asleep = t.time_ns.saturating_sub(b.time_ns).saturating_sub(busy);
-        let total = (asleep + c.woken_ns as u64).max(c.reported_ns);
+        let total = (c.carried_ns + asleep + c.woken_ns as u64).max(c.reported_ns);
         let grew = total - c.reported_ns;
         c.reported_ns = total;
         (total, grew)
@@ -205,6 +239,21 @@ mod tests {
         // 10 ms: 1 run, 4 waited after wake-ups (no preemption): tails.
         assert_eq!(t.read(&reading(120, 9, 6, (8, 4))), (5 * MS + 9 * MS, 9 * MS));
         assert_eq!(t.blocks(), 4, "voluntary switches");
+    }
+
+    #[test]
+    fn a_pause_counts_nothing_and_the_totals_go_on_from_before_it() {
+        let mut t = TickTotals::since(50 * MS);
+        t.read(&reading(100, 5, 0, (0, 0)));
+        assert_eq!(t.read(&reading(110, 8, 2, (4, 4))), (5 * MS, 5 * MS));
+        // Paused from 110 to 200 ms: 40 ms asleep, 6 voluntary switches.
+        t.rebase(200 * MS);
+        assert!(t.rebasing());
+        assert_eq!(t.read(&reading(200, 58, 2, (10, 4))), (5 * MS, 0), "the pause adds nothing");
+        t.rebased();
+        // Then 10 ms: 3 run, 7 asleep, 2 blocks.
+        assert_eq!(t.read(&reading(210, 61, 2, (12, 4))), (12 * MS, 7 * MS));
+        assert_eq!(t.blocks(), 2, "the pause's switches are not counted");
     }
 
     #[test]

@@ -29,12 +29,27 @@ pub struct LoadSpec<'a> {
     pub new_connection_per_request: bool,
     /// The server's pid, whose own CPU time over the run is recorded.
     pub target: Option<u32>,
+    /// http-load's `--progress-ms`: its responses so far at this period,
+    /// into [`Load::progress`].
+    pub progress_ms: Option<u64>,
 }
 
 impl<'a> LoadSpec<'a> {
     /// `requests` over keep-alive connections, as fast as possible.
     pub fn new(url: &'a str, requests: u64) -> LoadSpec<'a> {
-        LoadSpec { url, requests, rate: None, new_connection_per_request: false, target: None }
+        LoadSpec {
+            url,
+            requests,
+            rate: None,
+            new_connection_per_request: false,
+            target: None,
+            progress_ms: None,
+        }
+    }
+
+    /// With http-load's responses so far every `ms` ([`Load::progress`]).
+    pub fn with_progress(self, ms: u64) -> LoadSpec<'a> {
+        LoadSpec { progress_ms: Some(ms), ..self }
     }
 
     /// At `rate` requests per second in total.
@@ -68,6 +83,9 @@ pub struct Load {
     pub target_clock_ns: f64,
     /// http-load's own utime + stime (wait4), ns.
     pub client_cpu_ns: f64,
+    /// With [`LoadSpec::with_progress`]: `(CLOCK_MONOTONIC ns, responses
+    /// so far)` as the run went.
+    pub progress: Vec<(u64, u64)>,
 }
 
 impl Load {
@@ -103,7 +121,11 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
     if let Some(rate) = spec.rate {
         cmd.args(["--rate", &rate.to_string()]);
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    if let Some(ms) = spec.progress_ms {
+        cmd.args(["--progress-ms", &ms.to_string()]);
+    }
+    let progress = spec.progress_ms.is_some();
+    cmd.stdout(Stdio::piped()).stderr(if progress { Stdio::piped() } else { Stdio::inherit() });
     let target_cpu = || spec.target.map_or(Ok(f64::NAN), procfs::cpu_ns);
     let target_clock = || spec.target.map_or(Ok(f64::NAN), procfs::process_cpu_clock_ns);
     let target_before = target_cpu()?;
@@ -117,11 +139,20 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
         let _ = BufReader::new(stdout).read_to_string(&mut s);
         s
     });
+    let stderr = child.child().stderr.take();
+    let progress_reader = thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr {
+            let _ = BufReader::new(e).read_to_string(&mut s);
+        }
+        s
+    });
     let (status, reaped) = child.reap(LOAD_TIMEOUT)?;
     let busy_ns = procfs::machine_busy_ns() - busy_before;
     let target_cpu_ns = target_cpu()? - target_before;
     let target_clock_ns = target_clock()? - clock_before;
     let text = reader.join().unwrap_or_default();
+    let progress = parse_progress(&progress_reader.join().unwrap_or_default());
     let Some(status) = status else {
         bail!("`{}` did not finish within {LOAD_TIMEOUT:?}", describe(&cmd))
     };
@@ -145,7 +176,22 @@ pub fn http_load(env: &Env, spec: &LoadSpec) -> Result<Load> {
         target_cpu_ns,
         target_clock_ns,
         client_cpu_ns: reaped.cpu_ns,
+        progress,
     })
+}
+
+/// http-load's `progress <ns> <responses>` lines (others are passed on to
+/// stderr: its warnings).
+fn parse_progress(text: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next().map(str::parse), f.next().map(str::parse)) {
+            (Some("progress"), Some(Ok(t)), Some(Ok(n))) => out.push((t, n)),
+            _ => eprintln!("{line}"),
+        }
+    }
+    out
 }
 
 /// Starts `count` short processes one after the other (`true`): each passes

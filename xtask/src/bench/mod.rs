@@ -35,6 +35,7 @@ mod nginx;
 mod node_tax;
 mod pinning;
 mod profile;
+mod profile_paired;
 mod report;
 mod results;
 mod runs;

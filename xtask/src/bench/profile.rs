@@ -13,13 +13,15 @@
 //!   stack and the time to symbolize and write the profiles (from the
 //!   agent's summary);
 //! - on demo-server at saturation: throughput with profiling ÷ without
-//!   (goal: ≥ 0.99), and the server's CPU per request (its CPU-time
-//!   clock, ns, all threads) with ÷ without, in [`THROUGHPUT_ROUNDS_PER_ROUND`] ×
-//!   `--rounds` rounds: each round's ratio is of two runs next to each
-//!   other (their order alternating), and the median of those ratios is
-//!   given with its distribution-free 95 % confidence interval, so a
-//!   machine whose speed drifts between rounds widens the interval rather
-//!   than moving the median;
+//!   (goal: ≥ 0.99) inside one agent run, profiling paused and resumed
+//!   every 200 ms through `--profile-control` (`profile_paired.rs`);
+//!   and between agent runs with and without it, with the server's CPU
+//!   per request (its CPU-time clock, ns, all threads), in
+//!   [`THROUGHPUT_ROUNDS_PER_ROUND`] × `--rounds` rounds: each round's
+//!   ratio is of two runs next to each other (their order alternating),
+//!   and the median of those ratios is given with its distribution-free
+//!   95 % confidence interval, so a machine whose speed drifts between
+//!   rounds widens the interval rather than moving the median;
 //! - on demo-server at saturation again, `--rounds` runs with profiling and
 //!   `kernel.bpf_stats_enabled` on: profiling's kernel time there, which
 //!   the throughput ratio carries but cannot resolve on a shared VM (its
@@ -52,9 +54,9 @@ use crate::procfs;
 /// How long the agent follows the CPU-bound target per run.
 const FOLLOW_SECS: u64 = 4;
 const GOAL_EXTRA_CPU_PERCENT: f64 = 1.0;
-const GOAL_THROUGHPUT_RATIO: f64 = 0.99;
-/// Throughput rounds per `--rounds`: a 1 % goal needs more pairs than the
-/// other comparisons (5 rounds gave 0.81 … 1.26 on the shared VM).
+/// Rounds of agent runs with and without profiling per `--rounds` (5
+/// rounds gave 0.81 … 1.26 on the shared VM: the goal is measured inside
+/// one run instead, `profile_paired.rs`).
 const THROUGHPUT_ROUNDS_PER_ROUND: usize = 3;
 
 /// What the agent's summary says about its profiling (its "cost:" line).
@@ -129,11 +131,11 @@ fn in_agent_bpf_ns(on: &AgentRun) -> f64 {
 }
 
 /// What runs while the agent follows its target: given the agent's pid.
-type During<'a> = dyn FnMut(&Env, u32) -> Result<Option<Load>> + 'a;
+pub(super) type During<'a> = dyn FnMut(&Env, u32) -> Result<Option<Load>> + 'a;
 
 /// One agent run following `pid` for `secs` (or during `load`), with
 /// `extra` arguments; the run and its stdout.
-fn follow(
+pub(super) fn follow(
     env: &mut Env,
     pid: u32,
     extra: &[&str],
@@ -340,11 +342,19 @@ fn throughput(
         cpu_ratios.push(cpu_ratio);
     }
     kernel_cost(env, rounds / THROUGHPUT_ROUNDS_PER_ROUND, pid, profiling, &mut saturate, results)?;
+    let rps = probe.rps();
+    super::profile_paired::throughput(
+        env,
+        rounds / THROUGHPUT_ROUNDS_PER_ROUND,
+        (pid, &url, rps),
+        profiling,
+        results,
+    )?;
     server.stop()?;
-    let row = results.add_spread("profile/throughput_ratio", "ratio", &ratios);
-    row.goal = Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
+    // No goal: the host moves it more than the goal's 1 % (see above).
+    let row = results.add_spread("profile/throughput_ratio_between_runs", "ratio", &ratios);
     row.note = spread_note(&ratios);
-    println!("  throughput ratio: median {:.3}; {}", row.value, row.note);
+    println!("  throughput ratio between runs: median {:.3}; {}", row.value, row.note);
     // Steadier on a shared VM than saturated throughput (a busy neighbour
     // slows the load generator, not the server's work per request): the
     // server's own CPU per request, BPF time charged to it included. Its
@@ -451,7 +461,7 @@ fn kernel_cost_of(run: &AgentRun, load: &Load) -> Option<(f64, f64)> {
 }
 
 /// `95 % CI of the median a–b, IQR c–d, n rounds` of per-round ratios.
-fn spread_note(values: &[f64]) -> String {
+pub(super) fn spread_note(values: &[f64]) -> String {
     let mut s: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     s.sort_by(f64::total_cmp);
     let ci = median_ci95(&s).map_or("no CI (under 6 rounds)".to_string(), |(lo, hi)| {
