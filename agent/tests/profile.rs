@@ -259,6 +259,26 @@ fn hot_function_in_a_shared_library_is_named() {
     check_svg(&dir.join("run.cpu.svg"), &["hot_in_library"]);
 }
 
+/// A function with two names at one address (what function merging and
+/// the linker's ICF make) is named by one of them and marked as folded,
+/// never silently as the other: `spin [+1 identical]` (DWARF names it
+/// `spin`; the symbol table has `spin_folded` there too).
+#[test]
+fn a_folded_function_is_marked_as_one_of_several() {
+    let Some(_serial) = privileged() else { return };
+    let build = profile_dir("folded-build");
+    let bin = cc(&build, "folded", &["folded.c"], &["-O2", "-g"], &[]);
+    let dir = profile_dir("folded");
+    let (_, stdout) = profile_run(&dir, "99", "2", &[bin.to_str().unwrap()]);
+    let folded = Folded::read(&dir.join("run.cpu.folded"));
+    let total = folded.total();
+    let marked = folded.leaf_user_counts().get("spin [+1 identical]").copied().unwrap_or(0);
+    assert!(marked as f64 >= 0.9 * total as f64, "{marked} of {total}: {:#?}", folded.stacks);
+    assert!(stdout.contains("spin [+1 identical]"), "the summary's top functions:\n{stdout}");
+    // Its caller, not folded, keeps its plain name.
+    assert!(folded.with_frame(|f| f == "call_spin") as f64 >= 0.9 * total as f64);
+}
+
 /// A library loaded with `dlopen` after the profiler read the mappings:
 /// its hot function is still named (the mappings are read again when an
 /// address falls outside them).
@@ -282,6 +302,32 @@ fn hot_function_in_a_dlopened_library_is_named() {
     assert!(through >= hot * 9 / 10, "unwound through the library into the program");
 }
 
+/// `attach --pid PID --duration SECS --profile-dir DIR --out OUT [extra…]`
+/// with its own marks file (`test` names it), once attached; and what
+/// starts a phase in it (`perf-agent mark NAME`).
+fn attach_profiling_with_marks(
+    pid: u32,
+    secs: &str,
+    (dir, out): (&Path, &Path),
+    extra: &[&str],
+    test: &str,
+) -> (Agent, impl Fn(&str)) {
+    let marks = out_path(&format!("{test}-marks")).with_extension("txt");
+    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap().to_string())];
+    let pid = pid.to_string();
+    let mut args = vec!["attach", "--pid", &pid, "--duration", secs];
+    args.extend(["--profile-dir", dir.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let env: Vec<(&str, &str)> = marks_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = Agent::spawn_env(&args, &env);
+    agent.wait_attached();
+    let mark = move |name: &str| {
+        let r = Command::new(agent_bin()).args(["mark", name]).envs(marks_env.clone()).output();
+        assert!(r.unwrap().status.success(), "perf-agent mark {name}");
+    };
+    (agent, mark)
+}
+
 /// A phase cut by `perf-agent mark` gets its own files, its name made
 /// file-safe (`main/steady` → `main%2Fsteady`), its samples a part of the run's.
 #[test]
@@ -290,26 +336,10 @@ fn phases_get_their_own_profiles() {
     let target = common::Target::start("profile-target", &["--weights", "3,1"]);
     let dir = profile_dir("phases");
     let out = out_path("profile-phases");
-    let marks = out_path("profile-marks").with_extension("txt");
-    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
-    let agent = Agent::spawn_env(
-        &[
-            "attach",
-            "--pid",
-            &target.pid.to_string(),
-            "--duration",
-            "3",
-            "--profile-dir",
-            dir.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &marks_env,
-    );
-    agent.wait_attached();
+    let (agent, mark) =
+        attach_profiling_with_marks(target.pid, "3", (&dir, &out), &[], "profile-phases");
     std::thread::sleep(Duration::from_millis(1000));
-    let mark = Command::new(agent_bin()).args(["mark", "main/steady"]).envs(marks_env).output();
-    assert!(mark.unwrap().status.success());
+    mark("main/steady");
     let r = agent.wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let bmf = read_bmf(&out);
@@ -340,25 +370,9 @@ fn profile_control_pauses_and_resumes_sampling() {
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let marks = out_path("profile-control-marks").with_extension("txt");
-    let marks_env = [("PERF_AGENT_MARKS", marks.to_str().unwrap())];
-    let agent = Agent::spawn_env(
-        &[
-            "attach",
-            "--pid",
-            &target.pid.to_string(),
-            "--duration",
-            "4",
-            "--profile-dir",
-            dir.to_str().unwrap(),
-            "--profile-control",
-            fifo.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &marks_env,
-    );
-    agent.wait_attached();
+    let control = ["--profile-control", fifo.to_str().unwrap()];
+    let (agent, mark) =
+        attach_profiling_with_marks(target.pid, "4", (&dir, &out), &control, "profile-control");
     let cpu_at_start = common::proc_cpu_ns(target.pid);
     let agent_pid = agent.pid;
     let links = || common::bpf::bpf_objects(agent_pid).links.len();
@@ -367,10 +381,6 @@ fn profile_control_pauses_and_resumes_sampling() {
     let command = |word: &str| {
         // Opened anew each time: writers come and go.
         std::fs::write(&fifo, format!("{word}\n")).unwrap();
-    };
-    let mark = |name: &str| {
-        let r = Command::new(agent_bin()).args(["mark", name]).envs(marks_env).output();
-        assert!(r.unwrap().status.success());
     };
     std::thread::sleep(Duration::from_millis(800));
     let attached = links();

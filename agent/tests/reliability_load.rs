@@ -266,9 +266,12 @@ fn short_lived_connections(n: u64) {
     assert_eq!(ended.code, 0, "{}", ended.stderr);
     assert_eq!(load.requests, n);
     let bmf = read_bmf(&out);
-    assert_eq!(bmf_value(&bmf, "requests/count", "count"), n as f64);
+    // The summary says where a request went missing (losses, connections
+    // untracked, in flight): CI saw 99,999 of 100,000 once.
+    let counted = bmf_value(&bmf, "requests/count", "count");
+    assert_eq!(counted, n as f64, "summary:\n{}\nstderr:\n{}", ended.stdout, ended.stderr);
     assert_eq!(bmf_value(&bmf, "agent/dropped_events", "count"), 0.0);
-    assert_eq!(summary_number(&ended.stdout, "connections:", " inbound"), n);
+    assert_eq!(summary_number(&ended.stdout, "connections:", " inbound"), n, "{}", ended.stdout);
     // Bounded whatever n: the request log folds requests into histograms
     // (issue 13's goal: 30 MiB after 10 M requests).
     let bound = 30 << 20;

@@ -6,6 +6,15 @@
 //! `/usr/lib/debug` by default, as gdb and perf do). A frame
 //! with no symbol keeps its place as `module+0xADDRESS` (the address as the
 //! file states it).
+//!
+//! A function the compiler or linker folded with identical ones (LLVM's
+//! function merging, the linker's ICF: in Rust, `TcpStream::read`,
+//! `UdpSocket::recv` and `UnixDatagram::recv` are one piece of code, and so
+//! are many monomorphs of one generic) has several names at one address,
+//! and which of them the code ran as, no frame can tell. DWARF keeps one of
+//! them (here `UnixDatagram::recv`, in a TCP server's profile); the frame
+//! is named by it and marked ` [+N identical]`, so that the name is read as
+//! one of several.
 
 use std::{collections::HashMap, os::fd::AsRawFd as _};
 
@@ -16,12 +25,68 @@ use super::{
     unwind::{Frame, Modules},
 };
 
-/// One module's symbol source.
+/// One module's symbol source, with its functions folded together.
 enum Source {
-    Dwarf(Box<addr2line::Loader>),
-    /// The vdso: its dynamic symbols (no DWARF).
-    Symbols(Vec<(u64, String)>),
+    Dwarf(Box<addr2line::Loader>, Folded),
+    /// The vdso's dynamic symbols, or a stripped module's debug file's
+    /// symbol table (no DWARF).
+    Symbols(Vec<(u64, String)>, Folded),
     Missing,
+}
+
+/// The functions of a module that carry several names: `(start, end, how
+/// many distinct names)`, sorted by start. Only those: most modules have
+/// a few dozen.
+#[derive(Default)]
+struct Folded(Vec<(u64, u64, u32)>);
+
+impl Folded {
+    /// From an ELF image's function symbols (with their sizes): the
+    /// addresses holding two or more distinct names once demangled (a
+    /// local and a global copy of one name are one, and so are a C
+    /// library's aliases of one function: [`alias_key`]).
+    fn of(data: &[u8]) -> Folded {
+        let Ok(file) = object::File::parse(data) else { return Folded::default() };
+        let mut syms: Vec<(u64, u64, &str)> = file
+            .dynamic_symbols()
+            .chain(file.symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0 && s.size() > 0)
+            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?)))
+            .collect();
+        syms.sort_unstable();
+        let mut out = Vec::new();
+        for group in syms.chunk_by(|a, b| a.0 == b.0) {
+            if group.len() < 2 {
+                continue;
+            }
+            let mut names: Vec<String> =
+                group.iter().map(|s| alias_key(&demangle(s.2)).to_string()).collect();
+            names.sort_unstable();
+            names.dedup();
+            if names.len() >= 2 {
+                let size = group.iter().map(|s| s.1).max().unwrap_or(0);
+                out.push((group[0].0, group[0].0 + size, names.len() as u32));
+            }
+        }
+        Folded(out)
+    }
+
+    /// How many other names the function holding `addr` has (0: none).
+    fn others_at(&self, addr: u64) -> u32 {
+        let i = self.0.partition_point(|f| f.0 <= addr);
+        match i.checked_sub(1).map(|i| self.0[i]) {
+            Some((_, end, names)) if addr < end => names - 1,
+            _ => 0,
+        }
+    }
+
+    /// `name`, marked when the function at `addr` was folded.
+    fn mark(&self, name: String, addr: u64) -> String {
+        match self.others_at(addr) {
+            0 => name,
+            n => format!("{name} [+{n} identical]"),
+        }
+    }
 }
 
 /// Symbolizes frames of one run, caching per frame.
@@ -80,8 +145,19 @@ impl<'m> Symbolizer<'m> {
                 let base = path.rsplit('/').next().unwrap_or(path).to_string();
                 let source = self.source(module);
                 let mut names = match source {
-                    Source::Dwarf(loader) => dwarf_names(loader, svma),
-                    Source::Symbols(syms) => lookup(syms, svma).map(demangle).into_iter().collect(),
+                    Source::Dwarf(loader, folded) => {
+                        let mut names = dwarf_names(loader, svma);
+                        // The outermost is the function the code is of;
+                        // the rest were inlined into it.
+                        if let Some(outer) = names.first_mut() {
+                            *outer = folded.mark(std::mem::take(outer), svma);
+                        }
+                        names
+                    }
+                    Source::Symbols(syms, folded) => lookup(syms, svma)
+                        .map(|n| folded.mark(demangle(n), svma))
+                        .into_iter()
+                        .collect(),
                     Source::Missing => Vec::new(),
                 };
                 if names.is_empty() {
@@ -95,7 +171,9 @@ impl<'m> Symbolizer<'m> {
     fn source(&mut self, module: u32) -> &Source {
         self.sources.entry(module).or_insert_with(|| {
             if self.modules.paths[module as usize] == "[vdso]" {
-                return self.vdso.map_or(Source::Missing, |v| Source::Symbols(elf_symbols(v)));
+                return self
+                    .vdso
+                    .map_or(Source::Missing, |v| Source::Symbols(elf_symbols(v), Folded::of(v)));
             }
             let Some(file) = &self.modules.files[module as usize] else { return Source::Missing };
             // A stripped module: the symbol table its debug file keeps
@@ -109,15 +187,36 @@ impl<'m> Symbolizer<'m> {
                 .and_then(|p| std::fs::File::open(p).ok())
                 // SAFETY: a read-only mapping of a file opened here.
                 .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
-                .map(|map| elf_symbols(&map))
-                .filter(|symbols| !symbols.is_empty());
-            if let Some(symbols) = debug {
-                return Source::Symbols(symbols);
+                .map(|map| (elf_symbols(&map), Folded::of(&map)))
+                .filter(|(symbols, _)| !symbols.is_empty());
+            if let Some((symbols, folded)) = debug {
+                return Source::Symbols(symbols, folded);
             }
             // The file as we opened it while the target ran.
+            // SAFETY: a read-only mapping of a file the agent holds open.
+            let folded = unsafe { memmap2::Mmap::map(file) }
+                .map_or_else(|_| Folded::default(), |map| Folded::of(&map));
             addr2line::Loader::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .map_or(Source::Missing, |l| Source::Dwarf(Box::new(l)))
+                .map_or(Source::Missing, |l| Source::Dwarf(Box::new(l), folded))
         })
+    }
+}
+
+/// What C libraries' aliases of one function have in common: glibc's
+/// `recv` is also `__recv`, `__libc_recv` and `__GI___recv` (its internal
+/// name), `puts` also `_IO_puts`; a symbol version (`recv@@GLIBC_2.2.5`) is
+/// no other name either.
+fn alias_key(name: &str) -> &str {
+    let mut n = name.split('@').next().unwrap_or(name);
+    loop {
+        let before = n;
+        for prefix in ["__GI_", "__libc_", "_IO_"] {
+            n = n.strip_prefix(prefix).unwrap_or(n);
+        }
+        n = n.trim_start_matches('_');
+        if n == before {
+            return n;
+        }
     }
 }
 
@@ -208,6 +307,26 @@ mod tests {
         assert_eq!(p, root.join("93").join("ac610e.debug"));
         assert_eq!(elf::debug_file_path(root, &[0x93]), None);
         assert_eq!(elf::debug_file_path(root, &[]), None);
+    }
+
+    #[test]
+    fn folded_functions_are_marked_with_their_other_names() {
+        let folded = Folded(vec![(0x100, 0x140, 3), (0x200, 0x210, 2)]);
+        assert_eq!(folded.mark("recv".into(), 0x120), "recv [+2 identical]");
+        assert_eq!(folded.mark("f".into(), 0x20f), "f [+1 identical]");
+        assert_eq!(folded.mark("g".into(), 0x140), "g", "past the folded function's end");
+        assert_eq!(folded.mark("h".into(), 0x50), "h");
+        // A C library's names of one function are one name.
+        for alias in ["__GI___recv", "__libc_recv", "__recv", "recv", "recv@@GLIBC_2.2.5"] {
+            assert_eq!(alias_key(alias), "recv");
+        }
+        assert_eq!(alias_key("__GI__IO_puts"), "puts");
+        assert_ne!(alias_key("__memcpy_avx_unaligned"), alias_key("__memmove_avx_unaligned"));
+        // This test binary has them: Rust folds identical monomorphs.
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let own = Folded::of(&exe);
+        assert!(!own.0.is_empty(), "no folded function in this test binary");
+        assert!(own.0.iter().all(|&(start, end, n)| end > start && n >= 2));
     }
 
     #[test]
