@@ -32,10 +32,10 @@ pub struct ProfileConfig {
 }
 
 /// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (the
-/// kernel side wakes user space to drain it once half full), at least 32 records, a power of two (the
-/// kernel's rule for ring buffers). Counted as if every record held a
-/// whole 32 KiB stack; records hold only the pages copied, so in practice
-/// it holds two to three times that.
+/// kernel side wakes user space to drain it once half full), at least 32
+/// records, a power of two (the kernel's rule for ring buffers). Counted
+/// as if every record held a whole 32 KiB stack; records hold only the
+/// pages copied, so in practice it holds two to three times that.
 pub fn ring_bytes(config: ProfileConfig, cpus: usize) -> u32 {
     let record = std::mem::size_of::<ProfileSample>() + 8; // + the ring's header
     let records = (config.hz as usize * cpus).div_ceil(20).max(32);
@@ -94,23 +94,21 @@ pub struct ProfileLinks {
     no_btf: aya::Btf,
 }
 
-impl ProfileLinks {
-    fn hooks(&self) -> [(&'static str, Hook<'_>); 2] {
-        let event = SoftwareEvent::CpuClock;
-        [
-            (
-                programs::PROFILE_CPU_CLOCK,
-                Hook::SampledSoftwareEventOnEveryCpu { event, period: self.period },
-            ),
-            (
-                programs::SCHED_SWITCH,
-                Hook::BtfTracePoint { name: "sched_switch", btf: &self.no_btf },
-            ),
-        ]
-    }
+/// Profiling's programs and their hooks: the cpu-clock event every
+/// `period` ns, and `sched_switch` (run-queue waits, turned on by
+/// `configure`: its only use, `agent-ebpf/src/sched.rs`), whose load reads
+/// `btf`.
+fn hooks(period: u64, btf: &aya::Btf) -> [(&'static str, Hook<'_>); 2] {
+    let event = SoftwareEvent::CpuClock;
+    [
+        (programs::PROFILE_CPU_CLOCK, Hook::SampledSoftwareEventOnEveryCpu { event, period }),
+        (programs::SCHED_SWITCH, Hook::BtfTracePoint { name: "sched_switch", btf }),
+    ]
+}
 
+impl ProfileLinks {
     /// Whether the programs are detached.
-    pub fn paused(&self) -> bool {
+    fn paused(&self) -> bool {
         self.attached.is_none()
     }
 
@@ -125,7 +123,7 @@ impl ProfileLinks {
                 hook::unlink(ebpf, programs::SCHED_SWITCH, switch)?;
             }
             None => {
-                let [(a, hook_a), (b, hook_b)] = self.hooks();
+                let [(a, hook_a), (b, hook_b)] = hooks(self.period, &self.no_btf);
                 let links = (hook::link(ebpf, a, hook_a)?, hook::link(ebpf, b, hook_b)?);
                 self.attached = Some(links);
             }
@@ -166,13 +164,8 @@ impl ProfileProbe {
         // samples per second of CPU (the kernel's frequency mode adjusts the
         // period as it goes and overshoots by ~10 %).
         let period = 1_000_000_000 / u64::from(hz.max(1));
-        let event = SoftwareEvent::CpuClock;
-        let sampled = Hook::SampledSoftwareEventOnEveryCpu { event, period };
-        let cpu_clock = hook::attach(ebpf, programs::PROFILE_CPU_CLOCK, sampled)?;
-        // Run-queue waits, turned on by `configure`: the only use of
-        // `sched_switch` (`agent-ebpf/src/sched.rs`).
-        let switch = Hook::BtfTracePoint { name: "sched_switch", btf: kernel_btf };
-        let switch = hook::attach(ebpf, programs::SCHED_SWITCH, switch)?;
+        let [(a, hook_a), (b, hook_b)] = hooks(period, kernel_btf);
+        let (cpu_clock, switch) = (hook::attach(ebpf, a, hook_a)?, hook::attach(ebpf, b, hook_b)?);
         let links =
             ProfileLinks { period, attached: Some((cpu_clock, switch)), no_btf: aya::Btf::new() };
         Ok((ProfileProbe { ring, stats, sched_counts }, links))

@@ -236,7 +236,8 @@ impl Profiler {
         let window_ns = self.window.duration_ns();
         let runq_in_window_ns =
             self.runq_total_at_end.unwrap_or(kernel.runq_total_ns) - self.runq_total_at_start;
-        let paused = self.pauses.within(self.window.bounds().0, self.window.bounds().1);
+        let (start, end) = self.window.bounds();
+        let paused = self.pauses.within(start, end);
         Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns, paused })
     }
 }

@@ -37,7 +37,7 @@ use anyhow::{Context, Result, bail};
 use super::check_interrupted;
 use super::load::{Load, LoadSpec, http_load};
 use super::profile::{During, follow, spread_note};
-use super::results::{Goal, Results};
+use super::results::{Goal, Results, median};
 use super::runs::Env;
 
 /// How long profiling stays on, or paused, at a time.
@@ -258,16 +258,6 @@ fn paired_ratios(windows: &[Window], rates: &[Option<f64>]) -> Vec<f64> {
             (paused > 0.0).then(|| on / paused)
         })
         .collect()
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 #[cfg(test)]
