@@ -149,9 +149,13 @@ mod tests {
 
     #[test]
     fn a_reaped_process_reads_as_errors_not_as_another() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // A child that lives until killed: one that exits on its own may
+        // already be a zombie at the first read, and a zombie has no
+        // network namespace to read (CI saw `true` go that fast).
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let mut files = ProcessFiles::open(child.id());
         assert!(files.listen_overflows().is_ok());
+        child.kill().unwrap();
         child.wait().unwrap(); // reaped: its pid may be anyone's from now on
         assert!(files.stat().is_err());
         assert!(files.status().is_err());
