@@ -293,9 +293,11 @@ struct CommonArgs {
     debug_dir: PathBuf,
     /// With --profile-dir: a FIFO (made with mkfifo) whose lines `disable`
     /// and `enable` pause and resume profiling, as perf record's --control:
-    /// paused, its programs are detached and cost nothing.
-    #[arg(long, value_name = "FIFO", requires = "profile_dir")]
-    profile_control: Option<PathBuf>,
+    /// paused, its programs are detached and cost nothing. With a second
+    /// FIFO after a comma, `ack` is written to it once each command is in
+    /// effect (resuming can take seconds on a saturated host).
+    #[arg(long, value_name = "CTL[,ACK]", requires = "profile_dir")]
+    profile_control: Option<perf_agent::profile::pause::ControlPaths>,
     /// Also measure where each request's time goes outside the application:
     /// receive queue, drain until the client's ACK, delivered, accept wait,
     /// retransmits (three more kernel hooks on every TCP socket; ~0.34 µs of

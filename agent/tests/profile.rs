@@ -9,7 +9,7 @@
 mod common;
 mod profile_common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{os::unix::fs::OpenOptionsExt as _, path::Path, process::Command, time::Duration};
 
 use common::{Agent, agent_bin, bmf_value, fixture, out_path, privileged, read_bmf};
 use profile_common::{
@@ -354,11 +354,12 @@ fn phases_get_their_own_profiles() {
     assert_eq!(check_every_pprof(&dir), 4);
 }
 
-/// `--profile-control FIFO`: `disable` detaches the profiling programs
+/// `--profile-control CTL,ACK`: `disable` detaches the profiling programs
 /// (one cpu-clock link per CPU and `sched_switch`'s: the agent holds that
 /// many links fewer, its programs still loaded), and a phase inside the
 /// pause has no samples; `enable` attaches them again and sampling goes on
-/// at its rate. The summary says how long profiling was paused.
+/// at its rate. Each is in effect when its `ack` comes (an unknown word
+/// gets none). The summary says how long profiling was paused.
 #[test]
 fn profile_control_pauses_and_resumes_sampling() {
     let Some(_serial) = privileged() else { return };
@@ -366,13 +367,23 @@ fn profile_control_pauses_and_resumes_sampling() {
     let dir = profile_dir("control");
     let out = out_path("profile-control");
     let fifo = out_path("profile-control").with_extension("fifo");
-    let _ = std::fs::remove_file(&fifo);
-    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let control = ["--profile-control", fifo.to_str().unwrap()];
+    let ack_fifo = out_path("profile-control").with_extension("ack");
+    for f in [&fifo, &ack_fifo] {
+        let _ = std::fs::remove_file(f);
+        let c_path = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    }
+    let paths = format!("{},{}", fifo.display(), ack_fifo.display());
+    let control = ["--profile-control", paths.as_str()];
     let (agent, mark) =
         attach_profiling_with_marks(target.pid, "4", (&dir, &out), &control, "profile-control");
+    // Opened without waiting for the agent's end (which it already holds).
+    let mut acks = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&ack_fifo)
+        .unwrap();
     let cpu_at_start = common::proc_cpu_ns(target.pid);
     let agent_pid = agent.pid;
     let links = || common::bpf::bpf_objects(agent_pid).links.len();
@@ -386,13 +397,10 @@ fn profile_control_pauses_and_resumes_sampling() {
     let attached = links();
     let cpu_at_pause = common::proc_cpu_ns(target.pid);
     command("disable");
-    // A wrong word is warned about, not fatal.
+    // A wrong word is warned about, not fatal, and not acknowledged.
     command("pause-please");
-    assert!(
-        common::wait_until(Duration::from_secs(2), || links() + cpus + 1 == attached),
-        "disable: {} links, {attached} before ({cpus} CPUs)",
-        links()
-    );
+    assert_eq!(read_acks(&mut acks, Duration::from_secs(5)), 1, "one ack, for disable");
+    assert_eq!(links() + cpus + 1, attached, "disable is in effect at its ack ({cpus} CPUs)");
     // (The kernel keeps 15 bytes of a program's name.)
     assert!(programs().iter().any(|p| p.starts_with("profile_cpu")), "detached, not unloaded");
     // Marks a little inside the pause: phases are cut on 100 ms buckets.
@@ -403,11 +411,8 @@ fn profile_control_pauses_and_resumes_sampling() {
     std::thread::sleep(Duration::from_millis(150));
     let cpu_in_pause = common::proc_cpu_ns(target.pid) - cpu_at_pause;
     command("enable");
-    assert!(
-        common::wait_until(Duration::from_secs(2), || links() == attached),
-        "enable: {} links, {attached} before",
-        links()
-    );
+    assert_eq!(read_acks(&mut acks, Duration::from_secs(5)), 1, "one ack, for enable");
+    assert_eq!(links(), attached, "enable is in effect at its ack");
     let r = agent.wait(RUN_TIMEOUT);
     let cpu_sampled = common::proc_cpu_ns(target.pid) - cpu_at_start - cpu_in_pause;
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -425,6 +430,31 @@ fn profile_control_pauses_and_resumes_sampling() {
         "{run} samples, {expected:.0} expected from {cpu_sampled} ns of CPU outside the pause"
     );
     assert!(r.stdout.contains("paused 1 times by --profile-control"), "{}", r.stdout);
+}
+
+/// The `ack` lines read from `acks` (non-blocking) within `timeout` of
+/// the first; 0 when none came.
+fn read_acks(acks: &mut std::fs::File, timeout: Duration) -> usize {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut text = String::new();
+    let mut buf = [0u8; 64];
+    while std::time::Instant::now() < deadline {
+        match acks.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+                // Whatever else comes in the next moment is read too.
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(n) = acks.read(&mut buf) {
+                    text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+                }
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert!(text.lines().all(|l| l == "ack"), "{text:?}");
+    text.lines().count()
 }
 
 /// `perf-agent diff`: two runs of the fixture, the second spending twice as

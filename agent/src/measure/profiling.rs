@@ -40,15 +40,15 @@ pub(super) fn start(
     Profiler::start(probe, pid, ticks).map(Some)
 }
 
-/// `--profile-control FIFO`: opened once the profiler runs (checked to be
+/// `--profile-control CTL[,ACK]`: opened once the profiler runs (checked to be
 /// a FIFO before anything was attached: `ProfileOptions::check`).
 pub(super) fn control(
     profiler: Option<&Profiler>,
     opts: &MeasureOptions,
 ) -> anyhow::Result<Option<ProfileControl>> {
-    let path = opts.profile.as_ref().and_then(|p| p.control.as_deref());
-    match (profiler, path) {
-        (Some(profiler), Some(path)) => ProfileControl::open(path, profiler.pauses()).map(Some),
+    let paths = opts.profile.as_ref().and_then(|p| p.control.as_ref());
+    match (profiler, paths) {
+        (Some(profiler), Some(paths)) => ProfileControl::open(paths, profiler.pauses()).map(Some),
         _ => Ok(None),
     }
 }

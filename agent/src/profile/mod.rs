@@ -69,8 +69,8 @@ pub struct ProfileOptions {
     /// modules are found by build-id (`DIR/.build-id/ab/cdef….debug`).
     pub debug_dir: PathBuf,
     /// `--profile-control`: a FIFO whose `disable`/`enable` lines pause
-    /// and resume profiling ([`pause`]).
-    pub control: Option<PathBuf>,
+    /// and resume profiling, and one to acknowledge them on ([`pause`]).
+    pub control: Option<pause::ControlPaths>,
 }
 
 /// Default `--profile-hz`: like perf and dpsoft/perf-agent, off the beat of
@@ -121,8 +121,8 @@ impl ProfileOptions {
                 self.debug_dir.display()
             );
         }
-        if let Some(fifo) = &self.control {
-            pause::check_fifo(fifo)?;
+        if let Some(paths) = &self.control {
+            paths.check()?;
         }
         let d = &self.dir;
         if d.exists() && !d.is_dir() {

@@ -4,9 +4,17 @@
 //! bench pauses and resumes profiling every [`WINDOW`] while http-load
 //! reports its responses every [`PROGRESS_MS`]. Each window with profiling
 //! on is compared with the paused windows on both sides of it (their mean:
-//! a drift of the host's speed that is linear over the three cancels),
-//! each window less its first [`SETTLE_NS`] (the agent acts on a command
-//! at once and attaches in about a millisecond). Only windows while all of
+//! a drift of the host's speed that is linear over the three cancels).
+//! A window starts when the agent acknowledges the command (the ACK FIFO
+//! of `--profile-control CTL,ACK`), less its first [`SETTLE_NS`], and
+//! ends when the next command is written: the time between a command and
+//! its `ack`, when profiling is half on, counts for neither side. That
+//! time is 0.1–0.3 ms mostly, but resuming waits for the kernel to attach
+//! `sched_switch`, which waits for an RCU grace period, and beside the
+//! saturated server those took up to 3.9 s: timed from the commands
+//! alone, the windows of the sixteenth and seventeenth sessions' bench
+//! were often not what they were labelled (the agent read a backlog of
+//! commands seconds late), which biased the ratio towards 1. Only windows while all of
 //! http-load's connections run count: its last ones, as connections
 //! finish, ran at a seventh of the rate, and an odd number of them on one
 //! side moved the pooled ratio by 2 %. The goal's value is the mean of the
@@ -23,7 +31,7 @@
 //! its profiling thread waking every 100 ms to read the run-queue counts.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -40,10 +48,15 @@ use super::profile::{During, follow, spread_note};
 use super::results::{Goal, Results, median};
 use super::runs::Env;
 
-/// How long profiling stays on, or paused, at a time.
+/// How long profiling stays on, or paused, at a time, once in effect.
 const WINDOW: Duration = Duration::from_millis(200);
-/// The start of each window left out: the command's way to the agent.
+/// The start of each window left out: the first off-CPU tick and ring
+/// drain after a resume. (The ring's samples of a profiled window's last
+/// ≤ 100 ms are unwound in the paused window after it: ~0.1 ms of CPU,
+/// 0.03 % of a window's, left as is.)
 const SETTLE_NS: u64 = 20_000_000;
+/// Longest wait for an `ack`.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// http-load's progress period.
 const PROGRESS_MS: u64 = 5;
 /// Load per agent run.
@@ -59,6 +72,15 @@ const GOAL_THROUGHPUT_RATIO: f64 = 0.99;
 struct Window {
     start_ns: u64,
     end_ns: u64,
+    on: bool,
+}
+
+/// A command to the agent: when it was written and acknowledged
+/// (CLOCK_MONOTONIC ns), and whether profiling is on after it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sent {
+    written_ns: u64,
+    acked_ns: u64,
     on: bool,
 }
 
@@ -79,19 +101,22 @@ pub fn throughput(
         WINDOW.as_millis()
     );
     let (mut ratios, mut on_rates, mut off_rates) = (Vec::new(), 0.0, 0.0);
+    let mut resume_ms = Vec::new();
     for round in 0..rounds {
         check_interrupted()?;
         let fifo = env.logs.join(format!("profile-control-{round}.fifo"));
+        let ack = fifo.with_extension("ack");
         make_fifo(&fifo)?;
+        make_fifo(&ack)?;
         let mut args = profiling.to_vec();
-        let fifo_arg = fifo.to_string_lossy().into_owned();
-        args.extend(["--profile-control", fifo_arg.as_str()]);
+        let control = format!("{},{}", fifo.display(), ack.display());
+        args.extend(["--profile-control", control.as_str()]);
         let mut commands = Vec::new();
         let mut toggled = |env: &Env, _agent: u32| -> Result<Option<Load>> {
             let stop = Arc::new(AtomicBool::new(false));
             let toggler = {
-                let (stop, fifo) = (stop.clone(), fifo.clone());
-                thread::spawn(move || toggle(&fifo, &stop))
+                let (stop, fifo, ack) = (stop.clone(), fifo.clone(), ack.clone());
+                thread::spawn(move || toggle((&fifo, &ack), &stop))
             };
             let spec = LoadSpec::new(url, requests).on(pid).with_progress(PROGRESS_MS);
             let load = http_load(env, &spec);
@@ -101,7 +126,15 @@ pub fn throughput(
         };
         let (_, load, _) = follow(env, pid, &args, &mut toggled as &mut During)?;
         let _ = std::fs::remove_file(&fifo);
+        let _ = std::fs::remove_file(&ack);
         let load = load.expect("a load run");
+        let mut resumes: Vec<f64> = commands
+            .iter()
+            .filter(|c| c.on)
+            .map(|c| (c.acked_ns - c.written_ns) as f64 / 1e6)
+            .collect();
+        resumes.sort_by(f64::total_cmp);
+        resume_ms.extend(&resumes);
         let windows = windows(&commands);
         let full_load = full_load_progress(&load.progress);
         let rates = window_rates(&windows, full_load);
@@ -118,14 +151,16 @@ pub fn throughput(
         let (on, off) = (mean(true), mean(false));
         println!(
             "  run {}: {} windows, {:.0} req/s profiling, {:.0} paused ({:.4}); median of {} \
-             window ratios {:.4}",
+             window ratios {:.4}; resuming took {:.1} ms (median), {:.1} ms at most",
             round + 1,
             windows.len(),
             on,
             off,
             on / off,
             round_ratios.len(),
-            median(&round_ratios)
+            median(&round_ratios),
+            median(&resumes),
+            resumes.last().copied().unwrap_or(0.0)
         );
         if round_ratios.is_empty() {
             bail!("no window with profiling on had paused windows on both sides");
@@ -137,15 +172,19 @@ pub fn throughput(
     let (mean, half_width) = mean_ci95(&ratios);
     let row = results.add("profile/throughput_ratio", "ratio", mean);
     row.goal = Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
+    resume_ms.sort_by(f64::total_cmp);
     row.note = format!(
-        "mean of {} windows with profiling ÷ the paused ones beside them (one run each), 95 % \
-         CI {:.4}–{:.4}; median {:.4} ({}); all windows pooled {:.4}",
+        "mean of {} windows with profiling ÷ the paused ones beside them (one run each, timed \
+         from the agent's acks), 95 % CI {:.4}–{:.4}; median {:.4} ({}); all windows pooled \
+         {:.4}; resuming took {:.1} ms (median), {:.0} ms at most",
         ratios.len(),
         mean - half_width,
         mean + half_width,
         median(&ratios),
         spread_note(&ratios),
-        on_rates / off_rates
+        on_rates / off_rates,
+        median(&resume_ms),
+        resume_ms.last().copied().unwrap_or(0.0)
     );
     println!("  throughput ratio: {:.4}; {}", row.value, row.note);
     Ok(())
@@ -163,30 +202,71 @@ fn make_fifo(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `disable` and `enable` in turn to the agent's control FIFO every
-/// [`WINDOW`] until `stop`; when each was written and whether profiling
-/// was on after it.
-fn toggle(fifo: &PathBuf, stop: &AtomicBool) -> Result<Vec<(u64, bool)>> {
-    use std::io::Write as _;
-    // The agent holds the FIFO open: opening it to write does not wait.
+/// Writes `disable` and `enable` in turn to the agent's control FIFO,
+/// each once the last is acknowledged on the ACK FIFO and has been in
+/// effect for [`WINDOW`], until `stop`: the commands.
+fn toggle((fifo, ack): (&Path, &Path), stop: &AtomicBool) -> Result<Vec<Sent>> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    // The agent holds both FIFOs open: opening them does not wait.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(fifo)
         .with_context(|| format!("opening {}", fifo.display()))?;
+    let mut acks = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(ack)
+        .with_context(|| format!("opening {}", ack.display()))?;
     let mut commands = Vec::new();
     let mut on = true;
+    let mut send = |on: bool| -> Result<Sent> {
+        f.write_all(if on { b"enable\n" } else { b"disable\n" })?;
+        let written_ns = monotonic_ns();
+        wait_for_ack(&mut acks)?;
+        Ok(Sent { written_ns, acked_ns: monotonic_ns(), on })
+    };
     while !stop.load(Ordering::Relaxed) {
         on = !on;
-        f.write_all(if on { b"enable\n" } else { b"disable\n" })?;
-        commands.push((monotonic_ns(), on));
+        commands.push(send(on)?);
         thread::sleep(WINDOW);
     }
-    commands.push((monotonic_ns(), !on));
-    // Left as it began: on.
+    // The last window ends here; profiling is left as it began: on.
+    let now = monotonic_ns();
+    commands.push(Sent { written_ns: now, acked_ns: now, on: !on });
     if !on {
-        f.write_all(b"enable\n")?;
+        send(true)?;
     }
     Ok(commands)
+}
+
+/// Reads one `ack` line from `acks` (non-blocking), waiting for it up to
+/// [`ACK_TIMEOUT`].
+fn wait_for_ack(acks: &mut std::fs::File) -> Result<()> {
+    use std::{io::Read as _, os::fd::AsRawFd as _};
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let deadline = std::time::Instant::now() + ACK_TIMEOUT;
+    while line.last() != Some(&b'\n') {
+        match acks.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => bail!("the agent closed its ACK FIFO"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    bail!("no ack from the agent in {} s", ACK_TIMEOUT.as_secs());
+                }
+                let mut pfd =
+                    libc::pollfd { fd: acks.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+            }
+            Err(e) => return Err(e).context("reading the agent's ACK FIFO"),
+        }
+    }
+    if line != b"ack\n" {
+        bail!("the agent acknowledged with {:?}", String::from_utf8_lossy(&line));
+    }
+    Ok(())
 }
 
 fn monotonic_ns() -> u64 {
@@ -196,10 +276,13 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The windows between consecutive commands (the last command's time only
-/// ends the window before it).
-fn windows(commands: &[(u64, bool)]) -> Vec<Window> {
-    commands.windows(2).map(|w| Window { start_ns: w[0].0, end_ns: w[1].0, on: w[0].1 }).collect()
+/// The windows from each command's ack to the next command (the last
+/// command only ends the window before it).
+fn windows(commands: &[Sent]) -> Vec<Window> {
+    commands
+        .windows(2)
+        .map(|w| Window { start_ns: w[0].acked_ns, end_ns: w[1].written_ns, on: w[0].on })
+        .collect()
 }
 
 /// Responses so far at `t_ns`, linear between two progress readings;
@@ -275,6 +358,18 @@ mod tests {
     }
 
     #[test]
+    fn the_wait_for_an_ack_counts_for_neither_window() {
+        let commands = [
+            Sent { written_ns: 0, acked_ns: MS, on: false },
+            Sent { written_ns: 201 * MS, acked_ns: 1_500 * MS, on: true },
+            Sent { written_ns: 1_700 * MS, acked_ns: 1_700 * MS, on: false },
+        ];
+        let w = windows(&commands);
+        assert_eq!(w[0], Window { start_ns: MS, end_ns: 201 * MS, on: false });
+        assert_eq!(w[1], Window { start_ns: 1_500 * MS, end_ns: 1_700 * MS, on: true });
+    }
+
+    #[test]
     fn responses_are_interpolated_between_readings() {
         let p = [(100, 0), (200, 50), (300, 150)];
         assert_eq!(responses_at(&p, 150), Some(25.0));
@@ -285,9 +380,10 @@ mod tests {
 
     #[test]
     fn each_window_with_profiling_is_compared_with_its_paused_neighbours() {
-        // Paused at 0, on at 200 ms, paused at 400, on at 600, end at 800.
-        let commands =
-            [(0, false), (200 * MS, true), (400 * MS, false), (600 * MS, true), (800 * MS, false)];
+        // Paused at 0, on at 200 ms, paused at 400, on at 600, end at 800,
+        // each acknowledged at once.
+        let at = |ms: u64, on: bool| Sent { written_ns: ms * MS, acked_ns: ms * MS, on };
+        let commands = [at(0, false), at(200, true), at(400, false), at(600, true), at(800, false)];
         let w = windows(&commands);
         assert_eq!(w.len(), 4);
         assert_eq!(w[1], Window { start_ns: 200 * MS, end_ns: 400 * MS, on: true });
