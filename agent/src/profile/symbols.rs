@@ -41,21 +41,14 @@ enum Source {
 struct Folded(Vec<(u64, u64, u32)>);
 
 impl Folded {
-    /// From an ELF image's function symbols (with their sizes): the
-    /// addresses holding two or more distinct names once demangled (a
-    /// local and a global copy of one name are one, and so are a C
-    /// library's aliases of one function: [`alias_key`]).
-    fn of(data: &[u8]) -> Folded {
-        let Ok(file) = object::File::parse(data) else { return Folded::default() };
-        let mut syms: Vec<(u64, u64, &str)> = file
-            .dynamic_symbols()
-            .chain(file.symbols())
-            .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0 && s.size() > 0)
-            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?)))
-            .collect();
-        syms.sort_unstable();
+    /// From an ELF image's function symbols ([`text_symbols`]; those with
+    /// a size): the addresses holding two or more distinct names once
+    /// demangled (a local and a global copy of one name are one, and so
+    /// are a C library's aliases of one function: [`alias_key`]).
+    fn of(syms: &[TextSymbol<'_>]) -> Folded {
         let mut out = Vec::new();
-        for group in syms.chunk_by(|a, b| a.0 == b.0) {
+        let sized: Vec<&TextSymbol<'_>> = syms.iter().filter(|s| s.1 > 0).collect();
+        for group in sized.chunk_by(|a, b| a.0 == b.0) {
             if group.len() < 2 {
                 continue;
             }
@@ -171,9 +164,9 @@ impl<'m> Symbolizer<'m> {
     fn source(&mut self, module: u32) -> &Source {
         self.sources.entry(module).or_insert_with(|| {
             if self.modules.paths[module as usize] == "[vdso]" {
-                return self
-                    .vdso
-                    .map_or(Source::Missing, |v| Source::Symbols(elf_symbols(v), Folded::of(v)));
+                let Some(vdso) = self.vdso else { return Source::Missing };
+                let (symbols, folded) = symbol_table(vdso);
+                return Source::Symbols(symbols, folded);
             }
             let Some(file) = &self.modules.files[module as usize] else { return Source::Missing };
             // A stripped module: the symbol table its debug file keeps
@@ -187,7 +180,7 @@ impl<'m> Symbolizer<'m> {
                 .and_then(|p| std::fs::File::open(p).ok())
                 // SAFETY: a read-only mapping of a file opened here.
                 .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
-                .map(|map| (elf_symbols(&map), Folded::of(&map)))
+                .map(|map| symbol_table(&map))
                 .filter(|(symbols, _)| !symbols.is_empty());
             if let Some((symbols, folded)) = debug {
                 return Source::Symbols(symbols, folded);
@@ -195,7 +188,7 @@ impl<'m> Symbolizer<'m> {
             // The file as we opened it while the target ran.
             // SAFETY: a read-only mapping of a file the agent holds open.
             let folded = unsafe { memmap2::Mmap::map(file) }
-                .map_or_else(|_| Folded::default(), |map| Folded::of(&map));
+                .map_or_else(|_| Folded::default(), |map| Folded::of(&text_symbols(&map)));
             addr2line::Loader::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
                 .map_or(Source::Missing, |l| Source::Dwarf(Box::new(l), folded))
         })
@@ -249,18 +242,31 @@ fn clean(name: &str) -> String {
     name.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
-/// Defined function symbols of an ELF image, sorted by address.
-fn elf_symbols(data: &[u8]) -> Vec<(u64, String)> {
+/// A defined function symbol of an ELF image: address, size, name.
+type TextSymbol<'a> = (u64, u64, &'a str);
+
+/// An ELF image's defined function symbols (dynamic and static), sorted.
+fn text_symbols(data: &[u8]) -> Vec<TextSymbol<'_>> {
     let Ok(file) = object::File::parse(data) else { return Vec::new() };
-    let mut syms: Vec<(u64, String)> = file
+    let mut syms: Vec<TextSymbol<'_>> = file
         .dynamic_symbols()
         .chain(file.symbols())
         .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
-        .filter_map(|s| Some((s.address(), s.name().ok()?.to_string())))
+        .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?)))
         .collect();
-    syms.sort();
-    syms.dedup_by_key(|s| s.0);
+    syms.sort_unstable();
     syms
+}
+
+/// What names a module without DWARF, from one parse of its ELF symbol
+/// table: one name per address (the first in byte order), sorted by
+/// address, and its folded functions.
+fn symbol_table(data: &[u8]) -> (Vec<(u64, String)>, Folded) {
+    let syms = text_symbols(data);
+    let mut names: Vec<(u64, String)> = syms.iter().map(|s| (s.0, s.2.to_string())).collect();
+    names.sort();
+    names.dedup_by_key(|s| s.0);
+    (names, Folded::of(&syms))
 }
 
 /// `/proc/kallsyms` text symbols, sorted by address.
@@ -324,7 +330,7 @@ mod tests {
         assert_ne!(alias_key("__memcpy_avx_unaligned"), alias_key("__memmove_avx_unaligned"));
         // This test binary has them: Rust folds identical monomorphs.
         let exe = std::fs::read("/proc/self/exe").unwrap();
-        let own = Folded::of(&exe);
+        let own = Folded::of(&text_symbols(&exe));
         assert!(!own.0.is_empty(), "no folded function in this test binary");
         assert!(own.0.iter().all(|&(start, end, n)| end > start && n >= 2));
     }
