@@ -128,13 +128,13 @@ pub fn throughput(
         let _ = std::fs::remove_file(&fifo);
         let _ = std::fs::remove_file(&ack);
         let load = load.expect("a load run");
-        let mut resumes: Vec<f64> = commands
+        let resumes: Vec<f64> = commands
             .iter()
             .filter(|c| c.on)
             .map(|c| (c.acked_ns - c.written_ns) as f64 / 1e6)
             .collect();
-        resumes.sort_by(f64::total_cmp);
         resume_ms.extend(&resumes);
+        let (resume_median, resume_max) = median_and_max(&resumes);
         let windows = windows(&commands);
         let full_load = full_load_progress(&load.progress);
         let rates = window_rates(&windows, full_load);
@@ -159,8 +159,8 @@ pub fn throughput(
             on / off,
             round_ratios.len(),
             median(&round_ratios),
-            median(&resumes),
-            resumes.last().copied().unwrap_or(0.0)
+            resume_median,
+            resume_max
         );
         if round_ratios.is_empty() {
             bail!("no window with profiling on had paused windows on both sides");
@@ -172,7 +172,7 @@ pub fn throughput(
     let (mean, half_width) = mean_ci95(&ratios);
     let row = results.add("profile/throughput_ratio", "ratio", mean);
     row.goal = Goal::AtLeast(GOAL_THROUGHPUT_RATIO);
-    resume_ms.sort_by(f64::total_cmp);
+    let (resume_median, resume_max) = median_and_max(&resume_ms);
     row.note = format!(
         "mean of {} windows with profiling ÷ the paused ones beside them (one run each, timed \
          from the agent's acks), 95 % CI {:.4}–{:.4}; median {:.4} ({}); all windows pooled \
@@ -183,8 +183,8 @@ pub fn throughput(
         median(&ratios),
         spread_note(&ratios),
         on_rates / off_rates,
-        median(&resume_ms),
-        resume_ms.last().copied().unwrap_or(0.0)
+        resume_median,
+        resume_max
     );
     println!("  throughput ratio: {:.4}; {}", row.value, row.note);
     Ok(())
@@ -303,6 +303,11 @@ fn full_load_progress(progress: &[(u64, u64)]) -> &[(u64, u64)] {
     let Some(&(_, last)) = progress.last() else { return progress };
     let until = (last as f64 * FULL_LOAD_SHARE) as u64;
     &progress[..progress.partition_point(|&(_, n)| n <= until)]
+}
+
+/// The median of `v` and its largest value (0 when empty).
+fn median_and_max(v: &[f64]) -> (f64, f64) {
+    (median(v), v.iter().copied().fold(0.0, f64::max))
 }
 
 /// The mean of `v` and the half-width of its 95 % confidence interval
