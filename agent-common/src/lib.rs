@@ -61,7 +61,7 @@ pub mod globals {
     /// filter is still one array lookup and a compare.
     pub const TARGET_SET: &str = "TARGET_SET";
     /// `u32`: what `sched_switch` does ([`sched_work`](crate::profile::sched_work) bits):
-    /// nothing without `--profile-dir`.
+    /// nothing without `--profile-dir --runq-waits` (nor is it attached).
     pub const PROFILE_SCHED: &str = "PROFILE_SCHED";
     /// `u32`: 1 with `--delivery` (issue 14's queue/drain/delivered/accept
     /// wait and retransmits). 0: the socket programs skip the delivery

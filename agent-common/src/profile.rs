@@ -254,12 +254,14 @@ pub const STOLEN_SLOTS: u32 = 1024;
 pub const TICK_MAX_CPUS: u32 = 512;
 
 /// Bits of the global `PROFILE_SCHED`: the work `sched_switch` does, set
-/// before load (the verifier prunes the rest).
+/// before load (the verifier prunes the rest). It is attached only with
+/// `--runq-waits`.
 pub mod sched_work {
-    /// Run-queue waits into `SCHED_COUNTS` (`--profile-dir`).
+    /// Run-queue waits into `SCHED_COUNTS` (`--runq-waits`).
     pub const RUNQ_WAITS: u32 = 1;
     /// Time stolen from target slices into `THREAD_STOLEN`, which only the
-    /// off-CPU ticks read (not with `--no-off-cpu`).
+    /// off-CPU ticks read (`--runq-waits` without `--no-off-cpu`; else
+    /// user space estimates it from `/proc/stat`).
     pub const STOLEN: u32 = 2;
 }
 

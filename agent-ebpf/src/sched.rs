@@ -1,9 +1,12 @@
-//! `sched_switch`, attached only when profiling (`--profile-dir`): the
-//! run-queue wait a target thread ends as it is switched in, into a
-//! per-CPU histogram (`sched/runq_wait_*`); and the time stolen from the
-//! slice a target thread ends as it is switched out, into this CPU's slot
-//! for it (`THREAD_STOLEN`, read by the off-CPU ticks; not with
-//! `--no-off-cpu`). User-space twin:
+//! `sched_switch`, attached only with `--profile-dir --runq-waits` (it runs
+//! at every context switch of the machine, ~0.1 µs each here whatever it
+//! does: `docs/performance.md`, nineteenth session): the run-queue wait a
+//! target thread ends as it is switched in, into a per-CPU histogram
+//! (`sched/runq_wait_*`); and the time stolen from the slice a target
+//! thread ends as it is switched out, into this CPU's slot for it
+//! (`THREAD_STOLEN`, read by the off-CPU ticks; not with `--no-off-cpu`;
+//! without `--runq-waits` user space estimates it,
+//! `agent/src/profile/host_steal.rs`). User-space twin:
 //! `agent/src/probes/profile.rs`.
 //!
 //! Nothing else runs at context switches. Off-CPU time comes from ticks

@@ -283,9 +283,18 @@ struct CommonArgs {
     #[arg(long, value_name = "HZ", requires = "profile_dir", conflicts_with = "no_off_cpu")]
     off_cpu_hz: Option<u32>,
     /// With --profile-dir: no off-CPU profiles (stacks where threads block,
-    /// weighted by the time blocked); run-queue waits are still measured.
+    /// weighted by the time blocked).
     #[arg(long, requires = "profile_dir")]
     no_off_cpu: bool,
+    /// With --profile-dir: also time every run-queue wait of the target
+    /// (wake-up or preemption to running) for sched/runq_wait_p50|p99, and
+    /// take the time the hypervisor stole from its threads out of their
+    /// off-CPU time exactly (else estimated from /proc/stat). Attaches
+    /// sched_switch, which runs at every context switch of the machine:
+    /// ~0.1 µs each, ~1.3 % of a saturated server's throughput here
+    /// (docs/performance.md).
+    #[arg(long, requires = "profile_dir")]
+    runq_waits: bool,
     /// With --profile-dir: where the debug files of stripped modules are
     /// found by build-id (DIR/.build-id/ab/cdef….debug, as gdb's
     /// debug-file-directory: what distributions' -dbg/-dbgsym packages install).
@@ -336,6 +345,7 @@ impl CommonArgs {
                 off_cpu_hz: self
                     .off_cpu_hz
                     .unwrap_or_else(|| perf_agent::profile::default_off_cpu_hz(self.profile_hz)),
+                runq_waits: self.runq_waits,
                 debug_dir: self.debug_dir,
                 control: self.profile_control,
             }),

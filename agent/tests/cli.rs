@@ -32,6 +32,7 @@ fn usage_errors_exit_2_without_root() {
         (&["attach", "--pid", "1", "--", "extra"], "--k6"),
         (&["run"], "CMD"),
         (&["attach", "--pid", "1", "--off-cpu-hz", "5"], "--profile-dir"),
+        (&["attach", "--pid", "1", "--runq-waits"], "--profile-dir"),
         (
             &["attach", "--pid", "1", "--profile-dir", "/tmp", "--off-cpu-hz", "5", "--no-off-cpu"],
             "cannot be used",

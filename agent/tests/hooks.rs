@@ -55,6 +55,47 @@ fn default_mode_attaches_no_syscall_hook() {
     assert!(!names.contains("sched_switch"), "sched_switch in the default mode: {names:?}");
 }
 
+/// Profiling's default attaches no `sched_switch` either: its off-CPU
+/// ticks read the scheduler's own counters. `--runq-waits` asks for it
+/// (every run-queue wait timed), and only then is it loaded, and the BMF
+/// has `sched/runq_wait_p50|p99` (three busy threads on two cores wait
+/// often).
+#[test]
+fn profiling_runs_at_context_switches_only_with_runq_waits() {
+    let Some(_serial) = privileged() else { return };
+    let target = Target::start("cpu-burner", &["--threads", "3", "--late-threads", "0"]);
+    let pid = target.pid.to_string();
+    let dir = out_path("hooks-profile").with_extension("d");
+    let held = |extra: &[&str]| {
+        let out = out_path(&format!("hooks-profile{}", extra.len()));
+        let mut args = vec![
+            "attach",
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "--profile-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let agent = Agent::spawn(&args);
+        agent.wait_attached();
+        let names = program_names_held_by(agent.pid);
+        let r = agent.wait(Duration::from_secs(30));
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        (names, read_bmf(&out))
+    };
+    let (names, bmf) = held(&[]);
+    // (The kernel keeps 15 bytes of a program's name.)
+    assert!(names.iter().any(|n| n.starts_with("profile_cpu")), "{names:?}");
+    assert!(!names.contains("sched_switch"), "sched_switch without --runq-waits: {names:?}");
+    assert!(bmf.get("sched/runq_wait_p99").is_none(), "runq percentiles without their hook");
+    let (names, bmf) = held(&["--runq-waits"]);
+    assert!(names.contains("sched_switch"), "--runq-waits without sched_switch: {names:?}");
+    assert!(bmf_value(&bmf, "sched/runq_wait_p99", "latency") >= 0.0);
+}
+
 /// With `--health-path` and `--ready-path` the read-side syscall hooks are
 /// attached until a 2xx response to each path has been seen, then detached
 /// while the agent keeps running, and the milestones are still reported.

@@ -354,9 +354,10 @@ fn phases_get_their_own_profiles() {
     assert_eq!(check_every_pprof(&dir), 4);
 }
 
-/// `--profile-control CTL,ACK`: `disable` detaches the profiling programs
-/// (one cpu-clock link per CPU and `sched_switch`'s: the agent holds that
-/// many links fewer, its programs still loaded), and a phase inside the
+/// `--profile-control CTL,ACK` (with `--runq-waits`, so that both kinds of
+/// link come and go): `disable` detaches the profiling programs (one
+/// cpu-clock link per CPU and `sched_switch`'s: the agent holds that many
+/// links fewer, its programs still loaded), and a phase inside the
 /// pause has no samples; `enable` attaches them again and sampling goes on
 /// at its rate. Each is in effect when its `ack` comes (an unknown word
 /// gets none). The summary says how long profiling was paused.
@@ -375,7 +376,7 @@ fn profile_control_pauses_and_resumes_sampling() {
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
     }
     let paths = format!("{},{}", fifo.display(), ack_fifo.display());
-    let control = ["--profile-control", paths.as_str()];
+    let control = ["--profile-control", paths.as_str(), "--runq-waits"];
     let (agent, mark) =
         attach_profiling_with_marks(target.pid, "4", (&dir, &out), &control, "profile-control");
     // Opened without waiting for the agent's end (which it already holds).

@@ -25,20 +25,19 @@ fn field(line: &str, key: &str) -> u64 {
 
 /// Profiles `offcpu-target --seconds 3 <extra>` for its whole life (no
 /// --duration: the run ends when the fixture exits by itself, after
-/// printing its accounting); the agent's output and that accounting line.
-fn run_offcpu_target(dir: &Path, out: &Path, extra: &[&str]) -> (AgentOutput, String) {
+/// printing its accounting), the agent given `agent_extra`; the agent's
+/// output and that accounting line.
+fn run_offcpu_target(
+    dir: &Path,
+    out: &Path,
+    agent_extra: &[&str],
+    extra: &[&str],
+) -> (AgentOutput, String) {
     let target = fixture("offcpu-target");
-    let mut args = vec![
-        "run",
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--",
-        target.to_str().unwrap(),
-        "--seconds",
-        "3",
-    ];
+    let mut args =
+        vec!["run", "--profile-dir", dir.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(agent_extra);
+    args.extend_from_slice(&["--", target.to_str().unwrap(), "--seconds", "3"]);
     args.extend_from_slice(extra);
     let r = Agent::spawn(&args).wait(RUN_TIMEOUT);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -51,13 +50,27 @@ fn run_offcpu_target(dir: &Path, out: &Path, extra: &[&str]) -> (AgentOutput, St
 
 /// Off-CPU: each blocking function's time within 10 % of the fixture's own
 /// accounting (a thread sleeping 10 ms at a time, one waiting on a mutex
-/// another holds most of the time).
+/// another holds most of the time). The time the hypervisor stole from the
+/// busy threads estimated from `/proc/stat` (the default).
 #[test]
 fn off_cpu_time_per_function_matches_the_fixture() {
     let Some(_serial) = privileged() else { return };
-    let dir = profile_dir("offcpu");
-    let out = out_path("profile-offcpu");
-    let (r, acct) = run_offcpu_target(&dir, &out, &[]);
+    check_off_cpu_per_function("offcpu", &[]);
+}
+
+/// The same with `--runq-waits`: the stolen time summed at each switch-out
+/// by `sched_switch`.
+#[test]
+fn off_cpu_time_per_function_matches_the_fixture_with_runq_waits() {
+    let Some(_serial) = privileged() else { return };
+    check_off_cpu_per_function("offcpu-runq", &["--runq-waits"]);
+}
+
+fn check_off_cpu_per_function(name: &str, agent_extra: &[&str]) {
+    let dir = profile_dir(name);
+    let out = out_path(&format!("profile-{name}"));
+    let (r, acct) = run_offcpu_target(&dir, &out, agent_extra, &[]);
+    eprintln!("{}", r.stdout.lines().find(|l| l.contains("off-CPU: ")).unwrap_or_default());
     let folded = Folded::read(&dir.join("run.offcpu.folded"));
     let sites = blocking_sites(&r.stdout);
     for (function, key) in [
@@ -117,7 +130,7 @@ fn off_cpu_time_is_estimated_from_sampled_blocks() {
     let Some(_serial) = privileged() else { return };
     let dir = profile_dir("offcpu-sampled");
     let out = out_path("profile-offcpu-sampled");
-    let (r, acct) = run_offcpu_target(&dir, &out, &["--nappers", "2"]);
+    let (r, acct) = run_offcpu_target(&dir, &out, &[], &["--nappers", "2"]);
     let counts = r.stdout.lines().find(|l| l.contains("off-CPU: ")).expect("summary line");
     let number_before = |marker: &str| -> u64 {
         let head = &counts[..counts.find(marker).unwrap_or_else(|| panic!("{counts}"))];
@@ -174,8 +187,9 @@ fn parse_human_ns(s: &str) -> f64 {
     }
 }
 
-/// The agent attached to `pid` for `secs` with run-queue waits only
-/// (`--no-off-cpu`), profiles into `dir`, BMF into `out`.
+/// The agent attached to `pid` for `secs` with run-queue waits
+/// (`--runq-waits`) and no off-CPU profiles (`--no-off-cpu`), profiles into
+/// `dir`, BMF into `out`.
 fn attach_runq_only(pid: u32, secs: &str, dir: &Path, out: &Path) -> Agent {
     let pid = pid.to_string();
     Agent::spawn(&[
@@ -187,6 +201,7 @@ fn attach_runq_only(pid: u32, secs: &str, dir: &Path, out: &Path) -> Agent {
         "--profile-dir",
         dir.to_str().unwrap(),
         "--no-off-cpu",
+        "--runq-waits",
         "--out",
         out.to_str().unwrap(),
     ])

@@ -27,7 +27,7 @@ fn ticks_see_blocked_threads_and_name_where_they_wait() {
     // Longer than the ticks take: killed when the test ends.
     let target = Target::start("offcpu-target", &["--seconds", "60"]);
     let tracefs = perf_agent::tracefs::ensure_mounted().unwrap();
-    let config = ProfileConfig { hz: 99, off_cpu: true };
+    let config = ProfileConfig { hz: 99, off_cpu: true, runq_waits: false };
     let spec = TargetSpec::Running { pid: target.pid };
     let mut probes =
         Probes::attach(&spec, &PathOptions::default(), &tracefs, Some(config), false).unwrap();

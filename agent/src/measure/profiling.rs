@@ -12,7 +12,11 @@ use crate::{
 impl MeasureOptions {
     /// What the profiling programs are attached for (`None`: not at all).
     pub(super) fn profile_config(&self) -> Option<ProfileConfig> {
-        self.profile.as_ref().map(|p| ProfileConfig { hz: p.hz, off_cpu: p.off_cpu })
+        self.profile.as_ref().map(|p| ProfileConfig {
+            hz: p.hz,
+            off_cpu: p.off_cpu,
+            runq_waits: p.runq_waits,
+        })
     }
 }
 
@@ -33,6 +37,7 @@ pub(super) fn start(
                 std::time::Duration::from_secs_f64(1.0 / f64::from(p.off_cpu_hz.max(1))),
                 cpus,
                 crate::clock::monotonic_ns(),
+                !p.runq_waits,
             ))
         }
         _ => None,

@@ -1,6 +1,8 @@
 //! Profiling probe (`--profile-dir`): the `perf_event` program on the
 //! cpu-clock software event of every online CPU, sampling at
-//! `--profile-hz`, and `sched_switch` for run-queue waits. Kernel side:
+//! `--profile-hz`, and with `--runq-waits` `sched_switch` for run-queue
+//! waits (it runs at every context switch of the machine: not by
+//! default, `docs/performance.md`, nineteenth session). Kernel side:
 //! `agent-ebpf/src/cpu_clock.rs` (the program), `profile.rs` (the
 //! samples) and `sched.rs`. Off-CPU ticks are `offcpu_ticks.rs` here. What
 //! the samples become is `crate::profile`.
@@ -21,14 +23,16 @@ use super::{
     take_map,
 };
 
-/// What to sample: cpu-clock at `hz` per CPU (run-queue waits always);
-/// `off_cpu`: the off-CPU ticks' task iterator is loaded and
-/// `sched_switch` keeps the time stolen from target slices for it (set up
-/// apart: `super::offcpu_ticks`).
+/// What to sample: cpu-clock at `hz` per CPU; `off_cpu`: the off-CPU
+/// ticks' task iterator is loaded (set up apart: `super::offcpu_ticks`);
+/// `runq_waits`: `sched_switch` is attached, for run-queue waits and,
+/// with `off_cpu`, the exact time stolen from target slices (without it
+/// the ticks estimate that from `/proc/stat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProfileConfig {
     pub hz: u32,
     pub off_cpu: bool,
+    pub runq_waits: bool,
 }
 
 /// Ring buffer bytes: room for 50 ms of samples at `hz` on every CPU (the
@@ -62,9 +66,9 @@ pub fn configure<'a>(
     static RUNQ: u32 = sched_work::RUNQ_WAITS;
     static RUNQ_AND_STOLEN: u32 = sched_work::RUNQ_WAITS | sched_work::STOLEN;
     let work = match config {
-        None => &NONE,
-        Some(c) if c.off_cpu => &RUNQ_AND_STOLEN,
-        Some(_) => &RUNQ,
+        Some(c) if c.runq_waits && c.off_cpu => &RUNQ_AND_STOLEN,
+        Some(c) if c.runq_waits => &RUNQ,
+        _ => &NONE,
     };
     loader.override_global(globals::PROFILE_SCHED, work, true);
     // `THREAD_STACK` is a task-storage map, which aya 0.14 creates but has
@@ -86,30 +90,31 @@ pub struct ProfileProbe {
 /// tracepoint's dispatch at every context switch of the machine.
 pub struct ProfileLinks {
     period: u64,
-    /// The cpu-clock events' and `sched_switch`'s links; `None` while
-    /// paused.
-    attached: Option<(Links, Links)>,
+    runq_waits: bool,
+    /// The links of [`hooks`]' programs, in its order; empty while paused.
+    attached: Vec<(&'static str, Links)>,
     /// Attaching a loaded BTF tracepoint again reads no BTF: an empty one
     /// stands in for the kernel's (too large to keep for this).
     no_btf: aya::Btf,
 }
 
 /// Profiling's programs and their hooks: the cpu-clock event every
-/// `period` ns, and `sched_switch` (run-queue waits, turned on by
-/// `configure`: its only use, `agent-ebpf/src/sched.rs`), whose load reads
-/// `btf`.
-fn hooks(period: u64, btf: &aya::Btf) -> [(&'static str, Hook<'_>); 2] {
+/// `period` ns; with `runq_waits`, `sched_switch` (what it does is set by
+/// `configure`: `agent-ebpf/src/sched.rs`), whose load reads `btf`.
+fn hooks(period: u64, runq_waits: bool, btf: &aya::Btf) -> Vec<(&'static str, Hook<'_>)> {
     let event = SoftwareEvent::CpuClock;
-    [
-        (programs::PROFILE_CPU_CLOCK, Hook::SampledSoftwareEventOnEveryCpu { event, period }),
-        (programs::SCHED_SWITCH, Hook::BtfTracePoint { name: "sched_switch", btf }),
-    ]
+    let mut hooks =
+        vec![(programs::PROFILE_CPU_CLOCK, Hook::SampledSoftwareEventOnEveryCpu { event, period })];
+    if runq_waits {
+        hooks.push((programs::SCHED_SWITCH, Hook::BtfTracePoint { name: "sched_switch", btf }));
+    }
+    hooks
 }
 
 impl ProfileLinks {
     /// Whether the programs are detached.
     fn paused(&self) -> bool {
-        self.attached.is_none()
+        self.attached.is_empty()
     }
 
     /// Detaches the profiling programs (`paused`) or attaches them again.
@@ -117,16 +122,15 @@ impl ProfileLinks {
         if paused == self.paused() {
             return Ok(());
         }
-        match self.attached.take() {
-            Some((cpu_clock, switch)) => {
-                hook::unlink(ebpf, programs::PROFILE_CPU_CLOCK, cpu_clock)?;
-                hook::unlink(ebpf, programs::SCHED_SWITCH, switch)?;
+        if paused {
+            for (program, links) in std::mem::take(&mut self.attached) {
+                hook::unlink(ebpf, program, links)?;
             }
-            None => {
-                let [(a, hook_a), (b, hook_b)] = hooks(self.period, &self.no_btf);
-                let links = (hook::link(ebpf, a, hook_a)?, hook::link(ebpf, b, hook_b)?);
-                self.attached = Some(links);
-            }
+            return Ok(());
+        }
+        for (program, hook) in hooks(self.period, self.runq_waits, &self.no_btf) {
+            let links = hook::link(ebpf, program, hook)?;
+            self.attached.push((program, links));
         }
         Ok(())
     }
@@ -148,7 +152,7 @@ pub struct ProfileCounters {
 }
 
 impl ProfileProbe {
-    /// `kernel_btf`: for `sched_switch`, a BTF tracepoint.
+    /// `kernel_btf`: for `sched_switch`, a BTF tracepoint (`runq_waits`).
     pub fn attach(
         ebpf: &mut Ebpf,
         kernel_btf: &aya::Btf,
@@ -164,10 +168,12 @@ impl ProfileProbe {
         // samples per second of CPU (the kernel's frequency mode adjusts the
         // period as it goes and overshoots by ~10 %).
         let period = 1_000_000_000 / u64::from(hz.max(1));
-        let [(a, hook_a), (b, hook_b)] = hooks(period, kernel_btf);
-        let (cpu_clock, switch) = (hook::attach(ebpf, a, hook_a)?, hook::attach(ebpf, b, hook_b)?);
-        let links =
-            ProfileLinks { period, attached: Some((cpu_clock, switch)), no_btf: aya::Btf::new() };
+        let attached = hooks(period, config.runq_waits, kernel_btf)
+            .into_iter()
+            .map(|(program, hook)| Ok((program, hook::attach(ebpf, program, hook)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let runq_waits = config.runq_waits;
+        let links = ProfileLinks { period, runq_waits, attached, no_btf: aya::Btf::new() };
         Ok((ProfileProbe { ring, stats, sched_counts }, links))
     }
 }
@@ -207,7 +213,8 @@ mod tests {
     fn ring_is_a_power_of_two_holding_50_ms() {
         let record = std::mem::size_of::<ProfileSample>() + 8;
         for (hz, cpus) in [(99, 2), (99, 64), (999, 2), (1, 1)] {
-            let b = ring_bytes(ProfileConfig { hz, off_cpu: true }, cpus) as usize;
+            let b =
+                ring_bytes(ProfileConfig { hz, off_cpu: true, runq_waits: false }, cpus) as usize;
             assert!(b.is_power_of_two(), "{b}");
             assert!(b / record >= (hz as usize * cpus / 20).max(32), "{hz} Hz × {cpus}: {b}");
         }

@@ -20,6 +20,7 @@ pub mod aggregate;
 pub mod collect;
 pub mod diff;
 pub mod elf;
+pub mod host_steal;
 pub mod maps;
 pub mod offcpu;
 pub mod offcpu_ticks;
@@ -65,6 +66,9 @@ pub struct ProfileOptions {
     /// `--off-cpu-hz`: off-CPU stacks aimed at per CPU and second
     /// ([`default_off_cpu_hz`] unless given).
     pub off_cpu_hz: u32,
+    /// `--runq-waits`: `sched_switch` attached for run-queue waits (their
+    /// p50/p99) and the exact time stolen from target slices.
+    pub runq_waits: bool,
     /// `--debug-dir`: where debug files shipped apart from their stripped
     /// modules are found by build-id (`DIR/.build-id/ab/cdef….debug`).
     pub debug_dir: PathBuf,
@@ -238,7 +242,16 @@ impl Profiler {
             self.runq_total_at_end.unwrap_or(kernel.runq_total_ns) - self.runq_total_at_start;
         let (start, end) = self.window.bounds();
         let paused = self.pauses.within(start, end);
-        Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns, paused })
+        let steal_share = t.steal_share;
+        Ok(Profile {
+            collected,
+            counters,
+            proc_run_delay,
+            window_ns,
+            runq_in_window_ns,
+            paused,
+            steal_share,
+        })
     }
 }
 
@@ -254,6 +267,9 @@ pub struct Profile {
     pub runq_in_window_ns: u64,
     /// `--profile-control`'s pauses inside the window: how many, ns in all.
     pub paused: (usize, u64),
+    /// The host's steal share the off-CPU totals were corrected with
+    /// (`None`: not estimated; `--runq-waits` counts it exactly).
+    pub steal_share: Option<f64>,
 }
 
 /// One phase's profile, as written.
@@ -287,6 +303,10 @@ pub struct ProfileReport {
     pub off_cpu: bool,
     /// `--off-cpu-hz`: the off-CPU stacks aimed at per CPU-second.
     pub off_cpu_hz: u32,
+    /// `--runq-waits`: run-queue waits timed one by one.
+    pub runq_waits: bool,
+    /// See [`Profile::steal_share`].
+    pub steal_share: Option<f64>,
     /// Σ run-queue waits seen inside the ground truth's window (from the
     /// profiler's start to just before detaching), and the `/proc` ground
     /// truth over it.
@@ -378,6 +398,8 @@ impl Profile {
             counters: self.counters,
             off_cpu: opts.off_cpu,
             off_cpu_hz: opts.off_cpu_hz,
+            runq_waits: opts.runq_waits,
+            steal_share: self.steal_share,
             runq_total_ns: self.runq_in_window_ns,
             proc_run_delay: self.proc_run_delay,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,
@@ -454,6 +476,7 @@ mod tests {
             hz: DEFAULT_HZ,
             off_cpu: true,
             off_cpu_hz: default_off_cpu_hz(DEFAULT_HZ),
+            runq_waits: false,
             debug_dir: DEFAULT_DEBUG_DIR.into(),
             control: None,
         }

@@ -17,7 +17,7 @@ use std::{collections::HashMap, time::Duration, time::Instant};
 
 use agent_common::profile::tick_flags;
 
-use super::{collect::Collected, tick_totals::TickTotals, unwind::Frame};
+use super::{collect::Collected, host_steal::HostSteal, tick_totals::TickTotals, unwind::Frame};
 use crate::probes::offcpu_ticks::{OffCpuTicks, TickEntry, parse};
 
 /// What the ticks did, for the summary.
@@ -34,6 +34,9 @@ pub struct TickCounts {
     /// Stacks the iterator dropped because the thread ran while they were
     /// copied (`tick_flags::TORN`).
     pub torn: u64,
+    /// The host's steal per ns of the machine's busy time over the run,
+    /// when the totals estimated the time stolen from threads with it.
+    pub steal_share: Option<f64>,
 }
 
 /// The ticks of one run.
@@ -43,6 +46,9 @@ pub struct OffCpuTicker {
     /// New blocks' stacks a tick may take on average.
     stacks_per_tick: f64,
     totals: TickTotals,
+    /// Where the time stolen from threads is estimated from, when no
+    /// program sums it (`None`: `sched_switch` does).
+    steal: Option<HostSteal>,
     /// Per tid, the stack of its block at the switch count it was taken at.
     stacks: HashMap<u32, (u64, Box<[Frame]>)>,
     /// Blocked threads at the last tick in blocks whose stack was not known
@@ -56,13 +62,21 @@ pub struct OffCpuTicker {
 impl OffCpuTicker {
     /// Ticks every `every`, taking about `stacks_per_tick` stacks each,
     /// from `now_ns` on (the first one at once: it is where threads that
-    /// were already there start being counted).
-    pub fn new(iterator: OffCpuTicks, every: Duration, stacks_per_tick: f64, now_ns: u64) -> Self {
+    /// were already there start being counted); `estimate_steal`: no
+    /// program sums the time stolen from threads (no `--runq-waits`).
+    pub fn new(
+        iterator: OffCpuTicks,
+        every: Duration,
+        stacks_per_tick: f64,
+        now_ns: u64,
+        estimate_steal: bool,
+    ) -> Self {
         OffCpuTicker {
             iterator,
             every,
             stacks_per_tick,
             totals: TickTotals::since(now_ns),
+            steal: estimate_steal.then(HostSteal::default),
             stacks: HashMap::new(),
             new_blocks: 0,
             last_ns: now_ns.saturating_sub(every.as_nanos() as u64),
@@ -94,6 +108,9 @@ impl OffCpuTicker {
         let started = Instant::now();
         let p = (self.stacks_per_tick / self.new_blocks.max(1) as f64).min(1.0);
         let threshold = if p >= 1.0 { u32::MAX } else { (p * 4_294_967_296.0) as u32 };
+        if let Some(steal) = &mut self.steal {
+            self.totals.estimate_steal(steal.share(now_ns));
+        }
         let mut bytes = std::mem::take(&mut self.bytes);
         match self.iterator.read(threshold, &mut bytes) {
             Ok(len) => match parse(&bytes[..len]) {
@@ -178,6 +195,7 @@ impl OffCpuTicker {
 
     /// What the ticks did.
     pub fn counts(&self) -> TickCounts {
-        TickCounts { blocks: self.totals.blocks(), ..self.counts }
+        let steal_share = self.steal.as_ref().map(|s| s.overall_share().unwrap_or(0.0));
+        TickCounts { blocks: self.totals.blocks(), steal_share, ..self.counts }
     }
 }

@@ -70,12 +70,21 @@ impl ProfileReport {
             ),
             _ => String::new(),
         };
-        let _ = writeln!(
-            out,
-            "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits{exited}",
-            crate::units::human_ns(self.runq_total_ns as f64),
-            self.counters.kernel.runq_waits
-        );
+        if self.runq_waits {
+            let _ = writeln!(
+                out,
+                "  run-queue wait total {} (/proc schedstat run_delay {truth}); {} waits{exited}",
+                crate::units::human_ns(self.runq_total_ns as f64),
+                self.counters.kernel.runq_waits
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  run-queue waits: /proc schedstat run_delay {truth} in all{exited}; one by one, \
+                 with p50/p99, only with --runq-waits (a program at every context switch of \
+                 the machine)"
+            );
+        }
         if pauses > 0 {
             let _ = writeln!(
                 out,
@@ -94,11 +103,20 @@ impl ProfileReport {
                      time counts, without a stack)"
                 ),
             };
+            let steal = match self.steal_share {
+                Some(share) if share > 0.0 => format!(
+                    "; the host stole {:.1} % of the busy CPU time (/proc/stat), taken out of \
+                     each thread's time off CPU in proportion to its CPU time (--runq-waits: \
+                     exactly)",
+                    share * 100.0
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "  off-CPU: {} blocks, {} stacks taken at {} ticks (about {} per CPU and second \
                  aimed at; each thread's time off CPU, from the scheduler's counters, is split \
-                 among its stacks by them){torn}",
+                 among its stacks by them){torn}{steal}",
                 c.off_cpu_blocks, c.off_cpu_stacks, c.off_cpu_ticks, self.off_cpu_hz
             );
         }

@@ -14,8 +14,8 @@
 //!   agent's summary);
 //! - on demo-server at saturation: throughput with profiling ÷ without
 //!   (goal: ≥ 0.99) inside one agent run, profiling paused and resumed
-//!   every 200 ms through `--profile-control` (`profile_paired.rs`);
-//!   and between agent runs with and without it, with the server's CPU
+//!   every 200 ms through `--profile-control` (`profile_paired.rs`); the
+//!   same with `--runq-waits` (no goal: what the opt-in costs); and between agent runs with and without it, with the server's CPU
 //!   per request (its CPU-time clock, ns, all threads), in
 //!   [`THROUGHPUT_ROUNDS_PER_ROUND`] × `--rounds` rounds: each round's
 //!   ratio is of two runs next to each other (their order alternating),
@@ -25,9 +25,8 @@
 //! - on demo-server at saturation again, `--rounds` runs with profiling and
 //!   `kernel.bpf_stats_enabled` on: profiling's kernel time there, which
 //!   the throughput ratio carries but cannot resolve on a shared VM (its
-//!   rounds move by more than 10 % with the host): `sched_switch` ns per
-//!   run and the profiling programs' ns per request, both net of the
-//!   statistics' floor, and that time as a share of the machine's busy CPU
+//!   rounds move by more than 10 % with the host): the profiling
+//!   programs' ns per request, net of the statistics' floor, and that time as a share of the machine's busy CPU
 //!   over the load (each run's numerator and denominator slowed alike by
 //!   the host, so the share is steadier than either); with the profiling
 //!   thread's CPU over the load, the whole share, and `1 −` it, the
@@ -104,7 +103,8 @@ fn profile_bpf_ns(on: &AgentRun, off: &AgentRun) -> Option<f64> {
     }
     let programs: f64 = profiling.iter().map(|(_, (ns, runs))| (ns - floor).max(0.0) * runs).sum();
     let switch = SCHED_SWITCH_PROGRAM;
-    let (ns_on, runs_on) = on.programs.get(switch)?;
+    // Attached with `--runq-waits` only.
+    let Some((ns_on, runs_on)) = on.programs.get(switch) else { return Some(programs) };
     // Without profiling `sched_switch` is not attached (CPU time is the
     // process CPU clock): then all of its time is profiling's.
     let off_net = match off.programs.get(switch) {
@@ -342,14 +342,17 @@ fn throughput(
         cpu_ratios.push(cpu_ratio);
     }
     kernel_cost(env, rounds / THROUGHPUT_ROUNDS_PER_ROUND, pid, profiling, &mut saturate, results)?;
-    let rps = probe.rps();
-    super::profile_paired::throughput(
-        env,
-        rounds / THROUGHPUT_ROUNDS_PER_ROUND,
-        (pid, &url, rps),
-        profiling,
-        results,
-    )?;
+    let target = (pid, url.as_str(), probe.rps());
+    let paired_rounds = rounds / THROUGHPUT_ROUNDS_PER_ROUND;
+    let goal = Goal::AtLeast(super::profile_paired::GOAL_THROUGHPUT_RATIO);
+    let default = (profiling, "profile/throughput_ratio", goal);
+    super::profile_paired::throughput(env, paired_rounds, target, default, results)?;
+    check_interrupted()?;
+    // What `--runq-waits` costs (`sched_switch` at every context switch):
+    // documented, not a goal.
+    let with_runq: Vec<&str> = profiling.iter().copied().chain(["--runq-waits"]).collect();
+    let runq = (&with_runq[..], "profile/runq_waits_throughput_ratio", Goal::None);
+    super::profile_paired::throughput(env, paired_rounds, target, runq, results)?;
     server.stop()?;
     // No goal: the host moves it more than the goal's 1 % (see above).
     let row = results.add_spread("profile/throughput_ratio_between_runs", "ratio", &ratios);
@@ -367,7 +370,7 @@ fn throughput(
 
 /// Profiling's cost on the saturated demo-server (`pid`, loaded by
 /// `saturate`), from `rounds` agent runs with profiling and the statistics
-/// on: `sched_switch` ns per run, the profiling programs' ns per request
+/// on: the profiling programs' ns per request
 /// and their share of the machine's busy CPU over the load (all net of
 /// the statistics' floor; the programs' time over the whole agent run,
 /// a little more than the load's, so the share errs high), the profiling
@@ -378,8 +381,7 @@ fn throughput(
 /// server loses: `1 − share` is the throughput ratio that cost implies.
 /// Unlike the measured ratio ([`throughput`]), it holds still while the
 /// host's speed moves (both of its terms move with it); but it leaves out
-/// the tracepoint's dispatch to `sched_switch`'s program (outside the
-/// program's run time, on every switch of the machine), the sampling
+/// the dispatch to the programs (outside their run time), the sampling
 /// timer's interrupts and any effect on the caches, which the measured
 /// ratio holds. An estimate, then, not the goal's measure.
 fn kernel_cost(
@@ -407,11 +409,11 @@ fn kernel_cost(
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    let mut rows: [Vec<f64>; 6] = Default::default();
+    let mut rows: [Vec<f64>; 5] = Default::default();
     for (round, (run, load, thread_ns)) in runs.iter().enumerate() {
-        let (switch, share) = kernel_cost_of(run, load).ok_or_else(|| {
+        let share = kernel_cost_of(run, load).ok_or_else(|| {
             anyhow!(
-                "the agent's BMF has no `agent/prog_ns/{SCHED_SWITCH_PROGRAM}` or \
+                "the agent's BMF has no `agent/prog_ns/profile_*` or \
                  `agent/prog_ns/{FLOOR_PROGRAM}` row although kernel.bpf_stats_enabled was 1"
             )
         })?;
@@ -419,29 +421,26 @@ fn kernel_cost(
         let thread_share = thread_ns / load.busy_ns;
         let total = share - in_agent_bpf_ns(run) / load.busy_ns + thread_share;
         println!(
-            "  run {}: sched_switch {switch:.1} ns per run; profiling BPF {per_request:.0} ns per \
-             request, {:.2} % of the machine's busy CPU; its thread {:.2} %; together {:.2} % \
-             (throughput ratio {:.4})",
+            "  run {}: profiling BPF {per_request:.0} ns per request, {:.2} % of the machine's \
+             busy CPU; its thread {:.2} %; together {:.2} % (throughput ratio {:.4})",
             round + 1,
             share * 100.0,
             thread_share * 100.0,
             total * 100.0,
             1.0 - total
         );
-        for (row, v) in
-            rows.iter_mut().zip([switch, per_request, share, thread_share, total, 1.0 - total])
+        for (row, v) in rows.iter_mut().zip([per_request, share, thread_share, total, 1.0 - total])
         {
             row.push(v);
         }
     }
-    results.add_spread("profile/sched_switch_ns_per_run", "latency", &rows[0]);
-    results.add_spread("profile/bpf_ns_per_request", "latency", &rows[1]);
-    results.add_spread("profile/bpf_machine_share", "ratio", &rows[2]);
-    results.add_spread("profile/thread_machine_share", "ratio", &rows[3]);
-    results.add_spread("profile/machine_share", "ratio", &rows[4]);
+    results.add_spread("profile/bpf_ns_per_request", "latency", &rows[0]);
+    results.add_spread("profile/bpf_machine_share", "ratio", &rows[1]);
+    results.add_spread("profile/thread_machine_share", "ratio", &rows[2]);
+    results.add_spread("profile/machine_share", "ratio", &rows[3]);
     // No goal: the estimate leaves costs out (see above), so a pass would
     // claim more than it shows; the goal stays on the measured ratio.
-    results.add_spread("profile/throughput_ratio_from_cost", "ratio", &rows[5]).note =
+    results.add_spread("profile/throughput_ratio_from_cost", "ratio", &rows[4]).note =
         "1 − profile/machine_share, an estimate: leaves out the programs' dispatch".into();
     Ok(())
 }
@@ -450,14 +449,12 @@ fn kernel_cost(
 /// `perf-agent-profile`), as `/proc` shows its name: cut to 15 bytes.
 const PROFILE_THREAD: &str = "perf-agent-prof";
 
-/// `sched_switch`'s ns per run net of the floor, and the profiling
-/// programs' time as a share of the machine's busy CPU during `load`.
-fn kernel_cost_of(run: &AgentRun, load: &Load) -> Option<(f64, f64)> {
-    let (floor, _) = run.programs.get(FLOOR_PROGRAM)?;
-    let (switch, _) = run.programs.get(SCHED_SWITCH_PROGRAM)?;
-    // Without profiling `sched_switch` is not attached: all of it counts.
+/// The profiling programs' time as a share of the machine's busy CPU
+/// during `load` (`sched_switch`'s whole, when `--runq-waits` attached it:
+/// without profiling it is not attached).
+fn kernel_cost_of(run: &AgentRun, load: &Load) -> Option<f64> {
     let bpf_ns = profile_bpf_ns(run, &AgentRun::default())?;
-    Some((switch - floor, bpf_ns / load.busy_ns))
+    Some(bpf_ns / load.busy_ns)
 }
 
 /// `95 % CI of the median a–b, IQR c–d, n rounds` of per-round ratios.
@@ -513,13 +510,16 @@ mod tests {
             (FLOOR_PROGRAM, 40.0, 200_000.0),
         ]);
         let load = Load { requests: 100_000.0, busy_ns: 2.1e9, ..Load::default() };
-        // 100 ns × 200,000 + 5,000 ns × 100 = 20.5 ms of 2.1 s busy.
-        let (switch, share) = kernel_cost_of(&run, &load).unwrap();
-        assert_eq!(switch, 100.0);
+        // With --runq-waits: 100 ns × 200,000 + 5,000 ns × 100 = 20.5 ms of
+        // 2.1 s busy.
+        let share = kernel_cost_of(&run, &load).unwrap();
         assert!((share - 20.5e6 / 2.1e9).abs() < 1e-12, "{share}");
         assert!((share * load.busy_per_request() - 205.0).abs() < 1e-9);
+        // Without (the default): the cpu-clock program's 0.5 ms alone.
         run.programs.remove(SCHED_SWITCH_PROGRAM);
-        assert_eq!(kernel_cost_of(&run, &load), None, "no sched_switch row");
+        assert_eq!(kernel_cost_of(&run, &load), Some(0.5e6 / 2.1e9));
+        run.programs.remove(FLOOR_PROGRAM);
+        assert_eq!(kernel_cost_of(&run, &load), None, "no floor row");
     }
 
     #[test]
@@ -536,6 +536,10 @@ mod tests {
         // (40 net ns per run) is profiling's.
         let off_without_switch = run_with(&[(FLOOR_PROGRAM, 45.0, 1800.0)]);
         assert_eq!(profile_bpf_ns(&on, &off_without_switch), Some(3000.0 * 10.0 + 40.0 * 1000.0));
+        // `sched_switch` not attached with profiling (no --runq-waits).
+        let mut on_without_switch = run_with(&[("profile_cpu_clock", 3040.0, 10.0)]);
+        on_without_switch.programs.insert(FLOOR_PROGRAM.into(), (40.0, 900.0));
+        assert_eq!(profile_bpf_ns(&on_without_switch, &off), Some(3000.0 * 10.0));
         on.programs.remove(FLOOR_PROGRAM);
         assert_eq!(profile_bpf_ns(&on, &off), None, "no floor: no net cost");
         assert_eq!(profile_bpf_ns(&AgentRun::default(), &off), None);
