@@ -241,6 +241,63 @@ fn runq_waits_add_up_to_proc_schedstat() {
     assert_eq!(check_every_pprof(&dir), 1, "run.cpu only");
 }
 
+/// The target's threads' `(run_delay ns, waits)` now, summed: the second
+/// and third fields of `/proc/PID/task/*/schedstat` (`pcount`: times run,
+/// each after a wait).
+fn schedstat_waits(pid: u32) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let text = std::fs::read_to_string(task.unwrap().path().join("schedstat")).unwrap();
+        let f: Vec<u64> = text.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        sum = (sum.0 + f[1], sum.1 + f[2]);
+    }
+    sum
+}
+
+/// By default (no `--runq-waits`, no program at context switches) the mean
+/// run-queue wait comes from the threads' `run_delay` and switches as the
+/// off-CPU ticks read them: three busy threads on two cores, against
+/// `/proc/PID/task/*/schedstat`'s `run_delay` ÷ `pcount` over most of the
+/// agent's window (read after it attached and before it ends: its start-up
+/// and symbolizing take CPU the target then waits for), within 10 %. The
+/// test only sleeps until the window has ended: a loop that polls every
+/// millisecond (`Agent::wait`) preempts the burners often enough to cut
+/// their mean wait from ~3.3 to ~0.9 ms (seen at the agent's ticks when
+/// this test polled for the agent's end inside its window). No percentiles without their hook.
+#[test]
+fn the_mean_run_queue_wait_matches_proc_schedstat() {
+    let Some(_serial) = privileged() else { return };
+    let target = common::Target::start("cpu-burner", &["--threads", "3", "--late-threads", "0"]);
+    let (dir, out) = (profile_dir("runq-mean"), out_path("profile-runq-mean"));
+    let pid = target.pid.to_string();
+    let agent = Agent::spawn(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--duration",
+        "3",
+        "--profile-dir",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_attached();
+    let before = schedstat_waits(target.pid);
+    std::thread::sleep(std::time::Duration::from_millis(2800));
+    let after = schedstat_waits(target.pid);
+    // Past the window's end before polling for the agent's.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let r = agent.wait(RUN_TIMEOUT);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let truth = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+    let bmf = read_bmf(&out);
+    let mean = bmf_value(&bmf, "sched/runq_wait_mean", "latency");
+    eprintln!("mean run-queue wait {mean:.0} ns, /proc {truth:.0} ns ({before:?} → {after:?})");
+    assert!(truth > 100_000.0, "three threads on two cores barely waited: {truth} ns");
+    assert!((mean - truth).abs() <= 0.10 * truth, "agent {mean:.0} ns, /proc {truth:.0} ns");
+    assert!(bmf.get("sched/runq_wait_p50").is_none(), "no percentiles without --runq-waits");
+}
+
 /// A server with a thread per connection (demo-server: each http-load run's
 /// 4 connections get 4 threads, gone when it ends). `/proc` no longer
 /// lists those threads at the end of the run, so its run-queue total

@@ -284,6 +284,9 @@ pub struct PhaseProfile {
     /// Where the blocked time was spent, from user code's side.
     pub off_cpu_sites: Vec<BlockingSite>,
     pub runq: Option<RunqSummary>,
+    /// The mean run-queue wait from the off-CPU ticks' readings of
+    /// `run_delay` (none with `--no-off-cpu`).
+    pub runq_mean_ns: Option<f64>,
 }
 
 impl PhaseProfile {
@@ -370,6 +373,7 @@ impl Profile {
                 truncated: on.truncated,
                 top: output::top_functions(&on.folded),
                 runq: c.runq.window(range),
+                runq_mean_ns: c.runq.mean(range),
                 ..Default::default()
             };
             if opts.off_cpu {

@@ -184,6 +184,8 @@ impl OffCpuTicker {
         if grew_all > 0 {
             c.off_cpu.all_blocks(now_ns, grew_all);
         }
+        let (waited_ns, waits) = self.totals.take_waits();
+        c.runq.add_delays(now_ns, waited_ns, waits);
         // Threads this tick did not show have exited.
         if let Some(first) = entries.iter().map(|e| e.thread.time_ns).min() {
             self.totals.forget_older_than(first);

@@ -1,13 +1,17 @@
 //! Run-queue waits (from a target thread's wake-up or preemption to the
-//! moment it runs) per time bucket, as log-linear histograms: the kernel
-//! side counts them in `agent_common::profile::runq_bin`'s bins (16 per
-//! power of two, so a percentile read from them is within 1/32, ~3 %, of
-//! the exact value), user space adds the counts read every 100 ms to the
-//! bucket of that time; memory is bounded like the stack counts'.
+//! moment it runs) per time bucket. With `--runq-waits`, as log-linear
+//! histograms: the kernel side counts them in
+//! `agent_common::profile::runq_bin`'s bins (16 per power of two, so a
+//! percentile read from them is within 1/32, ~3 %, of the exact value),
+//! user space adds the counts read every 100 ms to the bucket of that
+//! time. With the off-CPU ticks (the default), their mean: the growth of
+//! the threads' `run_delay` over that of their switches, as each tick
+//! reads them ([`RunqWaits::add_delays`]), which costs nothing at context
+//! switches. Memory is bounded like the stack counts'.
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::aggregate::{FIRST_WIDTH_NS, MAX_BUCKETS};
+use super::aggregate::{FIRST_WIDTH_NS, MAX_BUCKETS, StackCounts};
 
 /// The middle of a bin's value range (`agent_common::profile::runq_bin`'s
 /// bins: exact below 16, then 16 per power of two).
@@ -24,15 +28,23 @@ pub fn bin_middle(bin: u32) -> f64 {
     lo as f64 + (width as f64 - 1.0) / 2.0
 }
 
-/// Histograms of waits per time bucket.
+/// Histograms of waits per time bucket; and the ticks' sums of waited ns
+/// and of waits (one weight each, under the empty stack).
 pub struct RunqWaits {
     buckets: BTreeMap<u64, HashMap<u32, u64>>,
     width_ns: u64,
+    delay_ns: StackCounts,
+    waits: StackCounts,
 }
 
 impl Default for RunqWaits {
     fn default() -> Self {
-        RunqWaits { buckets: BTreeMap::new(), width_ns: FIRST_WIDTH_NS }
+        RunqWaits {
+            buckets: BTreeMap::new(),
+            width_ns: FIRST_WIDTH_NS,
+            delay_ns: StackCounts::default(),
+            waits: StackCounts::default(),
+        }
     }
 }
 
@@ -64,6 +76,25 @@ impl RunqWaits {
             }
             self.width_ns *= 2;
         }
+    }
+
+    /// A tick's growth of the threads' `run_delay` (`delay_ns`) and of
+    /// their switches (`waits`: each switch-out is followed by a wait
+    /// before the switch-in), placed at `time_ns`.
+    pub fn add_delays(&mut self, time_ns: u64, delay_ns: u64, waits: u64) {
+        if waits > 0 || delay_ns > 0 {
+            self.delay_ns.add_weighted(time_ns, &[], delay_ns);
+            self.waits.add_weighted(time_ns, &[], waits);
+        }
+    }
+
+    /// The mean wait, ns, from the ticks' sums over the buckets whose
+    /// middle lies in `range` (`None`: the whole run); `None` without a
+    /// wait there.
+    pub fn mean(&self, range: Option<(u64, u64)>) -> Option<f64> {
+        let sum = |c: &StackCounts| c.window(range).values().sum::<u64>();
+        let waits = sum(&self.waits);
+        (waits > 0).then(|| sum(&self.delay_ns) as f64 / waits as f64)
     }
 
     /// p50 and p99 over the buckets whose middle lies in `[start, end)`
@@ -130,5 +161,17 @@ mod tests {
         assert!((s.p99_ns - 99_000.0).abs() <= 99_000.0 / 32.0, "{s:?}");
         assert_eq!(w.window(None).unwrap().count, 101);
         assert!(w.window(Some((FIRST_WIDTH_NS, FIRST_WIDTH_NS * 2))).is_none());
+    }
+
+    #[test]
+    fn the_mean_wait_of_a_window_is_its_delay_over_its_waits() {
+        let mut w = RunqWaits::default();
+        assert_eq!(w.mean(None), None);
+        w.add_delays(0, 3_000_000, 1_000); // 3 µs each
+        w.add_delays(FIRST_WIDTH_NS * 3, 9_000_000, 1_000); // 9 µs each
+        w.add_delays(FIRST_WIDTH_NS * 4, 0, 0); // nothing: not counted
+        assert_eq!(w.mean(Some((0, FIRST_WIDTH_NS))), Some(3_000.0));
+        assert_eq!(w.mean(None), Some(6_000.0));
+        assert_eq!(w.mean(Some((FIRST_WIDTH_NS, FIRST_WIDTH_NS * 2))), None);
     }
 }

@@ -8,7 +8,8 @@ use crate::bmf::{BmfReport, Measure};
 
 impl ProfileReport {
     /// `profile/samples`, `profile/truncated_percent`,
-    /// `sched/runq_wait_p50|p99`: whole run and `@<phase>`.
+    /// `sched/runq_wait_mean` (off-CPU ticks), `sched/runq_wait_p50|p99`
+    /// (`--runq-waits`): whole run and `@<phase>`.
     pub fn add_bmf(&self, bmf: &mut BmfReport) {
         let mut add = |suffix: String, p: &PhaseProfile| {
             bmf.add(format!("profile/samples{suffix}"), Measure::Count, p.samples as f64);
@@ -17,6 +18,9 @@ impl ProfileReport {
                 Measure::Percent,
                 p.truncated_percent(),
             );
+            if let Some(mean) = p.runq_mean_ns {
+                bmf.add(format!("sched/runq_wait_mean{suffix}"), Measure::Latency, mean);
+            }
             if let Some(r) = p.runq {
                 bmf.add(format!("sched/runq_wait_p50{suffix}"), Measure::Latency, r.p50_ns);
                 bmf.add(format!("sched/runq_wait_p99{suffix}"), Measure::Latency, r.p99_ns);
@@ -36,20 +40,22 @@ impl ProfileReport {
         let _ = writeln!(out, "\nprofiles ({}):", self.dir.display());
         let _ = writeln!(
             out,
-            "  {:<16} {:>8} {:>11} {:>11} {:>12} {:>12}",
-            "phase", "samples", "truncated", "off-CPU", "runq p50", "runq p99"
+            "  {:<16} {:>8} {:>11} {:>11} {:>12} {:>12} {:>12}",
+            "phase", "samples", "truncated", "off-CPU", "runq mean", "runq p50", "runq p99"
         );
         for p in std::iter::once(&self.run).chain(&self.phases) {
             let (p50, p99) = p.runq.map_or(("-".into(), "-".into()), |r| {
                 (crate::units::human_ns(r.p50_ns), crate::units::human_ns(r.p99_ns))
             });
+            let mean = p.runq_mean_ns.map_or("-".into(), crate::units::human_ns);
             let _ = writeln!(
                 out,
-                "  {:<16} {:>8} {:>9.1} % {:>11} {:>12} {:>12}",
+                "  {:<16} {:>8} {:>9.1} % {:>11} {:>12} {:>12} {:>12}",
                 p.name,
                 p.samples,
                 p.truncated_percent(),
                 if self.off_cpu { crate::units::human_ns(p.off_cpu_ns as f64) } else { "-".into() },
+                mean,
                 p50,
                 p99
             );
@@ -80,9 +86,9 @@ impl ProfileReport {
         } else {
             let _ = writeln!(
                 out,
-                "  run-queue waits: /proc schedstat run_delay {truth} in all{exited}; one by one, \
-                 with p50/p99, only with --runq-waits (a program at every context switch of \
-                 the machine)"
+                "  run-queue waits: /proc schedstat run_delay {truth} in all{exited}; their \
+                 mean from the threads' run_delay at the off-CPU ticks; p50/p99 only with \
+                 --runq-waits (a program at every context switch of the machine)"
             );
         }
         if pauses > 0 {

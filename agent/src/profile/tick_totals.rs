@@ -84,6 +84,9 @@ pub struct TickTotals {
     /// Stolen ns per ns run, for readings without the kernel's sums
     /// (`None`: `TickThread::stolen_ns` holds them).
     steal_share: Option<f64>,
+    /// Run-queue ns waited and waits (switches) since the last
+    /// [`TickTotals::take_waits`], over the threads read.
+    waited: (u64, u64),
 }
 
 impl TickTotals {
@@ -94,6 +97,7 @@ impl TickTotals {
             blocks: 0,
             rebase: false,
             steal_share: None,
+            waited: (0, 0),
         }
     }
 
@@ -171,6 +175,8 @@ impl TickTotals {
         // share of woken waits the ticks saw (before any, the voluntary
         // switches' share).
         let switches = t.switches.saturating_sub(p.switches);
+        self.waited.0 += t.run_delay_ns.saturating_sub(p.run_delay_ns);
+        self.waited.1 += switches;
         let preempted = t.preemptions.saturating_sub(p.preemptions).min(switches);
         let woken_share = if preempted == 0 {
             1.0
@@ -198,6 +204,13 @@ impl TickTotals {
         let grew = total - c.reported_ns;
         c.reported_ns = total;
         (total, grew)
+    }
+
+    /// The run-queue ns waited and the waits (each switch-out is followed
+    /// by one) of the readings since the last call: the kernel's own
+    /// `run_delay`, whatever ended each wait (a wake-up or a preemption).
+    pub fn take_waits(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.waited)
     }
 
     /// The target's blocks so far: its threads' voluntary switches.
@@ -259,6 +272,9 @@ mod tests {
         // 10 ms: 1 run, 4 waited after wake-ups (no preemption): tails.
         assert_eq!(t.read(&reading(120, 9, 6, (8, 4))), (5 * MS + 9 * MS, 9 * MS));
         assert_eq!(t.blocks(), 4, "voluntary switches");
+        // Waited 6 ms over 8 switches since the first reading.
+        assert_eq!(t.take_waits(), (6 * MS, 8));
+        assert_eq!(t.take_waits(), (0, 0), "taken");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn throughput(
     println!(
         "  profiling ({}) on ÷ paused in adjacent {} ms windows of one run ({rounds} runs of \
          {requests} requests)",
-        profiling[2..].join(" "),
+        profiling.join(" "),
         WINDOW.as_millis()
     );
     let (mut ratios, mut on_rates, mut off_rates) = (Vec::new(), 0.0, 0.0);
