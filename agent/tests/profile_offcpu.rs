@@ -79,6 +79,10 @@ fn check_off_cpu_per_function(name: &str, agent_extra: &[&str]) {
     ] {
         let agent = folded.with_frame(|f| f == function) as f64;
         let truth = field(&acct, key) as f64;
+        eprintln!(
+            "{function}: {agent:.0} ns off CPU, fixture {truth:.0} ({:+.1} %)",
+            (agent / truth - 1.0) * 100.0
+        );
         assert!(
             (agent - truth).abs() <= 0.10 * truth,
             "{function}: {agent:.0} ns off CPU, fixture says {truth:.0} ({acct})"

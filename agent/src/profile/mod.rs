@@ -242,16 +242,7 @@ impl Profiler {
             self.runq_total_at_end.unwrap_or(kernel.runq_total_ns) - self.runq_total_at_start;
         let (start, end) = self.window.bounds();
         let paused = self.pauses.within(start, end);
-        let steal_share = t.steal_share;
-        Ok(Profile {
-            collected,
-            counters,
-            proc_run_delay,
-            window_ns,
-            runq_in_window_ns,
-            paused,
-            steal_share,
-        })
+        Ok(Profile { collected, counters, proc_run_delay, window_ns, runq_in_window_ns, paused })
     }
 }
 
@@ -267,9 +258,6 @@ pub struct Profile {
     pub runq_in_window_ns: u64,
     /// `--profile-control`'s pauses inside the window: how many, ns in all.
     pub paused: (usize, u64),
-    /// The host's steal share the off-CPU totals were corrected with
-    /// (`None`: not estimated; `--runq-waits` counts it exactly).
-    pub steal_share: Option<f64>,
 }
 
 /// One phase's profile, as written.
@@ -308,8 +296,8 @@ pub struct ProfileReport {
     pub off_cpu_hz: u32,
     /// `--runq-waits`: run-queue waits timed one by one.
     pub runq_waits: bool,
-    /// See [`Profile::steal_share`].
-    pub steal_share: Option<f64>,
+    /// What the host stole, as the off-CPU ticks saw it (with them).
+    pub steal: Option<offcpu_ticks::StealSummary>,
     /// Σ run-queue waits seen inside the ground truth's window (from the
     /// profiler's start to just before detaching), and the `/proc` ground
     /// truth over it.
@@ -403,7 +391,7 @@ impl Profile {
             off_cpu: opts.off_cpu,
             off_cpu_hz: opts.off_cpu_hz,
             runq_waits: opts.runq_waits,
-            steal_share: self.steal_share,
+            steal: opts.off_cpu.then_some(c.ticks.steal),
             runq_total_ns: self.runq_in_window_ns,
             proc_run_delay: self.proc_run_delay,
             symbolize_ms: started.elapsed().as_secs_f64() * 1e3,

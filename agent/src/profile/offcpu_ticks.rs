@@ -17,7 +17,12 @@ use std::{collections::HashMap, time::Duration, time::Instant};
 
 use agent_common::profile::tick_flags;
 
-use super::{collect::Collected, host_steal::HostSteal, tick_totals::TickTotals, unwind::Frame};
+use super::{
+    collect::Collected,
+    host_steal::HostSteal,
+    tick_totals::{Stolen, TickTotals},
+    unwind::Frame,
+};
 use crate::probes::offcpu_ticks::{OffCpuTicks, TickEntry, parse};
 
 /// What the ticks did, for the summary.
@@ -34,9 +39,20 @@ pub struct TickCounts {
     /// Stacks the iterator dropped because the thread ran while they were
     /// copied (`tick_flags::TORN`).
     pub torn: u64,
-    /// The host's steal per ns of the machine's busy time over the run,
-    /// when the totals estimated the time stolen from threads with it.
-    pub steal_share: Option<f64>,
+    pub steal: StealSummary,
+}
+
+/// The time the host stole, for the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StealSummary {
+    /// The host's steal per ns of the machine's busy time over the run.
+    pub share: f64,
+    /// Time stolen from the target's threads: summed by `sched_switch`
+    /// (`--runq-waits`; then the totals use it) and estimated from the
+    /// share (else used).
+    pub stolen: Stolen,
+    /// Whether the totals used the estimate.
+    pub estimated: bool,
 }
 
 /// The ticks of one run.
@@ -46,9 +62,10 @@ pub struct OffCpuTicker {
     /// New blocks' stacks a tick may take on average.
     stacks_per_tick: f64,
     totals: TickTotals,
-    /// Where the time stolen from threads is estimated from, when no
-    /// program sums it (`None`: `sched_switch` does).
-    steal: Option<HostSteal>,
+    /// Where the time stolen from threads is estimated from: used when no
+    /// program sums it (`estimate_steal`), shown beside the sums else.
+    steal: HostSteal,
+    estimate_steal: bool,
     /// Per tid, the stack of its block at the switch count it was taken at.
     stacks: HashMap<u32, (u64, Box<[Frame]>)>,
     /// Blocked threads at the last tick in blocks whose stack was not known
@@ -76,7 +93,8 @@ impl OffCpuTicker {
             every,
             stacks_per_tick,
             totals: TickTotals::since(now_ns),
-            steal: estimate_steal.then(HostSteal::default),
+            steal: HostSteal::default(),
+            estimate_steal,
             stacks: HashMap::new(),
             new_blocks: 0,
             last_ns: now_ns.saturating_sub(every.as_nanos() as u64),
@@ -108,9 +126,7 @@ impl OffCpuTicker {
         let started = Instant::now();
         let p = (self.stacks_per_tick / self.new_blocks.max(1) as f64).min(1.0);
         let threshold = if p >= 1.0 { u32::MAX } else { (p * 4_294_967_296.0) as u32 };
-        if let Some(steal) = &mut self.steal {
-            self.totals.estimate_steal(steal.share(now_ns));
-        }
+        self.totals.host_steal(self.steal.share(now_ns), self.estimate_steal);
         let mut bytes = std::mem::take(&mut self.bytes);
         match self.iterator.read(threshold, &mut bytes) {
             Ok(len) => match parse(&bytes[..len]) {
@@ -197,7 +213,14 @@ impl OffCpuTicker {
 
     /// What the ticks did.
     pub fn counts(&self) -> TickCounts {
-        let steal_share = self.steal.as_ref().map(|s| s.overall_share().unwrap_or(0.0));
-        TickCounts { blocks: self.totals.blocks(), steal_share, ..self.counts }
+        TickCounts {
+            blocks: self.totals.blocks(),
+            steal: StealSummary {
+                share: self.steal.overall_share().unwrap_or(0.0),
+                stolen: self.totals.stolen(),
+                estimated: self.estimate_steal,
+            },
+            ..self.counts
+        }
     }
 }

@@ -109,14 +109,26 @@ impl ProfileReport {
                      time counts, without a stack)"
                 ),
             };
-            let steal = match self.steal_share {
-                Some(share) if share > 0.0 => format!(
-                    "; the host stole {:.1} % of the busy CPU time (/proc/stat), taken out of \
-                     each thread's time off CPU in proportion to its CPU time (--runq-waits: \
-                     exactly)",
-                    share * 100.0
+            let steal = match self.steal {
+                // Nothing stolen that /proc/stat saw (its steal moves in
+                // 10 ms ticks): nothing to say.
+                Some(s) if s.estimated && s.stolen.estimated_ns == 0 => String::new(),
+                Some(s) if s.estimated => format!(
+                    "; the host stole {:.1} % of the machine's busy CPU time (/proc/stat): {} \
+                     of the threads' running time by that share, not counted off CPU \
+                     (--runq-waits: summed at each switch-out)",
+                    s.share * 100.0,
+                    crate::units::human_ns(s.stolen.estimated_ns as f64)
                 ),
-                _ => String::new(),
+                Some(s) => format!(
+                    "; the host stole {} of the threads' running time, summed at their \
+                     switch-outs and not counted off CPU ({:.1} % of the machine's busy CPU \
+                     time in /proc/stat would make it {})",
+                    crate::units::human_ns(s.stolen.summed_ns as f64),
+                    s.share * 100.0,
+                    crate::units::human_ns(s.stolen.estimated_ns as f64)
+                ),
+                None => String::new(),
             };
             let _ = writeln!(
                 out,

@@ -33,6 +33,15 @@ use std::collections::HashMap;
 
 use agent_common::profile::{TickThread, tick_flags};
 
+/// Time stolen from the target's threads while they ran, ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stolen {
+    /// Summed at their switch-outs by `sched_switch` (`--runq-waits`).
+    pub summed_ns: u64,
+    /// The host's steal share times their CPU time (always).
+    pub estimated_ns: u64,
+}
+
 /// One thread's readings.
 #[derive(Clone, Copy, Debug)]
 struct ThreadClock {
@@ -81,9 +90,13 @@ pub struct TickTotals {
     /// Profiling resumed after a pause: the next reading of each thread
     /// moves its base there, counting none of the pause.
     rebase: bool,
-    /// Stolen ns per ns run, for readings without the kernel's sums
-    /// (`None`: `TickThread::stolen_ns` holds them).
-    steal_share: Option<f64>,
+    /// Stolen ns per ns run by the host's account, and whether it stands
+    /// in for the kernel's sums (`TickThread::stolen_ns`, which no program
+    /// fills without `--runq-waits`).
+    steal_share: (f64, bool),
+    /// Time stolen from the threads, ns, as the kernel's sums say and as
+    /// the host's share says: the two side by side when both are known.
+    stolen: Stolen,
     /// Run-queue ns waited and waits (switches) since the last
     /// [`TickTotals::take_waits`], over the threads read.
     waited: (u64, u64),
@@ -96,7 +109,8 @@ impl TickTotals {
             threads: HashMap::new(),
             blocks: 0,
             rebase: false,
-            steal_share: None,
+            steal_share: (0.0, false),
+            stolen: Stolen::default(),
             waited: (0, 0),
         }
     }
@@ -110,11 +124,16 @@ impl TickTotals {
         self.rebase = true;
     }
 
-    /// The readings that follow carry no stolen time of their own: time
-    /// stolen from a thread is `share` of the CPU time it ran since its
-    /// last reading.
-    pub fn estimate_steal(&mut self, share: f64) {
-        self.steal_share = Some(share);
+    /// The host's steal per ns run for the readings that follow. With
+    /// `instead`, they carry no stolen time of their own: time stolen from
+    /// a thread is `share` of the CPU time it ran since its last reading.
+    pub fn host_steal(&mut self, share: f64, instead: bool) {
+        self.steal_share = (share, instead);
+    }
+
+    /// Time stolen from the threads so far, both ways.
+    pub fn stolen(&self) -> Stolen {
+        self.stolen
     }
 
     /// The tick after [`TickTotals::rebase`] has read every thread.
@@ -161,10 +180,14 @@ impl TickTotals {
             return (c.reported_ns, 0);
         }
         let p = c.last;
-        c.stolen_ns += match self.steal_share {
-            None => t.stolen_ns.checked_sub(p.stolen_ns).unwrap_or(t.stolen_ns),
-            Some(share) => (t.exec_ns.saturating_sub(p.exec_ns) as f64 * share) as u64,
-        };
+        let (share, instead) = self.steal_share;
+        let estimated = (t.exec_ns.saturating_sub(p.exec_ns) as f64 * share) as u64;
+        let summed = t.stolen_ns.checked_sub(p.stolen_ns).unwrap_or(t.stolen_ns);
+        self.stolen.estimated_ns += estimated;
+        if !instead {
+            self.stolen.summed_ns += summed;
+        }
+        c.stolen_ns += if instead { estimated } else { summed };
         if t.flags & tick_flags::WAITING != 0 {
             c.seen_waiting += 1;
             if t.flags & tick_flags::WOKEN != 0 {
@@ -330,6 +353,8 @@ mod tests {
         assert_eq!(t.read(&stolen(reading(110, 4, 0, (1, 0)), 8)).0, 5 * MS);
         // Its slots taken over (the sum fell to 2): those 2 are new.
         assert_eq!(t.read(&stolen(reading(120, 4, 0, (2, 0)), 2)).0, 13 * MS);
+        // No share given: the estimate beside the sums is 0.
+        assert_eq!(t.stolen(), Stolen { summed_ns: 3 * MS, estimated_ns: 0 });
     }
 
     #[test]
@@ -337,13 +362,14 @@ mod tests {
         let mut t = TickTotals::since(50 * MS);
         // The host steals 1 ns per 4 run; the readings' own sums are not
         // used (no program fills them).
-        t.estimate_steal(0.25);
+        t.host_steal(0.25, true);
         let junk = |r: TickThread| TickThread { stolen_ns: 999 * MS, ..r };
         t.read(&junk(reading(100, 0, 0, (0, 0))));
         // 10 ms: ran 4, the host took 1 more: 5 asleep.
         assert_eq!(t.read(&junk(reading(110, 4, 0, (1, 0)))).0, 5 * MS);
         // 10 ms all asleep: nothing run, nothing stolen.
         assert_eq!(t.read(&junk(reading(120, 4, 0, (2, 0)))).0, 15 * MS);
+        assert_eq!(t.stolen(), Stolen { summed_ns: 0, estimated_ns: MS });
     }
 
     #[test]
