@@ -191,24 +191,20 @@ fn parse_human_ns(s: &str) -> f64 {
     }
 }
 
-/// The agent attached to `pid` for `secs` with run-queue waits
-/// (`--runq-waits`) and no off-CPU profiles (`--no-off-cpu`), profiles into
-/// `dir`, BMF into `out`.
-fn attach_runq_only(pid: u32, secs: &str, dir: &Path, out: &Path) -> Agent {
+/// The agent attached to `pid` with `--profile-dir dir --out out` and
+/// `extra` arguments.
+fn attach_profiling(pid: u32, (dir, out): (&Path, &Path), extra: &[&str]) -> Agent {
     let pid = pid.to_string();
-    Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--duration",
-        secs,
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--no-off-cpu",
-        "--runq-waits",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    let mut args = vec!["attach", "--pid", &pid, "--profile-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    Agent::spawn(&args)
+}
+
+/// [`attach_profiling`] for `secs` with run-queue waits (`--runq-waits`)
+/// and no off-CPU profiles (`--no-off-cpu`).
+fn attach_runq_only(pid: u32, secs: &str, dir: &Path, out: &Path) -> Agent {
+    attach_profiling(pid, (dir, out), &["--duration", secs, "--no-off-cpu", "--runq-waits"])
 }
 
 /// The summary's run-queue line of a run that succeeded.
@@ -273,18 +269,7 @@ fn the_mean_run_queue_wait_matches_proc_schedstat() {
     let Some(_serial) = privileged() else { return };
     let target = common::Target::start("cpu-burner", &["--threads", "3", "--late-threads", "0"]);
     let (dir, out) = (profile_dir("runq-mean"), out_path("profile-runq-mean"));
-    let pid = target.pid.to_string();
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--duration",
-        "3",
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let agent = attach_profiling(target.pid, (&dir, &out), &["--duration", "3"]);
     agent.wait_attached();
     let before = schedstat_waits(target.pid);
     std::thread::sleep(std::time::Duration::from_millis(2800));
@@ -333,18 +318,8 @@ fn the_summary_says_when_proc_misses_exited_threads() {
 fn torn_off_cpu_stacks_of_a_busy_server_are_dropped_not_misread() {
     let Some(_serial) = privileged() else { return };
     let server = Target::start("demo-server", &[]);
-    let dir = profile_dir("offcpu-torn");
-    let out = out_path("profile-offcpu-torn");
-    let pid = server.pid.to_string();
-    let agent = Agent::spawn(&[
-        "attach",
-        "--pid",
-        &pid,
-        "--profile-dir",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (dir, out) = (profile_dir("offcpu-torn"), out_path("profile-offcpu-torn"));
+    let agent = attach_profiling(server.pid, (&dir, &out), &[]);
     agent.wait_attached();
     http_load(&format!("http://{}/", server.addr()), &["--requests", "150000"]);
     agent.signal(libc::SIGINT);

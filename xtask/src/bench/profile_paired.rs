@@ -101,7 +101,11 @@ pub fn throughput(
     println!(
         "  profiling ({}) on ÷ paused in adjacent {} ms windows of one run ({rounds} runs of \
          {requests} requests)",
-        profiling.join(" "),
+        // What is added to `--profile-dir DIR`.
+        match profiling.get(2..) {
+            Some(extra) if !extra.is_empty() => extra.join(" "),
+            _ => "default".into(),
+        },
         WINDOW.as_millis()
     );
     let (mut ratios, mut on_rates, mut off_rates) = (Vec::new(), 0.0, 0.0);
