@@ -304,7 +304,8 @@ struct CommonArgs {
     /// and `enable` pause and resume profiling, as perf record's --control:
     /// paused, its programs are detached and cost nothing. With a second
     /// FIFO after a comma, `ack` is written to it once each command is in
-    /// effect (resuming can take seconds on a saturated host).
+    /// effect (with --runq-waits, resuming can take seconds on a saturated
+    /// host).
     #[arg(long, value_name = "CTL[,ACK]", requires = "profile_dir")]
     profile_control: Option<perf_agent::profile::pause::ControlPaths>,
     /// Also measure where each request's time goes outside the application:
