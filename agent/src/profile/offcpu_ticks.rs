@@ -51,8 +51,6 @@ pub struct StealSummary {
     /// (`--runq-waits`; then the totals use it) and estimated from the
     /// share (else used).
     pub stolen: Stolen,
-    /// Whether the totals used the estimate.
-    pub estimated: bool,
 }
 
 /// The ticks of one run.
@@ -218,7 +216,6 @@ impl OffCpuTicker {
             steal: StealSummary {
                 share: self.steal.overall_share().unwrap_or(0.0),
                 stolen: self.totals.stolen(),
-                estimated: self.estimate_steal,
             },
             ..self.counts
         }

@@ -8,11 +8,11 @@
 //! The control's words are perf's (`perf record --control
 //! fifo:CTL[,ACK]`): `disable` pauses, `enable` resumes; one per line.
 //! With an ACK FIFO, `ack` is written to it once each command is carried
-//! out: resuming can take seconds under load (the kernel attaches
-//! `sched_switch` only after an RCU grace period, and a saturated host
-//! delays those: 0.1 ms idle, up to 3.9 s measured beside the saturated
-//! demo-server), and a script timing what profiling costs must know when
-//! it is in effect.
+//! out: with `--runq-waits` resuming can take seconds under load (the
+//! kernel attaches `sched_switch` only after an RCU grace period, and a
+//! saturated host delays those: 0.1 ms idle, up to 12.7 s measured beside
+//! the saturated demo-server), and a script timing what profiling costs
+//! must know when it is in effect.
 
 use std::{
     fs::File,

@@ -112,8 +112,8 @@ impl ProfileReport {
             let steal = match self.steal {
                 // Nothing stolen that /proc/stat saw (its steal moves in
                 // 10 ms ticks): nothing to say.
-                Some(s) if s.estimated && s.stolen.estimated_ns == 0 => String::new(),
-                Some(s) if s.estimated => format!(
+                Some(s) if !self.runq_waits && s.stolen.estimated_ns == 0 => String::new(),
+                Some(s) if !self.runq_waits => format!(
                     "; the host stole {:.1} % of the machine's busy CPU time (/proc/stat): {} \
                      of the threads' running time by that share, not counted off CPU \
                      (--runq-waits: summed at each switch-out)",

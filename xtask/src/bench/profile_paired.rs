@@ -9,9 +9,10 @@
 //! of `--profile-control CTL,ACK`), less its first [`SETTLE_NS`], and
 //! ends when the next command is written: the time between a command and
 //! its `ack`, when profiling is half on, counts for neither side. That
-//! time is 0.1–0.3 ms mostly, but resuming waits for the kernel to attach
-//! `sched_switch`, which waits for an RCU grace period, and beside the
-//! saturated server those took up to 3.9 s: timed from the commands
+//! time is 0.1–0.3 ms mostly, but with `--runq-waits` resuming waits for
+//! the kernel to attach `sched_switch`, which waits for an RCU grace
+//! period, and beside the saturated server those took up to 3.9 s (12.7 s
+//! in the nineteenth session): timed from the commands
 //! alone, the windows of the sixteenth and seventeenth sessions' bench
 //! were often not what they were labelled (the agent read a backlog of
 //! commands seconds late), which biased the ratio towards 1. Only windows while all of
@@ -88,8 +89,8 @@ struct Sent {
 
 /// `rounds` agent runs on the saturated demo-server (`pid` at `url`,
 /// `rps` without the agent), each [`LOAD_SECS`] of load with profiling
-/// toggled every [`WINDOW`]: the ratio row with the goal.
-/// `profiling`'s throughput ratio into the row `name` (with its `goal`).
+/// (the arguments `profiling`) toggled every [`WINDOW`]: the ratio into
+/// the row `name`, with its `goal`.
 pub fn throughput(
     env: &mut Env,
     rounds: usize,
